@@ -1,0 +1,67 @@
+# plant-edge-agent: the two set-up commands are `make demo` and `make test`.
+# Everything installs into .venv; nothing touches the system Python.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install install-test demo test lint bench clean mosquitto-binary
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"' || \
+	  { echo "plant-edge-agent needs Python 3.11 or newer as $(PYTHON)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv (apt-get)"; \
+	    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && \
+	    $(PYTHON) -m venv $(VENV); \
+	  else \
+	    echo "cannot create a virtualenv; run: sudo apt-get install -y python3-venv"; exit 1; \
+	  fi; }
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+# A mosquitto binary for the tests (they start their own brokers on free loopback ports).
+mosquitto-binary:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing mosquitto (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  else \
+	    echo "the tests need mosquitto; run: sudo apt-get install -y mosquitto"; exit 1; \
+	  fi; }
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check agent connectors buffer config tests bench
+	$(BIN)/mypy
+
+test: $(VENV)/.installed-test mosquitto-binary lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Starts a local mosquitto on 1883 for the demo when the binary exists and nothing listens there.
+demo: $(VENV)/.installed
+	@MOSQ=$$(command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null || true); \
+	if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && [ -n "$$MOSQ" ]; then \
+	  echo "starting a local mosquitto on 127.0.0.1:1883 for the demo"; \
+	  $$MOSQ -p 1883 >/dev/null 2>&1 & MPID=$$!; \
+	  trap "kill $$MPID 2>/dev/null" EXIT INT TERM; sleep 0.5; \
+	fi; \
+	$(BIN)/edge-agent demo $(DEMO_ARGS)
+
+bench: $(VENV)/.installed-test mosquitto-binary
+	$(BIN)/python -m bench.demo_path
+
+clean:
+	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,167 @@
+"""The `edge-agent` command line.
+
+    edge-agent run -c CONFIG          run the agent until SIGINT/SIGTERM
+    edge-agent check-config CONFIG    validate a config file (exit 0 valid, 2 invalid)
+    edge-agent schema [TYPE]          print the JSON Schema of the event types
+    edge-agent demo [--hub URL]       a simulated plant and the agent forwarding its signals
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INVALID
+    handler = {
+        "run": _run,
+        "check-config": _check_config,
+        "schema": _schema,
+        "demo": _demo,
+    }[args.command]
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Plant edge agent: plant signals to canonical events, store-and-forward "
+        "over MQTT v5.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the agent until SIGINT/SIGTERM")
+    run.add_argument("-c", "--config", type=Path, required=True, help="the agent's TOML config")
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("config", type=Path, nargs="?", help="the TOML file to check")
+    check.add_argument("-c", "--config", dest="config_option", type=Path, help=argparse.SUPPRESS)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of event types")
+    schema.add_argument("type", nargs="?", help="one type, e.g. telemetry.v1 (default: all)")
+    schema.add_argument("--out", type=Path, help="write one TYPE.schema.json per type into DIR")
+
+    demo = commands.add_parser("demo", help="run a simulated plant and the agent against it")
+    demo.add_argument("--hub", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    demo.add_argument("--duration", type=float, help="stop after SECONDS (default: until Ctrl-C)")
+    demo.add_argument("--state-dir", type=Path, default=Path("demo-state"))
+    demo.add_argument("--rate", type=float, default=10.0, help="plant ticks per second")
+    demo.add_argument("--opcua-port", type=int, default=0, help="plant port (default: free one)")
+    return parser
+
+
+def _load(path: Path) -> object:
+    from config.loader import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"{path}: invalid config ({len(error.problems)} problem(s)):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem.format()}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = args.config or args.config_option
+    if path is None:
+        print("edge-agent check-config: give the config file to check", file=sys.stderr)
+        return EXIT_INVALID
+    config = _load(path)
+    if config is None:
+        return EXIT_INVALID
+    from config.schema import AgentConfig
+
+    assert isinstance(config, AgentConfig)
+    signals = sum(len(source.signals) for source in config.sources)
+    print(
+        f"{path}: OK: site {config.agent.site}, agent {config.agent.id}, "
+        f"{len(config.sources)} source(s), {signals} signal(s), hub {config.hub.url}"
+    )
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent import logs
+    from agent.runtime import Agent
+    from buffer.base import BufferError
+    from config.schema import AgentConfig
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    assert isinstance(config, AgentConfig)
+    logs.configure(config.agent.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with Agent.open(config) as agent:
+            await agent.run(stop)
+
+    try:
+        asyncio.run(run())
+    except BufferError as error:
+        logging.getLogger("agent").error("cannot open the buffer: %s", error)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from agent.events import json_schemas
+
+    schemas = json_schemas()
+    if args.type is not None:
+        wanted = args.type if args.type in schemas else f"{args.type}.v1"
+        if wanted not in schemas:
+            print(
+                f"unknown event type {args.type!r}; known: {', '.join(sorted(schemas))}",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        schemas = {wanted: schemas[wanted]}
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, schema in schemas.items():
+            (args.out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+            print(args.out / f"{name}.schema.json")
+        return EXIT_OK
+    document = next(iter(schemas.values())) if args.type else schemas
+    print(json.dumps(document, indent=2))
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agent.demo.run import run_demo
+
+    return run_demo(
+        hub=args.hub,
+        duration=args.duration,
+        state_dir=args.state_dir,
+        rate=args.rate,
+        opcua_port=args.opcua_port,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

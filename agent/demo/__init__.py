@@ -1,0 +1,1 @@
+"""The demo: a simulated filling line (an OPC UA server) and the agent reading it."""

@@ -1,0 +1,190 @@
+"""`edge-agent demo`: a simulated filling line, the agent reading it, and a view of the hub.
+
+The plant runs as a child process (a real OPC UA server on a loopback port); the agent runs in
+this process with a generated config; a small subscriber on the hub counts what arrives and
+prints the first event of each type, decoded. A progress line shows events read, buffered,
+forwarded, the backlog and whether the hub is connected. With no broker the agent keeps
+buffering and says so; when a broker appears the backlog drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent import logs
+from agent.demo.plant import (
+    FILLER_TEMPERATURE,
+    GOOD_COUNT,
+    REJECT_COUNT,
+    STATE,
+    TANK_TEMPERATURE,
+)
+from agent.events import decode_batch
+from agent.mqtt_session import MqttSession
+from agent.runtime import Agent
+from config.schema import AgentConfig
+
+SITE, AGENT_ID, PREFIX = "plant-a", "edge-01", "mfg"
+
+
+def demo_config(hub: str, opcua_port: int, state_dir: Path) -> AgentConfig:
+    signal_rules: list[dict[str, Any]] = [
+        {"node": GOOD_COUNT, "event": "production.count", "asset": "line1/filler",
+         "name": "good_count"},
+        {"node": REJECT_COUNT, "event": "production.count", "asset": "line1/filler",
+         "name": "reject_count"},
+        {"node": STATE, "event": "machine.state", "asset": "line1/filler", "name": "state",
+         "states": {"0": "idle", "1": "running", "2": "down", "3": "fault"}},
+        {"node": FILLER_TEMPERATURE, "event": "telemetry", "asset": "line1/filler",
+         "name": "temperature", "unit": "Cel"},
+        {"node": TANK_TEMPERATURE, "event": "telemetry", "asset": "line1/tank",
+         "name": "temperature", "unit": "Cel"},
+    ]
+    return AgentConfig.model_validate(
+        {
+            "agent": {"site": SITE, "id": AGENT_ID, "state_dir": str(state_dir.resolve()),
+                      "shutdown_grace_s": 5},
+            "hub": {"url": hub, "topic_prefix": PREFIX, "status_interval_s": 10,
+                    "reconnect_max_s": 5},
+            "buffer": {"retention_s": 3600},
+            "sources": [
+                {"name": "line1", "type": "opcua",
+                 "endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/plant/",
+                 "publishing_interval_ms": 100, "signals": signal_rules}
+            ],
+        }
+    )
+
+
+def run_demo(
+    *, hub: str, duration: float | None, state_dir: Path, rate: float, opcua_port: int
+) -> int:
+    parts = urlsplit(hub)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        print(f"the demo only talks to a broker on this machine; got {hub}", file=sys.stderr)
+        return 2
+    logs.configure("warning")
+    port = opcua_port or _free_port()
+    plant = subprocess.Popen(
+        [sys.executable, "-m", "agent.demo.plant", "--port", str(port), "--rate", str(rate)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        if not _wait_port(port, timeout=20.0, process=plant):
+            print("the simulated plant did not start", file=sys.stderr)
+            return 1
+        print(f"simulated filling line serving opc.tcp://127.0.0.1:{port}/plant/")
+        config = demo_config(hub, port, state_dir)
+        return asyncio.run(_run(config, duration))
+    finally:
+        plant.send_signal(signal.SIGTERM)
+        try:
+            plant.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            plant.kill()
+
+
+async def _run(config: AgentConfig, duration: float | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    hub = HubView()
+    watcher = MqttSession(
+        host=config.hub.host, port=config.hub.port,
+        client_id=f"edge-agent-demo-view-{os.getpid()}", on_message=hub.on_message,
+        reconnect_max_s=2.0,
+    )
+    print(f"agent {SITE}/{AGENT_ID} forwarding to {config.hub.url}, topics {PREFIX}/{SITE}/"
+          f"{AGENT_ID}/#; buffer in {config.agent.state_dir}")
+    started = time.monotonic()
+    async with watcher, Agent.open(config) as agent:
+        await watcher.subscribe(f"{PREFIX}/{SITE}/{AGENT_ID}/events/#", qos=1)
+        runner = asyncio.create_task(agent.run(stop))
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        await _progress(agent, hub, stop, config.hub.url)
+        await runner
+    elapsed = time.monotonic() - started
+    forwarded = agent.forwarder.counters.events_forwarded_total
+    print(f"\nstopped after {elapsed:.1f} s: {agent.pipeline.counters.readings_total} readings, "
+          f"{agent.pipeline.counters.events_accepted_total} events accepted, {forwarded} "
+          f"forwarded ({forwarded / elapsed:.0f} events/s), {hub.received} received at the hub")
+    return 0
+
+
+class HubView:
+    """What a consumer at the hub sees: counts, and the first event of each type."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._shown: set[str] = set()
+
+    def on_message(self, topic: str, payload: bytes, properties: object) -> None:
+        try:
+            events = decode_batch(payload)
+        except Exception:
+            return
+        self.received += len(events)
+        for event in events:
+            if event["type"] not in self._shown:
+                self._shown.add(event["type"])
+                print(f"\nat the hub, on {topic}:\n  {json.dumps(event)}", flush=True)
+
+
+async def _progress(agent: Agent, hub: HubView, stop: asyncio.Event, url: str) -> None:
+    tty = sys.stdout.isatty()
+    said_unreachable = False
+    last_line = 0.0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        stats = await agent.buffer.stats()
+        connected = agent.session.connected
+        if not connected and time.time() - agent.started_at > 3 and not said_unreachable:
+            said_unreachable = True
+            print(f"\nno MQTT broker answers at {url}: events stay in the buffer until one "
+                  "does (e.g. start `mosquitto -p 1883`), then the backlog drains", flush=True)
+        if connected:
+            said_unreachable = False
+        line = (
+            f"read {agent.pipeline.counters.readings_total} | buffered "
+            f"{agent.pipeline.counters.events_accepted_total} | forwarded "
+            f"{agent.forwarder.counters.events_forwarded_total} | backlog {stats.pending} | "
+            f"hub {'connected' if connected else 'unreachable'} | received at hub {hub.received}"
+        )
+        if tty:
+            print("\r" + line.ljust(110), end="", flush=True)
+        elif time.monotonic() - last_line >= 2.0:
+            last_line = time.monotonic()
+            print(line, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_port(port: int, *, timeout: float, process: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.settimeout(0.5)
+            probe.connect(("127.0.0.1", port))
+            return True
+        time.sleep(0.1)
+    return False

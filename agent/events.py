@@ -1,0 +1,236 @@
+"""Canonical events: the envelope, the versioned event types, ids and the wire encoding.
+
+Envelope (CloudEvents 1.0 attributes plus extensions), one msgpack map per event:
+
+    specversion "1.0" | id | source "/{site}/{agent}/{source name}" | type "<name>.v<N>"
+    time (RFC 3339, source timestamp) | subject (asset path) | site | agent | quality
+    seq (per agent, +1 per accepted event) | data (the type's fields, a map)
+
+Invariants:
+- `id` is a UUIDv5 of the source fact: site, source, signal, source timestamp, value and event
+  type. The same fact always yields the same id, so the buffer drops repeats and consumers can
+  de-duplicate by id.
+- `seq` is not known when an event is built: the buffer assigns it when it accepts the event.
+  The buffer stores the envelope *without* `seq` (`body`); the forwarder splices `seq` in as the
+  first map entry when it publishes (`with_seq`), without decoding the rest.
+- One MQTT message carries a msgpack array of envelopes (`encode_batch`); its MQTT v5 content
+  type is `CONTENT_TYPE`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field
+
+from config.schema import EventKind, MachineState, Priority
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/cloudevents-batch+msgpack"
+_ID_NAMESPACE = uuid.UUID("6f1c2a4e-2b1d-5c8e-9a57-3d0e6b1f4a10")
+
+
+# ---------------------------------------------------------------------------------------------
+# Event types (data contracts). A change to a model's fields is a new version: add V2, keep V1.
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signal: str = Field(description="The signal's configured name (or its address).")
+
+
+class TelemetryV1(_Data):
+    """A process value with its unit (UCUM code when known)."""
+
+    value: float | None = Field(description="The value; null when the source reported none.")
+    unit: str | None = Field(default=None, description="UCUM unit code, e.g. Cel, bar, kg.")
+
+
+class MachineStateV1(_Data):
+    """A machine changed state (or its state was read for the first time)."""
+
+    state: MachineState
+    previous: MachineState | None = Field(
+        default=None, description="The state before; null on the first reading."
+    )
+    previous_duration_s: float | None = Field(
+        default=None, ge=0, description="How long the previous state lasted, when known."
+    )
+    raw: bool | int | float | str = Field(description="The raw value the state was mapped from.")
+
+
+class ProductionCountV1(_Data):
+    """A production counter reading with the increment since the previous reading."""
+
+    count: int = Field(ge=0)
+    increment: int | None = Field(
+        default=None, ge=0, description="Parts since the previous reading; null on the first one."
+    )
+    reset: bool = Field(default=False, description="The counter went back (reset) before this.")
+
+
+@dataclass(frozen=True)
+class EventType:
+    kind: EventKind
+    version: int
+    model: type[_Data]
+    default_priority: Priority
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind.value}.v{self.version}"
+
+
+EVENT_TYPES: dict[EventKind, EventType] = {
+    EventKind.TELEMETRY: EventType(EventKind.TELEMETRY, 1, TelemetryV1, Priority.TELEMETRY),
+    EventKind.MACHINE_STATE: EventType(
+        EventKind.MACHINE_STATE, 1, MachineStateV1, Priority.BUSINESS
+    ),
+    EventKind.PRODUCTION_COUNT: EventType(
+        EventKind.PRODUCTION_COUNT, 1, ProductionCountV1, Priority.BUSINESS
+    ),
+}
+EVENT_TYPES_BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES.values()}
+
+DataT = TypeVar("DataT", bound=_Data)
+
+
+class CloudEvent(BaseModel, Generic[DataT]):
+    """The envelope as consumers see it (after decoding one element of a message's array)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    specversion: Literal["1.0"]
+    id: str
+    source: str
+    type: str
+    time: datetime
+    subject: str
+    site: str
+    agent: str
+    seq: int = Field(ge=1, description="Per-agent sequence: +1 for every accepted event.")
+    quality: Literal["good", "uncertain", "bad"]
+    status: str | None = Field(
+        default=None, description="The source's status name when quality is not good."
+    )
+    data: DataT
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every event type's full envelope, keyed by versioned type name."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for event_type in EVENT_TYPES.values():
+        model = CloudEvent[event_type.model]  # type: ignore[name-defined]
+        schema = model.model_json_schema()
+        schema["title"] = event_type.name
+        schema["properties"]["type"]["const"] = event_type.name
+        schemas[event_type.name] = schema
+    return schemas
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and encoding
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A canonical event before the buffer accepted it (so: without seq)."""
+
+    id: str
+    type: EventType
+    source: str
+    time: datetime
+    subject: str
+    quality: str
+    status: str | None
+    data: dict[str, Any]
+
+
+def event_id(
+    *, site: str, source: str, signal: str, timestamp: datetime, value: Any, type_name: str
+) -> str:
+    """The deterministic id of one source fact turned into one event type."""
+    key = "\x1f".join((site, source, signal, rfc3339(timestamp), repr(value), type_name))
+    return str(uuid.uuid5(_ID_NAMESPACE, key))
+
+
+def rfc3339(timestamp: datetime) -> str:
+    """UTC timestamp with microseconds and a Z, e.g. 2026-11-26T15:12:51.123456Z."""
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)
+    return timestamp.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def encode_body(event: Event, *, site: str, agent: str) -> bytes:
+    """The envelope without `seq`, as the buffer stores it."""
+    envelope: dict[str, Any] = {
+        "specversion": SPECVERSION,
+        "id": event.id,
+        "source": event.source,
+        "type": event.type.name,
+        "time": rfc3339(event.time),
+        "subject": event.subject,
+        "site": site,
+        "agent": agent,
+        "quality": event.quality,
+        "data": event.data,
+    }
+    if event.status is not None:
+        envelope["status"] = event.status
+    return msgpack.packb(envelope, use_bin_type=True)
+
+
+_SEQ_KEY = msgpack.packb("seq")
+
+
+def with_seq(body: bytes, seq: int) -> bytes:
+    """Splice `seq` into a stored envelope as its first entry, without decoding the rest."""
+    head = body[0]
+    if 0x80 <= head <= 0x8E:  # fixmap with room for one more entry
+        return bytes((head + 1,)) + _SEQ_KEY + msgpack.packb(seq) + body[1:]
+    if head == 0x8F:  # fixmap of 15 becomes a map16 of 16
+        return b"\xde\x00\x10" + _SEQ_KEY + msgpack.packb(seq) + body[1:]
+    if head == 0xDE:
+        count = int.from_bytes(body[1:3], "big") + 1
+        return b"\xde" + count.to_bytes(2, "big") + _SEQ_KEY + msgpack.packb(seq) + body[3:]
+    raise ValueError(f"stored event body is not a msgpack map (first byte 0x{head:02x})")
+
+
+def array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def encode_batch(items: Iterable[tuple[int, bytes]]) -> bytes:
+    """One MQTT payload: a msgpack array of envelopes, from (seq, stored body) pairs."""
+    parts = [with_seq(body, seq) for seq, body in items]
+    return array_header(len(parts)) + b"".join(parts)
+
+
+def decode_batch(payload: bytes) -> list[dict[str, Any]]:
+    """The consumer's side: a message payload back into envelope maps."""
+    events = msgpack.unpackb(payload, raw=False)
+    if not isinstance(events, list):
+        raise ValueError("an events message must be a msgpack array")
+    return events
+
+
+def validate_envelope(envelope: dict[str, Any]) -> CloudEvent[Any]:
+    """Validate a decoded envelope against its type's contract (raises pydantic's error)."""
+    event_type = EVENT_TYPES_BY_NAME.get(str(envelope.get("type")))
+    if event_type is None:
+        raise ValueError(f"unknown event type {envelope.get('type')!r}")
+    return CloudEvent[event_type.model].model_validate(envelope)  # type: ignore[name-defined]
+
+
+def type_names() -> Sequence[str]:
+    return sorted(EVENT_TYPES_BY_NAME)

@@ -1,0 +1,699 @@
+"""The MQTT v5 session to the hub: asyncio over paho-mqtt 2.x.
+
+Invariants
+----------
+One paho client per connection.
+    Every connection attempt builds a new paho ``Client`` (callback API v2, MQTT v5,
+    clean_start=True, paho's own reconnect off). Paho therefore never reconnects and never re-sends
+    anything by itself: whatever was not acknowledged on the connection that carried it is
+    reported lost, and the caller (the forwarder) re-sends it from its durable buffer.
+
+The ack rule.
+    ``publish()`` returns one future per message. For QoS 1 it resolves only with the broker's
+    PUBACK for that message, as a ``PubAck`` carrying the MQTT v5 reason code: ``ok`` for codes
+    below 0x80 (0x00 success, 0x10 no matching subscribers), not ``ok`` for failures (0x80 and up,
+    e.g. 0x87 not authorized, 0x97 quota exceeded). A failure code is never reported as success.
+    A QoS 0 future resolves at once with ``PubAck(0, "Success")``: there is nothing to wait for.
+
+In-flight publishes on disconnect.
+    When the connection drops, every future still waiting for its PUBACK fails with
+    ``ConnectionLost``: the broker may or may not have the message, so the caller re-sends it
+    (consumers drop duplicates by event id). ``publish()`` while down raises ``NotConnected``.
+    A message larger than the broker's Maximum Packet Size (from CONNACK) raises
+    ``PacketTooLarge`` before anything is sent: a broker drops the whole connection for one
+    (mosquitto sends DISCONNECT 0x95), which would fail every other in-flight publish too.
+
+Thread boundary.
+    Paho's network thread (``loop_start``) runs paho's callbacks. They only hand events to the
+    event loop with ``loop.call_soon_threadsafe``, tagged with the client they came from, so late
+    events of an older connection are ignored. All session state is read and written on the loop.
+    A publish's future is registered in the same synchronous step as ``client.publish()``; the
+    PUBACK callback can only run later on the loop, so it always finds the future. Paho calls that
+    may block run on worker threads (``loop_stop`` joins paho's thread); connecting uses
+    ``connect_async``, the TCP and TLS handshake happen on paho's thread.
+
+Lifecycle.
+    A background task keeps one connection up: connect, wait (bounded) for CONNACK, re-subscribe,
+    await ``on_connected`` (the link is usable: it may publish, e.g. an ``online`` status), then
+    set ``connected`` and release ``wait_connected()`` waiters. On loss: fail in-flight futures,
+    wait a capped exponential backoff with full jitter, connect again. CONNACK refusals (bad
+    credentials, not authorized) are retried the same way. ``close()`` publishes the final
+    messages, waits (bounded) for their PUBACKs and sends DISCONNECT 0 (normal), so the broker
+    discards the will; any other end of the connection makes the broker publish the will.
+
+Errors
+------
+::
+
+    MqttSessionError
+    ├── NotConnected      publish while the link is down: keep the data, wait_connected()
+    ├── ConnectionLost    the link dropped before the PUBACK: outcome unknown, re-send
+    ├── PacketTooLarge    (also a ValueError) over the broker's Maximum Packet Size: this message
+    │                     can never go to this broker as it is; set it aside (poison record)
+    └── SubscribeRefused  SUBACK with a failure reason code for the filter
+
+A PUBACK failure code is not an exception: it is a ``PubAck`` with ``ok`` false, so the caller
+can tie the broker's reason to the exact message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+__all__ = [
+    "ConnectionLost",
+    "MqttSession",
+    "MqttSessionError",
+    "NotConnected",
+    "PacketTooLarge",
+    "PubAck",
+    "SubscribeRefused",
+    "WillMessage",
+]
+
+# Largest packet MQTT can encode: 1 byte header + 4 bytes remaining length + 268,435,455.
+_PROTOCOL_MAX_PACKET_SIZE = 1 + 4 + 268_435_455
+_DEFAULT_RECEIVE_MAXIMUM = 65_535
+_PAHO_MAX_INFLIGHT = 65_535
+_CLOSE_TIMEOUT_S = 5.0
+
+OnConnected = Callable[[], Awaitable[None]]
+OnMessage = Callable[[str, bytes, Properties | None], None]
+
+
+class MqttSessionError(Exception):
+    """Base of the errors this module raises."""
+
+
+class NotConnected(MqttSessionError):
+    """publish() was called while the link to the hub is down (or the session is closing)."""
+
+
+class ConnectionLost(MqttSessionError):
+    """The connection dropped before this message's PUBACK: the outcome is unknown, re-send."""
+
+
+class PacketTooLarge(MqttSessionError, ValueError):
+    """The PUBLISH packet would exceed the broker's Maximum Packet Size; nothing was sent."""
+
+    def __init__(self, packet_size: int, max_packet_size: int, topic: str) -> None:
+        super().__init__(
+            f"PUBLISH to {topic!r} would be {packet_size} bytes, over the broker's maximum "
+            f"packet size of {max_packet_size} bytes"
+        )
+        self.packet_size = packet_size
+        self.max_packet_size = max_packet_size
+
+
+class SubscribeRefused(MqttSessionError):
+    """The broker refused a subscription (SUBACK failure reason code)."""
+
+
+@dataclass(frozen=True)
+class PubAck:
+    """The broker's PUBACK for one message."""
+
+    reason_code: int
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.reason_code < 0x80
+
+
+_QOS0_ACK = PubAck(0, "Success")
+
+
+@dataclass(frozen=True)
+class WillMessage:
+    """Published by the broker when the connection ends without a normal DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+    content_type: str | None = None
+
+
+def _new_properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho's Properties is untyped
+
+
+def _varint_size(value: int) -> int:
+    size = 1
+    while value >= 128:
+        value //= 128
+        size += 1
+    return size
+
+
+def publish_packet_size(topic: str, payload: bytes, qos: int, properties: Properties | None) -> int:
+    """Size in bytes of the MQTT v5 PUBLISH packet, fixed header included (what brokers limit)."""
+    packed_properties = 1  # a single zero byte: no properties
+    if properties is not None:
+        packed_properties = len(properties.pack())  # type: ignore[no-untyped-call]
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos > 0 else 0)
+    remaining += packed_properties + len(payload)
+    return 1 + _varint_size(remaining) + remaining
+
+
+def _reason_text(reason: ReasonCode) -> str:
+    return f"{reason.getName()} (0x{reason.value:02x})"
+
+
+class MqttSession:
+    """A self-healing MQTT v5 connection to one broker; see the module docstring.
+
+    Use as ``async with MqttSession(...) as session:``. All methods are called from the event loop
+    that entered it.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        keepalive_s: int = 30,
+        tls: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        will: WillMessage | None = None,
+        connect_timeout_s: float = 10.0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        on_connected: OnConnected | None = None,
+        on_message: OnMessage | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if reconnect_min_s <= 0 or reconnect_max_s < reconnect_min_s:
+            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+        self._host = host
+        self._port = port
+        self._client_id = client_id
+        self._keepalive_s = keepalive_s
+        self._tls = tls
+        self._username = username
+        self._password = password
+        self._will = will
+        self._connect_timeout_s = connect_timeout_s
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._on_connected = on_connected
+        self._on_message = on_message
+        self._log = logger or logging.getLogger(__name__)
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        # The current paho client: connecting, connected, or None between attempts.
+        self._client: mqtt.Client | None = None
+        self._connack: asyncio.Future[str | None] | None = None  # None = accepted, else why not
+        self._link_up = False  # CONNACK accepted on self._client and not lost since
+        self._lost = asyncio.Event()  # set when the current connection ends
+        self._ready = asyncio.Event()  # link up and on_connected done
+        self._down = asyncio.Event()
+        self._down.set()
+        self._loss_reason = ""
+        self._pending: dict[int, asyncio.Future[PubAck]] = {}
+        self._pending_subs: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._subscriptions: dict[str, int] = {}
+        self._epoch = 0
+        self._max_packet_size: int | None = None
+        self._receive_maximum = _DEFAULT_RECEIVE_MAXIMUM
+        self._closing = False
+        self._closed = asyncio.Event()
+        # Logging of state changes: once per change, not per attempt.
+        self._ever_connected = False
+        self._down_since: float | None = None
+        self._outage_logged = False
+
+    # -- public API --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> MqttSession:
+        if self._task is not None:
+            raise RuntimeError("MqttSession can be entered once")
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name=f"mqtt-session[{self._client_id}]")
+        self._task.add_done_callback(self._on_task_done)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True once connected and ``on_connected`` has run; False as soon as the link drops."""
+        return self._ready.is_set()
+
+    @property
+    def connection_epoch(self) -> int:
+        """Number of successful CONNACKs so far; increments on every (re)connect."""
+        return self._epoch
+
+    @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size from the last CONNACK, if it sent one."""
+        return self._max_packet_size
+
+    @property
+    def receive_maximum(self) -> int:
+        """The broker's Receive Maximum from the last CONNACK (65535 if absent)."""
+        return self._receive_maximum
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until ``connected``; False if ``timeout`` passed first."""
+        return await self._wait_event(self._ready, timeout)
+
+    async def wait_disconnected(self, timeout: float | None = None) -> bool:
+        """Wait until not ``connected``; False if ``timeout`` passed first."""
+        return await self._wait_event(self._down, timeout)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+        user_properties: Sequence[tuple[str, str]] = (),
+    ) -> asyncio.Future[PubAck]:
+        """Send one PUBLISH now; the future resolves with its PUBACK (see the ack rule).
+
+        Raises NotConnected while the link is down or the session is closing, PacketTooLarge if
+        the packet exceeds the broker's maximum. The link is usable during ``on_connected``.
+        """
+        if self._closing:
+            raise NotConnected("session is closing")
+        return self._publish(topic, payload, qos, retain, content_type, user_properties)
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now if connected (waits for SUBACK) and again after every reconnect.
+
+        Raises SubscribeRefused if the broker refuses the filter; the filter is then forgotten.
+        """
+        self._subscriptions[topic_filter] = qos
+        client = self._client
+        if client is None or not self._link_up:
+            return  # made on the next connect
+        try:
+            await self._subscribe_on(client, [(topic_filter, qos)])
+        except ConnectionLost:
+            return  # made on the next connect
+        except SubscribeRefused:
+            self._subscriptions.pop(topic_filter, None)
+            raise
+
+    async def close(self, final: Sequence[tuple[str, bytes, bool, str | None]] = ()) -> None:
+        """Publish ``final`` (topic, payload, retain, content_type) at QoS 1, wait (bounded) for
+        their PUBACKs, send a normal DISCONNECT (the broker drops the will) and stop. Idempotent.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        bug: BaseException | None = None
+        try:
+            task = self._task
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+                if not task.cancelled():
+                    bug = task.exception()
+            client = self._client
+            if final and (client is None or not self._link_up):
+                self._log.warning("hub not connected: %d final message(s) not sent", len(final))
+            if client is not None:
+                if self._link_up:
+                    await self._publish_final(final)
+                    client.disconnect()  # DISCONNECT reason 0: normal, no will
+                    await self._wait_event(self._lost, _CLOSE_TIMEOUT_S)
+                await self._discard(client)
+            self._mark_down("session closed")
+            self._client = None
+            if self._ever_connected:
+                self._log.info("hub session closed")
+        finally:
+            self._closed.set()
+        if bug is not None:
+            raise bug
+
+    # -- connection supervisor (one task) ----------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing:
+            failure = await self._connect_once()
+            if failure is None:
+                failures = 0
+                await self._serve_connection()
+                failure = self._loss_reason
+            else:
+                failures += 1
+            if self._closing:
+                return
+            self._note_unreachable(failure)
+            await asyncio.sleep(self._backoff_s(failures))
+
+    def _backoff_s(self, failures: int) -> float:
+        """Capped exponential backoff with full jitter, never below reconnect_min_s."""
+        ceiling = min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(failures, 30))
+        return random.uniform(self._reconnect_min_s, ceiling)
+
+    async def _connect_once(self) -> str | None:
+        """One connection attempt; None when CONNACK accepted it, else the reason it failed."""
+        loop = asyncio.get_running_loop()
+        client = self._new_client(loop)
+        connack: asyncio.Future[str | None] = loop.create_future()
+        self._client = client
+        self._connack = connack
+        client.connect_async(self._host, self._port, keepalive=self._keepalive_s, clean_start=True)
+        client.loop_start()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                failure = await connack
+        except TimeoutError:
+            failure = f"no CONNACK within {self._connect_timeout_s:g} s"
+        finally:
+            self._connack = None
+        if failure is not None:
+            self._client = None
+            await self._discard(client)
+        return failure
+
+    async def _serve_connection(self) -> None:
+        """Run one established connection until it is lost."""
+        client = self._client
+        lost = self._lost
+        assert client is not None
+        self._note_connected()
+        if self._subscriptions:
+            try:
+                await self._subscribe_on(client, list(self._subscriptions.items()))
+            except ConnectionLost:
+                pass
+            except (SubscribeRefused, TimeoutError) as error:
+                self._log.error("hub subscription failed: %s", error)
+        if self._on_connected is not None and self._link_up:
+            try:
+                await self._on_connected()
+            except (ConnectionLost, NotConnected):
+                if self._link_up:
+                    self._log.exception("on_connected callback failed")
+                # else: the link dropped under the callback; handled below like any loss
+            except Exception:
+                self._log.exception("on_connected callback failed")
+        if self._link_up and self._client is client:
+            self._ready.set()
+            self._down.clear()
+        await lost.wait()
+        self._client = None
+        await self._discard(client)
+
+    async def _discard(self, client: mqtt.Client) -> None:
+        """Stop a client's network thread without blocking the loop (bounded)."""
+        client.disconnect()
+        try:
+            async with asyncio.timeout(max(self._connect_timeout_s, _CLOSE_TIMEOUT_S)):
+                await asyncio.to_thread(client.loop_stop)
+        except TimeoutError:
+            self._log.warning("paho network thread did not stop in time; abandoning it")
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("hub session task crashed", exc_info=task.exception())
+
+    # -- paho client and its callbacks (paho thread -> loop) ---------------------------------
+
+    def _new_client(self, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.max_inflight_messages_set(_PAHO_MAX_INFLIGHT)
+        client.max_queued_messages_set(0)  # unlimited: the caller bounds what is in flight
+        client.connect_timeout = self._connect_timeout_s
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        if self._will is not None:
+            will_properties: Properties | None = None
+            if self._will.content_type is not None:
+                will_properties = _new_properties(PacketTypes.WILLMESSAGE)
+                will_properties.ContentType = self._will.content_type
+            client.will_set(
+                self._will.topic,
+                self._will.payload,
+                qos=self._will.qos,
+                retain=self._will.retain,
+                properties=will_properties,
+            )
+
+        def to_loop(callback: Callable[..., None], *args: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # loop already closed: nobody to tell
+                loop.call_soon_threadsafe(callback, client, *args)
+
+        def on_connect(_c: Any, _u: Any, _f: Any, reason: ReasonCode, props: Any) -> None:
+            to_loop(self._handle_connack, reason, props)
+
+        def on_connect_fail(c: mqtt.Client, _u: Any) -> None:
+            # Runs inside paho's `except OSError`: the error is the one being handled.
+            error = sys.exc_info()[1]
+            c.disconnect()  # stop paho retrying the first connect by itself
+            to_loop(self._handle_connect_fail, f"{error}" if error else "TCP connect failed")
+
+        def on_disconnect(_c: Any, _u: Any, flags: Any, reason: ReasonCode, _p: Any) -> None:
+            if getattr(flags, "is_disconnect_packet_from_server", False):
+                text = f"broker closed the connection: {_reason_text(reason)}"
+            else:
+                text = "connection lost"
+            to_loop(self._handle_link_lost, text)
+
+        def on_publish(_c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+            to_loop(self._handle_puback, mid, PubAck(reason.value, reason.getName()))
+
+        def on_subscribe(_c: Any, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+            to_loop(self._handle_suback, mid, list(reasons))
+
+        def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                return
+            properties = getattr(message, "properties", None)
+            to_loop(self._handle_message, topic, bytes(message.payload), properties)
+
+        client.on_connect = on_connect
+        client.on_connect_fail = on_connect_fail
+        client.on_disconnect = on_disconnect
+        client.on_publish = on_publish
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
+        return client
+
+    def _handle_connack(self, client: mqtt.Client, reason: ReasonCode, props: Any) -> None:
+        connack = self._connack
+        if client is not self._client or connack is None or connack.done():
+            return
+        if reason.is_failure:
+            connack.set_result(f"connection refused by broker: {_reason_text(reason)}")
+            return
+        self._link_up = True
+        self._epoch += 1
+        self._lost = asyncio.Event()
+        max_packet_size = getattr(props, "MaximumPacketSize", None)
+        self._max_packet_size = int(max_packet_size) if max_packet_size is not None else None
+        receive_maximum = getattr(props, "ReceiveMaximum", None)
+        self._receive_maximum = (
+            int(receive_maximum) if receive_maximum is not None else _DEFAULT_RECEIVE_MAXIMUM
+        )
+        connack.set_result(None)
+
+    def _handle_connect_fail(self, client: mqtt.Client, reason: str) -> None:
+        connack = self._connack
+        if client is self._client and connack is not None and not connack.done():
+            connack.set_result(reason)
+
+    def _handle_link_lost(self, client: mqtt.Client, reason: str) -> None:
+        if client is not self._client:
+            return
+        connack = self._connack
+        if connack is not None and not connack.done():
+            connack.set_result(f"{reason} before CONNACK")
+        if self._link_up:
+            self._loss_reason = reason
+            self._mark_down(reason)
+            self._lost.set()
+
+    def _mark_down(self, reason: str) -> None:
+        """Link gone: fail everything in flight, clear the connected state."""
+        self._link_up = False
+        self._ready.clear()
+        self._down.set()
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(f"{reason} before PUBACK"))
+        pending_subs, self._pending_subs = self._pending_subs, {}
+        for sub_future in pending_subs.values():
+            if not sub_future.done():
+                sub_future.set_exception(ConnectionLost(f"{reason} before SUBACK"))
+
+    def _handle_puback(self, client: mqtt.Client, mid: int, ack: PubAck) -> None:
+        if client is not self._client:
+            return
+        future = self._pending.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(ack)
+
+    def _handle_suback(self, client: mqtt.Client, mid: int, reasons: list[ReasonCode]) -> None:
+        if client is not self._client:
+            return
+        future = self._pending_subs.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reasons)
+
+    def _handle_message(
+        self, client: mqtt.Client, topic: str, payload: bytes, properties: Properties | None
+    ) -> None:
+        if client is not self._client or self._on_message is None:
+            return
+        try:
+            self._on_message(topic, payload, properties)
+        except Exception:
+            self._log.exception("on_message callback failed for topic %s", topic)
+
+    # -- publishing and subscribing on the current client ------------------------------------
+
+    def _publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        content_type: str | None,
+        user_properties: Sequence[tuple[str, str]],
+    ) -> asyncio.Future[PubAck]:
+        client = self._client
+        if client is None or not self._link_up:
+            raise NotConnected("not connected to the hub")
+        properties: Properties | None = None
+        if content_type is not None or user_properties:
+            properties = _new_properties(PacketTypes.PUBLISH)
+            if content_type is not None:
+                properties.ContentType = content_type
+            if user_properties:
+                properties.UserProperty = list(user_properties)
+        limit = self._max_packet_size or _PROTOCOL_MAX_PACKET_SIZE
+        size = publish_packet_size(topic, payload, qos, properties)
+        if size > limit:
+            raise PacketTooLarge(size, limit, topic)
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            raise NotConnected("connection to the hub just dropped")
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttSessionError(f"paho refused the publish: {mqtt.error_string(info.rc)}")
+        if qos == 0:
+            future.set_result(_QOS0_ACK)
+        else:
+            # Same synchronous step as client.publish(): the PUBACK handler runs after this.
+            self._pending[info.mid] = future
+        return future
+
+    async def _publish_final(self, final: Sequence[tuple[str, bytes, bool, str | None]]) -> None:
+        futures: list[asyncio.Future[PubAck]] = []
+        for topic, payload, retain, content_type in final:
+            try:
+                futures.append(self._publish(topic, payload, 1, retain, content_type, ()))
+            except MqttSessionError as error:
+                self._log.warning("final message to %s not sent: %s", topic, error)
+        if not futures:
+            return
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                results = await asyncio.gather(*futures, return_exceptions=True)
+        except TimeoutError:
+            self._log.warning("final messages not acknowledged within %g s", _CLOSE_TIMEOUT_S)
+            return
+        for (topic, *_), result in zip(final, results, strict=False):
+            if isinstance(result, BaseException):
+                self._log.warning("final message to %s not acknowledged: %s", topic, result)
+            elif not result.ok:
+                self._log.warning("final message to %s refused: %s", topic, result.reason)
+
+    async def _subscribe_on(self, client: mqtt.Client, filters: list[tuple[str, int]]) -> None:
+        rc, mid = client.subscribe(filters)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise ConnectionLost(f"subscribe not sent: {mqtt.error_string(rc)}")
+        future: asyncio.Future[list[ReasonCode]] = asyncio.get_running_loop().create_future()
+        self._pending_subs[mid] = future
+        async with asyncio.timeout(self._connect_timeout_s):
+            reasons = await future
+        refused = [
+            f"{topic_filter!r}: {_reason_text(reason)}"
+            for (topic_filter, _), reason in zip(filters, reasons, strict=False)
+            if reason.is_failure
+        ]
+        if refused:
+            raise SubscribeRefused("subscription refused: " + ", ".join(refused))
+
+    # -- state-change logging ----------------------------------------------------------------
+
+    def _note_connected(self) -> None:
+        where = f"{self._host}:{self._port}"
+        if self._down_since is not None and self._outage_logged:
+            seconds = time.monotonic() - self._down_since
+            if self._ever_connected:
+                self._log.info("hub back after %.0f s", seconds)
+            else:
+                self._log.info("hub connected: %s after %.0f s", where, seconds)
+        elif not self._ever_connected:
+            self._log.info("hub connected: %s", where)
+        self._ever_connected = True
+        self._down_since = None
+        self._outage_logged = False
+
+    def _note_unreachable(self, reason: str) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        if not self._outage_logged:
+            self._outage_logged = True
+            self._log.warning("hub unreachable: %s, retrying", reason)
+        else:
+            self._log.debug("hub still unreachable: %s", reason)
+
+    @staticmethod
+    async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+        if event.is_set():
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True

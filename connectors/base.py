@@ -1,0 +1,100 @@
+"""The connector contract: what every source plugin implements and what the runtime promises it.
+
+A connector knows one protocol and nothing about events, buffers or MQTT. It turns what its
+peer says into `Reading`s and hands them to the runtime through `emit`.
+
+Lifecycle (owned by the runtime, `agent.runtime.SourceRunner`):
+
+1. The runtime constructs the connector from its validated config.
+2. It calls `run(emit)` and awaits it. `run` connects, subscribes or polls, and calls
+   `await emit(readings)` for each batch, for as long as it can. `emit` returns once the
+   readings are handed over; it may block to apply backpressure, and a connector must not
+   work around that (the block is how a full buffer slows a source down).
+3. `run` ends by raising:
+   - `SourceUnavailable`: transient (peer down, connection lost, timeout). The runtime logs it
+     once, waits with capped exponential backoff and jitter, and calls `run` again.
+   - `SourceConfigError`: this source cannot work as configured (node does not exist, bad
+     endpoint). The runtime stops this source, reports it in status and keeps the others.
+   - `asyncio.CancelledError`: the runtime is shutting down; `run` closes its session within
+     the grace period and re-raises.
+   Any other exception is a bug: the runtime logs it with its traceback and treats it as
+   transient, so one faulty plugin never takes the agent down.
+4. `health` is read by status reporting at any time; the connector keeps it current.
+
+Readings carry the source's own timestamp and quality. The same source fact (same source,
+signal, source timestamp and value) must always produce an equal `Reading`, because event ids
+are derived from it and duplicates are dropped by id downstream.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+Value = bool | int | float | str | None
+
+
+class Quality(enum.StrEnum):
+    """OPC UA style quality class of a value."""
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one signal at one moment, as the source reported it.
+
+    `signal` is the source's own address of the value (an OPC UA NodeId string, a file column).
+    `timestamp` is timezone-aware (UTC) and comes from the source when it has one.
+    `status` is the source's own status name when it is not plainly good (e.g.
+    "BadCommunicationError"), so the hub can tell why a value is bad.
+    """
+
+    source: str
+    signal: str
+    value: Value
+    timestamp: datetime
+    quality: Quality = Quality.GOOD
+    status: str | None = None
+
+
+Emit = Callable[[Sequence[Reading]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class SourceHealth:
+    """What status reporting shows about one source; the connector keeps it current."""
+
+    connected: bool = False
+    last_value_at: datetime | None = None
+    last_error: str | None = None
+    readings_total: int = 0
+    signal_errors: dict[str, str] = field(default_factory=dict)
+
+
+class Connector(Protocol):
+    """A source plugin. See the module docstring for the lifecycle contract."""
+
+    name: str
+    health: SourceHealth
+
+    async def run(self, emit: Emit) -> None:
+        """Read from the peer and emit readings until cancelled or an error ends it."""
+        ...
+
+
+class ConnectorError(Exception):
+    """Base of every error a connector raises on purpose."""
+
+
+class SourceUnavailable(ConnectorError):
+    """Transient: the peer cannot be reached or dropped us. The runtime retries with backoff."""
+
+
+class SourceConfigError(ConnectorError):
+    """Permanent: the source cannot work as configured. The runtime stops this source only."""

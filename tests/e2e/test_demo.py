@@ -1,0 +1,43 @@
+"""`edge-agent demo` as a new user runs it, pointed at a private broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.agent_process import REPO
+from tests.support.broker import MosquittoBroker, Subscriber
+from tests.support.events import EVENTS_TOPIC, decode_events
+
+
+def test_demo_forwards_the_simulated_line_to_the_broker(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    with Subscriber(broker, EVENTS_TOPIC) as subscriber:
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", "demo", "--duration", "8", "--hub", broker.url,
+             "--state-dir", str(tmp_path / "state"), "--rate", "20"],
+            cwd=REPO, capture_output=True, text=True, timeout=90, check=False,
+        )
+        events = decode_events(subscriber.messages)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "at the hub, on mfg/plant-a/edge-01/events/" in result.stdout
+    assert "hub connected" in result.stdout
+    assert {e["type"] for e in events} >= {"telemetry.v1", "production.count.v1"}
+    assert len(events) > 20
+
+
+def test_demo_without_a_broker_says_so_and_keeps_buffering(tmp_path: Path) -> None:
+    broker = MosquittoBroker()  # a free port with nothing listening
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "demo", "--duration", "6", "--hub", broker.url,
+         "--state-dir", str(tmp_path / "state")],
+        cwd=REPO, capture_output=True, text=True, timeout=90, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"no MQTT broker answers at {broker.url}" in result.stdout
+    assert "hub unreachable" in result.stdout
+    last = [line for line in result.stdout.splitlines() if line.startswith("read ")][-1]
+    backlog = int(last.split("backlog ")[1].split(" ")[0])
+    assert backlog > 0, last

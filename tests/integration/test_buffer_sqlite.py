@@ -1,0 +1,566 @@
+"""SqliteBuffer on real files: examples, a kill -9 test and a model-based (stateful) test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from buffer.base import AppendResult, BufferCorrupt, Record, StoredRecord
+from buffer.sqlite import SqliteBuffer
+
+ROOT = Path(__file__).resolve().parents[2]
+RETENTION_S = 100.0
+
+
+class FakeClock:
+    """A clock the test moves by hand, so accepted_at, acked_at and purge are exact."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def records(prefix: str, count: int, priority: int = 0) -> list[Record]:
+    return [
+        Record(f"{prefix}-{n}", "reading", priority, f"{prefix}{n}".encode()) for n in range(count)
+    ]
+
+
+async def lease_all(buffer: SqliteBuffer) -> list[StoredRecord]:
+    return await buffer.lease(1_000_000)
+
+
+# --- append: acceptance, duplicates, seq -----------------------------------------------------
+
+
+async def test_append_assigns_gap_free_seqs(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        assert await buffer.append(records("a", 3)) == AppendResult(3, 0, 3)
+        assert await buffer.append(records("b", 2)) == AppendResult(2, 0, 5)
+        assert await buffer.append([]) == AppendResult(0, 0, 5)
+        leased = await lease_all(buffer)
+    assert [r.seq for r in leased] == [1, 2, 3, 4, 5]
+    assert [r.id for r in leased] == ["a-0", "a-1", "a-2", "b-0", "b-1"]
+    assert leased[0] == StoredRecord(1, "a-0", "reading", 0, b"a0", leased[0].accepted_at)
+
+
+async def test_duplicates_use_no_seq_within_a_batch_across_batches_and_after_reopen(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "buffer.db"
+    async with SqliteBuffer.open(path) as buffer:
+        first = Record("x", "reading", 0, b"first")
+        batch = [first, Record("y", "reading", 0, b""), Record("x", "reading", 0, b"second")]
+        assert await buffer.append(batch) == AppendResult(2, 1, 2)
+        assert await buffer.append([Record("y", "reading", 0, b""), Record("z", "r", 0, b"")]) == (
+            AppendResult(1, 1, 3)
+        )
+        await buffer.ack([1])  # acked but retained: still a duplicate
+    async with SqliteBuffer.open(path) as buffer:
+        assert await buffer.append([first, Record("w", "reading", 0, b"")]) == AppendResult(1, 1, 4)
+        assert [(r.seq, r.id) for r in await lease_all(buffer)] == [(2, "y"), (3, "z"), (4, "w")]
+
+
+async def test_a_batch_larger_than_one_statement_is_checked_in_chunks(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        assert await buffer.append(records("a", 1_200)) == AppendResult(1_200, 0, 1_200)
+        again = records("a", 1_200) + records("b", 300)
+        assert await buffer.append(again) == AppendResult(300, 1_200, 1_500)
+
+
+async def test_seq_continues_after_reopen_and_after_everything_is_purged(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    clock = FakeClock()
+    async with SqliteBuffer.open(path, retention_s=RETENTION_S, clock=clock) as buffer:
+        await buffer.append(records("a", 4))
+    async with SqliteBuffer.open(path, retention_s=RETENTION_S, clock=clock) as buffer:
+        assert await buffer.append(records("b", 2)) == AppendResult(2, 0, 6)
+        await buffer.ack(range(1, 7))
+        clock.now += RETENTION_S + 1
+        assert await buffer.purge() == 6
+        assert (await buffer.stats()).pending == 0
+        # Purged ids are forgotten: "a-0" is new again, with a new seq.
+        assert await buffer.append(records("a", 1)) == AppendResult(1, 0, 7)
+    async with SqliteBuffer.open(path, retention_s=RETENTION_S, clock=clock) as buffer:
+        await buffer.ack([7])
+        clock.now += RETENTION_S + 1
+        assert await buffer.purge() == 1
+    async with SqliteBuffer.open(path, retention_s=RETENTION_S, clock=clock) as buffer:
+        assert await buffer.append(records("c", 1)) == AppendResult(1, 0, 8)
+
+
+async def test_concurrent_callers_get_one_transaction_each(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        results = await asyncio.gather(
+            *(buffer.append(records(f"t{n}", 50, priority=n % 3)) for n in range(10)),
+            *(buffer.lease(7) for _ in range(10)),
+        )
+        appended = [r for r in results if isinstance(r, AppendResult)]
+        leased = [record for r in results if isinstance(r, list) for record in r]
+        leased += await lease_all(buffer)
+    assert sorted(r.last_seq for r in appended) == list(range(50, 501, 50))
+    assert sorted(r.seq for r in leased) == list(range(1, 501))
+
+
+async def test_a_cancelled_append_leaves_the_buffer_consistent(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        for attempt in range(60):  # cancel at every point of the transaction, COMMIT included
+            batch = records(f"c{attempt}", 20)
+            task = asyncio.create_task(buffer.append(batch))
+            for _ in range(attempt):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            # Accepted or not, offering the batch again is safe and seq stays gap-free.
+            result = await buffer.append(batch)
+            assert result.accepted + result.duplicates == 20
+            assert result.last_seq == 20 * (attempt + 1)
+        assert sorted(r.seq for r in await lease_all(buffer)) == list(range(1, 1_201))
+
+
+async def test_a_rewind_during_a_lease_wins(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        await buffer.append(records("a", 3))
+        leasing = asyncio.create_task(buffer.lease(10))
+        await asyncio.sleep(0)  # the lease is now waiting for its query
+        buffer.rewind()
+        first = await leasing
+        assert [r.seq for r in first] == [1, 2, 3]
+        assert await buffer.lease(10) == first
+
+
+# --- lease, rewind, ack ------------------------------------------------------------------------
+
+
+async def test_lease_orders_by_priority_then_seq(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        await buffer.append(records("low", 2, priority=0))  # seq 1, 2
+        await buffer.append(records("high", 2, priority=5))  # seq 3, 4
+        await buffer.append(records("mid", 2, priority=2))  # seq 5, 6
+        await buffer.append(records("high2", 1, priority=5))  # seq 7
+        leased = await lease_all(buffer)
+    assert [(r.priority, r.seq) for r in leased] == [
+        (5, 3),
+        (5, 4),
+        (5, 7),
+        (2, 5),
+        (2, 6),
+        (0, 1),
+        (0, 2),
+    ]
+
+
+async def test_lease_hands_each_record_out_once(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        await buffer.append(records("a", 5, priority=1) + records("b", 5, priority=0))
+        first, second, third = await buffer.lease(4), await buffer.lease(4), await buffer.lease(4)
+        assert await buffer.lease(4) == []
+        assert await buffer.lease(0) == []
+        # A record appended after the cursors moved is leased next, in priority order.
+        await buffer.append(records("c", 1, priority=1))
+        assert [r.id for r in await buffer.lease(4)] == ["c-0"]
+    seqs = [r.seq for r in first + second + third]
+    assert len(first) == len(second) == 4
+    assert seqs == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
+async def test_rewind_leases_again_only_what_is_not_acked(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        await buffer.append(records("a", 3, priority=0) + records("b", 3, priority=1))
+        leased = await lease_all(buffer)
+        assert [r.seq for r in leased] == [4, 5, 6, 1, 2, 3]
+        await buffer.ack([4, 2])
+        buffer.rewind()
+        assert [r.seq for r in await lease_all(buffer)] == [5, 6, 1, 3]
+        assert await lease_all(buffer) == []
+
+
+async def test_acked_records_are_never_leased(tmp_path: Path) -> None:
+    async with SqliteBuffer.open(tmp_path / "buffer.db") as buffer:
+        await buffer.append(records("a", 4))
+        await buffer.ack([1, 3])  # acked before ever being leased
+        assert [r.seq for r in await lease_all(buffer)] == [2, 4]
+        await buffer.ack([2, 4])
+        buffer.rewind()
+        assert await lease_all(buffer) == []
+
+
+async def test_ack_of_unknown_or_acked_seqs_is_harmless(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with SqliteBuffer.open(tmp_path / "buffer.db", clock=clock) as buffer:
+        await buffer.append(records("a", 2))
+        await buffer.ack([1])
+        clock.now += 10
+        await buffer.ack([1, 99, -1])
+        await buffer.ack([])
+        stats = await buffer.stats()
+        assert (stats.pending, stats.acked_retained) == (1, 1)
+        # The second ack did not move acked_at: purge at exactly retention after the first.
+        assert await buffer.purge(now=1_000.0 + 86_400 + 0.5) == 1
+
+
+async def test_leases_do_not_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    async with SqliteBuffer.open(path) as buffer:
+        await buffer.append(records("a", 4))
+        assert len(await lease_all(buffer)) == 4
+        await buffer.ack([2])
+    async with SqliteBuffer.open(path) as buffer:
+        assert [r.seq for r in await lease_all(buffer)] == [1, 3, 4]
+
+
+# --- purge, dead letters, stats ----------------------------------------------------------------
+
+
+async def test_purge_deletes_only_acked_rows_past_retention(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with SqliteBuffer.open(tmp_path / "b.db", retention_s=RETENTION_S, clock=clock) as buf:
+        await buf.append(records("a", 4))
+        await buf.ack([1])  # acked at 1000
+        clock.now = 1_050.0
+        await buf.ack([2])  # acked at 1050
+        assert await buf.purge(now=1_100.0) == 0  # 1000 is not < 1100 - 100
+        assert await buf.purge(now=1_100.5) == 1
+        clock.now = 1_150.5
+        assert await buf.purge() == 1
+        assert await buf.purge(now=1_000_000.0) == 0  # seq 3, 4 are pending: never purged
+        stats = await buf.stats()
+        assert (stats.pending, stats.acked_retained) == (2, 0)
+        # A purged id is no longer a duplicate.
+        assert await buf.append(records("a", 1)) == AppendResult(1, 0, 5)
+
+
+async def test_purge_works_through_many_chunks(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with SqliteBuffer.open(tmp_path / "b.db", retention_s=RETENTION_S, clock=clock) as buf:
+        await buf.append(records("a", 25_001))
+        await buf.ack(range(1, 25_001))
+        clock.now += RETENTION_S + 1
+        assert await buf.purge() == 25_000
+        stats = await buf.stats()
+        assert (stats.pending, stats.acked_retained, stats.last_seq) == (1, 0, 25_001)
+
+
+async def test_dead_letter_moves_pending_rows_aside_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    clock = FakeClock()
+    async with SqliteBuffer.open(path, clock=clock) as buffer:
+        await buffer.append(records("a", 4))
+        await buffer.ack([4])
+        clock.now = 1_234.0
+        await buffer.dead_letter([2, 3, 4, 99], "payload too large")  # 4 is acked: ignored
+        await buffer.dead_letter([2], "again")  # already moved: ignored
+        assert [r.seq for r in await lease_all(buffer)] == [1]
+        stats = await buffer.stats()
+        assert (stats.pending, stats.acked_retained, stats.dead_letters) == (1, 1, 2)
+        # Its id left events, so the same id is accepted again (with a new seq).
+        assert await buffer.append(records("a", 3)) == AppendResult(2, 1, 6)
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT seq, id, body, reason, dead_at FROM dead_letters ORDER BY seq")
+        assert rows.fetchall() == [
+            (2, "a-1", b"a1", "payload too large", 1_234.0),
+            (3, "a-2", b"a2", "payload too large", 1_234.0),
+        ]
+    db.close()
+
+
+async def test_stats_are_exact(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    clock = FakeClock(now=500.0)
+    async with SqliteBuffer.open(path, clock=clock) as buffer:
+        empty = await buffer.stats()
+        assert (empty.pending, empty.pending_by_priority, empty.oldest_pending_at) == (0, {}, None)
+        assert (empty.acked_retained, empty.dead_letters, empty.last_seq) == (0, 0, 0)
+        await buffer.append(records("p0", 3, priority=0))  # seq 1-3 at 500
+        clock.now = 600.0
+        await buffer.append(records("p2", 2, priority=2))  # seq 4-5 at 600
+        await buffer.ack([1])
+        await buffer.dead_letter([2], "poison")
+        stats = await buffer.stats()
+        assert stats.pending == 3
+        assert stats.pending_by_priority == {0: 1, 2: 2}
+        assert stats.oldest_pending_at == 500.0  # seq 3
+        assert (stats.acked_retained, stats.dead_letters, stats.last_seq) == (1, 1, 5)
+        wal = path.with_name(path.name + "-wal")
+        assert stats.file_bytes == path.stat().st_size + wal.stat().st_size > 0
+
+
+# --- opening -----------------------------------------------------------------------------------
+
+
+async def test_open_creates_the_directory_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "deeper" / "buffer.db"
+    async with SqliteBuffer.open(path) as buffer:
+        assert buffer.path == path
+        await buffer.append(records("a", 1))
+        assert path.with_name("buffer.db-wal").exists()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    db.close()
+
+
+async def test_a_file_of_random_bytes_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    path.write_bytes(random.Random(7).randbytes(20_000))
+    with pytest.raises(BufferCorrupt, match=str(path)):
+        async with SqliteBuffer.open(path):
+            pass
+
+
+async def test_a_damaged_page_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    async with SqliteBuffer.open(path) as buffer:
+        await buffer.append(records("a", 2_000))
+    assert not path.with_name("buffer.db-wal").exists()  # checkpointed into the main file
+    with path.open("r+b") as file:
+        file.seek(4096 * 6)
+        file.write(random.Random(7).randbytes(4096 * 4))
+    with pytest.raises(BufferCorrupt, match=str(path)):
+        async with SqliteBuffer.open(path):
+            pass
+
+
+async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (n INTEGER)")
+    db.close()
+    with pytest.raises(BufferCorrupt, match="not an edge-agent buffer"):
+        async with SqliteBuffer.open(path):
+            pass
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    async with SqliteBuffer.open(path):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(BufferCorrupt, match="schema version 99"):
+        async with SqliteBuffer.open(path):
+            pass
+
+
+# --- kill -9 -----------------------------------------------------------------------------------
+
+BATCH = 50
+WRITER = f"""
+import asyncio, sys
+from pathlib import Path
+from buffer.base import Record
+from buffer.sqlite import SqliteBuffer
+
+async def main(path, run):
+    async with SqliteBuffer.open(Path(path)) as buffer:
+        batch = 0
+        while True:
+            records = [
+                Record(f"{{run}}-{{batch}}-{{n}}", "reading", n % 3, b"x" * 100)
+                for n in range({BATCH})
+            ]
+            result = await buffer.append(records)
+            print(result.last_seq, flush=True)
+            batch += 1
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_every_seq_reported_before_a_kill_survives_it(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    rng = random.Random(3)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reported: list[int] = []
+    for run in range(3):
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", WRITER, str(path), str(run),
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert writer.stdout is not None
+        for _ in range(rng.randint(5, 40)):
+            line = await asyncio.wait_for(writer.stdout.readline(), timeout=30)
+            assert line, "the writer exited early"
+            reported.append(int(line))
+        await asyncio.sleep(rng.uniform(0, 0.02))  # land somewhere inside a transaction
+        writer.send_signal(signal.SIGKILL)
+        reported += [int(line) for line in (await writer.stdout.read()).split()]
+        assert await writer.wait() == -signal.SIGKILL
+
+        async with SqliteBuffer.open(path) as buffer:
+            stats = await buffer.stats()
+            leased = await lease_all(buffer)
+        assert stats.last_seq >= max(reported)
+        assert stats.last_seq % BATCH == 0  # a batch is all there or not at all
+        assert sorted(r.seq for r in leased) == list(range(1, stats.last_seq + 1))
+        assert len({r.id for r in leased}) == len(leased)
+
+
+# --- model-based -------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelRow:
+    record: StoredRecord
+    acked_at: float | None = None
+
+
+record_strategy = st.builds(
+    Record,
+    id=st.sampled_from([f"id{n}" for n in range(15)]),  # a small pool, so duplicates happen
+    kind=st.sampled_from(["reading", "state"]),
+    priority=st.integers(0, 2),
+    body=st.binary(max_size=8),
+)
+
+
+class SqliteBufferMachine(RuleBasedStateMachine):
+    """SqliteBuffer against a dict, across appends, leases, acks, purges and reopens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.directory = Path(tempfile.mkdtemp(prefix="buffer-model-"))
+        self.clock = FakeClock()
+        self.files = AsyncExitStack()
+        self.rows: dict[int, ModelRow] = {}
+        self.last_seq = 0
+        self.leased: set[int] = set()
+        self.dead_letters = 0
+        self.buffer = self._open()
+
+    def _open(self) -> SqliteBuffer:
+        return self.runner.run(
+            self.files.enter_async_context(
+                SqliteBuffer.open(
+                    self.directory / "buffer.db", retention_s=RETENTION_S, clock=self.clock
+                )
+            )
+        )
+
+    def teardown(self) -> None:
+        try:
+            self.runner.run(self.files.aclose())
+        finally:
+            self.runner.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    @rule(batch=st.lists(record_strategy, max_size=6))
+    def append(self, batch: list[Record]) -> None:
+        held = {row.record.id for row in self.rows.values()}
+        accepted = 0
+        for record in batch:
+            if record.id in held:
+                continue
+            held.add(record.id)
+            accepted += 1
+            self.last_seq += 1
+            self.rows[self.last_seq] = ModelRow(
+                StoredRecord(
+                    self.last_seq,
+                    record.id,
+                    record.kind,
+                    record.priority,
+                    record.body,
+                    self.clock.now,
+                )
+            )
+        expected = AppendResult(accepted, len(batch) - accepted, self.last_seq)
+        assert self.runner.run(self.buffer.append(batch)) == expected
+
+    @rule(limit=st.integers(0, 8))
+    def lease(self, limit: int) -> None:
+        eligible = [
+            row.record
+            for seq, row in self.rows.items()
+            if row.acked_at is None and seq not in self.leased
+        ]
+        expected = sorted(eligible, key=lambda r: (-r.priority, r.seq))[:limit]
+        self.leased.update(r.seq for r in expected)
+        assert self.runner.run(self.buffer.lease(limit)) == expected
+
+    @rule()
+    def rewind(self) -> None:
+        self.buffer.rewind()
+        self.leased.clear()
+
+    def seqs(self) -> st.SearchStrategy[int]:
+        """Mostly seqs the buffer holds; sometimes unknown, purged or dead-lettered ones."""
+        anything = st.integers(0, self.last_seq + 2)
+        return st.one_of(st.sampled_from(sorted(self.rows)), anything) if self.rows else anything
+
+    @rule(data=st.data())
+    def ack(self, data: st.DataObject) -> None:
+        seqs = data.draw(st.lists(self.seqs(), max_size=5))
+        for seq in seqs:
+            row = self.rows.get(seq)
+            if row is not None and row.acked_at is None:
+                row.acked_at = self.clock.now
+        self.runner.run(self.buffer.ack(seqs))
+
+    @rule(data=st.data())
+    def dead_letter(self, data: st.DataObject) -> None:
+        seqs = data.draw(st.lists(self.seqs(), max_size=3))
+        for seq in set(seqs):
+            row = self.rows.get(seq)
+            if row is not None and row.acked_at is None:
+                del self.rows[seq]
+                self.dead_letters += 1
+        self.runner.run(self.buffer.dead_letter(seqs, "poison"))
+
+    @rule(seconds=st.sampled_from([1.0, 30.0, 99.5, 150.0]))
+    def advance_clock(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    @rule()
+    def purge(self) -> None:
+        cutoff = self.clock.now - RETENTION_S
+        old = [s for s, r in self.rows.items() if r.acked_at is not None and r.acked_at < cutoff]
+        for seq in old:
+            del self.rows[seq]
+        assert self.runner.run(self.buffer.purge()) == len(old)
+
+    @rule()
+    def reopen(self) -> None:
+        self.runner.run(self.files.aclose())
+        self.leased.clear()
+        self.buffer = self._open()
+
+    @invariant()
+    def stats_match(self) -> None:
+        stats = self.runner.run(self.buffer.stats())
+        pending = [row.record for row in self.rows.values() if row.acked_at is None]
+        by_priority: dict[int, int] = {}
+        for record in pending:
+            by_priority[record.priority] = by_priority.get(record.priority, 0) + 1
+        assert stats.pending == len(pending)
+        assert stats.pending_by_priority == by_priority
+        oldest = min(pending, key=lambda r: r.seq, default=None)
+        assert stats.oldest_pending_at == (None if oldest is None else oldest.accepted_at)
+        assert stats.acked_retained == len(self.rows) - len(pending)
+        assert stats.dead_letters == self.dead_letters
+        assert stats.last_seq == self.last_seq
+        assert stats.file_bytes > 0
+
+
+SqliteBufferMachine.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=30, deadline=None
+)
+TestSqliteBufferModel = SqliteBufferMachine.TestCase
