@@ -1,6 +1,7 @@
 # plant-edge-agent: the two set-up commands are `make demo` and `make test`.
 # Everything installs into .venv; nothing touches the system Python.
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

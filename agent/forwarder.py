@@ -9,8 +9,9 @@ Per connection (`MqttSession.connection_epoch`):
    highest priority (after a reconnect the broker may or may not have seen what was in flight;
    resending is at-least-once, and ids make repeats harmless).
 2. Lease up to `batch_max_events`, group by event type (one topic per type, order kept within
-   the group), split to fit the broker's maximum packet size, publish QoS 1 with at most
-   `max_inflight` messages unacknowledged.
+   the group), halve a message while it exceeds the broker's Maximum Packet Size (a single
+   event that cannot fit is dead-lettered), publish QoS 1 with at most
+   min(`max_inflight`, broker's Receive Maximum) messages unacknowledged.
 3. On PUBACK success, queue the seqs for `buffer.ack` (acks are committed in batches by one
    task). On a failure reason code: retryable ones (quota exceeded, server busy, unspecified)
    make the forwarder back off and resend from the oldest unacked; permanent ones (not
@@ -23,6 +24,7 @@ Per connection (`MqttSession.connection_epoch`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -32,15 +34,13 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from agent.events import CONTENT_TYPE, encode_batch
-from agent.mqtt_session import ConnectionLost, MqttSession, NotConnected, PubAck
+from agent.mqtt_session import ConnectionLost, MqttSession, NotConnected, PacketTooLarge, PubAck
 from buffer.base import Buffer, StoredRecord
 
 _log = logging.getLogger(__name__)
 
 # PUBACK reason codes after which sending the same message again can succeed.
 RETRYABLE_REASON_CODES = frozenset({0x80, 0x83, 0x89, 0x97})
-# Bytes the fixed header, topic and properties may take beside the payload.
-_PACKET_OVERHEAD = 512
 
 
 @dataclass(slots=True)
@@ -78,6 +78,7 @@ class Forwarder:
         self._ack_wake = asyncio.Event()
         self._retry_needed = False
         self._stopping = False
+        self._loop_done = asyncio.Event()
         self._inflight_tasks: set[asyncio.Task[None]] = set()
         self.counters = ForwarderCounters()
 
@@ -97,21 +98,26 @@ class Forwarder:
                 await self._session.wait_connected()
                 await self._forward_connection(self._session.connection_epoch)
         finally:
+            self._loop_done.set()
             acker.cancel()
             await asyncio.gather(acker, return_exceptions=True)
             await self._flush_acks()
 
     async def drain(self, timeout: float) -> None:
-        """Stop leasing, wait (bounded) for in-flight PUBACKs and commit their acks."""
+        """Stop publishing, wait (bounded) for in-flight PUBACKs and commit their acks."""
         self._stopping = True
         self._wake.set()
         deadline = time.monotonic() + timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._loop_done.wait(), timeout=timeout)
         while self._inflight and time.monotonic() < deadline:
             await asyncio.wait(set(self._inflight), timeout=deadline - time.monotonic())
         await self._flush_acks()
 
     async def _forward_connection(self, epoch: int) -> None:
         self._buffer.rewind()
+        # Never more unacknowledged messages than the broker's Receive Maximum allows.
+        self._slots = asyncio.Semaphore(min(self._max_inflight, self._session.receive_maximum))
         self._retry_needed = False
         while self._connection_usable(epoch) and not self._stopping:
             if self._retry_needed:
@@ -138,48 +144,46 @@ class Forwarder:
         return self._session.connected and self._session.connection_epoch == epoch
 
     async def _publish_group(self, kind: str, records: list[StoredRecord], epoch: int) -> bool:
-        topic = f"{self._topic_base}/{kind}"
-        for chunk in self._fit(records, topic):
-            if len(chunk) == 1 and self._too_large(chunk, topic):
-                limit = self._session.max_packet_size
-                reason = (
-                    f"event of {len(chunk[0].body)} bytes exceeds the broker's maximum packet "
-                    f"size of {limit} bytes"
-                )
-                await self._dead_letter(chunk, reason)
-                continue
-            await self._slots.acquire()
-            if not self._connection_usable(epoch):
-                self._slots.release()
-                return False
-            payload = encode_batch((record.seq, record.body) for record in chunk)
-            try:
-                future = self._session.publish(topic, payload, qos=1, content_type=CONTENT_TYPE)
-            except NotConnected:
-                self._slots.release()
-                return False
-            self.counters.messages_published_total += 1
-            self._inflight.add(future)
-            future.add_done_callback(functools.partial(self._settled, records=chunk))
+        """Publish one event type's records; False when the connection is no longer usable."""
+        return await self._publish_chunk(f"{self._topic_base}/{kind}", records, epoch)
+
+    async def _publish_chunk(self, topic: str, records: list[StoredRecord], epoch: int) -> bool:
+        """Publish `records` as one message, halving it while it exceeds the broker's maximum
+        packet size; a single event that cannot fit goes to dead letters."""
+        slots = self._slots
+        await slots.acquire()
+        if not self._connection_usable(epoch) or self._stopping:
+            slots.release()
+            return False
+        payload = encode_batch((record.seq, record.body) for record in records)
+        try:
+            future = self._session.publish(topic, payload, qos=1, content_type=CONTENT_TYPE)
+        except NotConnected:
+            slots.release()
+            return False
+        except PacketTooLarge as error:
+            slots.release()
+            if len(records) == 1:
+                await self._dead_letter(records, f"event too large for the broker: {error}")
+                return True
+            middle = len(records) // 2
+            return await self._publish_chunk(
+                topic, records[:middle], epoch
+            ) and await self._publish_chunk(topic, records[middle:], epoch)
+        self.counters.messages_published_total += 1
+        self._inflight.add(future)
+        future.add_done_callback(functools.partial(self._settled, records=records, slots=slots))
         return True
 
-    def _fit(self, records: list[StoredRecord], topic: str) -> list[list[StoredRecord]]:
-        """Split a group into messages that fit the broker's maximum packet size."""
-        if not self._too_large(records, topic) or len(records) == 1:
-            return [records]
-        middle = len(records) // 2
-        return self._fit(records[:middle], topic) + self._fit(records[middle:], topic)
-
-    def _too_large(self, records: Sequence[StoredRecord], topic: str) -> bool:
-        limit = self._session.max_packet_size
-        if limit is None:
-            return False
-        size = sum(len(record.body) + 9 for record in records) + len(topic) + _PACKET_OVERHEAD
-        return size > limit
-
-    def _settled(self, future: asyncio.Future[PubAck], *, records: list[StoredRecord]) -> None:
+    def _settled(
+        self,
+        future: asyncio.Future[PubAck],
+        *,
+        records: list[StoredRecord],
+        slots: asyncio.Semaphore,
+    ) -> None:
         self._inflight.discard(future)
-        self._slots.release()
+        slots.release()
         if future.cancelled():
             return
         error = future.exception()

@@ -43,6 +43,7 @@ from connectors.opcua import OpcUaConnector
 _log = logging.getLogger(__name__)
 
 BUFFER_FILE = "buffer.sqlite"
+HOUSEKEEPING_INTERVAL_S = 60.0
 
 
 def buffer_path(config: AgentConfig) -> Path:
@@ -160,6 +161,7 @@ class Agent:
             forwarder = group.create_task(self.forwarder.run(), name="forwarder")
             pipeline = group.create_task(self.pipeline.run(), name="pipeline")
             status = group.create_task(self._status_loop(), name="status")
+            housekeeping = group.create_task(self._housekeeping_loop(), name="housekeeping")
             sources = [
                 group.create_task(
                     runner.run(self.pipeline.emit), name=f"source-{runner.connector.name}"
@@ -177,9 +179,10 @@ class Agent:
             await _settle(sources, grace)
             await self.pipeline.stop(pipeline, grace)
             await self.forwarder.drain(grace)
-            forwarder.cancel()
+            forwarder.cancel()  # it has returned by now unless the grace period ran out
             status.cancel()
-            await _settle([forwarder, status], grace)
+            housekeeping.cancel()
+            await _settle([forwarder, status, housekeeping], grace)
             await self.session.close(
                 final=[
                     (
@@ -208,6 +211,19 @@ class Agent:
                     await self._publish_status()
                 except Exception:
                     _log.debug("status publish failed", exc_info=True)
+
+
+    async def _housekeeping_loop(self) -> None:
+        """Purge delivered events past their retention, a bounded chunk at a time."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            try:
+                purged = await self.buffer.purge()
+            except Exception:
+                _log.warning("buffer purge failed; will retry", exc_info=True)
+                continue
+            if purged:
+                _log.debug("purged %d delivered event(s) past retention", purged)
 
 
 async def _settle(tasks: list[asyncio.Task[None]], timeout: float) -> None:

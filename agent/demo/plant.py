@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
     asyncio.run(_main(args.port, args.rate, args.seed))
 
 

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,11 @@ class MosquittoBroker:
         self._extra_conf = list(extra_conf)
         self._files = dict(files or {})
         self._process: subprocess.Popen[bytes] | None = None
+        # A broker that is never closed (e.g. one a test only needed the port of) still leaves
+        # no directory behind once it is garbage-collected or the interpreter exits.
+        self._remove_workdir = weakref.finalize(
+            self, shutil.rmtree, str(self.workdir), ignore_errors=True
+        )
 
     @property
     def url(self) -> str:
@@ -208,7 +214,7 @@ class MosquittoBroker:
 
     def close(self) -> None:
         self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._remove_workdir()
 
     def __enter__(self) -> MosquittoBroker:
         self.start()

@@ -1,0 +1,120 @@
+"""The forwarder against a real mosquitto and a real SQLite buffer: the ack rule, broker
+limits and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgpack
+
+from agent.events import decode_batch
+from agent.forwarder import Forwarder
+from agent.mqtt_session import MqttSession
+from buffer.base import Record
+from buffer.sqlite import SqliteBuffer
+from tests.support.broker import MosquittoBroker, Subscriber
+
+TOPIC_BASE = "mfg/plant-a/edge-01/events"
+
+
+def record(n: int, size: int = 50, kind: str = "telemetry.v1") -> Record:
+    body = msgpack.packb({"id": f"e{n}", "type": kind, "pad": "x" * size})
+    return Record(id=f"e{n}", kind=kind, priority=0, body=body)
+
+
+async def until(condition: Callable[[], bool], what: str, limit_s: float = 15.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def forwarding(
+    tmp_path: Path, broker: MosquittoBroker, **options: int
+) -> AsyncIterator[tuple[SqliteBuffer, Forwarder]]:
+    async with SqliteBuffer.open(tmp_path / "buffer.sqlite") as buffer:
+        session = MqttSession(host=broker.host, port=broker.port, client_id="fwd-test")
+        async with session:
+            forwarder = Forwarder(
+                buffer, session, topic_base=TOPIC_BASE, batch_max_wait_s=0.01, **options
+            )
+            task = asyncio.create_task(forwarder.run())
+            try:
+                yield buffer, forwarder
+            finally:
+                await forwarder.drain(5)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_oversized_batches_are_split_and_an_oversized_event_is_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    with MosquittoBroker(["max_packet_size 3000"]) as broker, Subscriber(
+        broker, f"{TOPIC_BASE}/#"
+    ) as subscriber:
+        async with forwarding(tmp_path, broker, batch_max_events=100) as (buffer, forwarder):
+            records = [record(n, size=200) for n in range(1, 41)]
+            records.insert(20, record(999, size=5000))  # cannot fit any message
+            await buffer.append(records)
+            forwarder.wake()
+            await until(lambda: forwarder.counters.events_forwarded_total == 40, "40 forwarded")
+            stats = await buffer.stats()
+        messages = subscriber.messages
+    assert stats.pending == 0 and stats.dead_letters == 1
+    assert forwarder.counters.events_dead_lettered_total == 1
+    assert len(messages) > 1, "the batch was split"
+    assert all(len(message.payload) < 3000 for message in messages)
+    seqs = [event["seq"] for message in messages for event in decode_batch(message.payload)]
+    oversized_seq = 21
+    assert sorted(seqs) == [seq for seq in range(1, 42) if seq != oversized_seq]
+
+
+async def test_a_refused_publish_is_dead_lettered_and_the_rest_flows(tmp_path: Path) -> None:
+    # The broker's ACL lets this client publish telemetry but not machine states: mosquitto
+    # answers the refused publish with PUBACK 0x87 (not authorized) and keeps the connection.
+    acl = f"topic readwrite {TOPIC_BASE}/telemetry.v1\n"
+    with MosquittoBroker(["acl_file {workdir}/acl"], files={"acl": acl}) as broker, Subscriber(
+        broker, f"{TOPIC_BASE}/#"
+    ) as subscriber:
+        async with forwarding(tmp_path, broker, batch_max_events=10) as (buffer, forwarder):
+            await buffer.append(
+                [record(1), record(2, kind="machine.state.v1"), record(3), record(4)]
+            )
+            forwarder.wake()
+            await until(
+                lambda: forwarder.counters.events_forwarded_total == 3
+                and forwarder.counters.events_dead_lettered_total == 1,
+                "3 forwarded and 1 dead-lettered",
+            )
+            stats = await buffer.stats()
+        await subscriber.wait_for_async(1)
+    assert stats.pending == 0 and stats.dead_letters == 1
+    received = [e["seq"] for m in subscriber.messages for e in decode_batch(m.payload)]
+    assert received == [1, 3, 4]
+
+
+async def test_nothing_is_acked_without_a_puback(tmp_path: Path) -> None:
+    broker = MosquittoBroker()
+    with broker:
+        async with forwarding(tmp_path, broker, batch_max_events=5) as (buffer, forwarder):
+            await buffer.append([record(n) for n in range(1, 6)])
+            forwarder.wake()
+            await until(lambda: forwarder.counters.events_forwarded_total == 5, "5 forwarded")
+            await asyncio.to_thread(broker.pause)  # the broker hangs: no PUBACK can come
+            await buffer.append([record(n) for n in range(6, 11)])
+            forwarder.wake()
+            await until(lambda: forwarder.inflight > 0, "a publish in flight")
+            await asyncio.sleep(0.5)
+            stats = await buffer.stats()
+            assert stats.pending == 5, "published but unacknowledged events stay pending"
+            await asyncio.to_thread(broker.resume)
+            await until(lambda: forwarder.counters.events_forwarded_total == 10, "10 forwarded")
+            stats = await buffer.stats()
+    assert stats.pending == 0
