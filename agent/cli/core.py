@@ -1,11 +1,9 @@
-"""The `edge-agent` command line.
+"""The core commands.
 
     edge-agent run -c CONFIG          run the agent until SIGINT/SIGTERM
     edge-agent check-config CONFIG    validate a config file (exit 0 valid, 2 invalid)
     edge-agent schema [TYPE]          print the JSON Schema of the event types
     edge-agent demo [--hub URL]       a simulated plant and the agent forwarding its signals
-
-Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.
 """
 
 from __future__ import annotations
@@ -16,48 +14,25 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-
-from agent import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_INVALID
-    handler = {
-        "run": _run,
-        "check-config": _check_config,
-        "schema": _schema,
-        "demo": _demo,
-    }[args.command]
-    return handler(args)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-agent",
-        description="Plant edge agent: plant signals to canonical events, store-and-forward "
-        "over MQTT v5.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser("run", help="run the agent until SIGINT/SIGTERM")
     run.add_argument("-c", "--config", type=Path, required=True, help="the agent's TOML config")
+    run.set_defaults(handler=_run)
 
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("config", type=Path, nargs="?", help="the TOML file to check")
     check.add_argument("-c", "--config", dest="config_option", type=Path, help=argparse.SUPPRESS)
+    check.set_defaults(handler=_check_config)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of event types")
     schema.add_argument("type", nargs="?", help="one type, e.g. telemetry.v1 (default: all)")
     schema.add_argument("--out", type=Path, help="write one TYPE.schema.json per type into DIR")
+    schema.set_defaults(handler=_schema)
 
     demo = commands.add_parser("demo", help="run a simulated plant and the agent against it")
     demo.add_argument("--hub", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
@@ -65,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", type=Path, default=Path("demo-state"))
     demo.add_argument("--rate", type=float, default=10.0, help="plant ticks per second")
     demo.add_argument("--opcua-port", type=int, default=0, help="plant port (default: free one)")
-    return parser
+    demo.set_defaults(handler=_demo)
 
 
 def _load(path: Path) -> object:
@@ -162,6 +137,3 @@ def _demo(args: argparse.Namespace) -> int:
         opcua_port=args.opcua_port,
     )
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

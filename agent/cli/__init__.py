@@ -1,0 +1,38 @@
+"""The `edge-agent` command line.
+
+Each command group lives in its own module with a `register(commands)` function that adds its
+subcommands and sets `handler` (a function of the parsed arguments returning the exit code).
+Add a group by adding its module to `_GROUPS`.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid input (config, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.cli import core
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+_GROUPS = [core]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Plant edge agent: plant signals to canonical events, store-and-forward "
+        "over MQTT v5.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in _GROUPS:
+        group.register(commands)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INVALID
+    result: int = args.handler(args)
+    return result
