@@ -78,6 +78,7 @@ class Forwarder:
         self._ack_wake = asyncio.Event()
         self._retry_needed = False
         self._stopping = False
+        self._draining = False
         self._loop_done = asyncio.Event()
         self._inflight_tasks: set[asyncio.Task[None]] = set()
         self.counters = ForwarderCounters()
@@ -95,8 +96,8 @@ class Forwarder:
         acker = asyncio.create_task(self._ack_loop(), name="forwarder-acks")
         try:
             while not self._stopping:
-                await self._session.wait_connected()
-                await self._forward_connection(self._session.connection_epoch)
+                if await self._session.wait_connected(timeout=0.5):
+                    await self._forward_connection(self._session.connection_epoch)
         finally:
             self._loop_done.set()
             acker.cancel()
@@ -104,12 +105,19 @@ class Forwarder:
             await self._flush_acks()
 
     async def drain(self, timeout: float) -> None:
-        """Stop publishing, wait (bounded) for in-flight PUBACKs and commit their acks."""
+        """Graceful stop, bounded by `timeout`: while the hub is connected, forward what is
+        pending; then stop publishing, wait for in-flight PUBACKs and commit their acks.
+        Whatever is left stays in the buffer for the next start."""
+        deadline = time.monotonic() + timeout
+        self._draining = True
+        self._wake.set()
+        if self._session.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._loop_done.wait()), timeout * 0.8)
         self._stopping = True
         self._wake.set()
-        deadline = time.monotonic() + timeout
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._loop_done.wait(), timeout=timeout)
+            await asyncio.wait_for(self._loop_done.wait(), deadline - time.monotonic())
         while self._inflight and time.monotonic() < deadline:
             await asyncio.wait(set(self._inflight), timeout=deadline - time.monotonic())
         await self._flush_acks()
@@ -128,6 +136,9 @@ class Forwarder:
                 continue
             records = await self._buffer.lease(self._batch_max_events)
             if not records:
+                if self._draining:
+                    self._stopping = True  # everything pending is published
+                    return
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)

@@ -174,15 +174,11 @@ class Agent:
             )
             await stop.wait()
             _log.info("stopping")
-            for task in sources:
-                task.cancel()
-            await _settle(sources, grace)
+            await _cancel(sources, grace)
             await self.pipeline.stop(pipeline, grace)
             await self.forwarder.drain(grace)
-            forwarder.cancel()  # it has returned by now unless the grace period ran out
-            status.cancel()
-            housekeeping.cancel()
-            await _settle([forwarder, status, housekeeping], grace)
+            # The forwarder has returned by now unless the grace period ran out.
+            await _cancel([forwarder, status, housekeeping], grace)
             await self.session.close(
                 final=[
                     (
@@ -226,9 +222,20 @@ class Agent:
                 _log.debug("purged %d delivered event(s) past retention", purged)
 
 
-async def _settle(tasks: list[asyncio.Task[None]], timeout: float) -> None:
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
+async def _cancel(tasks: list[asyncio.Task[None]], grace: float) -> None:
+    """Cancel tasks and wait for them, cancelling again while one is still running (a library
+    may swallow a cancellation that races with its own work). Gives up after twice `grace`,
+    logging the task, so a stuck task is named instead of hanging the stop silently."""
+    deadline = time.monotonic() + 2 * grace
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, grace))
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(task.get_name() for task in pending)
+            _log.error("task(s) %s did not stop within %.0f s", names, 2 * grace)
+            return
 
 
 def _tls_context() -> ssl.SSLContext:

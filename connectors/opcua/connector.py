@@ -23,7 +23,12 @@ from typing import Any
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
-from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent
+from asyncua.common.subscription import (
+    DataChangeEvent,
+    OverflowPolicy,
+    StatusChangeEvent,
+    Subscription,
+)
 from asyncua.ua.uaerrors import UaError
 
 from connectors.base import (
@@ -115,12 +120,24 @@ class OpcUaConnector:
             "source=%s subscribed to %d of %d nodes on %s",
             self.name, len(signal_of), len(self.signals), self.settings.endpoint,
         )
-        while True:
-            notification = await subscription.next_event(timeout=1.0)
-            if notification is None:
-                if client.state is not UaClientState.CONNECTED:
-                    raise SourceUnavailable(f"session with {self.settings.endpoint} lost")
-                continue
+        # Two tasks: one forwards notifications, one watches the session. asyncua reports a
+        # lost session as a bad StatusChange, and the watcher also notices a session state that
+        # went bad without one. (No `next_event(timeout=...)`: on Python 3.11 its wait_for can
+        # swallow a cancellation that races with a notification, and the source never stops.)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._forward(subscription, signal_of, emit))
+                group.create_task(self._watch(client))
+        except BaseExceptionGroup as group_error:
+            unavailable = group_error.subgroup(SourceUnavailable)
+            if unavailable is not None:
+                raise unavailable.exceptions[0] from None
+            raise
+
+    async def _forward(
+        self, subscription: Subscription, signal_of: dict[ua.NodeId, str], emit: Emit
+    ) -> None:
+        async for notification in subscription:
             if isinstance(notification, DataChangeEvent):
                 address = signal_of.get(notification.node.nodeid)
                 if address is None:
@@ -135,6 +152,13 @@ class OpcUaConnector:
                     raise SourceUnavailable(
                         f"subscription on {self.settings.endpoint} ended: {status.name}"
                     )
+        raise SourceUnavailable(f"subscription on {self.settings.endpoint} was closed")
+
+    async def _watch(self, client: Client) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watchdog_interval_s)
+            if client.state is not UaClientState.CONNECTED:
+                raise SourceUnavailable(f"session with {self.settings.endpoint} lost")
 
     def _reading(self, signal: str, notification: DataChangeEvent) -> Reading:
         data_value = notification.data.monitored_item.Value

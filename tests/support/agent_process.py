@@ -27,7 +27,7 @@ class AgentProcess:
                 cwd=REPO,
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
             )
         return self
 
@@ -61,7 +61,15 @@ class AgentProcess:
         """SIGTERM and wait for the clean stop; returns the exit code."""
         assert self._process is not None
         self._process.send_signal(signal.SIGTERM)
-        return self._process.wait(timeout=timeout)
+        try:
+            return self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Dump the agent's Python stacks (faulthandler on SIGABRT) before failing.
+            self._process.send_signal(signal.SIGABRT)
+            time.sleep(1.0)
+            raise AssertionError(
+                f"agent did not stop within {timeout} s of SIGTERM:\n{self.log_text()[-6000:]}"
+            ) from None
 
     def ensure_stopped(self) -> None:
         if self._process is not None and self._process.poll() is None:
