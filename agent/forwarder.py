@@ -5,20 +5,40 @@ carried it arrives with a success reason code (< 0x80). Each message's future se
 the seqs that message carried; nothing else is ever acked.
 
 Per connection (`MqttSession.connection_epoch`):
-1. `buffer.rewind()`: everything not yet acked is leased again, oldest first within the
-   highest priority (after a reconnect the broker may or may not have seen what was in flight;
-   resending is at-least-once, and ids make repeats harmless).
-2. Lease up to `batch_max_events`, group by event type (one topic per type, order kept within
-   the group), halve a message while it exceeds the broker's Maximum Packet Size (a single
-   event that cannot fit is dead-lettered), publish QoS 1 with at most
-   min(`max_inflight`, broker's Receive Maximum) messages unacknowledged.
-3. On PUBACK success, queue the seqs for `buffer.ack` (acks are committed in batches by one
-   task). On a failure reason code: retryable ones (quota exceeded, server busy, unspecified)
-   make the forwarder back off and resend from the oldest unacked; permanent ones (not
-   authorized, topic invalid, payload invalid, packet too large) move the message's events to
-   dead letters with the reason, so one bad message never blocks the queue.
-4. The connection drops: in-flight futures fail with `ConnectionLost`; nothing is acked; the
+1. `buffer.rewind()`: everything not yet acked is leased again (after a reconnect the broker may
+   or may not have seen what was in flight; resending is at-least-once, ids make repeats
+   harmless). The buffer's `last_seq` at that moment splits the queue into two lanes:
+   - backlog: `seq <= boundary`, accepted before this connection (an outage, a restart). Sent
+     with the MQTT v5 user property `backlog=true`, paced by a token bucket of
+     `backlog_max_rate` events/s whose refill is jittered by +/- `backlog_jitter`, starting after
+     a random delay of up to `backlog_start_delay_max_s` (a hundred plants reconnecting at once
+     do not burst into the hub together).
+   - live: `seq > boundary`, accepted during this connection. Sent as soon as accepted, unpaced,
+     side by side with the backlog: fresh events never wait behind hours of backlog.
+2. Each lease is split between the delivery classes by weight (`CLASS_SHARES`, critical 8 :
+   business 4 : telemetry 1 of each lease while all have pending events; a class's unused share
+   goes to the others), so higher classes drain first and none starves.
+3. Lease up to `batch_max_events`, group by event type (one topic per type, order kept within
+   the group), halve a message while it exceeds the broker's Maximum Packet Size or the message
+   size the broker was seen to refuse (a single event that cannot fit is dead-lettered), publish
+   QoS 1 with at most min(`max_inflight`, broker's Receive Maximum) messages unacknowledged.
+4. On PUBACK success, queue the seqs for `buffer.ack` (acks are committed in batches by one
+   task). On a failure reason code: 0x95 (packet too large, e.g. a broker message size limit)
+   on a message of several events makes the forwarder remember that size as too large and send
+   everything not acked again in smaller messages; other retryable ones (quota exceeded, server
+   busy, unspecified) make the forwarder back off and resend from the oldest unacked; permanent
+   ones (not authorized, topic invalid, payload invalid, a single event too large) move the
+   message's events to dead letters with the reason, so one bad message never blocks the queue.
+   A broker that drops the connection instead (mosquitto's `message_size_limit`) is recognised
+   when the connection drops three times in a row within 5 s of connecting with the same
+   message in flight: that size is then taken as refused (or the lone event dead-lettered).
+5. The connection drops: in-flight futures fail with `ConnectionLost`; nothing is acked; the
    forwarder waits for the next connection and starts again at 1.
+
+Order the consumer gets: within one lane, the events of one type (so of one source and type)
+arrive in `seq` order (first arrivals; repeats after a reconnect can come later). Across lanes and
+across types there is no order: live events overtake backlog, critical overtakes telemetry.
+`seq` is the total order; the `backlog` property says which lane a message came from.
 """
 
 from __future__ import annotations
@@ -35,21 +55,78 @@ from itertools import groupby
 
 from agent.events import CONTENT_TYPE, encode_batch
 from agent.mqtt_session import ConnectionLost, MqttSession, NotConnected, PacketTooLarge, PubAck
-from buffer.base import Buffer, StoredRecord
+from buffer.base import Buffer, BufferUnavailable, StoredRecord
+from config.schema import Priority
 
 _log = logging.getLogger(__name__)
 
 # PUBACK reason codes after which sending the same message again can succeed.
 RETRYABLE_REASON_CODES = frozenset({0x80, 0x83, 0x89, 0x97})
+PACKET_TOO_LARGE = 0x95
+# Share of each lease per delivery class while several have pending events.
+CLASS_SHARES: dict[int, int] = {Priority.CRITICAL: 8, Priority.BUSINESS: 4, Priority.TELEMETRY: 1}
+BACKLOG_PROPERTY = ("backlog", "true")
+# A connection that drops within this many seconds with the same message in flight, this many
+# times in a row, is taken as the broker refusing that message (see `_suspect_poison`).
+_SUSPECT_CONNECTION_S = 5.0
+_SUSPECT_STRIKES = 3
+REPLAY_PROPERTY = ("replay", "true")
 
 
 @dataclass(slots=True)
 class ForwarderCounters:
     events_forwarded_total: int = 0
+    backlog_events_forwarded_total: int = 0
     messages_published_total: int = 0
     messages_rejected_total: int = 0
+    messages_split_total: int = 0
     events_dead_lettered_total: int = 0
     last_puback_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogPacing:
+    """How fast the backlog lane may go; see the module docstring."""
+
+    max_rate: float
+    jitter: float
+    start_delay_max_s: float
+
+
+class _TokenBucket:
+    """`rate` tokens per second (jittered per refill), at most `burst` saved up; no pacing at
+    all without `pacing`."""
+
+    def __init__(self, pacing: BacklogPacing | None, burst: int) -> None:
+        self._unpaced = pacing is None
+        pacing = pacing or BacklogPacing(max_rate=1.0, jitter=0.0, start_delay_max_s=0.0)
+        self._pacing = pacing
+        self._burst = float(max(1, burst))
+        self._tokens = 0.0
+        self._at = time.monotonic() + random.uniform(0, pacing.start_delay_max_s)
+
+    def take(self, wanted: int) -> int:
+        """How many of `wanted` may go now (then spent)."""
+        if self._unpaced:
+            return wanted
+        now = time.monotonic()
+        if now > self._at:
+            jitter = self._pacing.jitter
+            rate = self._pacing.max_rate * random.uniform(1 - jitter, 1 + jitter)
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * rate)
+            self._at = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted
+
+    def wait_s(self) -> float:
+        """Seconds until at least one token (more during the start delay)."""
+        if self._unpaced:
+            return 0.0
+        now = time.monotonic()
+        if now < self._at:
+            return self._at - now
+        return max(0.0, (1 - self._tokens) / self._pacing.max_rate)
 
 
 class Forwarder:
@@ -63,7 +140,9 @@ class Forwarder:
         batch_max_wait_s: float = 0.05,
         max_inflight: int = 16,
         retry_backoff_s: float = 1.0,
+        pacing: BacklogPacing | None = None,
     ) -> None:
+        """`pacing`: how fast the backlog lane may go; None: as fast as the broker takes it."""
         self._buffer = buffer
         self._session = session
         self._topic_base = topic_base.rstrip("/")
@@ -71,16 +150,26 @@ class Forwarder:
         self._batch_max_wait_s = batch_max_wait_s
         self._max_inflight = max_inflight
         self._retry_backoff_s = retry_backoff_s
+        self._pacing = pacing
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Future[PubAck]] = set()
         self._slots = asyncio.Semaphore(max_inflight)
         self._to_ack: list[int] = []
         self._ack_wake = asyncio.Event()
         self._retry_needed = False
+        self._resplit_needed = False
+        # Payload size the broker refused (0x95): messages are kept below it.
+        self._refused_payload_size: int | None = None
+        # Messages in flight when the connection dropped, and the suspected poison message.
+        self._lost_messages: list[tuple[int, list[StoredRecord]]] = []
+        self._suspect: tuple[int, int] | None = None
+        self._connected_at = time.monotonic()
         self._stopping = False
         self._draining = False
         self._loop_done = asyncio.Event()
         self._inflight_tasks: set[asyncio.Task[None]] = set()
+        self.backlog_boundary: int | None = None
+        self.backlog_done = True
         self.counters = ForwarderCounters()
 
     def wake(self) -> None:
@@ -122,53 +211,134 @@ class Forwarder:
             await asyncio.wait(set(self._inflight), timeout=deadline - time.monotonic())
         await self._flush_acks()
 
+    async def _suspect_poison(self) -> None:
+        """Some brokers (mosquitto's `message_size_limit`) drop the connection instead of
+        refusing a message. When the connection keeps dropping soon after it came up while the
+        same message is in flight, send smaller messages; a single event that still drops it
+        goes to dead letters."""
+        lost, self._lost_messages = self._lost_messages, []
+        lasted = time.monotonic() - self._connected_at
+        if lasted > _SUSPECT_CONNECTION_S:
+            self._suspect = None
+        if not lost or lasted > _SUSPECT_CONNECTION_S:
+            return
+        # The broker reads in order: the oldest message in flight is the one it choked on.
+        size, records = min(lost, key=lambda item: item[1][0].seq)
+        strikes = 1
+        if self._suspect is not None and self._suspect[0] == records[0].seq:
+            strikes = self._suspect[1] + 1
+        self._suspect = (records[0].seq, strikes)
+        if strikes < _SUSPECT_STRIKES:
+            return
+        self._suspect = None
+        if len(records) == 1:
+            await self._dead_letter(
+                records,
+                f"the broker closed the connection {strikes} times while this {size}-byte "
+                "message was in flight (over its message size limit?)",
+            )
+            return
+        if self._refused_payload_size is None or size < self._refused_payload_size:
+            self._refused_payload_size = size
+            _log.warning(
+                "the broker closed the connection %d times while a %d-byte message was in "
+                "flight; sending smaller messages", strikes, size,
+            )
+
     async def _forward_connection(self, epoch: int) -> None:
+        await self._suspect_poison()
+        self._connected_at = time.monotonic()
         self._buffer.rewind()
+        boundary = self._buffer.last_seq
+        self.backlog_boundary, self.backlog_done = boundary, False
+        bucket = _TokenBucket(self._pacing, self._batch_max_events)
         # Never more unacknowledged messages than the broker's Receive Maximum allows.
         self._slots = asyncio.Semaphore(min(self._max_inflight, self._session.receive_maximum))
         self._retry_needed = False
         while self._connection_usable(epoch) and not self._stopping:
-            if self._retry_needed:
+            if self._retry_needed or self._resplit_needed:
                 await self._wait_inflight_settled()
-                await asyncio.sleep(self._retry_backoff_s * (0.5 + random.random()))
+                if self._retry_needed:
+                    await asyncio.sleep(self._retry_backoff_s * (0.5 + random.random()))
                 self._buffer.rewind()
-                self._retry_needed = False
+                self._retry_needed = self._resplit_needed = False
+                self.backlog_done = False
                 continue
-            records = await self._buffer.lease(self._batch_max_events)
-            if not records:
-                if self._draining:
-                    self._stopping = True  # everything pending is published
-                    return
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                except TimeoutError:
-                    continue
-                if self._batch_max_wait_s > 0:  # linger so a batch can fill
-                    await asyncio.sleep(self._batch_max_wait_s)
+            self._wake.clear()
+            live = await self._buffer.lease(
+                self._batch_max_events, after_seq=boundary, shares=CLASS_SHARES
+            )
+            if live and not await self._publish(live, epoch, backlog=False):
+                return  # connection gone: the rest is resent after rewind
+            backlog: list[StoredRecord] = []
+            if not self.backlog_done:
+                allowed = bucket.take(self._batch_max_events)
+                if allowed:
+                    backlog = await self._buffer.lease(
+                        allowed, up_to_seq=boundary, shares=CLASS_SHARES
+                    )
+                    self.backlog_done = len(backlog) < allowed
+                    if backlog and not await self._publish(backlog, epoch, backlog=True):
+                        return
+            if live or backlog:
                 continue
-            for kind, group in groupby(records, key=lambda record: record.kind):
-                if not await self._publish_group(kind, list(group), epoch):
-                    return  # connection gone: the rest is resent after rewind
+            if self._draining and self.backlog_done:
+                self._stopping = True  # everything pending is published
+                return
+            wait_s = 1.0 if self.backlog_done else min(1.0, bucket.wait_s())
+            if self._draining:
+                wait_s = min(wait_s, 0.05)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, wait_s))
+            except TimeoutError:
+                continue
+            if self._batch_max_wait_s > 0:  # linger so a batch can fill
+                await asyncio.sleep(self._batch_max_wait_s)
+
+    async def _publish(self, records: list[StoredRecord], epoch: int, *, backlog: bool) -> bool:
+        for kind, group in groupby(records, key=lambda record: record.kind):
+            if not await self._publish_chunk(
+                f"{self._topic_base}/{kind}", list(group), epoch, backlog=backlog
+            ):
+                return False
+        return True
 
     def _connection_usable(self, epoch: int) -> bool:
         return self._session.connected and self._session.connection_epoch == epoch
 
-    async def _publish_group(self, kind: str, records: list[StoredRecord], epoch: int) -> bool:
-        """Publish one event type's records; False when the connection is no longer usable."""
-        return await self._publish_chunk(f"{self._topic_base}/{kind}", records, epoch)
-
-    async def _publish_chunk(self, topic: str, records: list[StoredRecord], epoch: int) -> bool:
+    async def _publish_chunk(
+        self, topic: str, records: list[StoredRecord], epoch: int, *, backlog: bool
+    ) -> bool:
         """Publish `records` as one message, halving it while it exceeds the broker's maximum
-        packet size; a single event that cannot fit goes to dead letters."""
+        packet size (or a size it refused); a single event that cannot fit is dead-lettered.
+        False when the connection is no longer usable."""
+        payload = encode_batch((record.seq, record.body) for record in records)
+        refused = self._refused_payload_size
+        if refused is not None and len(payload) >= refused:
+            if len(records) == 1:
+                await self._dead_letter(
+                    records,
+                    f"event too large for the broker: a {len(payload)}-byte message was refused "
+                    f"(PUBACK 0x95, a {refused}-byte one was too)",
+                )
+                return True
+            return await self._split(topic, records, epoch, backlog=backlog)
         slots = self._slots
         await slots.acquire()
         if not self._connection_usable(epoch) or self._stopping:
             slots.release()
             return False
-        payload = encode_batch((record.seq, record.body) for record in records)
+        if self._resplit_needed or self._retry_needed:
+            slots.release()
+            return True  # not sent: everything not acked is leased again after the rewind
         try:
-            future = self._session.publish(topic, payload, qos=1, content_type=CONTENT_TYPE)
+            future = self._session.publish(
+                topic,
+                payload,
+                qos=1,
+                content_type=CONTENT_TYPE,
+                user_properties=(BACKLOG_PROPERTY,) if backlog else (),
+            )
         except NotConnected:
             slots.release()
             return False
@@ -177,14 +347,24 @@ class Forwarder:
             if len(records) == 1:
                 await self._dead_letter(records, f"event too large for the broker: {error}")
                 return True
-            middle = len(records) // 2
-            return await self._publish_chunk(
-                topic, records[:middle], epoch
-            ) and await self._publish_chunk(topic, records[middle:], epoch)
+            return await self._split(topic, records, epoch, backlog=backlog)
         self.counters.messages_published_total += 1
         self._inflight.add(future)
-        future.add_done_callback(functools.partial(self._settled, records=records, slots=slots))
+        future.add_done_callback(
+            functools.partial(
+                self._settled, records=records, slots=slots, size=len(payload), backlog=backlog
+            )
+        )
         return True
+
+    async def _split(
+        self, topic: str, records: list[StoredRecord], epoch: int, *, backlog: bool
+    ) -> bool:
+        self.counters.messages_split_total += 1
+        middle = len(records) // 2
+        return await self._publish_chunk(
+            topic, records[:middle], epoch, backlog=backlog
+        ) and await self._publish_chunk(topic, records[middle:], epoch, backlog=backlog)
 
     def _settled(
         self,
@@ -192,6 +372,8 @@ class Forwarder:
         *,
         records: list[StoredRecord],
         slots: asyncio.Semaphore,
+        size: int,
+        backlog: bool,
     ) -> None:
         self._inflight.discard(future)
         slots.release()
@@ -199,16 +381,29 @@ class Forwarder:
             return
         error = future.exception()
         if error is not None:
-            if not isinstance(error, ConnectionLost):
+            if isinstance(error, ConnectionLost):
+                self._lost_messages.append((size, records))
+            else:
                 _log.warning("publish failed: %s", error)
             return  # not acked: resent after the next rewind
         puback = future.result()
         self.counters.last_puback_at = time.time()
         if puback.ok:
             self._to_ack.extend(record.seq for record in records)
+            if backlog:
+                self.counters.backlog_events_forwarded_total += len(records)
             self._ack_wake.set()
             return
         self.counters.messages_rejected_total += 1
+        if puback.reason_code == PACKET_TOO_LARGE and len(records) > 1:
+            if self._refused_payload_size is None or size < self._refused_payload_size:
+                self._refused_payload_size = size
+                _log.warning(
+                    "broker refused a %d-byte message as too large (0x95); sending smaller ones",
+                    size,
+                )
+            self._resplit_needed = True
+            return
         if puback.reason_code in RETRYABLE_REASON_CODES:
             _log.warning(
                 "broker refused a message for now (%s, 0x%02x); backing off and resending",
@@ -234,11 +429,23 @@ class Forwarder:
         while True:
             await self._ack_wake.wait()
             self._ack_wake.clear()
-            await self._flush_acks()
+            try:
+                await self._flush_acks()
+            except BufferUnavailable as error:
+                # The seqs stay queued; if the agent stops first they are sent again next time.
+                _log.warning("could not record %d ack(s) yet: %s", len(self._to_ack), error)
+                await asyncio.sleep(0.5)
+                self._ack_wake.set()
 
     async def _flush_acks(self) -> None:
         if not self._to_ack:
             return
         seqs, self._to_ack = self._to_ack, []
-        await self._buffer.ack(seqs)
+        try:
+            await self._buffer.ack(seqs)
+        except BaseException:
+            # Cancelled (the acker stops) or failed: keep them for the next flush. A cancelled
+            # ack may have committed all the same; acking again is harmless.
+            self._to_ack[:0] = seqs
+            raise
         self.counters.events_forwarded_total += len(seqs)

@@ -5,22 +5,44 @@ when the buffer falls behind, `emit` blocks and the sources slow down; nothing i
 One task takes everything waiting (up to `max_batch`), maps it, and appends the events to the
 buffer in one transaction (group commit), then wakes the forwarder. A reading is *accepted*
 when that transaction commits; until then it exists only in memory, and `stop()` drains the
-queue into the buffer before the agent exits.
+queue into the buffer before the agent exits (bounded by the grace period).
+
+When the buffer cannot take a batch, the batch is held and offered again with capped backoff;
+meanwhile the queue fills and `emit` blocks, so the sources pause (backpressure):
+- `BufferFull`: no room and the batch holds business/critical events, which are never evicted.
+  Logged once as an error, shown in status (`backpressure`) until a batch goes in again.
+- `BufferUnavailable` (I/O error, busy): logged once, retried the same way.
+- `BufferCorrupt`: propagates; the agent stops (the next start moves the file aside).
+
+Whatever the buffer gave up for room (`AppendResult.overflow`) is counted per class and type
+and becomes `agent.buffer.overflow.v1` events (critical by default) appended right after, so the
+hub learns what it is missing and which seqs are gaps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from agent.events import encode_body
+from agent.events import BUFFER_OVERFLOW_TYPE, BufferOverflowV1, encode_agent_event, encode_body
 from agent.mapping import Mapper
-from buffer.base import Buffer, Record
+from agent.mapping_state import CounterBaselines
+from buffer.base import Buffer, BufferFull, BufferUnavailable, Overflow, Record
+from config.schema import Priority
 from connectors.base import Reading
 
 _log = logging.getLogger(__name__)
+
+_RETRY_MIN_S = 0.05
+_RETRY_MAX_S = 2.0
+_OVERFLOW_REPORT_ROUNDS = 3
+_OVERFLOW_ID_NAMESPACE = uuid.UUID("0b8f3e8e-54f1-5b7c-9d0e-2f6a1c3b7d21")
+CLASS_NAMES = {int(p): p.name.lower() for p in Priority}
 
 
 @dataclass(slots=True)
@@ -30,6 +52,12 @@ class PipelineCounters:
     events_duplicate_total: int = 0
     readings_unmappable_total: int = 0
     last_seq: int = 0
+    # (class, event type, reason) -> events given up for room since start.
+    overflow_total: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    backpressure: bool = False
+    backpressure_since: float | None = None
+    backpressure_total: int = 0
+    buffer_errors_total: int = 0
 
 
 class Pipeline:
@@ -43,16 +71,27 @@ class Pipeline:
         on_accepted: Callable[[], None] = lambda: None,
         max_pending: int = 20_000,
         max_batch: int = 2_000,
+        priorities: Mapping[str, int] | None = None,
+        overflow_priority: int = Priority.CRITICAL,
+        baselines: CounterBaselines | None = None,
     ) -> None:
+        """`priorities`: delivery class per unversioned event type, overriding the defaults.
+        `baselines`: persists counter baselines around each commit (agent.mapping_state)."""
         self._mapper = mapper
+        self._baselines = baselines
         self._buffer = buffer
         self._site = site
         self._agent = agent
         self._on_accepted = on_accepted
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(max_pending)
         self._max_batch = max_batch
+        self._priorities = dict(priorities or {})
+        self._overflow_priority = overflow_priority
         self._unmappable_seen: set[str] = set()
         self._committing: asyncio.Future[None] | None = None
+        self._overflow_reports: list[Overflow] = []
+        self._overflow_serial = 0
+        self._stopping = False
         self.counters = PipelineCounters()
 
     async def emit(self, readings: Sequence[Reading]) -> None:
@@ -68,6 +107,12 @@ class Pipeline:
     def queued(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def overflow_unreported(self) -> int:
+        """Events given up for room whose `agent.buffer.overflow` event is not in the buffer
+        yet (it goes in with the next commit that finds room)."""
+        return sum(report.count for report in self._overflow_reports)
+
     async def run(self) -> None:
         """Commit batches until cancelled. A commit under way is never cut short by the
         cancellation: it is shielded, and `stop` waits for it."""
@@ -78,13 +123,26 @@ class Pipeline:
 
     async def stop(self, task: asyncio.Task[None], timeout: float) -> None:
         """Stop the `run` task and commit everything still queued (call after the sources
-        have stopped, so nothing more arrives)."""
+        have stopped, so nothing more arrives). Bounded by `timeout`: readings still queued
+        then (the buffer was full or failing) were never accepted and are counted in the log."""
+        deadline = time.monotonic() + timeout
         task.cancel()
         await asyncio.wait([task], timeout=timeout)
         if self._committing is not None and not self._committing.done():
-            await asyncio.wait([self._committing], timeout=timeout)
-        while not self._queue.empty():
-            await self._commit(self._take(self._queue.get_nowait()))
+            await asyncio.wait([self._committing], timeout=max(0.0, deadline - time.monotonic()))
+        self._stopping = True
+
+        async def drain() -> None:
+            while not self._queue.empty():
+                await self._commit(self._take(self._queue.get_nowait()))
+
+        try:
+            await asyncio.wait_for(drain(), max(0.1, deadline - time.monotonic()))
+        except (TimeoutError, BufferUnavailable):
+            _log.error(
+                "stopping: %d reading(s) could not be committed in time and were not accepted",
+                self._queue.qsize(),
+            )
 
     def _take(self, first: Reading) -> list[Reading]:
         batch = [first]
@@ -108,14 +166,123 @@ class Pipeline:
             Record(
                 id=event.id,
                 kind=event.type.name,
-                priority=int(event.type.default_priority),
+                priority=self._priorities.get(event.type.kind.value, event.type.default_priority),
                 body=encode_body(event, site=self._site, agent=self._agent),
             )
             for event in events
         ]
-        result = await self._buffer.append(records)
+        if self._baselines is not None:
+            await self._baselines.before_commit()
+        await self._append(records)
+        if self._baselines is not None:
+            await self._baselines.after_commit()
+        # Reporting can itself evict (it takes room too): report that as well, a few rounds.
+        for _ in range(_OVERFLOW_REPORT_ROUNDS):
+            if not self._overflow_reports or not await self._report_overflow():
+                break
+
+    async def _append(self, records: list[Record], *, hold: bool = True) -> bool:
+        """Append, holding the batch and retrying while the buffer cannot take it (`hold`);
+        False when not held and the buffer refused it."""
+        if hold and len(records) > 1:
+            # A batch too big for the room left goes in by halves, in order: what fits is
+            # accepted now, only the rest is held.
+            try:
+                return await self._append(records, hold=False) or (
+                    await self._append(records[: len(records) // 2])
+                    and await self._append(records[len(records) // 2 :])
+                )
+            except BufferUnavailable:
+                pass
+        delay = _RETRY_MIN_S
+        while True:
+            try:
+                result = await self._buffer.append(records)
+                break
+            except BufferFull as error:
+                if not hold:
+                    return False
+                if not self.counters.backpressure:
+                    self.counters.backpressure = True
+                    self.counters.backpressure_since = time.time()
+                    self.counters.backpressure_total += 1
+                    _log.error(
+                        "BUFFER FULL: sources paused (backpressure) until the hub takes "
+                        "events: %s",
+                        error,
+                    )
+            except BufferUnavailable as error:
+                if not hold:
+                    return False
+                self.counters.buffer_errors_total += 1
+                if delay == _RETRY_MIN_S:
+                    _log.warning("buffer unavailable, holding %d event(s): %s", len(records), error)
+            if self._stopping:
+                raise BufferUnavailable("stopping while the buffer cannot take events")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+        if self.counters.backpressure:
+            since = self.counters.backpressure_since or time.time()
+            _log.warning("buffer has room again: sources resumed after %.0f s", time.time() - since)
+            self.counters.backpressure = False
+            self.counters.backpressure_since = None
         self.counters.events_accepted_total += result.accepted
         self.counters.events_duplicate_total += result.duplicates
         self.counters.last_seq = result.last_seq
+        totals = self.counters.overflow_total
+        for report in result.overflow:
+            name = CLASS_NAMES.get(report.priority, str(report.priority))
+            key = (name, report.kind, report.reason)
+            totals[key] = totals.get(key, 0) + report.count
+            if not report.kind.startswith("agent.buffer.overflow"):
+                self._overflow_reports.append(report)
+        if result.overflow:
+            _log.warning(
+                "buffer full: gave up %s",
+                ", ".join(f"{o.count} {o.kind} ({o.reason})" for o in result.overflow),
+            )
         if result.accepted:
             self._on_accepted()
+        return True
+
+    async def _report_overflow(self) -> bool:
+        """Turn pending overflow reports into events; kept for the next commit if no room."""
+        now = datetime.now(UTC)
+        records = []
+        reports, self._overflow_reports = self._overflow_reports, []
+        merged: dict[tuple[int, str, str], Overflow] = {}
+        for report in reports:  # one event per class, type and reason
+            slot = (report.priority, report.kind, str(report.reason))
+            seen = merged.get(slot)
+            if seen is not None and len(seen.seq_ranges) + len(report.seq_ranges) <= 256:
+                report = Overflow(
+                    report.priority, report.kind, report.reason, seen.count + report.count,
+                    seen.seq_ranges + report.seq_ranges,
+                )
+            elif seen is not None:
+                slot = (report.priority, report.kind, f"{report.reason}#{len(merged)}")
+            merged[slot] = report
+        for report in merged.values():
+            self._overflow_serial += 1
+            key = f"{self._site}\x1f{self._agent}\x1f{now.isoformat()}\x1f{self._overflow_serial}"
+            event_id = str(uuid.uuid5(_OVERFLOW_ID_NAMESPACE, key))
+            data = BufferOverflowV1(
+                priority_class=CLASS_NAMES.get(report.priority, "telemetry"),  # type: ignore[arg-type]
+                event_type=report.kind,
+                reason=report.reason,
+                count=report.count,
+                seq_ranges=list(report.seq_ranges),
+            )
+            body = encode_agent_event(
+                BUFFER_OVERFLOW_TYPE,
+                event_id=event_id,
+                site=self._site,
+                agent=self._agent,
+                time=now,
+                data=data,
+            )
+            records.append(Record(event_id, BUFFER_OVERFLOW_TYPE, self._overflow_priority, body))
+        if await self._append(records, hold=False):
+            return True
+        self._overflow_reports[:0] = reports
+        return False

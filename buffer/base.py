@@ -6,8 +6,20 @@ The buffer knows nothing about events, MQTT or sources: it stores bytes with a f
   (pending, or delivered and still retained) is a duplicate: it is skipped and uses no `seq`.
   Each accepted record gets the next `seq` of this buffer: 1, 2, 3, ... with no gaps, ever,
   across restarts. A record is *accepted* exactly when `append` returns.
-- `lease` hands out pending records, highest `priority` first, then by `seq`, each at most once
-  until `rewind` (after a reconnect, everything not yet acked is leased again).
+- Capacity (`Capacity`) counts only *pending* bytes. When a batch does not fit, the buffer first
+  drops delivered-and-retained records (only when the disk itself is short), then applies each
+  priority's `OverflowPolicy`: `evict_oldest` deletes that priority's oldest pending records,
+  `sample` keeps one new record in N (and evicts the oldest for it), `refuse` turns new records
+  away, `block` (the default) never loses anything: `append` raises `BufferFull` and accepts
+  nothing, and the caller holds the records and retries (backpressure). What was given up is
+  returned in `AppendResult.overflow` (and counted durably, see `BufferStats.evictions`).
+  An evicted record had a `seq`: it is a gap the overflow report names (`Overflow.seq_ranges`).
+- `lease` hands out pending records, each at most once until `rewind` (after a reconnect,
+  everything not yet acked is leased again). Within one lane (`after_seq < seq <= up_to_seq`)
+  and one priority, records come in `seq` order. Without `shares`, the highest priority first;
+  with `shares` (priority -> weight), each lease is split between the priorities that have
+  pending records in proportion to their weights, and what one leaves unused goes to the others:
+  higher classes drain faster, none is starved.
 - `ack` marks records delivered; they stay for the retention window (so repeats of their id are
   still recognised, and they can be replayed) and are then purged.
 - `dead_letter` moves records that can never be delivered aside, with the reason.
@@ -15,9 +27,12 @@ The buffer knows nothing about events, MQTT or sources: it stores bytes with a f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+OverflowPolicy = Literal["evict_oldest", "sample", "refuse", "block"]
+OverflowReason = Literal["evicted", "sampled", "refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +58,48 @@ class StoredRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Capacity:
+    """How much the buffer may hold, and what gives way when it is full.
+
+    `max_pending_bytes`: bodies not yet delivered (None: no limit but the disk).
+    `retained_max_bytes`: bodies delivered and kept for replay (purge trims the oldest).
+    `disk_free_reserve_bytes`: when the file system has less free space than this, the buffer
+    behaves as full (after dropping retained records first).
+    `policies`: per priority; a priority not listed blocks (never loses a record).
+    `sample_keep_one_in`: the N of the `sample` policy.
+    """
+
+    max_pending_bytes: int | None = None
+    retained_max_bytes: int | None = None
+    disk_free_reserve_bytes: int = 0
+    policies: Mapping[int, OverflowPolicy] = field(default_factory=dict)
+    sample_keep_one_in: int = 10
+
+    def policy(self, priority: int) -> OverflowPolicy:
+        return self.policies.get(priority, "block")
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """Records of one priority and kind given up by one `append`.
+
+    `evicted`: accepted earlier (they had these seqs), deleted before delivery.
+    `sampled` / `refused`: offered now and never accepted (no seq).
+    """
+
+    priority: int
+    kind: str
+    reason: OverflowReason
+    count: int
+    seq_ranges: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     accepted: int
     duplicates: int
     last_seq: int
+    overflow: tuple[Overflow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +111,12 @@ class BufferStats:
     dead_letters: int
     last_seq: int
     file_bytes: int
+    pending_bytes: int = 0
+    retained_bytes: int = 0
+    # The replay window: accepted_at of the oldest delivered record still retained.
+    oldest_retained_at: float | None = None
+    # (priority, kind, reason) -> how many, over the life of the file.
+    evictions: dict[tuple[int, str, str], int] = field(default_factory=dict)
 
 
 class BufferError(Exception):
@@ -76,10 +135,27 @@ class BufferUnavailable(BufferError):
     """The operation failed and changed nothing (disk full, I/O error, busy): retry with backoff."""
 
 
+class BufferFull(BufferUnavailable):
+    """No room, and nothing may be given up for these records: nothing was accepted. Hold them,
+    pause the sources (backpressure) and retry once the forwarder has delivered some."""
+
+
 class Buffer(Protocol):
+    @property
+    def last_seq(self) -> int:
+        """The highest seq known committed (a lower bound while a transaction is in doubt)."""
+        ...
+
     async def append(self, records: Sequence[Record]) -> AppendResult: ...
 
-    async def lease(self, limit: int) -> list[StoredRecord]: ...
+    async def lease(
+        self,
+        limit: int,
+        *,
+        after_seq: int = 0,
+        up_to_seq: int | None = None,
+        shares: Mapping[int, int] | None = None,
+    ) -> list[StoredRecord]: ...
 
     def rewind(self) -> None: ...
 

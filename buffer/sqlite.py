@@ -22,15 +22,20 @@ because repeats of an id are recognised and skipped.
    retained) or that repeats an earlier record of the same batch is a duplicate: skipped, counted,
    given no `seq`. Once an acked row is purged, or a row is dead-lettered, its id is forgotten.
 3. A row is *pending* while `acked_at IS NULL`. `ack` sets `acked_at`; nothing ever clears it.
-   Pending rows leave `events` only through `dead_letter`; acked rows only through `purge`, once
-   `acked_at < now - retention_s`.
-4. `lease` hands out pending rows by `priority` descending, then `seq` ascending, each at most
-   once until `rewind`.
+   Pending rows leave `events` only through `dead_letter` or an eviction (capacity, below);
+   acked rows only through `purge` (past `retention_s`, or over `retained_max_bytes`, oldest
+   first) or when the disk is short.
+4. `lease` hands out pending rows each at most once until `rewind`: within one lane
+   (`after_seq < seq <= up_to_seq`) and one priority in `seq` order; across priorities either
+   strictly highest first or split by weights (`shares`, see `buffer.base`).
 5. One transaction at a time: every method that touches the file holds an `asyncio.Lock` for
    the whole of its transaction. aiosqlite multiplexes one connection, so without the lock one
    coroutine's `lease` could read another's uncommitted `append`.
+6. Capacity counts pending bytes only (`length(body)` of rows with `acked_at IS NULL`), kept in
+   memory per priority and re-read after any transaction that did not finish cleanly. Every
+   record given up for room is counted in `evictions` in the same transaction that gave it up.
 
-# On-disk layout (schema version 1, in `PRAGMA user_version`)
+# On-disk layout (schema version 2, in `PRAGMA user_version`)
 
 ```
 events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq order
@@ -40,6 +45,7 @@ events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq ord
   events_acked    (acked_at) WHERE acked_at IS NOT NULL       purge and the retained count
 meta          key TEXT PRIMARY KEY, value  ('last_seq', n)
 dead_letters  seq, id, kind, priority, body, accepted_at, reason, dead_at
+evictions     priority, kind, reason, count          (schema version 2)
 ```
 
 Plus the `-wal` and `-shm` files SQLite keeps next to it. Both partial indexes hold only the rows
@@ -62,20 +68,43 @@ reads the whole file (about 1 s per GB from a warm cache), once, at startup.
   are handed out again to new records, which a consumer may see as a `seq` it already had with a
   different id. Choose it only where throughput matters more than the last second of data.
 
+# When it is full
+
+`Capacity` (see `buffer.base`): a batch that would take pending bytes over `max_pending_bytes`
+goes through each priority's overflow policy inside the same transaction, so an eviction and the
+records it made room for commit together or not at all. Delivered rows do not count against the
+limit; they are trimmed by `purge` (time, then `retained_max_bytes`) and are the first to go when
+the *disk* is short: below `disk_free_reserve_bytes` free (checked with statvfs, at most once a
+second) or when SQLite reports SQLITE_FULL (a full disk, or `max_page_count`). Deleting rows
+does not shrink the file, it frees pages that the next insert reuses; so when the disk is short
+the buffer deletes delivered rows first, and when there are none it treats the current pending
+bytes as the limit. A batch that still does not fit, with a priority whose policy is `block`,
+raises `BufferFull` and accepts nothing. A row evicted while it was leased may still reach the
+hub (its PUBACK then acks nothing); the overflow report names its seq either way.
+
+# Startup safety
+
+`open(..., recover_corrupt=True)`: a file that fails the checks above is renamed (with its
+`-wal` and `-shm`) to `<name>.corrupt-<UTC timestamp>` (never deleted), the event is logged and
+kept in `recovered_from`, and a fresh file is started. Its `last_seq` starts where the old
+file's `meta` said, if that can still be read, so `seq` continues (the records lost with the
+old file are a gap the log names); otherwise at 0.
+
 # Why leases live in memory
 
 A lease only says "this record is on its way to the broker". After a crash or a reconnect the
 broker may or may not have it, and only an ack proves delivery, so every record not acked must be
-sent again anyway. Keeping leases in memory (a cursor per priority: the highest `seq` handed out)
-costs no writes on the hot path, and a restart, like `rewind`, makes everything not acked pending
-again. Delivery is at least once; the id makes it effectively once for the consumer.
+sent again anyway. Keeping leases in memory (a cursor per priority and lane: the highest `seq`
+handed out) costs no writes on the hot path, and a restart, like `rewind`, makes everything not
+acked pending again. Delivery is at least once; the id makes it effectively once for the consumer.
 
 # Errors
 
 - `BufferCorrupt`: the file is not a usable buffer (not SQLite, failed `PRAGMA quick_check`,
   foreign or newer schema, or corruption found later). Stop; the file needs a person.
-- `BufferUnavailable`: the operation failed and changed nothing (disk full, I/O error, locked,
-  read-only). Retry with backoff.
+- `BufferUnavailable`: the operation failed and changed nothing (I/O error, locked, read-only).
+  Retry with backoff. `BufferFull` (a subclass): no room for these records and none may be
+  given up; hold them (backpressure) and retry.
 - Anything else from sqlite3 (a constraint or SQL error) is a bug in this module and propagates
   as is.
 """
@@ -84,10 +113,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -96,13 +129,17 @@ import aiosqlite
 from buffer.base import (
     AppendResult,
     BufferCorrupt,
+    BufferFull,
     BufferStats,
     BufferUnavailable,
+    Capacity,
+    Overflow,
+    OverflowReason,
     Record,
     StoredRecord,
 )
 
-__all__ = ["SqliteBuffer"]
+__all__ = ["DeadLetter", "SqliteBuffer", "move_aside"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +170,15 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         dead_at REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE evictions (
+        priority INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (priority, kind, reason)
+    );
+    """,
 )
 
 _BUSY_TIMEOUT_MS: Final = 5_000
@@ -141,6 +187,14 @@ _JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 # Bound on host parameters per statement (SQLite's own limit is 999 on old builds).
 _PARAMS_PER_STATEMENT: Final = 500
 _PURGE_ROWS_PER_TRANSACTION: Final = 10_000
+_EVICT_ROWS_PER_STATEMENT: Final = 512
+_DISK_CHECK_INTERVAL_S: Final = 1.0
+# Deleted rows free pages for reuse, not always exactly as many bytes as the new rows need.
+_DISK_SHORT_SLACK: Final = 2
+_DISK_FULL_ATTEMPTS: Final = 5
+# An overflow report names at most this many seq ranges; more make another report.
+_RANGES_PER_OVERFLOW: Final = 256
+_REPLAY_ROWS_PER_QUERY: Final = 1_000
 
 # Primary result codes (the low byte of sqlite3.Error.sqlite_errorcode).
 _CORRUPT_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
@@ -157,6 +211,23 @@ _UNAVAILABLE_CODES: Final = frozenset(
 )
 
 _COLUMNS: Final = "seq, id, kind, priority, body, accepted_at"
+_NO_UPPER_BOUND: Final = 2**62
+
+
+class _DiskFull(BufferUnavailable):
+    """SQLITE_FULL: the disk (or max_page_count) has no room for this transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    seq: int
+    id: str
+    kind: str
+    priority: int
+    size: int
+    accepted_at: float
+    reason: str
+    dead_at: float
 
 
 class SqliteBuffer:
@@ -174,21 +245,35 @@ class SqliteBuffer:
         retention_s: float,
         clock: Callable[[], float],
         last_seq: int,
-        priorities: set[int],
+        capacity: Capacity,
+        read_only: bool = False,
     ) -> None:
         """Use `SqliteBuffer.open`; this only wires an already migrated connection."""
         self.path = path
+        self.capacity = capacity
+        self.read_only = read_only
+        # Set when open() moved a corrupt file aside: (where it went, why).
+        self.recovered_from: tuple[Path, str] | None = None
         self._db = db
         self._retention_s = retention_s
         self._clock = clock
         self._lock = asyncio.Lock()
         # Committed last_seq, or None when a failed or cancelled transaction left it unknown.
         self._last_seq: int | None = last_seq
+        self._known_last_seq = last_seq
+        # Pending rows and bytes per priority, retained bytes; None = re-read before use.
+        self._pending_count: dict[int, int] = {}
+        self._pending_bytes: dict[int, int] = {}
+        self._retained_bytes = 0
+        self._counts_valid = False
         # Priorities that may have pending rows (a superset: stale entries cost one query).
-        self._priorities = priorities
-        # Lease cursors: per priority, the highest seq handed out since the last rewind.
-        self._leased_up_to: dict[int, int] = {}
+        self._priorities: set[int] = set()
+        # Lease cursors: per (priority, lane start), the highest seq handed out since the rewind.
+        self._leased_up_to: dict[tuple[int, int], int] = {}
         self._rewinds = 0
+        self._sampled: dict[int, int] = defaultdict(int)
+        self._disk_checked_at = -_DISK_CHECK_INTERVAL_S
+        self._disk_short = False
 
     @classmethod
     @asynccontextmanager
@@ -199,67 +284,147 @@ class SqliteBuffer:
         synchronous: Literal["full", "normal"] = "full",
         retention_s: float = 86_400,
         clock: Callable[[], float] = time.time,
+        capacity: Capacity | None = None,
+        recover_corrupt: bool = False,
+        read_only: bool = False,
+        max_page_count: int | None = None,
     ) -> AsyncIterator[SqliteBuffer]:
         """Open (creating if needed), check and migrate the buffer file at `path`.
 
         `synchronous` trades power-cut safety for throughput (see the module docstring).
         `retention_s` is how long acked records are kept. `clock` stamps accepted_at, acked_at
-        and dead_at, and is `purge`'s default `now`.
+        and dead_at, and is `purge`'s default `now`. `capacity`: see `buffer.base.Capacity`.
+        `recover_corrupt`: move a corrupt file aside and start afresh instead of raising.
+        `read_only`: for inspection while another process owns the file (`stats`, listings);
+        no check, no migration, no writes. `max_page_count` caps the file (SQLite's pragma; it
+        is how tests make a disk full).
 
         Raises BufferCorrupt if the file is not SQLite, fails `PRAGMA quick_check` or holds a
         foreign or newer schema; BufferUnavailable if it cannot be opened (permissions, disk).
         """
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-        with _classified(path, "open"):
-            db = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            with _classified(path, "open"):
-                buffer = await cls._prepare(
-                    db, path, synchronous=synchronous, retention_s=retention_s, clock=clock
+        capacity = capacity or Capacity()
+        if read_only:
+            buffer = await cls._open_read_only(path, clock=clock, capacity=capacity)
+        else:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            options = {
+                "synchronous": synchronous,
+                "retention_s": retention_s,
+                "clock": clock,
+                "capacity": capacity,
+                "max_page_count": max_page_count,
+            }
+            recovered: tuple[Path, str] | None = None
+            try:
+                buffer = await cls._connect(path, **options)  # type: ignore[arg-type]
+            except BufferCorrupt as error:
+                if not recover_corrupt:
+                    raise
+                salvaged = await asyncio.to_thread(_salvage_last_seq, path)
+                moved = await asyncio.to_thread(move_aside, path, clock())
+                log.error(
+                    "buffer %s is corrupt (%s): moved aside to %s; starting a fresh buffer "
+                    "with seq continuing after %s",
+                    path, error, moved, salvaged if salvaged is not None else "0 (unreadable)",
                 )
-        except BaseException:
-            await db.close()
-            raise
+                recovered = (moved, str(error))
+                buffer = await cls._connect(path, initial_last_seq=salvaged, **options)  # type: ignore[arg-type]
+            buffer.recovered_from = recovered
         try:
             yield buffer
         finally:
             async with buffer._lock:
-                await db.close()
+                await buffer._db.close()
 
     @classmethod
-    async def _prepare(
+    async def _connect(
         cls,
-        db: aiosqlite.Connection,
         path: Path,
         *,
         synchronous: Literal["full", "normal"],
         retention_s: float,
         clock: Callable[[], float],
+        capacity: Capacity,
+        max_page_count: int | None,
+        initial_last_seq: int | None = None,
     ) -> SqliteBuffer:
-        await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        problems = [str(row[0]) for row in await db.execute_fetchall("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise BufferCorrupt(f"{path}: quick_check failed: {'; '.join(problems[:5])}")
-        (mode,) = _one(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
-        if str(mode).lower() != "wal":
-            raise BufferUnavailable(f"{path}: cannot use WAL journal mode (got {mode!r})")
-        await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        await db.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
-        await _migrate(db, path)
-        (last_seq,) = _one(
-            await db.execute_fetchall("SELECT value FROM meta WHERE key = 'last_seq'")
-        )
-        priorities = await db.execute_fetchall(
-            "SELECT DISTINCT priority FROM events WHERE acked_at IS NULL"
-        )
-        return cls(
-            db,
-            path,
-            retention_s=retention_s,
-            clock=clock,
-            last_seq=int(last_seq),
-            priorities={int(row[0]) for row in priorities},
-        )
+        with _classified(path, "open"):
+            db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            with _classified(path, "open"):
+                await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                problems = [str(row[0]) for row in await db.execute_fetchall("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    raise BufferCorrupt(f"{path}: quick_check failed: {'; '.join(problems[:5])}")
+                (mode,) = _one(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
+                if str(mode).lower() != "wal":
+                    raise BufferUnavailable(f"{path}: cannot use WAL journal mode (got {mode!r})")
+                await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                await db.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+                if max_page_count is not None:
+                    await db.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+                fresh = await _migrate(db, path)
+                if fresh and initial_last_seq:
+                    await db.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'last_seq'", (initial_last_seq,)
+                    )
+                (last_seq,) = _one(
+                    await db.execute_fetchall("SELECT value FROM meta WHERE key = 'last_seq'")
+                )
+                buffer = cls(
+                    db,
+                    path,
+                    retention_s=retention_s,
+                    clock=clock,
+                    last_seq=int(last_seq),
+                    capacity=capacity,
+                )
+                await buffer._refresh_counts()
+        except BaseException:
+            await db.close()
+            raise
+        return buffer
+
+    @classmethod
+    async def _open_read_only(
+        cls, path: Path, *, clock: Callable[[], float], capacity: Capacity
+    ) -> SqliteBuffer:
+        if not await asyncio.to_thread(path.exists):
+            raise BufferUnavailable(f"{path}: no buffer file here")
+        with _classified(path, "open"):
+            db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            with _classified(path, "open"):
+                await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                (version,) = _one(await db.execute_fetchall("PRAGMA user_version"))
+                if version != len(_MIGRATIONS):
+                    raise BufferCorrupt(
+                        f"{path}: schema version {version}, this tool reads version "
+                        f"{len(_MIGRATIONS)} (start the agent once to migrate it)"
+                    )
+                (last_seq,) = _one(
+                    await db.execute_fetchall("SELECT value FROM meta WHERE key = 'last_seq'")
+                )
+                buffer = cls(
+                    db,
+                    path,
+                    retention_s=0,
+                    clock=clock,
+                    last_seq=int(last_seq),
+                    capacity=capacity,
+                    read_only=True,
+                )
+                await buffer._refresh_counts()
+        except BaseException:
+            await db.close()
+            raise
+        return buffer
+
+    @property
+    def last_seq(self) -> int:
+        return self._known_last_seq
+
+    # -- append ---------------------------------------------------------------------------------
 
     async def append(self, records: Sequence[Record]) -> AppendResult:
         """Accept the records not yet held, in one transaction; see the module docstring."""
@@ -269,6 +434,32 @@ class SqliteBuffer:
         # Before the transaction: if it commits but this call is cancelled, lease still
         # finds these priorities. If it rolls back, a stale entry costs one empty query.
         self._priorities.update(record.priority for record in batch.values())
+        incoming = sum(len(r.body) for r in batch.values())
+        slack = _DISK_SHORT_SLACK
+        disk_short = False
+        if await self._disk_is_short():
+            # Delivered rows go first, in their own transaction: freed pages stay free.
+            disk_short = await self._drop_retained_now(incoming * slack) < incoming
+        for attempt in range(_DISK_FULL_ATTEMPTS):
+            try:
+                return await self._append(batch, len(records), disk_short=disk_short, slack=slack)
+            except _DiskFull as error:
+                if attempt == 0:
+                    log.warning("buffer %s: disk full (%s); making room", self.path, error)
+                if await self._drop_retained_now(incoming * slack) < incoming:
+                    disk_short = True  # pending records must make the room
+                slack *= 2  # freed rows and new rows do not map to pages one to one
+        raise BufferFull(f"{self.path}: the disk is full and nothing more may be evicted")
+
+    async def _drop_retained_now(self, target: int) -> int:
+        async with self._transaction("drop_retained") as db:
+            return await self._drop_retained(db, target)
+
+    async def _append(
+        self, batch: dict[str, Record], offered: int, *, disk_short: bool, slack: int
+    ) -> AppendResult:
+        batch = dict(batch)
+        overflow: list[Overflow] = []
         async with self._transaction("append") as db:
             last_seq = self._last_seq
             if last_seq is None:
@@ -284,42 +475,219 @@ class SqliteBuffer:
                 )
                 for (held_id,) in rows:
                     del batch[held_id]
-            if batch:
+            duplicates = offered - len(batch)
+            kept = list(batch.values())
+            if kept:
+                kept, overflow = await self._make_room(
+                    db, kept, disk_short=disk_short, slack=slack
+                )
+            if kept:
                 now = self._clock()
                 await db.executemany(
                     f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     [
                         (last_seq + offset, r.id, r.kind, r.priority, r.body, now)
-                        for offset, r in enumerate(batch.values(), start=1)
+                        for offset, r in enumerate(kept, start=1)
                     ],
                 )
-                last_seq += len(batch)
+                last_seq += len(kept)
                 await db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
-        self._last_seq = last_seq
+            if overflow:
+                await _count_evictions(db, overflow)
+        self._last_seq = self._known_last_seq = last_seq
+        for record in kept:
+            self._pending_count[record.priority] = self._pending_count.get(record.priority, 0) + 1
+            self._pending_bytes[record.priority] = (
+                self._pending_bytes.get(record.priority, 0) + len(record.body)
+            )
         return AppendResult(
-            accepted=len(batch), duplicates=len(records) - len(batch), last_seq=last_seq
+            accepted=len(kept), duplicates=duplicates, last_seq=last_seq, overflow=tuple(overflow)
         )
 
-    async def lease(self, limit: int) -> list[StoredRecord]:
-        """Up to `limit` pending records not leased since the last rewind, in lease order."""
+    async def _make_room(
+        self, db: aiosqlite.Connection, kept: list[Record], *, disk_short: bool, slack: int
+    ) -> tuple[list[Record], list[Overflow]]:
+        """Apply the capacity rules to the new records (inside the append transaction).
+
+        Changes the in-memory counts only through `_evict`, whose effects are undone (by a
+        re-read) if the transaction does not commit."""
+        capacity = self.capacity
+        limit = capacity.max_pending_bytes if capacity.max_pending_bytes is not None else None
+        incoming = sum(len(r.body) for r in kept)
+        if disk_short:
+            # No delivered rows left to give: pending records must make the room.
+            current = max(0, sum(self._pending_bytes.values()) - incoming * (slack - 1))
+            limit = current if limit is None else min(limit, current)
+        if limit is None or sum(self._pending_bytes.values()) + incoming <= limit:
+            return kept, []
+        dropped: dict[tuple[int, str, OverflowReason], int] = defaultdict(int)
+        survivors: list[Record] = []
+        for record in kept:
+            policy = capacity.policy(record.priority)
+            if policy == "refuse":
+                dropped[(record.priority, record.kind, "refused")] += 1
+                continue
+            if policy == "sample":
+                self._sampled[record.priority] += 1
+                if self._sampled[record.priority] % capacity.sample_keep_one_in:
+                    dropped[(record.priority, record.kind, "sampled")] += 1
+                    continue
+            survivors.append(record)
+        need = sum(self._pending_bytes.values()) + sum(len(r.body) for r in survivors) - limit
+        evicted: list[Overflow] = []
+        if need > 0:
+            evictable = sorted(
+                p for p in self._pending_bytes if capacity.policy(p) in ("evict_oldest", "sample")
+            )
+            for priority in evictable:
+                freed_here, reports = await self._evict(db, priority, need)
+                need -= freed_here
+                evicted += reports
+                if need <= 0:
+                    break
+        if need > 0:
+            blocked = [r for r in survivors if capacity.policy(r.priority) == "block"]
+            if blocked:
+                raise BufferFull(
+                    f"{self.path}: {len(blocked)} record(s) of priority "
+                    f"{sorted({r.priority for r in blocked})} do not fit "
+                    f"({sum(self._pending_bytes.values())} bytes pending, limit {limit}) and "
+                    "records of that priority are never evicted"
+                )
+            # Only evictable newcomers are left and even they do not fit: turn the oldest away.
+            while need > 0 and survivors:
+                record = survivors.pop(0)
+                need -= len(record.body)
+                dropped[(record.priority, record.kind, "refused")] += 1
+        reports = [
+            Overflow(priority, kind, reason, count)
+            for (priority, kind, reason), count in sorted(dropped.items())
+        ]
+        return survivors, evicted + reports
+
+    async def _evict(
+        self, db: aiosqlite.Connection, priority: int, need: int
+    ) -> tuple[int, list[Overflow]]:
+        """Delete the oldest pending rows of `priority` until `need` bytes are freed."""
+        freed = 0
+        seqs: dict[str, list[int]] = defaultdict(list)
+        while freed < need:
+            rows = await db.execute_fetchall(
+                "SELECT seq, kind, length(body) FROM events"
+                " WHERE acked_at IS NULL AND priority = ? ORDER BY seq LIMIT ?",
+                (priority, _EVICT_ROWS_PER_STATEMENT),
+            )
+            if not rows:
+                break
+            taken: list[int] = []
+            for seq, kind, size in rows:  # exactly as many of the oldest as needed
+                if freed >= need:
+                    break
+                freed += int(size)
+                taken.append(int(seq))
+                seqs[str(kind)].append(int(seq))
+                self._pending_count[priority] -= 1
+                self._pending_bytes[priority] -= int(size)
+            for chunk in _chunks(taken):
+                await db.execute(
+                    f"DELETE FROM events WHERE seq IN ({_placeholders(len(chunk))})", tuple(chunk)
+                )
+        reports: list[Overflow] = []
+        for kind, kind_seqs in sorted(seqs.items()):
+            ranges = _ranges(kind_seqs)
+            for start in range(0, len(ranges), _RANGES_PER_OVERFLOW):
+                part = ranges[start : start + _RANGES_PER_OVERFLOW]
+                count = sum(last - first + 1 for first, last in part)
+                reports.append(Overflow(priority, kind, "evicted", count, tuple(part)))
+        return freed, reports
+
+    async def _drop_retained(self, db: aiosqlite.Connection, target: int) -> int:
+        """Delete the oldest delivered rows until `target` bytes are freed; return the bytes."""
+        freed = 0
+        dropped: dict[tuple[int, str], int] = defaultdict(int)
+        while freed < target:
+            rows = await db.execute_fetchall(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events"
+                " WHERE acked_at IS NOT NULL ORDER BY acked_at LIMIT ?)"
+                " RETURNING priority, kind, length(body)",
+                (_EVICT_ROWS_PER_STATEMENT,),
+            )
+            if not rows:
+                break
+            for priority, kind, size in rows:
+                freed += int(size)
+                dropped[(int(priority), str(kind))] += 1
+        self._retained_bytes -= freed
+        if dropped:
+            await _count_retained_drops(db, dropped)
+            log.warning(
+                "buffer %s: disk short: dropped %d delivered record(s) kept for replay",
+                self.path, sum(dropped.values()),
+            )
+        return freed
+
+    async def _disk_is_short(self) -> bool:
+        reserve = self.capacity.disk_free_reserve_bytes
+        if reserve <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._disk_checked_at >= _DISK_CHECK_INTERVAL_S:
+            self._disk_checked_at = now
+            stat = await asyncio.to_thread(os.statvfs, self.path.parent)
+            short = stat.f_bavail * stat.f_frsize < reserve
+            if short != self._disk_short:
+                log.warning(
+                    "buffer %s: free disk space %s the reserve of %d bytes",
+                    self.path, "below" if short else "back above", reserve,
+                )
+            self._disk_short = short
+        return self._disk_short
+
+    # -- lease, ack, dead letters ---------------------------------------------------------------
+
+    async def lease(
+        self,
+        limit: int,
+        *,
+        after_seq: int = 0,
+        up_to_seq: int | None = None,
+        shares: Mapping[int, int] | None = None,
+    ) -> list[StoredRecord]:
+        """Up to `limit` pending records of the lane `after_seq < seq <= up_to_seq` not leased
+        since the last rewind; see `buffer.base` for the order and `shares`."""
         leased: list[StoredRecord] = []
+        if limit <= 0:
+            return leased
         rewinds = self._rewinds
+        upper = _NO_UPPER_BOUND if up_to_seq is None else up_to_seq
         async with self._lock:
             with _classified(self.path, "lease"):
-                for priority in sorted(self._priorities, reverse=True):
-                    if len(leased) >= limit:
-                        break
-                    rows = await self._db.execute_fetchall(
-                        f"SELECT {_COLUMNS} FROM events"
-                        " WHERE acked_at IS NULL AND priority = ? AND seq > ?"
-                        " ORDER BY seq LIMIT ?",
-                        (priority, self._leased_up_to.get(priority, 0), limit - len(leased)),
+                priorities = sorted(self._priorities, reverse=True)
+                rounds: list[dict[int, int]] = []
+                if shares:
+                    active = [p for p in priorities if self._pending_count.get(p, 1) > 0]
+                    total = sum(max(1, shares.get(p, 1)) for p in active) or 1
+                    rounds.append(
+                        {p: max(1, limit * max(1, shares.get(p, 1)) // total) for p in active}
                     )
-                    batch = [StoredRecord(*row) for row in rows]
-                    # A rewind while this query ran wins: these rows count as not leased.
-                    if batch and self._rewinds == rewinds:
-                        self._leased_up_to[priority] = batch[-1].seq
-                    leased += batch
+                rounds.append({p: limit for p in priorities})  # what is left, highest first
+                for quotas in rounds:
+                    for priority, quota in quotas.items():
+                        room = min(quota, limit - len(leased))
+                        if room <= 0:
+                            break
+                        key = (priority, after_seq)
+                        rows = await self._db.execute_fetchall(
+                            f"SELECT {_COLUMNS} FROM events"
+                            " WHERE acked_at IS NULL AND priority = ? AND seq > ? AND seq <= ?"
+                            " ORDER BY seq LIMIT ?",
+                            (priority, max(after_seq, self._leased_up_to.get(key, 0)), upper, room),
+                        )
+                        batch = [StoredRecord(*row) for row in rows]
+                        # A rewind while this query ran wins: these rows count as not leased.
+                        if batch and self._rewinds == rewinds:
+                            self._leased_up_to[key] = batch[-1].seq
+                        leased += batch
         return leased
 
     def rewind(self) -> None:
@@ -332,13 +700,39 @@ class SqliteBuffer:
         if not seqs:
             return
         now = self._clock()
-        async with self._transaction("ack") as db:
-            for chunk in _chunks(seqs):
-                await db.execute(
-                    "UPDATE events SET acked_at = ?"
-                    f" WHERE acked_at IS NULL AND seq IN ({_placeholders(len(chunk))})",
-                    (now, *chunk),
-                )
+        settled: list[Any] = []
+        try:
+            async with self._transaction("ack") as db:
+                for chunk in _chunks(seqs):
+                    settled += await db.execute_fetchall(
+                        "UPDATE events SET acked_at = ?"
+                        f" WHERE acked_at IS NULL AND seq IN ({_placeholders(len(chunk))})"
+                        " RETURNING priority, length(body)",
+                        (now, *chunk),
+                    )
+        except _DiskFull:
+            # Marking rows takes pages (index entries); deleting them frees pages. Delivered
+            # is delivered: when the disk is full these are not retained for replay.
+            settled = []
+            async with self._transaction("ack") as db:
+                for chunk in _chunks(seqs):
+                    settled += await db.execute_fetchall(
+                        "DELETE FROM events"
+                        f" WHERE acked_at IS NULL AND seq IN ({_placeholders(len(chunk))})"
+                        " RETURNING priority, length(body), kind",
+                        tuple(chunk),
+                    )
+                dropped: dict[tuple[int, str], int] = defaultdict(int)
+                for priority, _size, kind in settled:
+                    dropped[(int(priority), str(kind))] += 1
+                await _count_retained_drops(db, dropped)
+            log.warning(
+                "buffer %s: disk full: %d delivered record(s) not kept for replay",
+                self.path, len(settled),
+            )
+            self._settle([row[:2] for row in settled], retained=False)
+            return
+        self._settle(settled, retained=True)
 
     async def dead_letter(self, seqs: Sequence[int], reason: str) -> None:
         """Move these pending records to `dead_letters` with the reason, in one transaction.
@@ -348,6 +742,7 @@ class SqliteBuffer:
         if not seqs:
             return
         now = self._clock()
+        settled: list[Any] = []
         async with self._transaction("dead_letter") as db:
             for chunk in _chunks(seqs):
                 marks = _placeholders(len(chunk))
@@ -357,12 +752,94 @@ class SqliteBuffer:
                     f" WHERE acked_at IS NULL AND seq IN ({marks})",
                     (reason, now, *chunk),
                 )
-                await db.execute(
-                    f"DELETE FROM events WHERE acked_at IS NULL AND seq IN ({marks})", tuple(chunk)
+                settled += await db.execute_fetchall(
+                    f"DELETE FROM events WHERE acked_at IS NULL AND seq IN ({marks})"
+                    " RETURNING priority, length(body)",
+                    tuple(chunk),
                 )
+        self._settle(settled, retained=False)
+
+    def _settle(self, rows: Sequence[Any], *, retained: bool) -> None:
+        for priority, size in rows:
+            self._pending_count[int(priority)] = self._pending_count.get(int(priority), 0) - 1
+            self._pending_bytes[int(priority)] = self._pending_bytes.get(int(priority), 0) - size
+            if retained:
+                self._retained_bytes += int(size)
+
+    async def dead_letters(self, limit: int = 1_000) -> list[DeadLetter]:
+        """The dead letters, oldest first (bodies left out)."""
+        async with self._lock:
+            with _classified(self.path, "dead_letters"):
+                rows = await self._db.execute_fetchall(
+                    "SELECT seq, id, kind, priority, length(body), accepted_at, reason, dead_at"
+                    " FROM dead_letters ORDER BY seq LIMIT ?",
+                    (limit,),
+                )
+        return [DeadLetter(*row) for row in rows]
+
+    async def retry_dead_letters(self, seqs: Sequence[int] | None = None) -> tuple[int, int]:
+        """Put dead letters (all, or these seqs) back in the queue with their own seq and id.
+
+        Returns (moved back, dropped because their id is held again, i.e. the same fact was
+        accepted again since). Capacity is not checked: a person asked for these records.
+        """
+        async with self._transaction("retry_dead_letters") as db:
+            where, params = "", tuple[int, ...]()
+            if seqs is not None:
+                where, params = f"WHERE seq IN ({_placeholders(len(seqs))})", tuple(seqs)
+            (wanted,) = _one(await db.execute_fetchall(
+                f"SELECT count(*) FROM dead_letters {where}", params
+            ))
+            cursor = await db.execute(
+                f"INSERT OR IGNORE INTO events ({_COLUMNS})"
+                f" SELECT {_COLUMNS} FROM dead_letters {where}",
+                params,
+            )
+            moved = cursor.rowcount
+            priorities = await db.execute_fetchall(
+                f"SELECT DISTINCT priority FROM dead_letters {where}", params
+            )
+            await db.execute(f"DELETE FROM dead_letters {where}", params)
+        self._priorities.update(int(row[0]) for row in priorities)
+        self._counts_valid = False
+        self.rewind()
+        return moved, int(wanted) - moved
+
+    async def retained(
+        self, *, since: float, until: float | None = None, kind: str | None = None
+    ) -> AsyncIterator[list[StoredRecord]]:
+        """Delivered records still retained, accepted in [since, until), in seq order, in chunks.
+
+        `kind` matches a stored kind exactly or its unversioned name (`telemetry` matches
+        `telemetry.v1`)."""
+        after = 0
+        while True:
+            clauses = ["acked_at IS NOT NULL", "seq > ?", "accepted_at >= ?"]
+            params: list[Any] = [after, since]
+            if until is not None:
+                clauses.append("accepted_at < ?")
+                params.append(until)
+            if kind is not None:
+                clauses.append("(kind = ? OR kind LIKE ? ESCAPE '\\')")
+                params += [kind, kind.replace("_", "\\_").replace("%", "\\%") + ".v%"]
+            async with self._lock:
+                with _classified(self.path, "retained"):
+                    rows = await self._db.execute_fetchall(
+                        f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
+                        " ORDER BY seq LIMIT ?",
+                        (*params, _REPLAY_ROWS_PER_QUERY),
+                    )
+            records = [StoredRecord(*row) for row in rows]
+            if not records:
+                return
+            yield records
+            after = records[-1].seq
+
+    # -- housekeeping and stats -----------------------------------------------------------------
 
     async def purge(self, now: float | None = None) -> int:
-        """Delete acked records older than the retention window; return how many.
+        """Delete acked records older than the retention window, then the oldest acked records
+        while the retained bytes exceed `capacity.retained_max_bytes`; return how many.
 
         Deletes in transactions of at most 10,000 rows, releasing the lock between them so that
         appends and acks are never held up for long.
@@ -372,14 +849,31 @@ class SqliteBuffer:
         while True:
             async with self._lock:
                 with _classified(self.path, "purge"):
-                    cursor = await self._db.execute(
+                    rows = list(await self._db.execute_fetchall(
                         "DELETE FROM events WHERE seq IN"
-                        " (SELECT seq FROM events WHERE acked_at < ? LIMIT ?)",
+                        " (SELECT seq FROM events WHERE acked_at < ? LIMIT ?)"
+                        " RETURNING length(body)",
                         (cutoff, _PURGE_ROWS_PER_TRANSACTION),
-                    )
-            deleted += cursor.rowcount
-            if cursor.rowcount < _PURGE_ROWS_PER_TRANSACTION:
-                return deleted
+                    ))
+            deleted += len(rows)
+            self._retained_bytes -= sum(int(row[0]) for row in rows)
+            if len(rows) < _PURGE_ROWS_PER_TRANSACTION:
+                break
+        cap = self.capacity.retained_max_bytes
+        while cap is not None and self._retained_bytes > cap:
+            async with self._lock:
+                with _classified(self.path, "purge"):
+                    rows = list(await self._db.execute_fetchall(
+                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events"
+                        " WHERE acked_at IS NOT NULL ORDER BY acked_at LIMIT ?)"
+                        " RETURNING length(body)",
+                        (_EVICT_ROWS_PER_STATEMENT,),
+                    ))
+            if not rows:
+                break
+            deleted += len(rows)
+            self._retained_bytes -= sum(int(row[0]) for row in rows)
+        return deleted
 
     async def stats(self) -> BufferStats:
         """Exact counts, from one consistent snapshot of the file."""
@@ -391,15 +885,23 @@ class SqliteBuffer:
                 )
             )
             oldest_seq = min((int(row[2]) for row in by_priority), default=None)
-            oldest_at, acked, dead, last_seq = _one(
+            oldest_at, acked, dead, last_seq, oldest_retained = _one(
                 await db.execute_fetchall(
                     "SELECT (SELECT accepted_at FROM events WHERE seq = ?),"
                     " (SELECT count(*) FROM events WHERE acked_at IS NOT NULL),"
                     " (SELECT count(*) FROM dead_letters),"
-                    " (SELECT value FROM meta WHERE key = 'last_seq')",
+                    " (SELECT value FROM meta WHERE key = 'last_seq'),"
+                    " (SELECT accepted_at FROM events WHERE acked_at IS NOT NULL"
+                    "  ORDER BY acked_at LIMIT 1)",
                     (oldest_seq,),
                 )
             )
+            evictions = {
+                (int(priority), str(kind), str(reason)): int(count)
+                for priority, kind, reason, count in await db.execute_fetchall(
+                    "SELECT priority, kind, reason, count FROM evictions"
+                )
+            }
         pending = {int(row[0]): int(row[1]) for row in by_priority}
         return BufferStats(
             pending=sum(pending.values()),
@@ -410,7 +912,15 @@ class SqliteBuffer:
             dead_letters=int(dead),
             last_seq=int(last_seq),
             file_bytes=await asyncio.to_thread(self._file_bytes),
+            pending_bytes=sum(self._pending_bytes.values()),
+            retained_bytes=self._retained_bytes,
+            oldest_retained_at=None if oldest_retained is None else float(oldest_retained),
+            evictions=evictions,
         )
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(self._pending_bytes.values())
 
     def _file_bytes(self) -> int:
         total = 0
@@ -421,6 +931,23 @@ class SqliteBuffer:
                 pass
         return total
 
+    async def _refresh_counts(self) -> None:
+        """Re-read pending and retained counts from the file (the caller holds the lock)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT priority, count(*), coalesce(sum(length(body)), 0) FROM events"
+            " WHERE acked_at IS NULL GROUP BY priority"
+        )
+        self._pending_count = {int(p): int(n) for p, n, _ in rows}
+        self._pending_bytes = {int(p): int(b) for p, _, b in rows}
+        self._priorities |= set(self._pending_count)
+        (retained,) = _one(
+            await self._db.execute_fetchall(
+                "SELECT coalesce(sum(length(body)), 0) FROM events WHERE acked_at IS NOT NULL"
+            )
+        )
+        self._retained_bytes = int(retained)
+        self._counts_valid = True
+
     @asynccontextmanager
     async def _transaction(
         self, operation: str, *, write: bool = True
@@ -430,21 +957,27 @@ class SqliteBuffer:
         aiosqlite runs calls in order on its thread, so even when this task is cancelled the
         ROLLBACK queued here runs before any later caller's BEGIN.
         """
+        if write and self.read_only:
+            raise BufferUnavailable(f"{self.path}: opened read-only, cannot {operation}")
         async with self._lock:
             with _classified(self.path, operation):
                 try:
                     # Inside the try: a cancelled BEGIN has still begun on aiosqlite's thread.
                     await self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    if not self._counts_valid:
+                        await self._refresh_counts()
                     yield self._db
                     await self._db.execute("COMMIT")
                 except BaseException:
                     # A cancelled COMMIT may still have committed: re-read last_seq next time.
                     self._last_seq = None
+                    self._counts_valid = False
                     await self._db.rollback()
                     raise
 
 
-async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+async def _migrate(db: aiosqlite.Connection, path: Path) -> bool:
+    """Bring the file to the current schema; True when it was created just now."""
     (version,) = _one(await db.execute_fetchall("PRAGMA user_version"))
     if version > len(_MIGRATIONS):
         raise BufferCorrupt(
@@ -464,6 +997,56 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
             await db.rollback()
             raise
         log.info("buffer %s: schema migrated to version %d", path, target)
+    return bool(version == 0)
+
+
+async def _count_evictions(db: aiosqlite.Connection, overflow: Sequence[Overflow]) -> None:
+    await db.executemany(
+        "INSERT INTO evictions (priority, kind, reason, count) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET count = count + excluded.count",
+        [(o.priority, o.kind, o.reason, o.count) for o in overflow],
+    )
+
+
+async def _count_retained_drops(
+    db: aiosqlite.Connection, dropped: Mapping[tuple[int, str], int]
+) -> None:
+    """Count delivered records dropped before their retention ended (reason `retained`)."""
+    await db.executemany(
+        "INSERT INTO evictions (priority, kind, reason, count) VALUES (?, ?, 'retained', ?)"
+        " ON CONFLICT DO UPDATE SET count = count + excluded.count",
+        [(priority, kind, count) for (priority, kind), count in dropped.items()],
+    )
+
+
+def move_aside(path: Path, now: float) -> Path:
+    """Rename a buffer file (and its -wal and -shm) to `<name>.corrupt-<UTC time>`; never
+    deletes anything. Returns the new path of the main file."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("-wal", "-shm", ""):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(target.with_name(target.name + suffix))
+    return target
+
+
+def _salvage_last_seq(path: Path) -> int | None:
+    """The last_seq a damaged file still states, if it can be read at all."""
+    try:
+        with contextlib_closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+            return int(row[0]) if row is not None else None
+    except (sqlite3.Error, ValueError, TypeError):
+        return None
+
+
+@contextmanager
+def contextlib_closing(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 @contextmanager
@@ -475,9 +1058,21 @@ def _classified(path: Path, operation: str) -> Iterator[None]:
         code = getattr(error, "sqlite_errorcode", -1) & 0xFF
         if code in _CORRUPT_CODES:
             raise BufferCorrupt(f"{path}: {operation}: {error}") from error
+        if code == sqlite3.SQLITE_FULL:
+            raise _DiskFull(f"{path}: {operation}: {error}") from error
         if code in _UNAVAILABLE_CODES:
             raise BufferUnavailable(f"{path}: {operation}: {error}") from error
         raise
+
+
+def _ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and ranges[-1][1] == seq - 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
 
 
 def _one(rows: Any) -> tuple[Any, ...]:

@@ -312,7 +312,7 @@ async def test_open_creates_the_directory_and_uses_wal(tmp_path: Path) -> None:
         assert path.with_name("buffer.db-wal").exists()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
     db.close()
 
 

@@ -1,0 +1,79 @@
+"""The agent's store: its state dir, held by one process, and the buffer in it, as configured.
+
+`open_store(config)` takes the state dir lock (`agent.statelock`: a second agent, or a writing
+`edge-agent buffer` command, is refused with `BufferLocked` naming the holder), then opens the
+buffer with the configured durability and capacity, moving a corrupt file aside (never deleting
+it) and starting afresh. The runtime and the `edge-agent buffer` commands open it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from agent.forwarder import BacklogPacing
+from agent.statelock import StateDirLock
+from buffer.base import Capacity, OverflowPolicy
+from buffer.sqlite import SqliteBuffer
+from config.schema import AGENT_EVENT_KINDS, AgentConfig, Priority
+
+BUFFER_FILE = "buffer.sqlite"
+
+
+def buffer_file(config: AgentConfig) -> Path:
+    return config.agent.state_dir / BUFFER_FILE
+
+
+def capacity(config: AgentConfig) -> Capacity:
+    section = config.buffer
+    policy: OverflowPolicy = section.telemetry_overflow
+    return Capacity(
+        max_pending_bytes=section.max_bytes,
+        retained_max_bytes=section.retention_max_bytes,
+        disk_free_reserve_bytes=section.disk_free_reserve,
+        policies={Priority.TELEMETRY: policy},
+        sample_keep_one_in=section.sample_keep_one_in,
+    )
+
+
+def priorities(config: AgentConfig) -> dict[str, int]:
+    """Delivery class per unversioned event type, as configured (defaults left out)."""
+    return {kind: Priority[name.upper()] for kind, name in config.buffer.priorities.items()}
+
+
+def overflow_priority(config: AgentConfig) -> Priority:
+    return config.buffer.priority_of(AGENT_EVENT_KINDS[0], Priority.CRITICAL)
+
+
+def pacing(config: AgentConfig) -> BacklogPacing:
+    section = config.buffer
+    return BacklogPacing(
+        max_rate=section.backlog_max_rate,
+        jitter=section.backlog_jitter,
+        start_delay_max_s=section.backlog_start_delay_max_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    config: AgentConfig, *, role: str = "edge-agent run"
+) -> AsyncIterator[SqliteBuffer]:
+    """Hold the state dir and open its buffer; see the module docstring."""
+    lock = StateDirLock(config.agent.state_dir, role=role)
+    await asyncio.to_thread(lock.acquire)
+    try:
+        async with SqliteBuffer.open(
+            buffer_file(config),
+            synchronous=config.buffer.synchronous,
+            retention_s=config.buffer.retention_s,
+            capacity=capacity(config),
+            recover_corrupt=True,
+        ) as buffer:
+            yield buffer
+    finally:
+        lock.release()
+
+
+__all__ = ["buffer_file", "capacity", "open_store", "pacing", "priorities"]

@@ -1,0 +1,41 @@
+"""Settings of the simulated connector: `[[sources]]` with `type = "simulated"`.
+
+```toml
+[[sources]]
+name = "sim"
+type = "simulated"
+rate_hz = 200            # readings per second per signal
+
+  [[sources.signals]]
+  node = "counter"       # the signal's address (any name, unique in the source)
+  waveform = "counter"   # counter: 0, 1, 2, ... (production.count); sine: a float (telemetry)
+  event = "production.count"
+  asset = "line1/sim"
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SimulatedSignalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: Annotated[str, Field(min_length=1, max_length=200, description="the signal's address")]
+    waveform: Literal["counter", "sine"] = "counter"
+
+
+class SimulatedSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_hz: Annotated[float, Field(gt=0, le=100_000)] = 10.0
+    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+    def with_base_dir(self, base: Path) -> Self:
+        """The same settings: a simulated source names no files (the loader asks every source)."""
+        return self

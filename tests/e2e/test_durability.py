@@ -1,0 +1,184 @@
+"""The real `edge-agent` process with a fast simulated source, broken for real: SIGKILLed at
+seeded random moments, its broker SIGKILLed and restarted, a second agent on its state dir, a
+corrupt buffer file; and the `edge-agent buffer` commands around it.
+
+Every check is the consumer's: de-duplicate by id, then every accepted event is there exactly
+once, `seq` runs 1..last_seq without a gap, and within a lane one source's events of one type
+come in `seq` order."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.agent_process import REPO, AgentProcess
+from tests.support.blackhole import TcpProxy
+from tests.support.broker import MosquittoBroker, Subscriber
+from tests.support.durability import (
+    EVENTS_TOPIC,
+    accepted,
+    arrivals,
+    check_delivery,
+    last_seq,
+    simulated_agent_config,
+)
+
+SEED = 20261126
+RUNNING = "running: 1 source(s)"
+
+
+def make_agent(tmp_path: Path, hub_url: str, **options: object) -> tuple[AgentProcess, Path]:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        simulated_agent_config(hub_url=hub_url, state_dir=tmp_path / "state", **options)  # type: ignore[arg-type]
+    )
+    return AgentProcess(config, tmp_path / "agent.log"), tmp_path / "state" / "buffer.sqlite"
+
+
+def wait_delivered(subscriber: Subscriber, buffer_file: Path, limit_s: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while True:
+        held = set(accepted(buffer_file))
+        got = {a.event["id"] for a in arrivals(subscriber.messages)}
+        if held <= got:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(held - got)} accepted event(s) never reached the hub")
+        time.sleep(0.2)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=60,
+    )
+
+
+def test_agent_sigkilled_at_20_random_moments_loses_nothing(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    rng = random.Random(SEED)
+    agent, buffer_file = make_agent(tmp_path, broker.url, rate_hz=300)
+    with Subscriber(broker, EVENTS_TOPIC) as subscriber:
+        try:
+            for _kill in range(20):
+                offset = len(agent.log_text())
+                agent.start()
+                agent.wait_log(RUNNING, after=offset, timeout=30)
+                time.sleep(rng.uniform(0.0, 0.6))
+                agent.kill()
+            agent.start()
+            agent.wait_log(RUNNING, after=len(agent.log_text()) - 200, timeout=30)
+            time.sleep(0.5)
+            wait_delivered(subscriber, buffer_file)
+            assert agent.terminate() == 0
+        finally:
+            agent.ensure_stopped()
+        report = check_delivery(buffer_file, subscriber.messages)
+    assert report.accepted > 1_000, report.describe()
+    assert report.ok, report.describe()
+    assert report.delivered == report.accepted == last_seq(buffer_file)
+
+
+def test_broker_sigkilled_and_restarted_repeatedly_loses_nothing(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """The agent reaches the broker through a proxy, so the test can keep it out until the
+    hub's subscriber is back after each restart (a broker without persistence forgets it)."""
+    rng = random.Random(SEED + 1)
+    with TcpProxy(broker.port) as proxy, Subscriber(broker, EVENTS_TOPIC) as subscriber:
+        agent, buffer_file = make_agent(tmp_path, proxy.url, rate_hz=300)
+        try:
+            agent.start()
+            agent.wait_log(RUNNING, timeout=30)
+            for _restart in range(5):
+                time.sleep(rng.uniform(0.3, 1.2))
+                proxy.refuse()
+                broker.kill()
+                time.sleep(rng.uniform(0.1, 0.8))
+                broker.start()
+                subscriber.wait_subscribed(15)
+                proxy.forward()
+            time.sleep(1.0)
+            wait_delivered(subscriber, buffer_file)
+            assert agent.terminate() == 0
+        finally:
+            agent.ensure_stopped()
+        report = check_delivery(buffer_file, subscriber.messages)
+    assert report.ok, report.describe()
+    assert report.accepted == last_seq(buffer_file) > 500
+    assert any(a.backlog for a in arrivals(subscriber.messages)), "no backlog after outages"
+
+
+def test_a_second_agent_is_refused_and_the_buffer_commands_work_around_a_running_one(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    agent, buffer_file = make_agent(tmp_path, broker.url)
+    second = AgentProcess(agent.config, tmp_path / "second.log")
+    try:
+        agent.start()
+        agent.wait_log(RUNNING, timeout=30)
+        second.start()
+        deadline = time.monotonic() + 30
+        while "is in use by" not in second.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"is in use by process {agent.pid}" in second.log_text(), second.log_text()
+        assert second._process is not None and second._process.wait(timeout=30) == 1
+        stats = cli("buffer", "stats", "-c", str(agent.config), "--json")
+        assert stats.returncode == 0, stats.stderr
+        assert f"process {agent.pid}" in stats.stdout and '"last_seq"' in stats.stdout
+        replay = cli("buffer", "replay", "-c", str(agent.config), "--since", "1h")
+        assert replay.returncode == 1 and f"process {agent.pid}" in replay.stderr
+        assert agent.terminate() == 0
+    finally:
+        agent.ensure_stopped()
+        second.ensure_stopped()
+    # Stopped: replay republishes what was delivered, same ids and seqs, marked as replays.
+    with Subscriber(broker, EVENTS_TOPIC) as subscriber:
+        replay = cli("buffer", "replay", "-c", str(agent.config), "--since", "1h",
+                     "--type", "telemetry")
+        assert replay.returncode == 0, replay.stderr
+        replayed = arrivals(subscriber.wait_for(1, timeout=10))
+        held = accepted(buffer_file)
+        assert replayed and all(a.replay for a in replayed)
+        assert all(a.event["type"] == "telemetry.v1" for a in replayed)
+        assert all(held[a.event["id"]][0] == a.event["seq"] for a in replayed)
+    letters = cli("buffer", "dead-letters", "-c", str(agent.config))
+    assert letters.returncode == 0 and "no dead letters" in letters.stdout
+
+
+def test_a_corrupt_buffer_is_moved_aside_and_a_fresh_one_continues_the_seq(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    agent, buffer_file = make_agent(tmp_path, broker.url)
+    try:
+        agent.start()
+        agent.wait_log(RUNNING, timeout=30)
+        time.sleep(0.5)
+        assert agent.terminate() == 0
+        before = last_seq(buffer_file)
+        # Damage a page in the middle of the file (the header, with last_seq's page, survives).
+        with buffer_file.open("r+b") as file:
+            size = file.seek(0, 2)
+            file.seek(max(4096 * 3, size // 2))
+            file.write(b"\xff" * 4096)
+        offset = len(agent.log_text())
+        agent.start()
+        agent.wait_log(RUNNING, after=offset, timeout=30)
+        log = agent.log_text()[offset:]
+        assert "is corrupt" in log and "moved aside" in log, log
+        aside = [
+            path
+            for path in buffer_file.parent.glob("buffer.sqlite.corrupt-*")
+            if not path.name.endswith(("-wal", "-shm"))
+        ]
+        assert len(aside) == 1 and aside[0].stat().st_size > 0
+        time.sleep(0.5)
+        assert agent.terminate() == 0
+    finally:
+        agent.ensure_stopped()
+    fresh = sorted(seq for seq, _at in accepted(buffer_file).values())
+    assert fresh and fresh[0] == before + 1, (before, fresh[:3])
