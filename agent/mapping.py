@@ -1,14 +1,39 @@
 """Mapping: readings in, canonical events out. Pure code: no I/O, no clock, no asyncio.
 
-One `SignalMapper` per configured signal turns that signal's readings into zero or more
-`Event`s. Mappers that derive events from the signal's history (counter increments, state
-changes) keep that history in memory; a restart starts them afresh (the first reading after a
-restart has no increment / no previous state, and a repeat of an already-accepted fact gets the
-same id, so the buffer drops it).
+The config (`config.mapping`) says, per signal, what it means; this module applies it. One
+`SignalMapper` per configured signal, all held by one `Mapper` that also keeps, per asset, the
+latest value of every signal (so one event can combine several signals of an asset) and the
+asset's current work order and product (so every event of that asset carries them).
 
-A reading that cannot be mapped (a text where a number is expected, a state value missing from
-the table) raises `UnmappableReading` with the reason: the pipeline counts it and sets it aside;
-it never becomes a half-filled event.
+Per reading, in this order:
+1. Measured values: raw * `scale` + `offset` (engineering value in the source `unit`), `clamp`ed
+   to [min, max] (a clamped good value becomes quality `uncertain`, status
+   `UncertainEngineeringUnitsExceeded`, as OPC UA names it), converted to the enterprise unit
+   (`to_unit`, else `[units]` for its kind, else the source unit), rounded to `decimals`.
+   Codes: looked up in their master-data table; an unknown code is passed through and flagged
+   in the envelope's `unmapped` extension, or the reading is set aside (`dead-letter`); both
+   are counted per table in `MappingCounters`.
+2. The asset's latest-value cache is updated (siblings, context).
+3. Events are derived: telemetry; production.count (increment since the previous count, with
+   reset and rollover); machine.state (on change, with previous state and its duration);
+   quality.alert / machine.downtime start and end (threshold with hysteresis, or a boolean);
+   workorder.completed (when the done bit rises, from the latest sibling values).
+
+History and restarts: derived events depend on the signal's history, kept in memory. After a
+restart the first reading of a signal has no history: no previous state, no increment (null),
+no pending alert. A source re-sends its current values on reconnect with their original
+source timestamps, so a repeat of an already-accepted fact gets the same event id and the
+buffer drops it, and the history is rebuilt from that same fact. Counter baselines can be
+carried across restarts (`counter_baselines` / `restore_counter_baselines`, persisted by
+`agent.mapping_state`) so that the first increment after a restart is known; a baseline that
+might be stale is never used (a missing increment is reported as null, never invented).
+
+Within a batch, readings are mapped in source-timestamp order, and at equal timestamps the
+done bits of work orders last, so siblings written in the same PLC scan are seen first.
+
+A reading that cannot be mapped (a text where a number is expected, a state missing from the
+table, a dead-lettered code) raises `UnmappableReading` with the reason: the pipeline counts it
+and sets it aside; it never becomes a half-filled event.
 """
 
 from __future__ import annotations
@@ -18,9 +43,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent.events import EVENT_TYPES, Event, EventType, event_id
-from config.schema import AgentConfig, EventKind, MachineState, SignalMapping
+from agent.events import EVENT_TYPES, Event, EventType, event_id, rfc3339
+from config.mapping import (
+    EventKind,
+    LookupTable,
+    MachineState,
+    SignalMapping,
+    UnitsSection,
+    resolve_asset_path,
+    signal_name,
+)
+from config.masterdata import code_text
+from config.schema import AgentConfig
+from config.units import Conversion, conversion
 from connectors.base import Quality, Reading, Value
+
+CLAMPED_STATUS = "UncertainEngineeringUnitsExceeded"
 
 
 class UnmappableReading(ValueError):
@@ -34,6 +72,42 @@ class MappingContext:
 
 
 @dataclass(slots=True)
+class MappingCounters:
+    """Counted for status: codes that no lookup knew, per table."""
+
+    codes_unmapped_total: dict[str, int] = field(default_factory=dict)
+    codes_dead_lettered_total: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Code:
+    """A code after lookup: the enterprise code, or the plant code flagged as unmapped."""
+
+    code: str
+    raw: str
+    unmapped: str | None  # "table:code" when passed through unmapped
+
+
+@dataclass(slots=True)
+class AssetValues:
+    """What the mapper knows of one asset: latest values by signal name, and its context."""
+
+    latest: dict[str, object] = field(default_factory=dict)
+    context: dict[str, _Code] = field(default_factory=dict)  # "workorder" / "product"
+
+
+@dataclass(slots=True)
+class _Derived:
+    """One event's worth of mapped data before it gets its envelope."""
+
+    kind: EventKind
+    data: dict[str, object]
+    unmapped: list[str] = field(default_factory=list)
+    quality: str | None = None  # overrides the reading's quality
+    status: str | None = None
+
+
+@dataclass(slots=True)
 class SignalMapper:
     """Maps the readings of one signal of one source."""
 
@@ -41,87 +115,165 @@ class SignalMapper:
     source: str
     signal: str
     rule: SignalMapping
-    event_type: EventType = field(init=False)
+    units: UnitsSection = field(default_factory=UnitsSection)
+    lookup: LookupTable | None = None
+    lookup_name: str | None = None
+    counters: MappingCounters = field(default_factory=MappingCounters)
+    event_type: EventType | None = field(init=False)
     cloudevents_source: str = field(init=False)
+    out_unit: str | None = field(init=False)
+    _conversion: Conversion | None = field(init=False)
     _last_count: int | None = field(default=None, init=False)
     _last_state: MachineState | None = field(default=None, init=False)
     _last_state_at: datetime | None = field(default=None, init=False)
+    _active: bool = field(default=False, init=False)
+    _active_since: datetime | None = field(default=None, init=False)
+    _active_reason: _Code | None = field(default=None, init=False)
+    _last_done: bool | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.event_type = EVENT_TYPES[self.rule.event]
+        kind = self.rule.event
+        self.event_type = EVENT_TYPES[kind] if kind is not None else None
         self.cloudevents_source = f"/{self.context.site}/{self.context.agent}/{self.source}"
+        unit = self.rule.unit
+        self.out_unit = self.rule.to_unit or (self.units.target_for(unit) if unit else None)
+        self._conversion = None
+        if unit is not None and self.out_unit is not None and self.out_unit != unit:
+            self._conversion = conversion(unit, self.out_unit)
 
     @property
     def name(self) -> str:
-        return self.rule.name or self.signal
+        return signal_name(self.rule, self.signal)
 
     def map(self, reading: Reading) -> list[Event]:
-        kind = self.rule.event
-        data: dict[str, object] | None
-        if kind is EventKind.TELEMETRY:
-            data = self._telemetry(reading)
-        elif kind is EventKind.PRODUCTION_COUNT:
-            data = self._production_count(reading)
-        else:
-            data = self._machine_state(reading)
-        if data is None:
-            return []
-        return [
-            Event(
-                id=event_id(
-                    site=self.context.site,
-                    source=self.source,
-                    signal=self.signal,
-                    timestamp=reading.timestamp,
-                    value=reading.value,
-                    type_name=self.event_type.name,
-                ),
-                type=self.event_type,
-                source=self.cloudevents_source,
-                time=reading.timestamp,
-                subject=self.rule.asset,
-                quality=reading.quality.value,
-                status=reading.status,
-                data=data,
-            )
-        ]
+        """This signal's events on its own: without sibling signals, context or asset path
+        (those need the agent's `Mapper`)."""
+        return Mapper([self]).map(reading)
 
-    def _telemetry(self, reading: Reading) -> dict[str, object]:
-        value = reading.value
-        number: float | None
-        if value is None:
-            if reading.quality is Quality.GOOD:
-                raise UnmappableReading(f"signal {self.name!r}: good quality but no value")
-            number = None
-        else:
-            number = _as_number(value, self.name)
-        return {"signal": self.name, "value": number, "unit": self.rule.unit}
+    # -- the per-signal steps ------------------------------------------------------------
 
-    def _production_count(self, reading: Reading) -> dict[str, object] | None:
+    def derive(self, reading: Reading, asset: AssetValues) -> list[_Derived]:
+        """The events of one reading; updates this signal's history and the asset's values."""
+        rule = self.rule
         if reading.value is None:
             if reading.quality is Quality.GOOD:
                 raise UnmappableReading(f"signal {self.name!r}: good quality but no value")
-            return None  # a bad counter reading says nothing about production
-        count = _as_count(reading.value, self.name)
+            # a value-less bad reading says nothing about counts, states, limits or orders
+            if rule.event is EventKind.TELEMETRY:
+                return [_Derived(EventKind.TELEMETRY, self._telemetry_data(None))]
+            return []
+        if rule.context is not None:
+            asset.context[rule.context] = self.code(reading.value)
+            return []
+        if rule.event is None:
+            asset.latest[self.name] = (
+                self.code(reading.value) if self.lookup is not None else self._sibling(reading)
+            )
+            return []
+        if rule.event is EventKind.TELEMETRY:
+            number, clamped = self.measure(reading.value)
+            asset.latest[self.name] = number
+            derived = _Derived(EventKind.TELEMETRY, self._telemetry_data(number))
+            if clamped and reading.quality is Quality.GOOD:
+                derived.quality, derived.status = Quality.UNCERTAIN.value, CLAMPED_STATUS
+            if rule.trigger is None:
+                return [derived]
+            return [derived, *self._triggered(reading, asset, EventKind.QUALITY_ALERT, number)]
+        if rule.event is EventKind.PRODUCTION_COUNT:
+            count = _as_count(reading.value, self.name)
+            asset.latest[self.name] = count
+            return [_Derived(EventKind.PRODUCTION_COUNT, self._count(count))]
+        if rule.event is EventKind.MACHINE_STATE:
+            return self._machine_state(reading)
+        if rule.event is EventKind.WORKORDER_COMPLETED:
+            return self._workorder(reading, asset)
+        if rule.event is EventKind.MACHINE_ALARM:
+            return [_Derived(EventKind.MACHINE_ALARM, _alarm_data(self.name, reading))]
+        return self._triggered(reading, asset, rule.event, None)
+
+    def measure(self, value: Value) -> tuple[float, bool]:
+        """Scaled, clamped, converted and rounded value, and whether it was clamped."""
+        rule = self.rule
+        number = _as_number(value, self.name) * rule.scale + rule.offset
+        clamped = False
+        if rule.clamp is not None:
+            low, high = rule.clamp
+            clamped = not low <= number <= high
+            number = min(max(number, low), high)
+        if self._conversion is not None:
+            number = self._conversion.apply(number)
+        if rule.decimals is not None:
+            number = round(number, rule.decimals)
+        return number, clamped
+
+    def code(self, value: Value) -> _Code:
+        """The value as a code, translated by the signal's lookup table when it has one."""
+        assert value is not None
+        raw = code_text(value)
+        if self.lookup is None or self.lookup_name is None:
+            return _Code(raw, raw, None)
+        mapped = self.lookup.codes.get(raw)
+        if mapped is not None:
+            return _Code(mapped, raw, None)
+        table = self.lookup_name
+        if self.lookup.unmapped == "dead-letter":
+            totals = self.counters.codes_dead_lettered_total
+            totals[table] = totals.get(table, 0) + 1
+            raise UnmappableReading(
+                f"signal {self.name!r}: code {raw!r} is not in lookup {table!r} "
+                "(unmapped = \"dead-letter\")"
+            )
+        totals = self.counters.codes_unmapped_total
+        totals[table] = totals.get(table, 0) + 1
+        return _Code(raw, raw, f"{table}:{raw}")
+
+    def _sibling(self, reading: Reading) -> object:
+        value = reading.value
+        if self.rule.unit is not None or self.rule.scale != 1.0 or self.rule.offset != 0.0:
+            return self.measure(value)[0]
+        return value
+
+    def _telemetry_data(self, number: float | None) -> dict[str, object]:
+        return {"signal": self.name, "value": number, "unit": self.out_unit}
+
+    # -- counters --------------------------------------------------------------------------
+
+    def _count(self, count: int) -> dict[str, object]:
+        rollover = self.rule.rollover
+        if rollover is not None and count > rollover:
+            raise UnmappableReading(
+                f"signal {self.name!r}: count {count} is above its rollover {rollover}"
+            )
+        last = self._last_count
         increment: int | None = None
         reset = False
-        if self._last_count is not None:
-            if count >= self._last_count:
-                increment = count - self._last_count
+        if last is not None:
+            if count >= last:
+                increment = count - last
+            elif rollover is not None and (wrapped := rollover - last + 1 + count) <= (
+                rollover + 1
+            ) // 2:
+                increment = wrapped  # wrapped past its maximum: still counting up
             else:
-                reset = True
-                increment = count
+                reset, increment = True, count
         self._last_count = count
         return {"signal": self.name, "count": count, "increment": increment, "reset": reset}
 
-    def _machine_state(self, reading: Reading) -> dict[str, object] | None:
+    @property
+    def count_baseline(self) -> int | None:
+        return self._last_count
+
+    def restore_count_baseline(self, count: int) -> None:
+        if self._last_count is None:
+            self._last_count = count
+
+    # -- machine state ---------------------------------------------------------------------
+
+    def _machine_state(self, reading: Reading) -> list[_Derived]:
         raw = reading.value
-        if raw is None:
-            if reading.quality is Quality.GOOD:
-                raise UnmappableReading(f"signal {self.name!r}: good quality but no value")
-            return None
+        assert raw is not None
         states = self.rule.states or {}
-        key = _state_key(raw)
+        key = code_text(raw)
         state = states.get(key)
         if state is None:
             known = ", ".join(sorted(states))
@@ -129,19 +281,164 @@ class SignalMapper:
                 f"signal {self.name!r}: value {raw!r} is not in its states table ({known})"
             )
         if state is self._last_state:
-            return None
+            return []
         previous, since = self._last_state, self._last_state_at
         duration = None
         if since is not None:
             duration = max(0.0, (reading.timestamp - since).total_seconds())
         self._last_state, self._last_state_at = state, reading.timestamp
-        return {
+        data: dict[str, object] = {
             "signal": self.name,
             "state": state.value,
             "previous": previous.value if previous is not None else None,
             "previous_duration_s": duration,
             "raw": raw,
         }
+        return [_Derived(EventKind.MACHINE_STATE, data)]
+
+    # -- alerts and downtime -----------------------------------------------------------------
+
+    def _triggered(
+        self, reading: Reading, asset: AssetValues, kind: EventKind, number: float | None
+    ) -> list[_Derived]:
+        """Start/end of an alert or a downtime; `number` is the measured value if known."""
+        rule = self.rule
+        assert kind in (EventKind.QUALITY_ALERT, EventKind.MACHINE_DOWNTIME)
+        trigger = rule.trigger
+        shown: bool | float
+        if trigger is None or trigger.when is not None:
+            shown = _as_bool(reading.value, self.name)
+            active = shown == (trigger.when if trigger is not None else True)
+            limit = None
+        else:
+            if number is None:
+                number, _ = self.measure(reading.value)
+                asset.latest[self.name] = number
+            shown = number
+            if trigger.above is not None:
+                # starts above the limit; ends only below the limit less the hysteresis
+                end_at = trigger.above - trigger.hysteresis
+                active = number >= end_at if self._active else number > trigger.above
+                limit = end_at if self._active else trigger.above
+            else:
+                assert trigger.below is not None
+                end_at = trigger.below + trigger.hysteresis
+                active = number <= end_at if self._active else number < trigger.below
+                limit = end_at if self._active else trigger.below
+        if active == self._active:
+            return []
+        self._active = active
+        data: dict[str, object] = {"signal": self.name, "value": shown}
+        if kind is EventKind.QUALITY_ALERT:
+            data.update(
+                severity=rule.severity or "warning",
+                unit=self.out_unit if trigger is not None and trigger.when is None else None,
+                limit=limit,
+            )
+        unmapped: list[str] = []
+        if active:
+            self._active_since = reading.timestamp
+            data.update(phase="start", started_at=None, duration_s=None)
+            if kind is EventKind.MACHINE_DOWNTIME:
+                self._active_reason = self._reason(asset)
+        else:
+            since = self._active_since
+            data.update(
+                phase="end",
+                started_at=rfc3339(since) if since is not None else None,
+                duration_s=(
+                    max(0.0, (reading.timestamp - since).total_seconds())
+                    if since is not None
+                    else None
+                ),
+            )
+            self._active_since = None
+        if kind is EventKind.MACHINE_DOWNTIME:
+            reason = self._active_reason
+            data.update(
+                reason=reason.code if reason is not None else None,
+                reason_raw=reason.raw if reason is not None else None,
+            )
+            if reason is not None and reason.unmapped is not None:
+                unmapped.append(reason.unmapped)
+            if not active:
+                self._active_reason = None
+        return [_Derived(kind, data, unmapped)]
+
+    def _reason(self, asset: AssetValues) -> _Code | None:
+        if self.rule.reason is None:
+            return None
+        latest = asset.latest.get(self.rule.reason)
+        if latest is None:
+            return None
+        if isinstance(latest, _Code):
+            return latest
+        text = code_text(latest)  # type: ignore[arg-type]
+        return _Code(text, text, None)
+
+    # -- work orders ---------------------------------------------------------------------------
+
+    def _workorder(self, reading: Reading, asset: AssetValues) -> list[_Derived]:
+        done = _as_bool(reading.value, self.name)
+        rising = done and self._last_done is not True
+        self._last_done = done
+        if not rising:
+            return []
+        fields = self.rule.workorder
+        assert fields is not None
+        order = asset.latest.get(fields.order)
+        if order is None:
+            raise UnmappableReading(
+                f"signal {self.name!r}: the done bit rose but the order id {fields.order!r} "
+                "has not been read yet"
+            )
+        unmapped: list[str] = []
+        data: dict[str, object] = {"signal": self.name, "order": _code_value(order, unmapped)}
+        product = asset.latest.get(fields.product) if fields.product else None
+        data["product"] = _code_value(product, unmapped) if product is not None else None
+        for key in ("good", "scrap"):
+            ref = getattr(fields, key)
+            value = asset.latest.get(ref) if ref is not None else None
+            data[key] = _as_count(value, ref) if value is not None else None  # type: ignore[arg-type]
+        return [_Derived(EventKind.WORKORDER_COMPLETED, data, unmapped)]
+
+
+def _alarm_data(name: str, reading: Reading) -> dict[str, object]:
+    """A machine.alarm from an OPC UA A&C event reading (value: message; attributes: the rest)."""
+    attributes = dict(reading.attributes)
+    severity = attributes.get("severity")
+    level = int(severity) if isinstance(severity, int | float) and 0 <= severity <= 1000 else None
+    severity_class = None
+    if level is not None:
+        severity_class = "info" if level < 400 else "warning" if level < 700 else "critical"
+
+    def text(key: str) -> str | None:
+        value = attributes.get(key)
+        return None if value is None else str(value)
+
+    def flag(key: str) -> bool | None:
+        value = attributes.get(key)
+        return value if isinstance(value, bool) else None
+
+    return {
+        "signal": name,
+        "message": None if reading.value is None else str(reading.value),
+        "severity": level,
+        "severity_class": severity_class,
+        "condition": text("condition"),
+        "source_name": text("source_name"),
+        "active": flag("active"),
+        "acknowledged": flag("acknowledged"),
+        "event_type": text("event_type"),
+    }
+
+
+def _code_value(value: object, unmapped: list[str]) -> str:
+    if isinstance(value, _Code):
+        if value.unmapped is not None:
+            unmapped.append(value.unmapped)
+        return value.code
+    return code_text(value)  # type: ignore[arg-type]
 
 
 def _as_number(value: Value, name: str) -> float:
@@ -153,6 +450,14 @@ def _as_number(value: Value, name: str) -> float:
             return number
         raise UnmappableReading(f"signal {name!r}: value {value!r} is not a finite number")
     raise UnmappableReading(f"signal {name!r}: expected a number, got {type(value).__name__}")
+
+
+def _as_bool(value: Value, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    raise UnmappableReading(f"signal {name!r}: expected true/false (or 0/1), got {value!r}")
 
 
 def _as_count(value: Value, name: str) -> int:
@@ -168,28 +473,52 @@ def _as_count(value: Value, name: str) -> int:
     return count
 
 
-def _state_key(raw: Value) -> str:
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, float) and raw.is_integer():
-        return str(int(raw))
-    return str(raw)
-
-
 class Mapper:
     """All signal mappers of one agent, keyed by (source name, signal address)."""
 
-    def __init__(self, mappers: Iterable[SignalMapper]) -> None:
+    def __init__(
+        self,
+        mappers: Iterable[SignalMapper],
+        *,
+        asset_paths: dict[str, str] | None = None,
+        counters: MappingCounters | None = None,
+    ) -> None:
         self._mappers = {(m.source, m.signal): m for m in mappers}
+        self._asset_paths = asset_paths or {}
+        self._assets: dict[str, AssetValues] = {}
+        self.counters = counters or MappingCounters()
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> Mapper:
         context = MappingContext(site=config.agent.site, agent=config.agent.id)
-        return cls(
-            SignalMapper(context, source.name, signal.node, signal)
+        counters = MappingCounters()
+        mappers = [
+            SignalMapper(
+                context,
+                source.name,
+                signal.node,
+                signal,
+                units=config.units,
+                lookup=config.lookups[signal.lookup] if signal.lookup else None,
+                lookup_name=signal.lookup,
+                counters=counters,
+            )
             for source in config.sources
             for signal in source.signals
-        )
+        ]
+        paths = {
+            m.rule.asset: path
+            for m in mappers
+            if (path := resolve_asset_path(config.assets, m.rule.asset)) is not None
+        }
+        return cls(mappers, asset_paths=paths, counters=counters)
+
+    def signal(self, source: str, address: str) -> SignalMapper | None:
+        return self._mappers.get((source, address))
+
+    @property
+    def signals(self) -> list[SignalMapper]:
+        return list(self._mappers.values())
 
     def map(self, reading: Reading) -> list[Event]:
         mapper = self._mappers.get((reading.source, reading.signal))
@@ -197,15 +526,94 @@ class Mapper:
             raise UnmappableReading(
                 f"source {reading.source!r} sent signal {reading.signal!r}, which is not configured"
             )
-        return mapper.map(reading)
+        asset = mapper.rule.asset
+        derived = mapper.derive(reading, self._assets.setdefault(asset, AssetValues()))
+        return [self._event(mapper, reading, item) for item in derived]
 
     def map_all(self, readings: Sequence[Reading]) -> tuple[list[Event], list[tuple[Reading, str]]]:
-        """Map a batch; returns the events and the readings set aside with their reasons."""
+        """Map a batch (in source-timestamp order, work order done bits last at equal times);
+        returns the events and the readings set aside with their reasons."""
         events: list[Event] = []
         rejected: list[tuple[Reading, str]] = []
-        for reading in readings:
+        for reading in sorted(readings, key=self._order):
             try:
                 events.extend(self.map(reading))
             except UnmappableReading as error:
                 rejected.append((reading, str(error)))
         return events, rejected
+
+    def _order(self, reading: Reading) -> tuple[datetime, int]:
+        mapper = self._mappers.get((reading.source, reading.signal))
+        last = mapper is not None and mapper.rule.event is EventKind.WORKORDER_COMPLETED
+        return reading.timestamp, int(last)
+
+    # -- counter baselines across restarts (see agent.mapping_state) ------------------------
+
+    def counter_baselines(self) -> dict[str, int]:
+        """The last count of every counter signal, keyed `source/address`."""
+        return {
+            f"{m.source}/{m.signal}": m.count_baseline
+            for m in self._mappers.values()
+            if m.count_baseline is not None
+        }
+
+    def restore_counter_baselines(self, baselines: dict[str, int]) -> int:
+        """Set the counters' last counts (before any reading); returns how many were used."""
+        used = 0
+        for key, count in baselines.items():
+            source, _, address = key.partition("/")
+            mapper = self._mappers.get((source, address))
+            if mapper is not None and mapper.rule.event is EventKind.PRODUCTION_COUNT:
+                mapper.restore_count_baseline(count)
+                used += 1
+        return used
+
+    # -- envelopes -----------------------------------------------------------------------------
+
+    def _event(self, mapper: SignalMapper, reading: Reading, derived: _Derived) -> Event:
+        event_type = EVENT_TYPES[derived.kind]
+        asset = mapper.rule.asset
+        extensions: dict[str, str] = {}
+        path = self._asset_paths.get(asset)
+        if path is not None:
+            extensions["assetpath"] = path
+        unmapped = list(derived.unmapped)
+        for key, code in self._context_of(asset).items():
+            extensions[key] = code.code
+            if code.unmapped is not None:
+                unmapped.append(code.unmapped)
+        if unmapped:
+            extensions["unmapped"] = ",".join(dict.fromkeys(unmapped))
+        if reading.backfilled:  # read from the source's history after a gap (issue 9)
+            extensions["backfilled"] = "true"
+        quality = derived.quality or reading.quality.value
+        status = derived.status if derived.quality is not None else reading.status
+        return Event(
+            id=event_id(
+                site=mapper.context.site,
+                source=mapper.source,
+                signal=mapper.signal,
+                timestamp=reading.timestamp,
+                value=reading.value,
+                type_name=event_type.name,
+            ),
+            type=event_type,
+            source=mapper.cloudevents_source,
+            time=reading.timestamp,
+            subject=asset,
+            quality=quality,
+            status=status,
+            data=dict(derived.data),
+            extensions=extensions,
+        )
+
+    def _context_of(self, asset: str) -> dict[str, _Code]:
+        """The asset's work order and product: its own, else its nearest parent's."""
+        found: dict[str, _Code] = {}
+        levels = asset.split("/")
+        for size in range(len(levels), 0, -1):
+            values = self._assets.get("/".join(levels[:size]))
+            if values is not None:
+                for key, code in values.context.items():
+                    found.setdefault(key, code)
+        return found
