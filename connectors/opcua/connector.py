@@ -1,23 +1,48 @@
-"""OPC UA source: subscribes to configured nodes and emits each data change as a `Reading`.
+"""OPC UA source: watches the configured signals of one server and emits `Reading`s.
 
-One `run()` is one session: connect, create one subscription, add the monitored items, then
-forward notifications until the session is lost (raises `SourceUnavailable`) or the runtime
-cancels it. Reconnecting is the runtime's job, so a new session re-creates the subscription
-from scratch; the server then sends every current value again, and those repeats carry the
-same source timestamp, so they map to the same event ids and the buffer drops them.
+One `run()` is one session (`connectors.opcua.session` opens it with the configured security,
+trust list and user identity). Reconnecting is the runtime's job (`SourceRunner`: capped
+exponential backoff with jitter), so every session starts from scratch: addresses are resolved
+again (namespace indexes and browse paths may point elsewhere after a server update), one
+subscription is created with every monitored item, and the server sends every current value
+again; those repeats carry the same source timestamp and map to the same event ids, which the
+buffer drops.
 
-Readings keep the server's source timestamp (falling back to the server timestamp, then the
-receive time) and map the OPC UA status code to quality (good / uncertain / bad with its name).
+Per signal, by `mode`:
+- `subscribe`: a monitored item (sampling interval, queue size, absolute/percent deadband
+  filter evaluated by the server);
+- `poll`: one batched Read per poll interval for all signals sharing it; a reading is emitted
+  when value, status or source timestamp changed;
+- `events`: an event monitored item on a notifier (Alarms & Conditions); each event becomes a
+  reading whose value is the message and whose attributes carry severity, condition, state.
+
+Invariants:
+- One bad signal never stops the others: a signal whose node does not resolve or cannot be
+  monitored is listed in `health.signal_errors` and tried again every `signal_retry_s` while
+  the rest flow. A value with a Bad status is forwarded marked bad, never dropped.
+- The session is watched: a lost connection, or a subscription that went silent (neither data
+  nor keep-alive for three keep-alive periods), ends the session with `SourceUnavailable`, and
+  the next session recreates everything.
+- A connection gap is visible in `health.disconnected_at` / `health.reconnected_at`; after a
+  gap, signals marked `backfill` are filled from the server's history (`history`).
+- Readings keep source, server and receive time; `timestamp` (config) chooses which one is the
+  reading's time. A server clock off by more than `clock_skew_warn_s` is reported.
+- No `asyncio.wait_for` / `next_event(timeout=)` around notification reads: on Python 3.11 its
+  wait_for can swallow a cancellation racing with a notification, and the source never stops.
+  Notifications are pumped with `async for`, and a separate task watches the session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import logging
+import math
+import time
 from collections import defaultdict
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asyncua import ua
@@ -25,28 +50,56 @@ from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
 from asyncua.common.subscription import (
     DataChangeEvent,
+    OpcEvent,
     OverflowPolicy,
     StatusChangeEvent,
     Subscription,
 )
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from connectors.base import (
     Emit,
     Quality,
     Reading,
-    SourceConfigError,
     SourceHealth,
     SourceUnavailable,
     Value,
 )
-from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings
+from connectors.opcua.addressing import AddressNotFound, AddressResolver
+from connectors.opcua.config import (
+    OpcUaSettings,
+    OpcUaSignalSettings,
+    SignalMode,
+    TimestampChoice,
+)
+from connectors.opcua.history import NoHistory, read_raw
+from connectors.opcua.session import SessionInfo, describe_error, open_session
 
 _log = logging.getLogger(__name__)
 
 # Notifications waiting between asyncua's publish loop and this connector. asyncua drops the
 # oldest when it is full; it only fills when the agent cannot keep up with the server.
 _NOTIFICATION_QUEUE = 50_000
+_KEEPALIVE_MS = 5_000.0
+# A subscription with neither data nor keep-alive for this many keep-alive periods is dead.
+_SILENT_KEEPALIVES = 3.0
+# Status codes that mean "this node is not (or no longer) on the server".
+_NODE_GONE = {StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid}
+# Client handles of monitored items this connector creates itself (asyncua's own start at 200).
+_FIRST_HANDLE = 1_000_000
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What this session watches: monitored items by handle, poll groups, failed signals."""
+
+    data: dict[int, OpcUaSignalSettings] = field(default_factory=dict)  # client handle
+    events: dict[int, OpcUaSignalSettings] = field(default_factory=dict)  # server handle
+    polls: dict[float, dict[str, ua.NodeId]] = field(default_factory=lambda: defaultdict(dict))
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 class OpcUaConnector:
@@ -59,93 +112,240 @@ class OpcUaConnector:
         self.settings = settings
         self.signals = list(signals)
         self.health = SourceHealth()
+        self._handles = itertools.count(_FIRST_HANDLE)
+        # Source timestamp of the last reading of each `backfill` signal, across sessions.
+        self._last_seen: dict[str, datetime] = {}
+        self._by_address = {signal.node: signal for signal in self.signals}
 
     async def run(self, emit: Emit) -> None:
-        client = Client(
-            self.settings.endpoint,
-            timeout=self.settings.request_timeout_s,
-            watchdog_intervall=self.settings.watchdog_interval_s,
-        )
-        try:
-            await client.connect()
-        except (OSError, TimeoutError, UaError) as error:
-            raise SourceUnavailable(
-                f"cannot connect to {self.settings.endpoint}: {_describe(error)}"
-            ) from error
-        try:
+        info = SessionInfo()
+        async with open_session(self.settings, info) as client:
+            self.health.notices.update(info.notices)
             self.health.connected = True
             self.health.last_error = None
-            await self._subscribe_and_forward(client, emit)
-        except (OSError, TimeoutError, UaError) as error:
-            raise SourceUnavailable(
-                f"session with {self.settings.endpoint} lost: {_describe(error)}"
-            ) from error
-        finally:
-            self.health.connected = False
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), timeout=2.0)
+            if self.health.disconnected_at is not None:
+                self.health.reconnected_at = datetime.now(UTC)
+            try:
+                await self._session(client, emit)
+            except (OSError, TimeoutError, UaError) as error:
+                raise SourceUnavailable(
+                    f"session with {self.settings.endpoint} lost: {describe_error(error)}"
+                ) from error
+            finally:
+                self.health.connected = False
+                self.health.disconnected_at = datetime.now(UTC)
 
-    async def _subscribe_and_forward(self, client: Client, emit: Emit) -> None:
+    async def _session(self, client: Client, emit: Emit) -> None:
+        await self._check_clock(client)
+        interval = self.settings.publishing_interval_ms
+        parameters = ua.CreateSubscriptionParameters()
+        parameters.RequestedPublishingInterval = interval
+        # A keep-alive about every 5 s when nothing changes, so a silent subscription is told
+        # from a quiet one quickly; the lifetime is the spec's minimum of three keep-alives, +1.
+        parameters.RequestedMaxKeepAliveCount = max(1, math.ceil(_KEEPALIVE_MS / interval))
+        parameters.RequestedLifetimeCount = 4 * parameters.RequestedMaxKeepAliveCount
+        parameters.MaxNotificationsPerPublish = 10_000
+        parameters.PublishingEnabled = True
         subscription = await client.create_subscription(
-            self.settings.publishing_interval_ms,
+            parameters,
             handler=None,
             queue_maxsize=_NOTIFICATION_QUEUE,
             overflow=OverflowPolicy.DROP_OLDEST,
         )
-        signal_of: dict[ua.NodeId, str] = {}
-        groups: dict[tuple[float, int], list[OpcUaSignalSettings]] = defaultdict(list)
-        for signal in self.signals:
-            groups[(signal.sampling_interval_ms, signal.queue_size)].append(signal)
-        failed: dict[str, str] = {}
-        for (sampling, queue_size), members in groups.items():
-            nodes = [client.get_node(signal.node) for signal in members]
-            results = await subscription.subscribe_data_change(
-                nodes, queuesize=queue_size, sampling_interval=ua.Double(sampling)
-            )
-            for signal, node, result in zip(members, nodes, results, strict=True):
-                if isinstance(result, ua.StatusCode):
-                    failed[signal.node] = result.name
-                else:
-                    signal_of[node.nodeid] = signal.node
-        self.health.signal_errors = failed
-        for node_id, reason in failed.items():
-            _log.warning("source=%s node=%s cannot be monitored: %s", self.name, node_id, reason)
-        if not signal_of:
-            raise SourceConfigError(
-                f"none of the {len(self.signals)} configured nodes can be monitored on "
-                f"{self.settings.endpoint}: "
-                + ", ".join(f"{node} ({reason})" for node, reason in failed.items())
-            )
-        _log.info(
-            "source=%s subscribed to %d of %d nodes on %s",
-            self.name, len(signal_of), len(self.signals), self.settings.endpoint,
-        )
-        # Two tasks: one forwards notifications, one watches the session. asyncua reports a
-        # lost session as a bad StatusChange, and the watcher also notices a session state that
-        # went bad without one. (No `next_event(timeout=...)`: on Python 3.11 its wait_for can
-        # swallow a cancellation that races with a notification, and the source never stops.)
+        plan = _Plan()
+        await self._attach(client, subscription, self.signals, plan)
+        self._report(plan)
+        await self._backfill(client, plan, emit)
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._forward(subscription, signal_of, emit))
-                group.create_task(self._watch(client))
+                group.create_task(self._forward(subscription, plan, emit))
+                group.create_task(self._watch(client, subscription))
+                group.create_task(self._retry_failed(client, subscription, plan))
+                for interval_ms in list(plan.polls):
+                    group.create_task(self._poll(client, plan, interval_ms, emit))
         except BaseExceptionGroup as group_error:
-            unavailable = group_error.subgroup(SourceUnavailable)
-            if unavailable is not None:
-                raise unavailable.exceptions[0] from None
+            for kind in (SourceUnavailable, OSError, TimeoutError, UaError):
+                found = group_error.subgroup(kind)
+                if found is not None:
+                    raise _first_leaf(found) from None
             raise
 
-    async def _forward(
-        self, subscription: Subscription, signal_of: dict[ua.NodeId, str], emit: Emit
+    # --- setting up --------------------------------------------------------------------------
+
+    async def _attach(
+        self,
+        client: Client,
+        subscription: Subscription,
+        signals: Iterable[OpcUaSignalSettings],
+        plan: _Plan,
     ) -> None:
+        """Resolve and start watching `signals`; failures go to `plan.failed`."""
+        resolver = AddressResolver(client)
+        resolved: list[tuple[OpcUaSignalSettings, ua.NodeId]] = []
+        for signal in signals:
+            try:
+                resolved.append((signal, await resolver.resolve(signal.node)))
+            except AddressNotFound as error:
+                plan.failed[signal.node] = str(error)
+            except UaStatusCodeError as error:
+                plan.failed[signal.node] = ua.StatusCode(error.code).name
+        items: list[tuple[OpcUaSignalSettings, ua.MonitoredItemCreateRequest]] = []
+        for signal, node_id in resolved:
+            if signal.mode is SignalMode.SUBSCRIBE:
+                items.append((signal, self._item_request(signal, node_id)))
+            elif signal.mode is SignalMode.EVENTS:
+                await self._attach_events(subscription, signal, node_id, plan)
+            else:
+                await self._attach_poll(client, signal, node_id, plan)
+        if items:
+            results = await subscription.create_monitored_items([request for _, request in items])
+            for (signal, request), result in zip(items, results, strict=True):
+                if isinstance(result, ua.StatusCode):
+                    plan.failed[signal.node] = result.name
+                else:
+                    plan.data[request.RequestedParameters.ClientHandle] = signal
+                    plan.failed.pop(signal.node, None)
+
+    def _item_request(
+        self, signal: OpcUaSignalSettings, node_id: ua.NodeId
+    ) -> ua.MonitoredItemCreateRequest:
+        parameters = ua.MonitoringParameters()
+        parameters.ClientHandle = next(self._handles)
+        parameters.SamplingInterval = signal.sampling_interval_ms
+        parameters.QueueSize = signal.queue_size
+        parameters.DiscardOldest = True
+        if signal.deadband_absolute is not None or signal.deadband_percent is not None:
+            absolute = signal.deadband_absolute is not None
+            parameters.Filter = ua.DataChangeFilter(
+                Trigger=ua.DataChangeTrigger.StatusValue,
+                DeadbandType=ua.DeadbandType.Absolute if absolute else ua.DeadbandType.Percent,
+                DeadbandValue=(
+                    signal.deadband_absolute if absolute else signal.deadband_percent
+                ),
+            )
+        request = ua.MonitoredItemCreateRequest()
+        request.ItemToMonitor = ua.ReadValueId(NodeId=node_id, AttributeId=AttributeIds.Value)
+        request.MonitoringMode = ua.MonitoringMode.Reporting
+        request.RequestedParameters = parameters
+        return request
+
+    async def _attach_events(
+        self,
+        subscription: Subscription,
+        signal: OpcUaSignalSettings,
+        node_id: ua.NodeId,
+        plan: _Plan,
+    ) -> None:
+        resolver_types: list[ua.NodeId] = [
+            ua.NodeId.from_string(text) for text in signal.event_types
+        ] or [ua.NodeId(ua.Int32(ObjectIds.ConditionType))]
+        try:
+            handle = await subscription.subscribe_events(
+                node_id, resolver_types, queuesize=signal.queue_size
+            )
+        except UaStatusCodeError as error:
+            plan.failed[signal.node] = ua.StatusCode(error.code).name
+            return
+        plan.events[handle] = signal
+        plan.failed.pop(signal.node, None)
+
+    async def _attach_poll(
+        self, client: Client, signal: OpcUaSignalSettings, node_id: ua.NodeId, plan: _Plan
+    ) -> None:
+        (value,) = await _read(client, [node_id])
+        if value.StatusCode is not None and value.StatusCode.value in _NODE_GONE:
+            plan.failed[signal.node] = value.StatusCode.name
+            return
+        plan.polls[signal.poll_interval_ms][signal.node] = node_id
+        plan.failed.pop(signal.node, None)
+
+    def _report(self, plan: _Plan) -> None:
+        self.health.signal_errors = dict(plan.failed)
+        for address, reason in plan.failed.items():
+            _log.warning(
+                "source=%s signal %s cannot be watched: %s (retrying every %.0f s)",
+                self.name, address, reason, self.settings.signal_retry_s,
+            )
+        watched = len(self.signals) - len(plan.failed)
+        _log.info(
+            "source=%s subscribed to %d of %d nodes on %s",
+            self.name, watched, len(self.signals), self.settings.endpoint,
+        )
+
+    async def _check_clock(self, client: Client) -> None:
+        before = datetime.now(UTC)
+        clock = client.get_node(ObjectIds.Server_ServerStatus_CurrentTime)
+        server_time = await clock.read_value()
+        after = datetime.now(UTC)
+        if not isinstance(server_time, datetime):
+            return
+        if server_time.tzinfo is None:
+            server_time = server_time.replace(tzinfo=UTC)
+        skew = (server_time - (before + (after - before) / 2)).total_seconds()
+        if abs(skew) > self.settings.clock_skew_warn_s:
+            text = (
+                f"the server clock is {abs(skew):.1f} s {'ahead of' if skew > 0 else 'behind'} "
+                f"the agent's (more than clock_skew_warn_s = {self.settings.clock_skew_warn_s})"
+            )
+            if self.health.notices.get("clock_skew") is None:
+                _log.warning("source=%s %s", self.name, text)
+            self.health.notices["clock_skew"] = text
+        else:
+            self.health.notices.pop("clock_skew", None)
+
+    # --- backfill ----------------------------------------------------------------------------
+
+    async def _backfill(self, client: Client, plan: _Plan, emit: Emit) -> None:
+        watched = {signal.node for signal in plan.data.values()}
+        watched.update(address for group in plan.polls.values() for address in group)
+        resolver = AddressResolver(client)
+        now = datetime.now(UTC)
+        earliest = now - timedelta(seconds=self.settings.backfill_max_s)
+        for signal in self.signals:
+            since = self._last_seen.get(signal.node)
+            if not signal.backfill or since is None or signal.node not in watched:
+                continue
+            try:
+                node_id = await resolver.resolve(signal.node)
+                values = await read_raw(client, node_id, max(since, earliest), now)
+            except NoHistory as error:
+                text = f"{signal.node}: the server keeps no history for it ({error}); no backfill"
+                if self.health.notices.get(f"history:{signal.node}") is None:
+                    _log.warning("source=%s %s", self.name, text)
+                self.health.notices[f"history:{signal.node}"] = text
+                continue
+            except AddressNotFound:
+                continue
+            self.health.notices.pop(f"history:{signal.node}", None)
+            readings = [
+                self._reading(signal.node, value.Value.Value if value.Value else None, value,
+                              backfilled=True)
+                for value in values
+            ]
+            if readings:
+                _log.info(
+                    "source=%s backfilled %d value(s) of %s since %s",
+                    self.name, len(readings), signal.node, since.isoformat(),
+                )
+                await self._emit(emit, readings)
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def _forward(self, subscription: Subscription, plan: _Plan, emit: Emit) -> None:
         async for notification in subscription:
             if isinstance(notification, DataChangeEvent):
-                address = signal_of.get(notification.node.nodeid)
-                if address is None:
+                item = notification.data.monitored_item
+                signal = plan.data.get(item.ClientHandle)
+                if signal is None:
                     continue
-                reading = self._reading(address, notification)
-                self.health.readings_total += 1
-                self.health.last_value_at = reading.timestamp
-                await emit((reading,))
+                self._track_node_status(signal.node, item.Value.StatusCode)
+                reading = self._reading(signal.node, notification.value, item.Value)
+                await self._emit(emit, (reading,))
+            elif isinstance(notification, OpcEvent):
+                handle = notification.event.server_handle
+                event_signal = plan.events.get(handle) if handle is not None else None
+                if event_signal is not None:
+                    await self._emit(emit, (self._event_reading(event_signal.node, notification),))
             elif isinstance(notification, StatusChangeEvent):
                 status = notification.notification.Status
                 if status.is_bad():
@@ -154,30 +354,164 @@ class OpcUaConnector:
                     )
         raise SourceUnavailable(f"subscription on {self.settings.endpoint} was closed")
 
-    async def _watch(self, client: Client) -> None:
+    async def _poll(self, client: Client, plan: _Plan, interval_ms: float, emit: Emit) -> None:
+        last: dict[str, tuple[Any, Any, Any]] = {}
+        while True:
+            group = plan.polls[interval_ms]
+            addresses = list(group)
+            if addresses:
+                values = await _read(client, [group[address] for address in addresses])
+                readings = []
+                for address, value in zip(addresses, values, strict=True):
+                    self._track_node_status(address, value.StatusCode)
+                    fact = (_variant(value), value.StatusCode, value.SourceTimestamp)
+                    if last.get(address) == fact:
+                        continue
+                    last[address] = fact
+                    readings.append(self._reading(address, _variant(value), value))
+                if readings:
+                    await self._emit(emit, readings)
+            await asyncio.sleep(interval_ms / 1000)
+
+    async def _watch(self, client: Client, subscription: Subscription) -> None:
+        parameters = subscription.parameters
+        keepalive_s = (
+            parameters.RequestedPublishingInterval / 1000
+            * max(int(parameters.RequestedMaxKeepAliveCount or 1), 1)
+        )
+        silent_after = max(keepalive_s * _SILENT_KEEPALIVES, 2.0)
         while True:
             await asyncio.sleep(self.settings.watchdog_interval_s)
             if client.state is not UaClientState.CONNECTED:
                 raise SourceUnavailable(f"session with {self.settings.endpoint} lost")
+            last = subscription.last_publish_at
+            if last is not None and time.monotonic() - last > silent_after:
+                raise SourceUnavailable(
+                    f"subscription on {self.settings.endpoint} went silent (no data and no "
+                    f"keep-alive for {silent_after:.0f} s); recreating it"
+                )
 
-    def _reading(self, signal: str, notification: DataChangeEvent) -> Reading:
-        data_value = notification.data.monitored_item.Value
-        status = data_value.StatusCode if data_value.StatusCode is not None else None
+    async def _retry_failed(
+        self, client: Client, subscription: Subscription, plan: _Plan
+    ) -> None:
+        while True:
+            await asyncio.sleep(self.settings.signal_retry_s)
+            if not plan.failed:
+                continue
+            retry = [self._by_address[address] for address in plan.failed]
+            await self._attach(client, subscription, retry, plan)
+            for signal in retry:
+                if signal.node not in plan.failed:
+                    _log.info("source=%s signal %s is watched now", self.name, signal.node)
+            self.health.signal_errors = dict(plan.failed)
+
+    # --- readings ----------------------------------------------------------------------------
+
+    async def _emit(self, emit: Emit, readings: Sequence[Reading]) -> None:
+        for reading in readings:
+            if self._by_address[reading.signal].backfill and reading.source_timestamp:
+                self._last_seen[reading.signal] = reading.source_timestamp
+        self.health.readings_total += len(readings)
+        self.health.last_value_at = readings[-1].received_at
+        await emit(readings)
+
+    def _track_node_status(self, address: str, status: ua.StatusCode | None) -> None:
+        if status is not None and status.value in _NODE_GONE:
+            if address not in self.health.signal_errors:
+                _log.warning("source=%s signal %s: %s", self.name, address, status.name)
+            self.health.signal_errors[address] = status.name
+        elif address in self.health.signal_errors and (status is None or status.is_good()):
+            del self.health.signal_errors[address]
+
+    def _reading(
+        self, signal: str, value: Any, data_value: ua.DataValue, *, backfilled: bool = False
+    ) -> Reading:
+        status = data_value.StatusCode
         quality, status_name = Quality.GOOD, None
         if status is not None and not status.is_good():
             quality = Quality.BAD if status.is_bad() else Quality.UNCERTAIN
             status_name = status.name
-        timestamp = data_value.SourceTimestamp or data_value.ServerTimestamp or datetime.now(UTC)
-        if timestamp.tzinfo is None:
-            timestamp = timestamp.replace(tzinfo=UTC)
+        received = datetime.now(UTC)
+        source = _utc(data_value.SourceTimestamp)
+        server = _utc(data_value.ServerTimestamp)
         return Reading(
             source=self.name,
             signal=signal,
-            value=_plain(notification.value),
-            timestamp=timestamp,
+            value=_plain(value),
+            timestamp=self._choose(source, server, received),
             quality=quality,
             status=status_name,
+            backfilled=backfilled,
+            source_timestamp=source,
+            server_timestamp=server,
+            received_at=received,
         )
+
+    def _event_reading(self, signal: str, notification: OpcEvent) -> Reading:
+        fields = vars(notification.event)
+        received = datetime.now(UTC)
+        source = _utc(_field(fields, "Time"))
+        server = _utc(_field(fields, "ReceiveTime"))
+        attributes: list[tuple[str, Value]] = []
+        for key, name in (
+            ("severity", "Severity"),
+            ("source_name", "SourceName"),
+            ("condition", "ConditionName"),
+            ("active", "ActiveState/Id"),
+            ("acknowledged", "AckedState/Id"),
+            ("event_type", "EventType"),
+            ("event_id", "EventId"),
+        ):
+            value = _field(fields, name)
+            if value is not None:
+                attributes.append((key, _plain(value)))
+        message = _field(fields, "Message")
+        return Reading(
+            source=self.name,
+            signal=signal,
+            value=_plain(message) if message is not None else "",
+            timestamp=self._choose(source, server, received),
+            attributes=tuple(attributes),
+            source_timestamp=source,
+            server_timestamp=server,
+            received_at=received,
+        )
+
+    def _choose(
+        self, source: datetime | None, server: datetime | None, received: datetime
+    ) -> datetime:
+        choice = self.settings.timestamp
+        if choice is TimestampChoice.SOURCE:
+            return source or server or received
+        if choice is TimestampChoice.SERVER:
+            return server or received
+        return received
+
+
+async def _read(client: Client, node_ids: Sequence[ua.NodeId]) -> list[ua.DataValue]:
+    """One Read request for all `node_ids`, with source and server timestamps."""
+    parameters = ua.ReadParameters()
+    parameters.TimestampsToReturn = ua.TimestampsToReturn.Both
+    parameters.NodesToRead = [
+        ua.ReadValueId(NodeId=node_id, AttributeId=AttributeIds.Value) for node_id in node_ids
+    ]
+    values: list[ua.DataValue] = await client.uaclient.read(parameters)
+    return values
+
+
+def _field(fields: dict[str, Any], name: str) -> Any:
+    variant = fields.get(name)
+    return variant.Value if isinstance(variant, ua.Variant) else variant
+
+
+def _variant(value: ua.DataValue) -> Any:
+    return value.Value.Value if value.Value is not None else None
+
+
+def _utc(moment: Any) -> datetime | None:
+    if not isinstance(moment, datetime):
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _plain(value: Any) -> Value:
@@ -186,9 +520,17 @@ def _plain(value: Any) -> Value:
         return value
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, ua.LocalizedText):
+        return value.Text
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, ua.NodeId):
+        return value.to_string()
     return str(value)
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if len(text) < 300 else text[:297] + "..."
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -1,0 +1,265 @@
+"""OPC UA tools for the OT engineer.
+
+    edge-agent opcua browse ENDPOINT [--path Objects/Line1] [--depth N]   the address space
+    edge-agent opcua read ENDPOINT NODE                                    one value
+    edge-agent certs create -c CONFIG [--days N] [--force]   the agent's certificate and key
+    edge-agent certs trust THUMBPRINT -c CONFIG              trust a rejected server cert
+    edge-agent certs list -c CONFIG                          trusted and rejected certs
+
+`browse` and `read` take the same security options as a source in the config (or
+`-c CONFIG --source NAME` to use that source's settings). Addresses are the config's: NodeId,
+`nsu=URI;s=...` or a browse path `Objects/...`, so what browse prints can be pasted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    opcua = commands.add_parser("opcua", help="browse and read an OPC UA server")
+    tools = opcua.add_subparsers(dest="opcua_command", metavar="TOOL", required=True)
+    browse = tools.add_parser("browse", help="list the address space as a tree")
+    browse.add_argument("endpoint", nargs="?", help="opc.tcp://HOST:PORT[/PATH]")
+    browse.add_argument("--path", default="Objects", help="start here (default: Objects)")
+    browse.add_argument("--depth", type=int, default=3, help="levels below the start")
+    _connection_options(browse)
+    browse.set_defaults(handler=_browse)
+    read = tools.add_parser("read", help="read one value")
+    read.add_argument("endpoint", nargs="?", help="opc.tcp://HOST:PORT[/PATH]")
+    read.add_argument("node", help="NodeId, nsu=URI;s=..., or Objects/... browse path")
+    _connection_options(read)
+    read.set_defaults(handler=_read)
+
+    certs = commands.add_parser("certs", help="the agent's OPC UA certificates and trust list")
+    actions = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="make the application instance certificate")
+    create.add_argument("-c", "--config", type=Path, required=True)
+    create.add_argument("--days", type=int, default=730, help="validity (default 730)")
+    create.add_argument("--force", action="store_true", help="replace an existing one")
+    create.set_defaults(handler=_certs_create)
+    trust = actions.add_parser("trust", help="trust a rejected server certificate")
+    trust.add_argument("thumbprint")
+    trust.add_argument("-c", "--config", type=Path, required=True)
+    trust.set_defaults(handler=_certs_trust)
+    listing = actions.add_parser("list", help="show trusted and rejected certificates")
+    listing.add_argument("-c", "--config", type=Path, required=True)
+    listing.set_defaults(handler=_certs_list)
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, help="take the settings of a source here")
+    parser.add_argument("--source", help="the source's name (default: the first OPC UA one)")
+    parser.add_argument("--security-policy", default="None")
+    parser.add_argument("--security-mode")
+    parser.add_argument("--certificate", type=Path)
+    parser.add_argument("--private-key", type=Path)
+    parser.add_argument("--pki-dir", type=Path)
+    parser.add_argument("--application-uri")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", type=Path)
+    parser.add_argument("--password-env")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """The OpcUaSettings from a config's source or from the options; None after an error."""
+    from pydantic import ValidationError
+
+    from connectors.opcua.config import OpcUaSettings
+
+    if args.config is not None:
+        config = _config(args.config)
+        if config is None:
+            return None
+        sources = [s for s in config.sources if args.source in (None, s.name)]
+        if not sources:
+            print(f"no source {args.source!r} in {args.config}", file=sys.stderr)
+            return None
+        return sources[0]
+    if args.endpoint is None:
+        print("give the ENDPOINT or -c CONFIG", file=sys.stderr)
+        return None
+    options = {
+        "endpoint": args.endpoint,
+        "security_policy": args.security_policy,
+        "security_mode": args.security_mode,
+        "certificate": args.certificate,
+        "private_key": args.private_key,
+        "pki_dir": args.pki_dir,
+        "application_uri": args.application_uri,
+        "username": args.username,
+        "password_file": args.password_file,
+        "password_env": args.password_env,
+        "request_timeout_s": args.timeout,
+    }
+    try:
+        return OpcUaSettings.model_validate(
+            {key: value for key, value in options.items() if value is not None}
+        )
+    except ValidationError as error:
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem["loc"]) or "options"
+            print(f"{where}: {problem['msg']}", file=sys.stderr)
+        return None
+
+
+def _config(path: Path) -> Any:
+    from agent.cli.core import _load
+
+    return _load(path)
+
+
+def _browse(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_INVALID
+    from connectors.opcua.browse import browse_tree
+
+    return _run_tool(browse_tree(settings, args.path, args.depth, print))
+
+
+def _read(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_INVALID
+    from connectors.opcua.browse import read_one
+
+    return _run_tool(read_one(settings, args.node, print))
+
+
+def _run_tool(coroutine: Any) -> int:
+    from connectors.base import SourceConfigError, SourceUnavailable
+    from connectors.opcua.addressing import AddressNotFound
+
+    try:
+        asyncio.run(coroutine)
+    except (SourceUnavailable, SourceConfigError, AddressNotFound, ValueError) as error:
+        print(f"edge-agent: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _opcua_sources(path: Path) -> list[Any] | None:
+    config = _config(path)
+    if config is None:
+        return None
+    sources = [source for source in config.sources if getattr(source, "type", "") == "opcua"]
+    if not sources:
+        print(f"{path}: no OPC UA source", file=sys.stderr)
+        return None
+    return sources
+
+
+def _certs_create(args: argparse.Namespace) -> int:
+    from connectors.opcua.certificates import CertificateExists, create_application_certificate
+
+    sources = _opcua_sources(args.config)
+    if sources is None:
+        return EXIT_INVALID
+    made: set[Path] = set()
+    for source in sources:
+        if source.certificate in made:
+            continue
+        made.add(source.certificate)
+        try:
+            info = create_application_certificate(
+                certificate_path=source.certificate,
+                key_path=source.private_key,
+                application_uri=source.effective_application_uri,
+                days=args.days,
+                overwrite=args.force,
+            )
+        except CertificateExists as error:
+            print(f"edge-agent: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"certificate  {source.certificate}")
+        print(f"private key  {source.private_key} (mode 0600)")
+        print(f"ApplicationUri {info.application_uri}, valid until {info.not_after:%Y-%m-%d}")
+        print(f"thumbprint   {info.thumbprint}")
+        print("Trust this thumbprint on the OPC UA server (its rejected/trusted certificates).")
+    return EXIT_OK
+
+
+def _certs_trust(args: argparse.Namespace) -> int:
+    from connectors.opcua.trust import TrustStore
+
+    sources = _opcua_sources(args.config)
+    if sources is None:
+        return EXIT_INVALID
+    errors = []
+    for pki_dir in dict.fromkeys(source.pki_dir for source in sources):
+        try:
+            stored = TrustStore(pki_dir).trust(args.thumbprint)
+        except LookupError as error:
+            errors.append(str(error))
+            continue
+        print(f"trusted {stored.info.thumbprint} ({stored.info.subject}): {stored.path}")
+        return EXIT_OK
+    print(f"edge-agent: {'; '.join(errors)}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _certs_list(args: argparse.Namespace) -> int:
+    from connectors.opcua.trust import TrustStore
+
+    sources = _opcua_sources(args.config)
+    if sources is None:
+        return EXIT_INVALID
+    for pki_dir in dict.fromkeys(source.pki_dir for source in sources):
+        store = TrustStore(pki_dir)
+        for state, stored_list in (("trusted", store.trusted()), ("rejected", store.rejected())):
+            for stored in stored_list:
+                info = stored.info
+                print(f"{state:8}  {info.thumbprint}  until {info.not_after:%Y-%m-%d}  "
+                      f"{info.subject}  {info.application_uri or ''}")
+        if not store.trusted() and not store.rejected():
+            print(f"no certificates in {pki_dir}")
+    return EXIT_OK
+
+
+def check_connect(config: Any) -> int:
+    """`check-config --connect`: connect to each OPC UA source, resolve every node and check
+    that its type fits the event it feeds. Exit 1 when anything is wrong."""
+    from connectors.base import SourceConfigError, SourceUnavailable
+    from connectors.opcua.probe import INTEGER_TYPES, NUMBER_TYPES, probe
+
+    numeric_events = {"telemetry", "quality.alert", "machine.downtime"}
+    failures = 0
+    for source in config.sources:
+        if getattr(source, "type", "") != "opcua":
+            continue
+        try:
+            results = asyncio.run(probe(source, source.signals))
+        except (SourceUnavailable, SourceConfigError) as error:
+            print(f"source {source.name}: cannot connect: {error}")
+            failures += 1
+            continue
+        events = {signal.node: str(signal.event) if signal.event else None
+                  for signal in source.signals}
+        for result in results:
+            problem = result.problem
+            event = events.get(result.address)
+            data_type = result.data_type
+            if problem is None and data_type not in (None, "?"):
+                if event in numeric_events and data_type not in NUMBER_TYPES | {"Boolean"}:
+                    problem = f"is {data_type}, but {event} needs a number"
+                elif event == "production.count" and data_type not in INTEGER_TYPES:
+                    problem = f"is {data_type}, but production.count needs an integer"
+            where = f"source {source.name}: {result.address}"
+            if problem is not None:
+                failures += 1
+                print(f"{where}: {problem}")
+            else:
+                print(f"{where}: OK ({result.node_id}, {result.node_class}"
+                      f"{', ' + data_type if data_type else ''})")
+    if failures:
+        print(f"{failures} problem(s) found on the servers", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK

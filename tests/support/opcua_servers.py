@@ -1,0 +1,183 @@
+"""Real asyncua servers for the OPC UA connector tests: secured, with users, history and alarms.
+
+`serve_line(port, ...)` starts a server on 127.0.0.1:port with this address space:
+
+    namespace TEST_NAMESPACE (index 3: a filler namespace is registered first, so an address
+    written with index 2 would be wrong; tests use the URI or a browse path)
+    Objects/Line1/Temperature   Double   ns=3;s=Line1.Temperature   historized in memory
+    Objects/Line1/Count         Int64    ns=3;s=Line1.Count
+    Objects/Line1/Alarms        object, event notifier; `raise_alarm()` fires an
+                                OffNormalAlarmType event from it (and from Server)
+
+Security: `policies` (asyncua `SecurityPolicyType`s) with a server certificate made by
+`connectors.opcua.certificates` in `pki/server/`; `users` enables a user manager that accepts
+exactly those user name / password pairs; `trusted_clients` (DER files) makes the server refuse
+any other client certificate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from asyncua import ua
+from asyncua.common.node import Node
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.server import Server
+from cryptography import x509
+
+from connectors.opcua.certificates import create_application_certificate, describe
+
+TEST_NAMESPACE = "urn:plant-edge-agent:test-line"
+SERVER_URI = "urn:plant-edge-agent:test-server"
+TEMPERATURE = f"nsu={TEST_NAMESPACE};s=Line1.Temperature"
+COUNT = f"nsu={TEST_NAMESPACE};s=Line1.Count"
+ALARMS = f"nsu={TEST_NAMESPACE};s=Line1.Alarms"
+
+ALL_SECURE = [
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+]
+
+
+class _Users:
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if certificate is not None and username is None:
+            return User(role=UserRole.User)
+        if username is not None and self._users.get(username) == password:
+            return User(role=UserRole.User)
+        return None
+
+
+def server_certificate(pki: Path) -> tuple[Path, Path]:
+    """The test server's certificate and key (made once per pki folder)."""
+    cert, key = pki / "server" / "cert.der", pki / "server" / "key.pem"
+    if not cert.exists():
+        create_application_certificate(
+            certificate_path=cert, key_path=key, application_uri=SERVER_URI,
+            common_name="test server", host_name="localhost",
+        )
+    return cert, key
+
+
+def thumbprint_of(path: Path) -> str:
+    return describe(x509.load_der_x509_certificate(path.read_bytes())).thumbprint
+
+
+class LineServer:
+    """A started server and its variables; `write` sets a value with a source timestamp."""
+
+    def __init__(self, server: Server, port: int, variables: dict[str, Node], alarms: Node) -> None:
+        self.server = server
+        self.port = port
+        self.endpoint = f"opc.tcp://127.0.0.1:{port}/line/"
+        self.variables = variables
+        self.alarms = alarms
+
+    async def write(self, name: str, value: float | int, *, at: datetime | None = None) -> None:
+        variable = self.variables[name]
+        variant_type = ua.VariantType.Double if name == "Temperature" else ua.VariantType.Int64
+        await variable.write_value(
+            ua.DataValue(
+                ua.Variant(value, variant_type),
+                StatusCode=ua.StatusCode(ua.StatusCodes.Good),
+                SourceTimestamp=at or datetime.now(UTC),
+                ServerTimestamp=datetime.now(UTC),
+            )
+        )
+
+    async def drop_connections(self) -> None:
+        """A network loss: close every client connection and stop listening; the address
+        space (and its history) lives on."""
+        assert self.server.bserver is not None
+        await self.server.bserver.stop()
+
+    async def accept_connections(self) -> None:
+        assert self.server.bserver is not None
+        await self.server.bserver.start()
+
+    async def historized(self, name: str) -> list[object]:
+        """The values the server's in-memory history holds for `name`, oldest first."""
+        values = await self.variables[name].read_raw_history(
+            datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC)
+        )
+        return [value.Value.Value for value in values if value.Value is not None]
+
+    async def raise_alarm(self, message: str, severity: int, *, at: datetime) -> None:
+        generator = await self.server.get_event_generator(
+            ua.ObjectIds.OffNormalAlarmType, self.alarms
+        )
+        generator.event.Message = ua.LocalizedText(message)
+        generator.event.Severity = severity
+        generator.event.SourceName = "Line1.Filler"
+        generator.event.ConditionName = "FillerOverTemperature"
+        await generator.trigger(time_attr=at)
+
+
+@asynccontextmanager
+async def serve_line(
+    port: int,
+    *,
+    pki: Path | None = None,
+    policies: Sequence[ua.SecurityPolicyType] = (ua.SecurityPolicyType.NoSecurity,),
+    users: Mapping[str, str] | None = None,
+    trusted_clients: Sequence[Path] = (),
+    history: bool = False,
+) -> AsyncIterator[LineServer]:
+    server = Server(user_manager=_Users(users) if users is not None else None)
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/line/")
+    server.set_server_name("plant-edge-agent test line")
+    await server.set_application_uri(SERVER_URI)
+    server.set_security_policy(list(policies))
+    if pki is not None:
+        cert, key = server_certificate(pki)
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+    if trusted_clients:
+        allowed = {thumbprint_of(path) for path in trusted_clients}
+
+        async def validate(certificate: x509.Certificate, _: ua.ApplicationDescription) -> None:
+            if describe(certificate).thumbprint not in allowed:
+                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+        server.set_certificate_validator(validate)  # type: ignore[arg-type]
+    await server.register_namespace("urn:plant-edge-agent:filler-namespace")
+    index = await server.register_namespace(TEST_NAMESPACE)
+    line = await server.nodes.objects.add_object(ua.NodeId("Line1", index), "Line1")
+    temperature = await line.add_variable(
+        ua.NodeId("Line1.Temperature", index),
+        "Temperature",
+        ua.Variant(20.0, ua.VariantType.Double),
+    )
+    count = await line.add_variable(
+        ua.NodeId("Line1.Count", index), "Count", ua.Variant(0, ua.VariantType.Int64)
+    )
+    alarms = await line.add_object(ua.NodeId("Line1.Alarms", index), "Alarms")
+    await alarms.write_attribute(
+        ua.AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte))
+    )
+    async with server:
+        if history:
+            await server.historize_node_data_change(temperature, period=timedelta(hours=1))
+            level = ua.DataValue(ua.Variant(0x07, ua.VariantType.Byte))  # read, write, history
+            for attribute in (ua.AttributeIds.AccessLevel, ua.AttributeIds.UserAccessLevel):
+                await temperature.write_attribute(attribute, level)
+        yield LineServer(server, port, {"Temperature": temperature, "Count": count}, alarms)
