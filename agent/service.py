@@ -1,0 +1,272 @@
+"""The agent as a long-running service: one buffer for the life of the process, configs that
+come and go on reload, systemd told what is happening, a status snapshot left on disk.
+
+Lifecycle
+---------
+1. The caller loaded and validated the config. `Agent.open` opens the buffer (and holds the
+   state dir) and builds the first generation: secrets read, TLS context built, mapping made.
+   Only then `READY=1`: a bad config, secret or buffer fails the start instead.
+2. A generation (`Agent.run`) runs until SIGTERM/SIGINT (`stop`) or a reload is applied.
+3. SIGHUP (`systemctl reload`), or `request_reload()`: `RELOADING=1`; the config file is read
+   and validated on a worker thread and a new `Agent` is built on the same open buffer. Nothing
+   is stopped yet. If anything fails (invalid file, unreadable secret, bad certificate), the
+   running generation keeps running and the reason is logged and kept in status.json. A change
+   of `agent.state_dir` or `[buffer]` is refused the same way: the buffer stays open across a
+   reload, so those need a restart. Otherwise the running generation stops in the runtime's
+   documented order (sources, pipeline commit, forwarder drain, hub session closed with status
+   `offline`/`reloading`): every reading handed over is committed and every event stays in
+   the buffer, which the new generation forwards. Then `READY=1` again.
+   Requests that arrive while one is being handled are coalesced into one more reload.
+4. All along: `WATCHDOG=1` from the event loop (see `agent.systemd`), and every
+   `hub.status_interval_s` a `STATUS=` line and a new status.json (`agent.status_file`), also
+   written when ready, after each reload and at the stop (`"state": "stopped"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import __version__, logs
+from agent.credentials import CredentialError
+from agent.runtime import Agent
+from agent.status_file import ProblemLog, iso, write_status
+from agent.systemd import SystemdNotifier
+from config.loader import ConfigError, load_config
+from config.schema import AgentConfig
+
+_log = logging.getLogger(__name__)
+
+
+class AgentService:
+    """Runs `Agent` generations on one buffer; see the module docstring."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        config_path: Path,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or SystemdNotifier.from_environment()
+        self.problems = ProblemLog()
+        self.started_at = time.time()
+        self.last_reload: dict[str, Any] | None = None
+        self._reload = asyncio.Event()
+        self._agent: Agent | None = None
+        self._state = "starting"
+        self._pending: int | None = None  # buffer backlog at the last snapshot
+
+    def request_reload(self) -> None:
+        """Ask for a reload (the SIGHUP handler); handled on the loop, see the docstring."""
+        self._reload.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set. Raises what `Agent.open` raises (BufferError,
+        CredentialError) before anything runs."""
+        root = logging.getLogger()
+        root.addHandler(self.problems)
+        try:
+            async with Agent.open(self.config, self.config_path) as first:
+                await self._serve(first, stop)
+        finally:
+            root.removeHandler(self.problems)
+            self.notifier.close()
+
+    async def _serve(self, agent: Agent, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            watchdog = group.create_task(self.notifier.watchdog(), name="systemd-watchdog")
+            snapshots = group.create_task(self._snapshot_loop(), name="status-file")
+            try:
+                while True:
+                    agent.started_at = self.started_at
+                    agent.reload_hook = self.request_reload  # remote `reload` takes SIGHUP's path
+                    self._agent = agent
+                    generation_stop = asyncio.Event()
+                    running = group.create_task(agent.run(generation_stop), name="agent")
+                    self._state = "running"
+                    await self._snapshot()
+                    self.notifier.ready(self._status_line())
+                    replacement = await self._next_generation(stop, running)
+                    if replacement is None:
+                        self._state = "stopping"
+                        self.notifier.stopping()
+                    else:
+                        self._state = "reloading"
+                        agent.stop_reason = "reloading"
+                    generation_stop.set()
+                    await running
+                    if replacement is None:
+                        return
+                    self._switch_to(replacement)
+                    agent = replacement
+            finally:
+                watchdog.cancel()
+                snapshots.cancel()
+                await asyncio.wait([watchdog, snapshots], timeout=5.0)
+                self._state = "stopped"
+                await self._snapshot()
+
+    async def _next_generation(
+        self, stop: asyncio.Event, running: asyncio.Task[None]
+    ) -> Agent | None:
+        """Wait for the stop (None) or a reload that validated (the new, not yet started
+        generation). A generation that ends by itself also returns None."""
+        while not (stop.is_set() or running.done()):
+            if self._reload.is_set():
+                self._reload.clear()
+                replacement = await self._prepare_reload()
+                if replacement is not None:
+                    return replacement
+                continue
+            waiters = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._reload.wait()),
+            ]
+            try:
+                await asyncio.wait([*waiters, running], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+        return None
+
+    async def _prepare_reload(self) -> Agent | None:
+        """Read, validate and build the next generation; None (and the reason logged) if the
+        running one must stay."""
+        assert self._agent is not None
+        self.notifier.reloading()
+        path = self.config_path
+        _log.info("reload requested: reading %s", path)
+        try:
+            config = await asyncio.to_thread(load_config, path)
+        except ConfigError as error:
+            problems = "; ".join(problem.format() for problem in error.problems)
+            await self._refuse(f"{path} is invalid: {problems}")
+            return None
+        current = self.config
+        if config.agent.state_dir != current.agent.state_dir:
+            await self._refuse(
+                f"agent.state_dir changed ({current.agent.state_dir} -> {config.agent.state_dir}):"
+                " the buffer moves only with a restart (systemctl restart edge-agent)"
+            )
+            return None
+        if config.buffer != current.buffer:
+            await self._refuse(
+                "[buffer] settings changed: they apply only with a restart "
+                "(systemctl restart edge-agent)"
+            )
+            return None
+        try:
+            replacement = Agent(config, self._agent.buffer, config_path=path)
+        except (CredentialError, ValueError) as error:
+            await self._refuse(str(error))
+            return None
+        self.config = config
+        return replacement
+
+    async def _refuse(self, reason: str) -> None:
+        _log.error("reload refused, keeping the running config: %s", reason)
+        self.last_reload = {"at": iso(time.time()), "result": "refused", "reason": reason}
+        await self._snapshot()
+        self.notifier.ready(self._status_line())  # ends RELOADING: the old config runs on
+
+    def _switch_to(self, replacement: Agent) -> None:
+        config = replacement.config
+        logs.configure(config.agent.log_level, config.agent.log_format)
+        root = logging.getLogger()
+        if self.problems not in root.handlers:
+            root.addHandler(self.problems)
+        self.last_reload = {"at": iso(time.time()), "result": "applied", "reason": None}
+        _log.info(
+            "reload applied: %d source(s), hub %s", len(config.sources), config.hub.url
+        )
+
+    # -- status: STATUS= and status.json --------------------------------------------------------
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.hub.status_interval_s)
+            await self._snapshot()
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        agent = self._agent
+        if agent is None:
+            return self._state
+        running = sum(1 for runner in agent.sources if runner.state == "running")
+        hub = "hub connected" if agent.session.connected else "hub unreachable"
+        pending = "" if self._pending is None else f", {self._pending} pending"
+        return f"{hub}, {running}/{len(agent.sources)} sources running{pending}"
+
+    async def _snapshot(self) -> None:
+        """Write status.json; a failure is logged, never raised (status must not stop the
+        agent)."""
+        try:
+            document = await self._document()
+            await asyncio.to_thread(write_status, self.config.agent.state_dir, document)
+        except Exception as error:
+            _log.warning("cannot write the status file in %s: %s", self.config.agent.state_dir,
+                         error)
+
+    async def _document(self) -> dict[str, Any]:
+        agent = self._agent
+        config = self.config
+        document: dict[str, Any] = {
+            "state": self._state,
+            "pid": os.getpid(),
+            "version": __version__,
+            "site": config.agent.site,
+            "agent": config.agent.id,
+            "config": str(self.config_path),
+            "started_at": iso(self.started_at),
+            "status_interval_s": config.hub.status_interval_s,
+            "last_reload": self.last_reload,
+            "recent_problems": self.problems.recent(),
+        }
+        if agent is None:
+            return document
+        session = agent.session
+        document["hub"] = {
+            "url": agent.config.hub.url,
+            "connected": session.connected,
+            "last_error": session.last_error,
+            "session_present": session.session_present,
+        }
+        document["sources"] = {
+            runner.connector.name: {
+                "state": runner.state,
+                "connected": runner.connector.health.connected,
+                "readings_total": runner.connector.health.readings_total,
+                "last_value_at": _isoformat(runner.connector.health.last_value_at),
+                "last_error": runner.connector.health.last_error,
+            }
+            for runner in agent.sources
+        }
+        document["pipeline"] = dataclasses.asdict(agent.pipeline.counters)
+        document["forwarder"] = dataclasses.asdict(agent.forwarder.counters)
+        try:
+            stats = await agent.buffer.stats()
+        except Exception as error:  # the buffer's own errors are reported by its users
+            document["buffer"] = {"error": str(error)}
+        else:
+            self._pending = stats.pending
+            oldest = stats.oldest_pending_at
+            document["buffer"] = {
+                "pending": stats.pending,
+                "oldest_pending_age_s": None if oldest is None else round(time.time() - oldest, 1),
+                "dead_letters": stats.dead_letters,
+                "last_seq": stats.last_seq,
+            }
+        return document
+
+
+def _isoformat(moment: object) -> str | None:
+    isoformat = getattr(moment, "isoformat", None)
+    return isoformat() if callable(isoformat) else None
