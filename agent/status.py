@@ -1,15 +1,32 @@
 """The agent's retained status at `{prefix}/{site}/{agent}/status` (JSON, human-readable).
 
-`online` with a small summary on every connect and every `status_interval_s`; the same topic
-is the MQTT will (`offline`, reason "connection lost"), and a clean stop publishes `offline`
-with reason "stopped" before disconnecting.
+What it says
+------------
+`online` with: version, uptime, config fingerprint, the status interval (so a reader can tell a
+stale status), per source its state (running, retrying, paused, failed), connected, last value
+time, readings and errors; per buffer class (telemetry, business, critical) pending events and
+evictions, the oldest pending age; the forwarder: connected, last PUBACK, events per second over
+the last minute; the command server's counters. The same topic is the MQTT will (`offline`,
+reason "connection lost"); a clean stop publishes `offline` with reason "stopped".
+
+When it is published (never more than needed)
+---------------------------------------------
+`StatusPublisher` publishes on every connect, every `status_interval_s`, and when the state
+changes: a source connects, drops, pauses or resumes, the hub link comes or goes, a command
+asks for it (`changed()`). It looks for changes once a second on in-memory state only (no SQLite
+query); a change publishes at most once per `min_gap_s`. Counters alone (readings, backlog)
+are not a change: they go out at the interval.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import hashlib
 import json
+import logging
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +34,13 @@ from agent import __version__
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
+    from config.schema import AgentConfig
 
 CONTENT_TYPE = "application/json"
+PRIORITY_NAMES = {0: "telemetry", 1: "business", 2: "critical"}
+_RATE_WINDOW_S = 60.0
+
+_log = logging.getLogger(__name__)
 
 
 def offline_payload(site: str, agent: str, reason: str) -> bytes:
@@ -27,15 +49,32 @@ def offline_payload(site: str, agent: str, reason: str) -> bytes:
     )
 
 
-async def online_payload(agent: Agent) -> bytes:
-    return _encode(await snapshot(agent))
+def config_fingerprint(config: AgentConfig) -> str:
+    """A short hash of the config's meaning (not its comments or layout)."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+
+
+class ForwardRate:
+    """Events forwarded per second over the last minute, from samples of the counter."""
+
+    def __init__(self) -> None:
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+
+    def sample(self, total: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, total))
+        while self._samples and now - self._samples[0][0] > _RATE_WINDOW_S:
+            self._samples.popleft()
+
+    def per_second(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return round((n1 - n0) / (t1 - t0), 2) if t1 > t0 else 0.0
 
 
 async def snapshot(agent: Agent) -> dict[str, Any]:
-    """The status document, from the state the agent already keeps."""
-    stats = await agent.buffer.stats()
-    now = time.time()
-    oldest = stats.oldest_pending_at
+    """The full status document, from the state the agent already keeps."""
     return {
         "state": "online",
         "site": agent.config.agent.site,
@@ -43,44 +82,136 @@ async def snapshot(agent: Agent) -> dict[str, Any]:
         "version": __version__,
         "at": _now(),
         "started_at": datetime.fromtimestamp(agent.started_at, UTC).isoformat(),
-        "uptime_s": round(now - agent.started_at, 1),
-        "sources": {
-            runner.connector.name: {
-                "state": runner.state,
-                "connected": runner.connector.health.connected,
-                "readings_total": runner.connector.health.readings_total,
-                "last_value_at": _iso(runner.connector.health.last_value_at),
-                "last_error": runner.connector.health.last_error,
-                "signal_errors": dict(runner.connector.health.signal_errors),
-            }
-            for runner in agent.sources
-        },
-        "buffer": {
-            "pending": stats.pending,
-            "pending_by_priority": _by_priority(stats.pending_by_priority),
-            "oldest_pending_age_s": round(now - oldest, 3) if oldest is not None else None,
-            "last_seq": stats.last_seq,
-            "dead_letters": stats.dead_letters,
-            "file_bytes": stats.file_bytes,
-        },
+        "uptime_s": round(time.time() - agent.started_at, 1),
+        "config_fingerprint": agent.config_fingerprint,
+        "interval_s": agent.config.hub.status_interval_s,
+        "sources": sources_status(agent),
+        "buffer": await buffer_status(agent),
         "pipeline": {
             "readings_total": agent.pipeline.counters.readings_total,
             "events_accepted_total": agent.pipeline.counters.events_accepted_total,
             "events_duplicate_total": agent.pipeline.counters.events_duplicate_total,
             "readings_unmappable_total": agent.pipeline.counters.readings_unmappable_total,
+            # Buffer full of events that are never evicted: sources paused (README).
+            "backpressure": agent.pipeline.counters.backpressure,
+            "backpressure_since": _iso_ts(agent.pipeline.counters.backpressure_since),
+        },
+        "mapping": {  # master-data codes no lookup knew, per lookup table
+            "codes_unmapped_total": dict(agent.mapper.counters.codes_unmapped_total),
+            "codes_dead_lettered_total": dict(agent.mapper.counters.codes_dead_lettered_total),
         },
         "forwarder": {
             "connected": agent.session.connected,
             "events_forwarded_total": agent.forwarder.counters.events_forwarded_total,
             "events_dead_lettered_total": agent.forwarder.counters.events_dead_lettered_total,
             "last_puback_at": _iso_ts(agent.forwarder.counters.last_puback_at),
+            "events_per_s": agent.status.rate.per_second(),
         },
+        "commands": agent.commands.counters.as_dict(),
     }
 
 
-def _by_priority(counts: Mapping[int, int]) -> dict[str, int]:
-    names = {0: "telemetry", 1: "business", 2: "critical"}
-    return {names.get(priority, str(priority)): count for priority, count in counts.items()}
+def sources_status(agent: Agent) -> dict[str, dict[str, Any]]:
+    return {
+        runner.connector.name: {
+            "state": runner.state,
+            "connected": runner.connector.health.connected,
+            "readings_total": runner.connector.health.readings_total,
+            "last_value_at": _iso(runner.connector.health.last_value_at),
+            "last_error": runner.connector.health.last_error,
+            "signal_errors": dict(runner.connector.health.signal_errors),
+            "disconnected_at": _iso(runner.connector.health.disconnected_at),
+            "reconnected_at": _iso(runner.connector.health.reconnected_at),
+            "notices": dict(runner.connector.health.notices),
+        }
+        for runner in agent.sources
+    }
+
+
+async def buffer_status(agent: Agent) -> dict[str, Any]:
+    stats = await agent.buffer.stats()
+    now = time.time()
+    oldest = stats.oldest_pending_at
+    evictions: dict[int, int] = collections.Counter()
+    for (priority, _kind, _reason), count in stats.evictions.items():
+        evictions[priority] += count
+    classes = {
+        name: {
+            "pending": stats.pending_by_priority.get(priority, 0),
+            "evictions": evictions.get(priority, 0),
+        }
+        for priority, name in PRIORITY_NAMES.items()
+    }
+    return {
+        "pending": stats.pending,
+        "oldest_pending_age_s": round(now - oldest, 3) if oldest is not None else None,
+        "classes": classes,
+        "last_seq": stats.last_seq,
+        "dead_letters": stats.dead_letters,
+        "file_bytes": stats.file_bytes,
+    }
+
+
+class StatusPublisher:
+    """Publishes the retained status; see the module docstring for when."""
+
+    def __init__(self, agent: Agent, *, interval_s: float, min_gap_s: float = 1.0) -> None:
+        self._agent = agent
+        self._interval_s = interval_s
+        self._min_gap_s = min_gap_s
+        self._wake = asyncio.Event()
+        self._last_signature: tuple[Any, ...] | None = None
+        self._last_published = float("-inf")
+        self.rate = ForwardRate()
+        self.published_total = 0
+
+    def changed(self) -> None:
+        """Something worth telling the hub now happened (e.g. a source was paused)."""
+        self._wake.set()
+
+    async def publish(self) -> None:
+        """Publish now (also the session's on_connected: the link is usable)."""
+        agent = self._agent
+        self._last_signature = self._signature()
+        self._last_published = time.monotonic()
+        payload = _encode(await snapshot(agent))
+        future = agent.session.publish(
+            agent.status_topic, payload, qos=1, retain=True, content_type=CONTENT_TYPE
+        )
+        self.published_total += 1
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(future, timeout=5.0)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            asked = self._wake.is_set()
+            self._wake.clear()
+            self.rate.sample(self._agent.forwarder.counters.events_forwarded_total)
+            if not self._agent.session.connected:
+                continue
+            since = time.monotonic() - self._last_published
+            changed = asked or self._signature() != self._last_signature
+            if since >= self._interval_s or (changed and since >= self._min_gap_s):
+                try:
+                    await self.publish()
+                except Exception:
+                    _log.debug("status publish failed", exc_info=True)
+            elif changed:
+                self._wake.set()  # too soon after the last one: publish at the gap's end
+                await asyncio.sleep(self._min_gap_s - since)
+
+    def _signature(self) -> tuple[Any, ...]:
+        agent = self._agent
+        return (
+            agent.session.connected,
+            tuple(
+                (runner.state, runner.connector.health.connected,
+                 runner.connector.health.last_error)
+                for runner in agent.sources
+            ),
+        )
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -1,0 +1,599 @@
+"""Remote commands over MQTT v5 request/response: `{prefix}/{site}/{agent}/cmd/{command}`.
+
+A requester publishes a JSON object to the command topic with the MQTT v5 Response Topic (and
+usually Correlation Data) properties set; the answer goes to that Response Topic, with the same
+Correlation Data, as JSON: ``{"ok": true, "command", "agent", "at", "result"}`` or ``{"ok":
+false, "command", "agent", "at", "error": {"reason", "message"}}``.
+
+Commands: read-only ``status`` (full detail), ``sources``, ``buffer``, ``config`` (secrets
+redacted), ``ping``; mutating ``replay`` (since, until, types), ``reload``, ``pause`` and
+``resume`` (source). Mutating requests must be signed (`agent.signing`) by a key the config
+allows for that command; read-only ones may come unsigned if ``allow_unsigned_read_only``.
+
+Invariants
+----------
+- Nothing a requester sends can crash the agent or starve forwarding. `offer` (the session's
+  message callback, on the loop) does O(1) work: it checks the size, then puts the request on
+  a bounded queue (``queue_size``); a full queue drops the request (reason ``overloaded``,
+  counted, no answer: answering a flood would double it). One worker task takes requests at most
+  ``rate_per_s`` per second (token bucket, ``burst``), so parsing, Ed25519 verification and
+  SQLite reads for commands take a bounded share of the loop.
+- A payload over ``max_request_bytes`` is never kept: only the refusal is queued.
+- Every refusal is answered (when the request has a Response Topic) with a reason code and a
+  message saying what was wrong, counted per reason, and logged at most once per reason per
+  minute. A request without a Response Topic is counted (``no_response_topic``) and not run.
+- A response never goes to a topic with wildcards, to a `$` topic, or to this agent's own
+  events, status or command topics.
+- A command that raises is a bug: logged with its traceback, answered ``internal_error``; the
+  worker goes on. Each command runs within ``_COMMAND_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import groupby
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from paho.mqtt.properties import Properties
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from agent.events import CONTENT_TYPE as EVENTS_CONTENT_TYPE
+from agent.events import encode_batch
+from agent.forwarder import REPLAY_PROPERTY
+from agent.mqtt_session import MqttSession, MqttSessionError, PubAck
+from agent.signing import Refused, RequestVerifier
+from agent.status import buffer_status, config_fingerprint, snapshot, sources_status
+from config.loader import ConfigError, load_config
+from config.schema import (
+    MUTATING_COMMANDS,
+    RAW_KEY_PREFIX,
+    READ_ONLY_COMMANDS,
+    AgentConfig,
+    CommandsSection,
+    raw_public_key,
+    read_public_key_file,
+)
+
+if TYPE_CHECKING:
+    from agent.runtime import Agent
+    from buffer.sqlite import SqliteBuffer
+
+CONTENT_TYPE = "application/json"
+_COMMAND_TIMEOUT_S = 30.0
+_LOG_EVERY_S = 60.0
+_MAX_RESPONSE_TOPIC = 512
+_REQUEST_FIELDS = frozenset({"args", "ts", "nonce", "key_id", "sig"})
+_SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|private|credential", re.IGNORECASE)
+
+_log = logging.getLogger(__name__)
+
+
+# -- arguments of each command -------------------------------------------------------------
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoArgs(_Args):
+    pass
+
+
+EventTypeName = Annotated[str, Field(strict=True, pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
+
+
+class ReplayArgs(_Args):
+    since: AwareDatetime = Field(description="replay events accepted at or after this time")
+    until: AwareDatetime | None = Field(default=None, description="... and before this time")
+    types: Annotated[list[EventTypeName], Field(min_length=1, max_length=20)] | None = Field(
+        default=None, description="event types, e.g. telemetry or telemetry.v1 (default: all)"
+    )
+
+
+class SourceArgs(_Args):
+    source: str = Field(strict=True, min_length=1, max_length=64)
+
+
+# -- counters and the refusal log ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CommandCounters:
+    handled_total: collections.Counter[str] = field(default_factory=collections.Counter)
+    refused_total: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {
+            "handled_total": dict(self.handled_total),
+            "refused_total": dict(self.refused_total),
+        }
+
+
+class _RefusalLog:
+    """Logs a refusal reason at most once per minute, with how many were not logged."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._quiet: collections.Counter[str] = collections.Counter()
+
+    def note(self, reason: str, command: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(reason)
+        if last is not None and now - last < _LOG_EVERY_S:
+            self._quiet[reason] += 1
+            return
+        self._last[reason] = now
+        more = self._quiet.pop(reason, 0)
+        suffix = f" ({more} more refused for this reason in the last minute)" if more else ""
+        _log.warning("command %r refused (%s): %s%s", command[:64], reason, message, suffix)
+
+
+class TokenBucket:
+    """`rate_per_s` tokens a second, at most `burst` saved up; `take` waits for one."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    async def take(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    command: str
+    payload: bytes
+    response_topic: str | None
+    correlation_data: bytes | None
+    refused: Refused | None = None
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+class CommandServer:
+    """Answers command requests for one agent; see the module docstring."""
+
+    def __init__(self, agent: Agent, settings: CommandsSection, verifier: RequestVerifier) -> None:
+        self._agent = agent
+        self._settings = settings
+        self._verifier = verifier
+        self._root = agent.topic_root
+        self.topic_filter = f"{self._root}/cmd/+"
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue(settings.queue_size)
+        self._bucket = TokenBucket(settings.rate_per_s, settings.burst)
+        self._refusals = _RefusalLog()
+        self.counters = CommandCounters()
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "status": self._status,
+            "sources": self._sources,
+            "buffer": self._buffer,
+            "config": self._config,
+            "ping": self._ping,
+            "replay": self._replay,
+            "reload": self._reload,
+            "pause": self._pause,
+            "resume": self._resume,
+        }
+
+    def replace_settings(self, settings: CommandsSection, verifier: RequestVerifier) -> None:
+        """Take new keys and limits after a reload (the queue keeps its size until restart)."""
+        self._settings = settings
+        self._verifier = verifier
+        self._bucket = TokenBucket(settings.rate_per_s, settings.burst)
+
+    # -- intake: the session's on_message callback, on the loop; O(1) ----------------------
+
+    def offer(self, topic: str, payload: bytes, properties: Properties | None) -> None:
+        prefix = f"{self._root}/cmd/"
+        if not topic.startswith(prefix):
+            return
+        command = topic[len(prefix):]
+        response_topic = getattr(properties, "ResponseTopic", None)
+        correlation = getattr(properties, "CorrelationData", None)
+        request = _Request(
+            command=command,
+            payload=payload,
+            response_topic=response_topic if isinstance(response_topic, str) else None,
+            correlation_data=bytes(correlation) if correlation is not None else None,
+        )
+        if len(payload) > self._settings.max_request_bytes:
+            request = _Request(
+                command, b"", request.response_topic, request.correlation_data,
+                Refused(
+                    "too_large",
+                    f"request is {len(payload)} bytes; the limit is "
+                    f"{self._settings.max_request_bytes} bytes",
+                ),
+            )
+        try:
+            self._queue.put_nowait(request)
+        except asyncio.QueueFull:
+            self._count_refusal(
+                command, Refused("overloaded", "command queue full; request dropped unanswered")
+            )
+
+    # -- the worker -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Handle requests until cancelled, at most `rate_per_s` a second."""
+        while True:
+            request = await self._queue.get()
+            await self._bucket.take()
+            try:
+                await self._handle(request)
+            except Exception:  # a bug here must not stop the command server
+                _log.exception("command %r: unexpected failure", request.command[:64])
+
+    async def _handle(self, request: _Request) -> None:
+        command = request.command
+        response_topic = request.response_topic
+        if response_topic is None:
+            self._count_refusal(
+                command, Refused("no_response_topic", "request has no MQTT v5 Response Topic")
+            )
+            return
+        problem = self._response_topic_problem(response_topic)
+        if problem is not None:
+            self._count_refusal(command, Refused("bad_response_topic", problem))
+            return
+        try:
+            if request.refused is not None:
+                raise request.refused
+            result = await self._execute(command, request.payload)
+        except Refused as refused:
+            self._count_refusal(command, refused)
+            self._respond(request, {"ok": False, "error": {
+                "reason": refused.reason, "message": refused.message}})
+            return
+        except Exception:
+            _log.exception("command %r failed", command)
+            self.counters.refused_total["internal_error"] += 1
+            self._respond(request, {"ok": False, "error": {
+                "reason": "internal_error", "message": "the command failed; see the agent log"}})
+            return
+        self.counters.handled_total[command] += 1
+        self._respond(request, {"ok": True, "result": result})
+
+    async def _execute(self, command: str, payload: bytes) -> Any:
+        handler = self._handlers.get(command)
+        if handler is None:
+            known = ", ".join((*READ_ONLY_COMMANDS, *MUTATING_COMMANDS))
+            raise Refused("unknown_command", f"unknown command {command[:64]!r}; known: {known}")
+        request = parse_request(payload)
+        signed = any(name in request for name in ("sig", "key_id", "nonce", "ts"))
+        if command in MUTATING_COMMANDS or signed or not self._settings.allow_unsigned_read_only:
+            key_id = self._verifier.verify(command, request)
+            if command in MUTATING_COMMANDS:
+                _log.info("command %s accepted, signed by key %r", command, key_id)
+        args = request.get("args", {})
+        try:
+            async with asyncio.timeout(_COMMAND_TIMEOUT_S):
+                return await handler(args)
+        except TimeoutError as error:
+            raise Refused(
+                "timeout", f"{command} did not finish in {_COMMAND_TIMEOUT_S:g} s"
+            ) from error
+
+    def _response_topic_problem(self, topic: str) -> str | None:
+        if not topic or len(topic) > _MAX_RESPONSE_TOPIC:
+            return f"response topic must be 1 to {_MAX_RESPONSE_TOPIC} characters"
+        if "+" in topic or "#" in topic or topic.startswith("$") or "\x00" in topic:
+            return "response topic must not hold wildcards, start with $ or hold NUL"
+        root = self._root
+        if topic == f"{root}/status" or topic.startswith((f"{root}/events/", f"{root}/cmd/")):
+            return "response topic must not be this agent's events, status or command topic"
+        return None
+
+    def _respond(self, request: _Request, body: dict[str, Any]) -> None:
+        assert request.response_topic is not None
+        document = {
+            "ok": body["ok"],
+            "command": request.command[:64],
+            "agent": f"{self._agent.config.agent.site}/{self._agent.config.agent.id}",
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            **{key: value for key, value in body.items() if key != "ok"},
+        }
+        payload = json.dumps(document, separators=(",", ":"), default=str).encode()
+        try:
+            future = self._agent.session.publish(
+                request.response_topic,
+                payload,
+                qos=1,
+                content_type=CONTENT_TYPE,
+                correlation_data=request.correlation_data,
+            )
+        except MqttSessionError as error:
+            self.counters.refused_total["response_not_sent"] += 1
+            _log.debug("response to %s not sent: %s", request.command[:64], error)
+            return
+        future.add_done_callback(_ignore_outcome)
+
+    def _count_refusal(self, command: str, refused: Refused) -> None:
+        self.counters.refused_total[refused.reason] += 1
+        self._refusals.note(refused.reason, command, refused.message)
+
+    # -- the commands ----------------------------------------------------------------------
+
+    async def _status(self, args: dict[str, Any]) -> Any:
+        _parse_args(NoArgs, args)
+        return await snapshot(self._agent)
+
+    async def _sources(self, args: dict[str, Any]) -> Any:
+        _parse_args(NoArgs, args)
+        return sources_status(self._agent)
+
+    async def _buffer(self, args: dict[str, Any]) -> Any:
+        _parse_args(NoArgs, args)
+        return await buffer_status(self._agent)
+
+    async def _config(self, args: dict[str, Any]) -> Any:
+        _parse_args(NoArgs, args)
+        return redacted(self._agent.config.model_dump(mode="json"))
+
+    async def _ping(self, args: dict[str, Any]) -> Any:
+        _parse_args(NoArgs, args)
+        return {"pong": True, "uptime_s": round(time.time() - self._agent.started_at, 1)}
+
+    async def _replay(self, args: dict[str, Any]) -> Any:
+        parsed = _parse_args(ReplayArgs, args)
+        until = parsed.until or datetime.now(UTC)
+        if until <= parsed.since:
+            raise Refused("bad_args", "args.until must be after args.since")
+        try:
+            replayed = await self._agent.replay(
+                since=parsed.since.timestamp(),
+                until=until.timestamp(),
+                types=tuple(parsed.types) if parsed.types else None,
+            )
+        except ValueError as error:
+            raise Refused("bad_args", str(error)) from error
+        return {"replayed": replayed, "since": parsed.since.isoformat(),
+                "until": until.isoformat(), "types": parsed.types}
+
+    async def _reload(self, args: dict[str, Any]) -> Any:
+        _parse_args(NoArgs, args)
+        outcome = await self._agent.request_reload()
+        if not outcome.ok:
+            raise Refused("invalid_config", outcome.message)
+        return {"reloaded": True, "message": outcome.message,
+                "config_fingerprint": self._agent.config_fingerprint}
+
+    async def _pause(self, args: dict[str, Any]) -> Any:
+        parsed = _parse_args(SourceArgs, args)
+        runner = self._runner(parsed.source)
+        changed = await runner.pause()
+        self._agent.status.changed()
+        return {"source": parsed.source, "state": runner.state, "changed": changed}
+
+    async def _resume(self, args: dict[str, Any]) -> Any:
+        parsed = _parse_args(SourceArgs, args)
+        runner = self._runner(parsed.source)
+        changed = runner.resume()
+        self._agent.status.changed()
+        return {"source": parsed.source, "state": runner.state, "changed": changed}
+
+    def _runner(self, name: str) -> Any:
+        for runner in self._agent.sources:
+            if runner.connector.name == name:
+                return runner
+        names = ", ".join(runner.connector.name for runner in self._agent.sources)
+        raise Refused("bad_args", f"no source {name!r}; sources: {names}")
+
+
+def parse_request(payload: bytes) -> dict[str, Any]:
+    """The request object; an empty payload is `{}`. Refused("malformed") says what is wrong."""
+    if not payload.strip():
+        return {}
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Refused(
+            "malformed", f"payload is not UTF-8 JSON (invalid byte at offset {error.start})"
+        ) from error
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise Refused(
+            "malformed",
+            f"payload is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
+        ) from error
+    except RecursionError as error:
+        raise Refused("malformed", "payload JSON is nested too deeply") from error
+    if not isinstance(document, dict):
+        raise Refused(
+            "malformed", f"payload must be a JSON object, got {_json_type(document)}"
+        )
+    unknown = sorted(set(document) - _REQUEST_FIELDS)
+    if unknown:
+        raise Refused(
+            "malformed",
+            f"unknown field(s) {', '.join(repr(name)[:40] for name in unknown[:5])}; "
+            f"a request may hold {', '.join(sorted(_REQUEST_FIELDS))}",
+        )
+    args = document.get("args", {})
+    if not isinstance(args, dict):
+        raise Refused("malformed", f"args must be a JSON object, got {_json_type(args)}")
+    return document
+
+
+_ArgsModel = TypeVar("_ArgsModel", bound=BaseModel)
+
+
+def _parse_args(model: type[_ArgsModel], args: dict[str, Any]) -> _ArgsModel:
+    try:
+        return model.model_validate(args)
+    except ValidationError as error:
+        problems = []
+        for detail in error.errors()[:5]:
+            where = ".".join(str(part) for part in ("args", *detail["loc"]))
+            problems.append(f"{where}: {detail['msg']}")
+        raise Refused("bad_args", "; ".join(problems)) from error
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def redacted(value: Any, key: str = "") -> Any:
+    """`value` with every secret-looking key's value replaced (passwords, tokens, ...)."""
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) and v is not None else redacted(v, k))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(item, key) for item in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        scheme, _, rest = value.partition("://")
+        userinfo, _, host = rest.rpartition("@")
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}" if userinfo else value
+    return value
+
+
+def _ignore_outcome(future: asyncio.Future[PubAck]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a lost response is the requester's timeout
+
+
+# -- wiring the mutating commands to the runtime ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    ok: bool
+    message: str
+
+
+def build_verifier(config: AgentConfig) -> RequestVerifier:
+    """The request verifier for `config`; a key file that cannot be read now (it was checked
+    when the config was loaded) is logged and left out, so requests signed with it are refused."""
+    settings = config.commands
+    keys: dict[str, bytes] = {}
+    for name, spec in settings.keys.items():
+        try:
+            if spec.startswith(RAW_KEY_PREFIX):
+                keys[name] = raw_public_key(spec, name)
+            else:
+                keys[name] = read_public_key_file(Path(spec), name)
+        except ValueError as error:
+            _log.error("commands.keys.%s unusable: %s; requests signed with it are refused",
+                       name, error)
+    return RequestVerifier(
+        keys=keys,
+        allow={command: set(names) for command, names in settings.allow.items()},
+        target=f"{config.agent.site}/{config.agent.id}",
+        max_skew_s=settings.max_skew_s,
+        nonce_cache_size=settings.nonce_cache_size,
+    )
+
+
+async def reload_config(agent: Agent) -> ReloadOutcome:
+    """Re-read and validate the config file. An invalid file is refused and the running config
+    kept. A valid one is handed to `agent.reload_hook` (the process's reload path, the one
+    SIGHUP takes: it restarts the pipeline with the new config after this answer went out).
+
+    Without a hook (an `Agent` run on its own): `[commands]` (keys, allow lists, limits) is
+    applied in place; the site, agent id and topic prefix cannot change without a restart; any
+    other section that changed is named as needing a restart."""
+    path = agent.config_path
+    if path is None:
+        return ReloadOutcome(False, "the agent was started without a config file path")
+    try:
+        new = await asyncio.to_thread(load_config, path)
+    except ConfigError as error:
+        problems = "; ".join(problem.format() for problem in error.problems[:10])
+        _log.warning("reload refused, running config kept: %s", problems)
+        return ReloadOutcome(False, f"invalid config, running config kept: {problems}")
+    if agent.reload_hook is not None:
+        # After this step: the answer is handed to paho (in the same step, see `_handle`)
+        # before the reload can stop this generation's hub session.
+        asyncio.get_running_loop().call_soon(agent.reload_hook)
+        _log.info("reload requested remotely: %s is valid, reloading", path)
+        return ReloadOutcome(True, "config valid; reloading (sources and hub session restart)")
+    old = agent.config
+    if (new.agent.site, new.agent.id, new.hub.topic_prefix) != (
+        old.agent.site, old.agent.id, old.hub.topic_prefix
+    ):
+        return ReloadOutcome(
+            False, "agent.site, agent.id and hub.topic_prefix cannot change on reload; restart"
+        )
+    changed = [name for name in type(old).model_fields if getattr(new, name) != getattr(old, name)]
+    if "commands" in changed:
+        agent.commands.replace_settings(new.commands, build_verifier(new))
+        agent.config = old.model_copy(update={"commands": new.commands})
+        agent.config_fingerprint = config_fingerprint(agent.config)
+        agent.status.changed()
+    restart = [name for name in changed if name != "commands"]
+    parts = ["applied: commands" if "commands" in changed else "no change to apply"]
+    if restart:
+        parts.append(f"changed, needs a restart to apply: {', '.join(restart)}")
+    message = "; ".join(parts)
+    _log.info("config reloaded from %s: %s", path, message)
+    return ReloadOutcome(True, message)
+
+
+async def replay_retained(
+    buffer: SqliteBuffer,
+    session: MqttSession,
+    *,
+    topic_base: str,
+    since: float,
+    until: float,
+    kinds: Sequence[str] | None,
+    batch_max_events: int,
+    ack_timeout_s: float = 10.0,
+) -> int:
+    """Publish the delivered events the buffer retains from [since, until) again, as the
+    forwarder did (same ids and seqs, one message per type and chunk, MQTT v5 user property
+    `replay=true` like `edge-agent buffer replay`), one message in flight at a time; return
+    how many. ValueError if the hub is not connected or refuses one."""
+    if not session.connected:
+        raise ValueError("the hub is not connected; nothing replayed")
+    total = 0
+    chunk_size = max(1, min(batch_max_events, 200))
+    for kind in sorted(set(kinds)) if kinds else [None]:
+        async for records in buffer.retained(since=since, until=until, kind=kind):
+            for event_kind, group in groupby(records, key=lambda record: record.kind):
+                grouped = list(group)
+                for start in range(0, len(grouped), chunk_size):
+                    part = grouped[start:start + chunk_size]
+                    payload = encode_batch((record.seq, record.body) for record in part)
+                    try:
+                        future = session.publish(
+                            f"{topic_base}/{event_kind}", payload, qos=1,
+                            content_type=EVENTS_CONTENT_TYPE,
+                            user_properties=(REPLAY_PROPERTY,),
+                        )
+                        ack = await asyncio.wait_for(future, ack_timeout_s)
+                    except (MqttSessionError, TimeoutError) as error:
+                        raise ValueError(
+                            f"replay stopped after {total} event(s): {error or 'no PUBACK'}"
+                        ) from error
+                    if not ack.ok:
+                        raise ValueError(
+                            f"replay stopped after {total} event(s): the broker refused a "
+                            f"message ({ack.reason})"
+                        )
+                    total += len(part)
+    if total:
+        _log.info("replayed %d delivered event(s) on request", total)
+    return total
