@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test lint bench clean mosquitto-binary
+.PHONY: install install-test demo test lint bench clean mosquitto-binary packaging-tools deb
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"' || \
@@ -44,11 +44,29 @@ mosquitto-binary:
 	    echo "the tests need mosquitto; run: sudo apt-get install -y mosquitto"; exit 1; \
 	  fi; }
 
+# What tests/e2e/test_packaging.py needs: Debian's python3 with venv (packaging/build-deb),
+# systemd-analyze (verify and score the unit) and /bin/kill (the unit's ExecReload).
+packaging-tools:
+	@[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && \
+	  command -v systemd-analyze >/dev/null && [ -x /bin/kill ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv systemd procps (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      python3-venv systemd procps >/dev/null; \
+	  else \
+	    echo "the packaging tests need: sudo apt-get install -y python3-venv systemd procps"; \
+	    exit 1; \
+	  fi; }
+
+# The .deb in dist/ (see packaging/build-deb).
+deb:
+	packaging/build-deb --out dist
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check agent connectors buffer config tests bench
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-test mosquitto-binary lint
+test: $(VENV)/.installed-test mosquitto-binary packaging-tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Starts a local mosquitto on 1883 for the demo when the binary exists and nothing listens there.

@@ -5,6 +5,8 @@ Envelope (CloudEvents 1.0 attributes plus extensions), one msgpack map per event
     specversion "1.0" | id | source "/{site}/{agent}/{source name}" | type "<name>.v<N>"
     time (RFC 3339, source timestamp) | subject (asset path) | site | agent | quality
     seq (per agent, +1 per accepted event) | data (the type's fields, a map)
+    optional context extensions: assetpath (ISA-95) | workorder | product | unmapped
+    optional: backfilled ("true": read from the source's history after a gap)
 
 Invariants:
 - `id` is a UUIDv5 of the source fact: site, source, signal, source timestamp, value and event
@@ -20,8 +22,8 @@ Invariants:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -75,6 +77,59 @@ class ProductionCountV1(_Data):
     reset: bool = Field(default=False, description="The counter went back (reset) before this.")
 
 
+class QualityAlertV1(_Data):
+    """A quality limit was crossed (`start`) or is back within limits (`end`)."""
+
+    phase: Literal["start", "end"]
+    severity: Literal["info", "warning", "critical"]
+    value: bool | float | None = Field(description="The value (in `unit`) that crossed.")
+    unit: str | None = Field(default=None, description="UCUM unit code of value and limit.")
+    limit: float | None = Field(
+        default=None, description="The limit crossed (on end: the limit less the hysteresis)."
+    )
+    started_at: datetime | None = Field(default=None, description="On end: when it started.")
+    duration_s: float | None = Field(default=None, ge=0, description="On end: how long.")
+
+
+class MachineDowntimeV1(_Data):
+    """A machine stopped (`start`) or runs again (`end`), with the reason when a signal gives it."""
+
+    phase: Literal["start", "end"]
+    reason: str | None = Field(
+        default=None, description="Enterprise reason code (from a master-data lookup)."
+    )
+    reason_raw: str | None = Field(default=None, description="The plant's own reason code.")
+    value: bool | float | None = Field(description="The value that started or ended it.")
+    started_at: datetime | None = Field(default=None, description="On end: when it started.")
+    duration_s: float | None = Field(default=None, ge=0, description="On end: how long.")
+
+
+class MachineAlarmV1(_Data):
+    """An alarm or condition event of the machine (OPC UA Alarms & Conditions), as raised."""
+
+    message: str | None = Field(description="The alarm text the machine reported.")
+    severity: int | None = Field(
+        default=None, ge=0, le=1000, description="OPC UA severity, 1 (low) to 1000 (high)."
+    )
+    severity_class: Literal["info", "warning", "critical"] | None = Field(
+        default=None, description="Severity in three classes: <400 info, <700 warning."
+    )
+    condition: str | None = Field(default=None, description="The condition's name.")
+    source_name: str | None = Field(default=None, description="The part that raised it.")
+    active: bool | None = Field(default=None, description="The condition is active.")
+    acknowledged: bool | None = Field(default=None, description="It was acknowledged.")
+    event_type: str | None = Field(default=None, description="OPC UA event type NodeId.")
+
+
+class WorkorderCompletedV1(_Data):
+    """A work order was completed (its done bit rose), with the counts read at that moment."""
+
+    order: str = Field(description="The work order id.")
+    product: str | None = Field(default=None, description="Enterprise product/material code.")
+    good: int | None = Field(default=None, ge=0, description="Good parts of the order.")
+    scrap: int | None = Field(default=None, ge=0, description="Scrapped parts of the order.")
+
+
 @dataclass(frozen=True)
 class EventType:
     kind: EventKind
@@ -94,6 +149,18 @@ EVENT_TYPES: dict[EventKind, EventType] = {
     ),
     EventKind.PRODUCTION_COUNT: EventType(
         EventKind.PRODUCTION_COUNT, 1, ProductionCountV1, Priority.BUSINESS
+    ),
+    EventKind.QUALITY_ALERT: EventType(
+        EventKind.QUALITY_ALERT, 1, QualityAlertV1, Priority.CRITICAL
+    ),
+    EventKind.MACHINE_DOWNTIME: EventType(
+        EventKind.MACHINE_DOWNTIME, 1, MachineDowntimeV1, Priority.BUSINESS
+    ),
+    EventKind.WORKORDER_COMPLETED: EventType(
+        EventKind.WORKORDER_COMPLETED, 1, WorkorderCompletedV1, Priority.BUSINESS
+    ),
+    EventKind.MACHINE_ALARM: EventType(
+        EventKind.MACHINE_ALARM, 1, MachineAlarmV1, Priority.CRITICAL
     ),
 }
 EVENT_TYPES_BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES.values()}
@@ -119,6 +186,26 @@ class CloudEvent(BaseModel, Generic[DataT]):
     status: str | None = Field(
         default=None, description="The source's status name when quality is not good."
     )
+    # Context extensions (CloudEvents extension names: lower-case letters and digits only).
+    assetpath: str | None = Field(
+        default=None, description="ISA-95 path of the asset: enterprise/site/area/line[/cell]."
+    )
+    workorder: str | None = Field(
+        default=None, description="The work order the asset was on, when a signal tells it."
+    )
+    product: str | None = Field(
+        default=None, description="The product the asset was making, when a signal tells it."
+    )
+    unmapped: str | None = Field(
+        default=None,
+        description="Codes that no master-data lookup knew, passed through as `table:code`, "
+        "comma-separated.",
+    )
+    backfilled: Literal["true"] | None = Field(
+        default=None,
+        description="\"true\" when the agent read this value from the source's history after "
+        "a connection gap (OPC UA HistoryRead); same id as if it had been read live.",
+    )
     data: DataT
 
 
@@ -131,7 +218,56 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         schema["title"] = event_type.name
         schema["properties"]["type"]["const"] = event_type.name
         schemas[event_type.name] = schema
+    for name, agent_model in AGENT_EVENT_MODELS.items():
+        schema = CloudEvent[agent_model].model_json_schema()  # type: ignore[valid-type]
+        schema["title"] = name
+        schema["properties"]["type"]["const"] = name
+        schemas[name] = schema
     return schemas
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent's own event types (not fed by a signal; source "/{site}/{agent}/agent")
+
+
+class BufferOverflowV1(BaseModel):
+    """The buffer gave events up for room (README, "Delivery guarantees"): what, why, which seqs.
+
+    `evicted` events had been accepted (their seqs are gaps, named in `seq_ranges`); `sampled`
+    and `refused` events were never accepted (they used no seq)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    priority_class: Literal["critical", "business", "telemetry"]
+    event_type: str = Field(description="The versioned type of the events given up.")
+    reason: Literal["evicted", "sampled", "refused"]
+    count: int = Field(ge=1)
+    seq_ranges: list[tuple[int, int]] = Field(
+        default_factory=list, description="Inclusive [first, last] seq ranges of evicted events."
+    )
+
+
+BUFFER_OVERFLOW_TYPE = "agent.buffer.overflow.v1"
+AGENT_EVENT_MODELS: dict[str, type[BaseModel]] = {BUFFER_OVERFLOW_TYPE: BufferOverflowV1}
+
+
+def encode_agent_event(
+    type_name: str, *, event_id: str, site: str, agent: str, time: datetime, data: BaseModel
+) -> bytes:
+    """The stored envelope (without `seq`) of an event the agent itself produces."""
+    envelope: dict[str, Any] = {
+        "specversion": SPECVERSION,
+        "id": event_id,
+        "source": f"/{site}/{agent}/agent",
+        "type": type_name,
+        "time": rfc3339(time),
+        "subject": "agent",
+        "site": site,
+        "agent": agent,
+        "quality": "good",
+        "data": data.model_dump(mode="json"),
+    }
+    return msgpack.packb(envelope, use_bin_type=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +286,7 @@ class Event:
     quality: str
     status: str | None
     data: dict[str, Any]
+    extensions: Mapping[str, str] = field(default_factory=dict)  # assetpath, workorder, ...
 
 
 def event_id(
@@ -183,6 +320,7 @@ def encode_body(event: Event, *, site: str, agent: str) -> bytes:
     }
     if event.status is not None:
         envelope["status"] = event.status
+    envelope.update(event.extensions)
     return msgpack.packb(envelope, use_bin_type=True)
 
 
@@ -226,6 +364,9 @@ def decode_batch(payload: bytes) -> list[dict[str, Any]]:
 
 def validate_envelope(envelope: dict[str, Any]) -> CloudEvent[Any]:
     """Validate a decoded envelope against its type's contract (raises pydantic's error)."""
+    agent_model = AGENT_EVENT_MODELS.get(str(envelope.get("type")))
+    if agent_model is not None:
+        return CloudEvent[agent_model].model_validate(envelope)  # type: ignore[valid-type]
     event_type = EVENT_TYPES_BY_NAME.get(str(envelope.get("type")))
     if event_type is None:
         raise ValueError(f"unknown event type {envelope.get('type')!r}")

@@ -3,10 +3,20 @@
 Invariants
 ----------
 One paho client per connection.
-    Every connection attempt builds a new paho ``Client`` (callback API v2, MQTT v5,
-    clean_start=True, paho's own reconnect off). Paho therefore never reconnects and never re-sends
-    anything by itself: whatever was not acknowledged on the connection that carried it is
-    reported lost, and the caller (the forwarder) re-sends it from its durable buffer.
+    Every connection attempt builds a new paho ``Client`` (callback API v2, MQTT v5, paho's own
+    reconnect off). Paho therefore never reconnects and never re-sends anything by itself:
+    whatever was not acknowledged on the connection that carried it is reported lost, and the
+    caller (the forwarder) re-sends it from its durable buffer.
+
+Session expiry.
+    With ``session_expiry_s`` > 0 the broker keeps the MQTT session (subscriptions, QoS 1
+    messages queued *for* the agent) that long after a connection drops. The first connection
+    of a ``MqttSession`` uses clean_start=True (nothing stale from an earlier process), every
+    reconnect clean_start=False, so a short outage loses no subscription and no command sent
+    meanwhile. This changes nothing for the agent's own publishes: the server keeps no state
+    for QoS 1 messages it received, and a new paho client re-sends nothing, so the ack rule
+    below holds either way. ``close()`` sets the expiry to 0 in its DISCONNECT: a clean stop
+    leaves no session behind. With ``session_expiry_s`` = 0, every connection is clean.
 
 The ack rule.
     ``publish()`` returns one future per message. For QoS 1 it resolves only with the broker's
@@ -177,6 +187,32 @@ def _reason_text(reason: ReasonCode) -> str:
     return f"{reason.getName()} (0x{reason.value:02x})"
 
 
+# OpenSSL's words for the TLS failures an operator can fix, and what to fix.
+_TLS_HINTS = (
+    ("CERTIFICATE_VERIFY_FAILED", "TLS: the broker's certificate is not trusted (check hub.ca_file "
+     "and that the hub URL's host name is in the certificate)"),
+    ("ALERT_CERTIFICATE_EXPIRED", "TLS: the broker refused this agent's certificate: it has "
+     "expired (renew hub.cert_file)"),
+    ("ALERT_CERTIFICATE_REQUIRED", "TLS: the broker requires a client certificate (set "
+     "hub.cert_file and hub.key_file)"),
+    ("ALERT_UNKNOWN_CA", "TLS: the broker does not trust the CA of this agent's certificate "
+     "(hub.cert_file)"),
+    ("ALERT_BAD_CERTIFICATE", "TLS: the broker refused this agent's certificate (hub.cert_file)"),
+    ("ALERT_CERTIFICATE_REVOKED", "TLS: the broker says this agent's certificate is revoked"),
+    ("WRONG_VERSION_NUMBER", "TLS: the broker did not answer in TLS (is it a plain mqtt:// "
+     "port?)"),
+)
+
+
+def explain_connect_error(text: str) -> str:
+    """A connect or socket error in an operator's words, OpenSSL's own text kept in brackets."""
+    upper = text.upper().replace(" ", "_")
+    for marker, hint in _TLS_HINTS:
+        if marker in upper:
+            return f"{hint} [{text}]"
+    return text
+
+
 class MqttSession:
     """A self-healing MQTT v5 connection to one broker; see the module docstring.
 
@@ -194,6 +230,7 @@ class MqttSession:
         tls: ssl.SSLContext | None = None,
         username: str | None = None,
         password: str | None = None,
+        session_expiry_s: int = 0,
         will: WillMessage | None = None,
         connect_timeout_s: float = 10.0,
         reconnect_min_s: float = 0.5,
@@ -211,6 +248,8 @@ class MqttSession:
         self._tls = tls
         self._username = username
         self._password = password
+        self._session_expiry_s = session_expiry_s
+        self._resume_session = False  # clean_start=False from the second connection on
         self._will = will
         self._connect_timeout_s = connect_timeout_s
         self._reconnect_min_s = reconnect_min_s
@@ -242,6 +281,8 @@ class MqttSession:
         self._ever_connected = False
         self._down_since: float | None = None
         self._outage_logged = False
+        self.session_present = False  # the broker resumed a stored session at the last CONNACK
+        self.last_error: str | None = None  # why the last attempt failed or the link dropped
 
     # -- public API --------------------------------------------------------------------------
 
@@ -298,15 +339,22 @@ class MqttSession:
         retain: bool = False,
         content_type: str | None = None,
         user_properties: Sequence[tuple[str, str]] = (),
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
     ) -> asyncio.Future[PubAck]:
         """Send one PUBLISH now; the future resolves with its PUBACK (see the ack rule).
 
+        ``response_topic`` and ``correlation_data`` set the MQTT v5 request/response properties
+        (a request names where to answer; an answer repeats the request's correlation data).
         Raises NotConnected while the link is down or the session is closing, PacketTooLarge if
         the packet exceeds the broker's maximum. The link is usable during ``on_connected``.
         """
         if self._closing:
             raise NotConnected("session is closing")
-        return self._publish(topic, payload, qos, retain, content_type, user_properties)
+        return self._publish(
+            topic, payload, qos, retain, content_type, user_properties,
+            response_topic=response_topic, correlation_data=correlation_data,
+        )
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now if connected (waits for SUBACK) and again after every reconnect.
@@ -347,7 +395,12 @@ class MqttSession:
             if client is not None:
                 if self._link_up:
                     await self._publish_final(final)
-                    client.disconnect()  # DISCONNECT reason 0: normal, no will
+                    # DISCONNECT reason 0: normal, no will; and no session left behind.
+                    ending: Properties | None = None
+                    if self._session_expiry_s > 0:
+                        ending = _new_properties(PacketTypes.DISCONNECT)
+                        ending.SessionExpiryInterval = 0
+                    client.disconnect(properties=ending)
                     await self._wait_event(self._lost, _CLOSE_TIMEOUT_S)
                 await self._discard(client)
             self._mark_down("session closed")
@@ -388,7 +441,17 @@ class MqttSession:
         connack: asyncio.Future[str | None] = loop.create_future()
         self._client = client
         self._connack = connack
-        client.connect_async(self._host, self._port, keepalive=self._keepalive_s, clean_start=True)
+        properties: Properties | None = None
+        if self._session_expiry_s > 0:
+            properties = _new_properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self._session_expiry_s
+        client.connect_async(
+            self._host,
+            self._port,
+            keepalive=self._keepalive_s,
+            clean_start=not self._resume_session,
+            properties=properties,
+        )
         client.loop_start()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -477,18 +540,30 @@ class MqttSession:
             with contextlib.suppress(RuntimeError):  # loop already closed: nobody to tell
                 loop.call_soon_threadsafe(callback, client, *args)
 
-        def on_connect(_c: Any, _u: Any, _f: Any, reason: ReasonCode, props: Any) -> None:
-            to_loop(self._handle_connack, reason, props)
+        def on_connect(_c: Any, _u: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+            present = bool(getattr(flags, "session_present", False))
+            to_loop(self._handle_connack, reason, props, present)
+
+        # Paho reports why a socket read or write failed only to its log (e.g. the broker's TLS
+        # alert when it refuses this agent's certificate); keep the latest for the loss reason.
+        socket_error: list[str] = []
+
+        def on_log(_c: Any, _u: Any, level: int, text: str) -> None:
+            if level == mqtt.MQTT_LOG_ERR and "on socket" in text:
+                socket_error[:] = [text.split(": ", 1)[-1]]
 
         def on_connect_fail(c: mqtt.Client, _u: Any) -> None:
             # Runs inside paho's `except OSError`: the error is the one being handled.
             error = sys.exc_info()[1]
             c.disconnect()  # stop paho retrying the first connect by itself
-            to_loop(self._handle_connect_fail, f"{error}" if error else "TCP connect failed")
+            text = explain_connect_error(f"{error}") if error else "TCP connect failed"
+            to_loop(self._handle_connect_fail, text)
 
         def on_disconnect(_c: Any, _u: Any, flags: Any, reason: ReasonCode, _p: Any) -> None:
             if getattr(flags, "is_disconnect_packet_from_server", False):
                 text = f"broker closed the connection: {_reason_text(reason)}"
+            elif socket_error:
+                text = f"connection lost: {explain_connect_error(socket_error[0])}"
             else:
                 text = "connection lost"
             to_loop(self._handle_link_lost, text)
@@ -507,6 +582,7 @@ class MqttSession:
             properties = getattr(message, "properties", None)
             to_loop(self._handle_message, topic, bytes(message.payload), properties)
 
+        client.on_log = on_log
         client.on_connect = on_connect
         client.on_connect_fail = on_connect_fail
         client.on_disconnect = on_disconnect
@@ -515,7 +591,9 @@ class MqttSession:
         client.on_message = on_message
         return client
 
-    def _handle_connack(self, client: mqtt.Client, reason: ReasonCode, props: Any) -> None:
+    def _handle_connack(
+        self, client: mqtt.Client, reason: ReasonCode, props: Any, session_present: bool
+    ) -> None:
         connack = self._connack
         if client is not self._client or connack is None or connack.done():
             return
@@ -523,6 +601,8 @@ class MqttSession:
             connack.set_result(f"connection refused by broker: {_reason_text(reason)}")
             return
         self._link_up = True
+        self.session_present = session_present
+        self._resume_session = self._session_expiry_s > 0
         self._epoch += 1
         self._lost = asyncio.Event()
         max_packet_size = getattr(props, "MaximumPacketSize", None)
@@ -597,17 +677,29 @@ class MqttSession:
         retain: bool,
         content_type: str | None,
         user_properties: Sequence[tuple[str, str]],
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
     ) -> asyncio.Future[PubAck]:
         client = self._client
         if client is None or not self._link_up:
             raise NotConnected("not connected to the hub")
         properties: Properties | None = None
-        if content_type is not None or user_properties:
+        if (
+            content_type is not None
+            or user_properties
+            or response_topic is not None
+            or correlation_data is not None
+        ):
             properties = _new_properties(PacketTypes.PUBLISH)
             if content_type is not None:
                 properties.ContentType = content_type
             if user_properties:
                 properties.UserProperty = list(user_properties)
+            if response_topic is not None:
+                properties.ResponseTopic = response_topic
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
         limit = self._max_packet_size or _PROTOCOL_MAX_PACKET_SIZE
         size = publish_packet_size(topic, payload, qos, properties)
         if size > limit:
@@ -679,6 +771,7 @@ class MqttSession:
         self._outage_logged = False
 
     def _note_unreachable(self, reason: str) -> None:
+        self.last_error = reason
         if self._down_since is None:
             self._down_since = time.monotonic()
         if not self._outage_logged:

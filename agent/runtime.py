@@ -13,6 +13,11 @@ Stop order (the reverse, each step bounded by `agent.shutdown_grace_s`):
    does not publish the will);
 5. the buffer is closed (WAL checkpointed by SQLite on close).
 
+A reload (`agent.service`) runs steps 1-4 (status `offline`, reason `reloading`), keeps the
+buffer open and runs a new `Agent` built from the new config on it. Building an `Agent` starts
+nothing; it reads the hub's secrets and TLS files (`agent.credentials`), so a bad one fails
+there, before the running generation is touched.
+
 Each source runs in a `SourceRunner`, which owns reconnects: capped exponential backoff with
 full jitter, state changes logged once ("unavailable", "back after 42 s"), a config error
 stops that source only.
@@ -24,21 +29,33 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+from paho.mqtt.properties import Properties
+
+from agent import store
+from agent.commands import (
+    CommandServer,
+    ReloadOutcome,
+    build_verifier,
+    reload_config,
+    replay_retained,
+)
+from agent.credentials import hub_credentials
 from agent.forwarder import Forwarder
 from agent.mapping import Mapper
+from agent.mapping_state import COUNTERS_FILE, CounterBaselines
 from agent.mqtt_session import MqttSession, WillMessage
 from agent.pipeline import Pipeline
 from agent.status import CONTENT_TYPE as STATUS_CONTENT_TYPE
-from agent.status import offline_payload, online_payload
+from agent.status import StatusPublisher, config_fingerprint, offline_payload
 from buffer.sqlite import SqliteBuffer
-from config.schema import AgentConfig, OpcUaSource
+from config.schema import AgentConfig, OpcUaSource, SimulatedSource
 from connectors.base import Connector, Emit, SourceConfigError, SourceUnavailable
 from connectors.opcua import OpcUaConnector
+from connectors.simulated import SimulatedConnector
 
 _log = logging.getLogger(__name__)
 
@@ -50,7 +67,9 @@ def buffer_path(config: AgentConfig) -> Path:
     return config.agent.state_dir / BUFFER_FILE
 
 
-def build_connector(source: OpcUaSource) -> Connector:
+def build_connector(source: OpcUaSource | SimulatedSource) -> Connector:
+    if isinstance(source, SimulatedSource):
+        return SimulatedConnector(source.name, source, source.signals)
     return OpcUaConnector(source.name, source, source.signals)
 
 
@@ -63,17 +82,71 @@ class SourceRunner:
         self.connector = connector
         self.state = "starting"
         self._backoff_min_s = backoff_min_s
-        self._backoff_max_s = backoff_max_s
+        self._backoff_max_s = max(backoff_max_s, backoff_min_s)
+        # Own generator, seeded from the OS: agents restarted together (a plant power cycle)
+        # still spread their reconnects instead of hitting a recovering server in lockstep.
+        self._random = random.Random()
+        # Remote pause/resume (agent.commands): cleared while paused.
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._connector_task: asyncio.Task[None] | None = None
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    async def pause(self, grace_s: float = 10.0) -> bool:
+        """Stop the connector (it closes its session) until `resume()`; False if it was
+        already paused. Readings it handed over before are kept."""
+        if self.paused:
+            return False
+        self._resumed.clear()
+        self.state = "paused"
+        task = self._connector_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=grace_s)
+        _log.info("source=%s paused", self.connector.name)
+        return True
+
+    def resume(self) -> bool:
+        """Start the connector again after `pause()`; False if it was not paused."""
+        if not self.paused:
+            return False
+        self._resumed.set()
+        _log.info("source=%s resumed", self.connector.name)
+        return True
+
+    async def _run_connector(self, emit: Emit) -> bool:
+        """Run the connector in its own task (so `pause` can stop it); False if paused."""
+        name = f"connector-{self.connector.name}"
+        task = asyncio.create_task(self.connector.run(emit), name=name)
+        self._connector_task = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.paused and (current is None or current.cancelling() == 0):
+                return False  # pause() cancelled the connector, not the agent's stop
+            raise
+        finally:
+            self._connector_task = None
+        return True
 
     async def run(self, emit: Emit) -> None:
         name = self.connector.name
         delay = self._backoff_min_s
         down_since: float | None = None
         while True:
+            if self.paused:
+                self.state = "paused"
+                await self._resumed.wait()
+                delay, down_since = self._backoff_min_s, None
             started = time.monotonic()
             try:
                 self.state = "running"
-                await self.connector.run(emit)
+                if not await self._run_connector(emit):
+                    continue
                 raise SourceUnavailable("connector returned")
             except SourceConfigError as error:
                 self.state = "failed"
@@ -95,27 +168,35 @@ class SourceRunner:
             if down_since is None:
                 down_since = time.monotonic()
                 _log.warning("source=%s unavailable: %s; retrying with backoff", name, reason)
-            await asyncio.sleep(random.uniform(0, delay) + self._backoff_min_s / 2)
+            # Full jitter within [min/2, delay], never above the configured cap.
+            await asyncio.sleep(self._random.uniform(self._backoff_min_s / 2, delay))
             delay = min(delay * 2, self._backoff_max_s)
 
 
 class Agent:
     """One running agent. Build it with `Agent.open(config)`."""
 
-    def __init__(self, config: AgentConfig, buffer: SqliteBuffer) -> None:
+    def __init__(
+        self, config: AgentConfig, buffer: SqliteBuffer, config_path: Path | None = None
+    ) -> None:
         self.config = config
         self.buffer = buffer
         self.started_at = time.time()
+        self.stop_reason = "stopped"  # the `offline` status reason; "reloading" on a reload
         site, agent_id = config.agent.site, config.agent.id
         self.topic_root = f"{config.hub.topic_prefix}/{site}/{agent_id}"
         self.status_topic = f"{self.topic_root}/status"
         hub = config.hub
+        credentials = hub_credentials(hub)  # CredentialError: a config error, says which key
         self.session = MqttSession(
             host=hub.host,
             port=hub.port,
             client_id=config.client_id,
             keepalive_s=hub.keepalive_s,
-            tls=_tls_context() if hub.tls else None,
+            tls=credentials.tls,
+            username=credentials.username,
+            password=credentials.password,
+            session_expiry_s=hub.session_expiry_s,
             will=WillMessage(
                 topic=self.status_topic,
                 payload=offline_payload(site, agent_id, "connection lost"),
@@ -126,6 +207,7 @@ class Agent:
             reconnect_min_s=hub.reconnect_min_s,
             reconnect_max_s=hub.reconnect_max_s,
             on_connected=self._publish_status,
+            on_message=self._on_message,
         )
         self.forwarder = Forwarder(
             buffer,
@@ -134,25 +216,46 @@ class Agent:
             batch_max_events=hub.batch_max_events,
             batch_max_wait_s=hub.batch_max_wait_ms / 1000,
             max_inflight=hub.max_inflight,
+            pacing=store.pacing(config),
         )
+        self.mapper = Mapper.from_config(config)
+        baselines = CounterBaselines(config.agent.state_dir / COUNTERS_FILE, self.mapper)
+        baselines.restore()  # a small JSON file, read once before anything runs
         self.pipeline = Pipeline(
-            Mapper.from_config(config),
+            self.mapper,
             buffer,
             site=site,
             agent=agent_id,
             on_accepted=self.forwarder.wake,
+            priorities=store.priorities(config),
+            overflow_priority=store.overflow_priority(config),
+            baselines=baselines,
         )
-        self.sources = [SourceRunner(build_connector(source)) for source in config.sources]
+        self.sources = [
+            SourceRunner(
+                build_connector(source),
+                backoff_min_s=source.reconnect_min_s,
+                backoff_max_s=source.reconnect_max_s,
+            )
+            for source in config.sources
+        ]
+        # Remote status and commands (agent.status, agent.commands).
+        self.config_path = config_path
+        self.config_fingerprint = config_fingerprint(config)
+        self.status = StatusPublisher(self, interval_s=hub.status_interval_s)
+        self.commands = CommandServer(self, config.commands, build_verifier(config))
+        # The process's reload path (`AgentService.request_reload`, the same one SIGHUP takes);
+        # the remote `reload` command calls it once the file validated. None: in-place fallback.
+        self.reload_hook: Callable[[], None] | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, config: AgentConfig) -> AsyncIterator[Agent]:
-        async with SqliteBuffer.open(
-            buffer_path(config),
-            synchronous=config.buffer.synchronous,
-            retention_s=config.buffer.retention_s,
-        ) as buffer:
-            yield cls(config, buffer)
+    async def open(
+        cls, config: AgentConfig, config_path: Path | None = None
+    ) -> AsyncIterator[Agent]:
+        # The state dir lock first: a second agent is refused before it touches the buffer.
+        async with store.open_store(config) as buffer:
+            yield cls(config, buffer, config_path)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order (module docstring)."""
@@ -160,7 +263,8 @@ class Agent:
         async with self.session, asyncio.TaskGroup() as group:
             forwarder = group.create_task(self.forwarder.run(), name="forwarder")
             pipeline = group.create_task(self.pipeline.run(), name="pipeline")
-            status = group.create_task(self._status_loop(), name="status")
+            status = group.create_task(self.status.run(), name="status")
+            commands = group.create_task(self._serve_commands(), name="commands")
             housekeeping = group.create_task(self._housekeeping_loop(), name="housekeeping")
             sources = [
                 group.create_task(
@@ -174,6 +278,7 @@ class Agent:
             )
             await stop.wait()
             _log.info("stopping")
+            await _cancel([commands], grace)
             await _cancel(sources, grace)
             await self.pipeline.stop(pipeline, grace)
             await self.forwarder.drain(grace)
@@ -183,7 +288,9 @@ class Agent:
                 final=[
                     (
                         self.status_topic,
-                        offline_payload(self.config.agent.site, self.config.agent.id, "stopped"),
+                        offline_payload(
+                            self.config.agent.site, self.config.agent.id, self.stop_reason
+                        ),
                         True,
                         STATUS_CONTENT_TYPE,
                     )
@@ -192,21 +299,34 @@ class Agent:
         _log.info("stopped")
 
     async def _publish_status(self) -> None:
-        payload = await online_payload(self)
-        future = self.session.publish(
-            self.status_topic, payload, qos=1, retain=True, content_type=STATUS_CONTENT_TYPE
-        )
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(future, timeout=5.0)
+        await self.status.publish()
 
-    async def _status_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.hub.status_interval_s)
-            if self.session.connected:
-                try:
-                    await self._publish_status()
-                except Exception:
-                    _log.debug("status publish failed", exc_info=True)
+    def _on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
+        self.commands.offer(topic, payload, properties)
+
+    async def _serve_commands(self) -> None:
+        if not self.config.commands.enabled:
+            return
+        await self.session.subscribe(self.commands.topic_filter, qos=1)
+        await self.commands.run()
+
+    async def replay(self, *, since: float, until: float, types: Sequence[str] | None) -> int:
+        """Send delivered events accepted in [since, until) again (remote `replay`).
+
+        A thin call: it reads what the buffer retains (`SqliteBuffer.retained`) and publishes
+        it as the forwarder would (same ids and seqs). Point it at the store-and-forward replay
+        capability once that exists."""
+        return await replay_retained(
+            self.buffer, self.session, topic_base=f"{self.topic_root}/events",
+            since=since, until=until, kinds=types,
+            batch_max_events=self.config.hub.batch_max_events,
+        )
+
+    async def request_reload(self) -> ReloadOutcome:
+        """Re-read the config file (remote `reload`): an invalid file is refused and the
+        running config kept; a valid one goes to `reload_hook` (the SIGHUP path) when set.
+        See `agent.commands.reload_config`."""
+        return await reload_config(self)
 
 
     async def _housekeeping_loop(self) -> None:
@@ -237,6 +357,3 @@ async def _cancel(tasks: list[asyncio.Task[None]], grace: float) -> None:
             _log.error("task(s) %s did not stop within %.0f s", names, 2 * grace)
             return
 
-
-def _tls_context() -> ssl.SSLContext:
-    return ssl.create_default_context()

@@ -30,7 +30,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from config.schema import AgentConfig
+from config.schema import RAW_KEY_PREFIX, AgentConfig, read_public_key_file
 
 KeyPart = str | int
 KeyPath = tuple[KeyPart, ...]
@@ -77,16 +77,47 @@ def load_config(path: Path) -> AgentConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([_syntax_problem(path, error)]) from error
     try:
-        config = AgentConfig.model_validate(data)
+        # config_dir: lookup CSV files are named relative to the config file (config.mapping).
+        config = AgentConfig.model_validate(data, context={"config_dir": path.absolute().parent})
     except ValidationError as error:
         locator = TomlKeyLocator(text)
         problems = [_schema_problem(path, locator, detail) for detail in error.errors()]
         raise ConfigError(problems) from error
+    config = _resolve_key_files(path, text, config)
+    base = path.absolute().parent
+    # Relative paths of sources (certificates, trust lists, password files) likewise.
+    sources = [source.with_base_dir(base) for source in config.sources]
     state_dir = config.agent.state_dir
-    if state_dir.is_absolute():
+    agent = config.agent
+    if not state_dir.is_absolute():
+        agent = config.agent.model_copy(update={"state_dir": base / state_dir})
+    return config.model_copy(update={"agent": agent, "sources": sources})
+
+
+def _resolve_key_files(path: Path, text: str, config: AgentConfig) -> AgentConfig:
+    """Make `[commands.keys]` file paths absolute (relative to the config file) and check that
+    each one holds an Ed25519 public key, so check-config finds a bad key file."""
+    commands = config.commands
+    if not commands.keys:
         return config
-    agent = config.agent.model_copy(update={"state_dir": path.absolute().parent / state_dir})
-    return config.model_copy(update={"agent": agent})
+    keys: dict[str, str] = {}
+    problems: list[ConfigProblem] = []
+    for name, spec in commands.keys.items():
+        if spec.startswith(RAW_KEY_PREFIX):
+            keys[name] = spec
+            continue
+        key_file = Path(spec)
+        if not key_file.is_absolute():
+            key_file = path.absolute().parent / key_file
+        keys[name] = str(key_file)
+        try:
+            read_public_key_file(key_file, name)
+        except ValueError as error:
+            line = TomlKeyLocator(text).line_of(("commands", "keys", name))
+            problems.append(ConfigProblem(path, line, f"commands.keys.{name}", str(error)))
+    if problems:
+        raise ConfigError(problems)
+    return config.model_copy(update={"commands": commands.model_copy(update={"keys": keys})})
 
 
 # --- reading and parsing ----------------------------------------------------------------------

@@ -7,32 +7,43 @@ to their component (`connectors.opcua.config`) and are composed here with the ma
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from config.mapping import (  # the mapping part of the schema lives in config/mapping.py
+    AssetSection,
+    LookupTable,
+    UnitsSection,
+    cross_check,
+    raise_problems,
+)
+from config.mapping import EventKind as EventKind
+from config.mapping import MachineState as MachineState
+from config.mapping import SignalMapping as SignalMapping
 from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings
+from connectors.simulated.config import SimulatedSettings, SimulatedSignalSettings
 
 # A name that is safe as one MQTT topic level and in a CloudEvents source.
 TopicLevel = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-
-
-class EventKind(enum.StrEnum):
-    """The canonical event types a signal can feed (unversioned names, as written in config)."""
-
-    TELEMETRY = "telemetry"
-    MACHINE_STATE = "machine.state"
-    PRODUCTION_COUNT = "production.count"
-
-
-class MachineState(enum.StrEnum):
-    RUNNING = "running"
-    IDLE = "idle"
-    DOWN = "down"
-    FAULT = "fault"
 
 
 class Priority(enum.IntEnum):
@@ -52,7 +63,51 @@ class AgentSection(_Strict):
     id: TopicLevel
     state_dir: Path = Path("./state")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["keyvalue", "json"] = "keyvalue"
     shutdown_grace_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+
+
+# Secrets and key files are never required inline (see `agent.credentials`, which reads them):
+# a secret is `credential:NAME` (a systemd credential, `LoadCredential=NAME:...`, read from
+# $CREDENTIALS_DIRECTORY) or `file:/absolute/path`; a key or certificate file is an absolute path
+# or `credential:NAME`.
+CREDENTIAL_PREFIX = "credential:"
+FILE_PREFIX = "file:"
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+
+
+def _credential_name(reference: str) -> str:
+    name = reference.removeprefix(CREDENTIAL_PREFIX)
+    if not _CREDENTIAL_NAME.match(name):
+        raise ValueError(
+            f"bad credential name {name!r} in {reference!r}: letters, digits, `_`, `.`, `-`"
+        )
+    return reference
+
+
+def _secret_reference(value: str) -> str:
+    if value.startswith(CREDENTIAL_PREFIX):
+        return _credential_name(value)
+    if value.startswith(FILE_PREFIX):
+        if not Path(value.removeprefix(FILE_PREFIX)).is_absolute():
+            raise ValueError(f"{value!r}: give an absolute path after `file:`")
+        return value
+    raise ValueError(
+        "write where the secret is, not the secret itself: \"credential:NAME\" (a systemd "
+        "credential, LoadCredential=NAME:/path) or \"file:/absolute/path\""
+    )
+
+
+def _file_reference(value: str) -> str:
+    if value.startswith(CREDENTIAL_PREFIX):
+        return _credential_name(value)
+    if not Path(value).is_absolute():
+        raise ValueError(f"{value!r}: expected an absolute path or \"credential:NAME\"")
+    return value
+
+
+SecretRef = Annotated[str, AfterValidator(_secret_reference)]
+FileRef = Annotated[str, AfterValidator(_file_reference)]
 
 
 class HubSection(_Strict):
@@ -67,6 +122,41 @@ class HubSection(_Strict):
     batch_max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 50.0
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 16
     status_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 30.0
+    # Seconds the broker keeps this agent's MQTT session (its subscriptions and the QoS 1
+    # messages queued for it) after a connection drops; 0: forget it at once.
+    session_expiry_s: Annotated[int, Field(ge=0, le=7 * 86_400)] = 300
+    # TLS (mqtts:// only): the CA that signed the broker's certificate (default: the system's
+    # CAs), and this agent's client certificate and key for brokers that require one (mTLS).
+    ca_file: FileRef | None = None
+    cert_file: FileRef | None = None
+    key_file: Annotated[FileRef | None, Field(validate_default=True)] = None
+    username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    password: Annotated[SecretRef | None, Field(validate_default=True)] = None
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _tls_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        url = info.data.get("url")
+        if value is not None and url is not None and urlsplit(url).scheme != "mqtts":
+            raise ValueError(f"`{info.field_name}` needs a TLS hub URL (mqtts://), not {url!r}")
+        return value
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_with_cert(cls, key_file: str | None, info: ValidationInfo) -> str | None:
+        has_cert = info.data.get("cert_file") is not None
+        if has_cert and key_file is None:
+            raise ValueError("`cert_file` is set: give its private key as `key_file` too")
+        if key_file is not None and not has_cert and "cert_file" in info.data:
+            raise ValueError("`key_file` is set: give its certificate as `cert_file` too")
+        return key_file
+
+    @field_validator("password")
+    @classmethod
+    def _password_with_user(cls, password: str | None, info: ValidationInfo) -> str | None:
+        if password is not None and info.data.get("username") is None:
+            raise ValueError("`password` is set: give the `username` it belongs to")
+        return password
 
     @field_validator("url")
     @classmethod
@@ -101,36 +191,170 @@ class HubSection(_Strict):
         return urlsplit(self.url).scheme == "mqtts"
 
 
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+    "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_byte_size(value: object) -> int:
+    """`2 GiB`, `500 MB`, `64MiB`, `1.5 GB` or a plain number of bytes, as an int of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        unit = _SIZE_UNITS.get(match.group(2).lower())
+        if unit is not None:
+            return int(float(match.group(1)) * unit)
+    raise ValueError(
+        f'expected a size like "2 GiB", "500 MB" or a number of bytes, got {value!r} '
+        "(units: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+    )
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
+PriorityClass = Literal["critical", "business", "telemetry"]
+# Event types the agent itself produces (not fed by a signal), by unversioned name.
+AGENT_EVENT_KINDS = ("agent.buffer.overflow",)
+
+
 class BufferSection(_Strict):
+    """The store-and-forward buffer (README, "Delivery guarantees")."""
+
     synchronous: Literal["full", "normal"] = "full"
     retention_s: Annotated[float, Field(ge=0, le=90 * 86_400)] = 86_400.0
+    # Delivered events kept for replay, at most this many bytes (the oldest go first).
+    retention_max_bytes: ByteSize = 1 * 2**30
+    # Events not yet delivered, at most this many bytes; then `telemetry_overflow` applies and
+    # business/critical events pause the sources (backpressure).
+    max_bytes: ByteSize = 2 * 2**30
+    # Below this much free space on the state dir's disk the buffer behaves as full.
+    disk_free_reserve: ByteSize = 256 * 2**20
+    telemetry_overflow: Literal["evict_oldest", "sample", "refuse"] = "evict_oldest"
+    # With telemetry_overflow = "sample": keep one new telemetry event in N while full.
+    sample_keep_one_in: Annotated[int, Field(ge=2, le=1_000_000)] = 10
+    # Delivery class per event type (unversioned name), overriding each type's default.
+    priorities: dict[str, PriorityClass] = {}
+    # After an outage, events accepted before the connection are sent as backlog at most this
+    # many per second (jittered by +/- backlog_jitter), starting after a random delay of up to
+    # backlog_start_delay_max_s; live events go side by side, unpaced.
+    backlog_max_rate: Annotated[float, Field(gt=0, le=10_000_000)] = 2_000.0
+    backlog_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    backlog_start_delay_max_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
+
+    @field_validator("priorities")
+    @classmethod
+    def _known_event_types(cls, priorities: dict[str, str]) -> dict[str, str]:
+        known = {kind.value for kind in EventKind} | set(AGENT_EVENT_KINDS)
+        unknown = sorted(set(priorities) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown event type(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return priorities
+
+    def priority_of(self, kind: str, default: Priority) -> Priority:
+        """The delivery class of an event type (unversioned name) under this config."""
+        chosen = self.priorities.get(kind)
+        return default if chosen is None else Priority[chosen.upper()]
 
 
-class SignalMapping(_Strict):
-    """How one signal becomes canonical events (pure; see `agent.mapping`)."""
+READ_ONLY_COMMANDS = ("status", "sources", "buffer", "config", "ping")
+MUTATING_COMMANDS = ("replay", "reload", "pause", "resume")
+CommandName = Literal["status", "sources", "buffer", "config", "ping", "replay", "reload",
+                      "pause", "resume"]
+RAW_KEY_PREFIX = "ed25519:"
 
-    event: EventKind
-    asset: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
-    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    unit: Annotated[str, Field(min_length=1, max_length=32)] | None = None
-    states: dict[str, MachineState] | None = None
+
+class CommandsSection(_Strict):
+    """Remote commands over MQTT (`agent.commands`) and who may sign them (`agent.signing`).
+
+    `keys` names public keys: a value is either `ed25519:` followed by the raw 32-byte key in
+    base64, or the path of a PEM file (relative to the config file). `allow` lists, per command,
+    the key names whose signature it accepts; a mutating command nobody is allowed is refused.
+    """
+
+    enabled: bool = True
+    allow_unsigned_read_only: bool = True
+    max_skew_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    rate_per_s: Annotated[float, Field(gt=0, le=1000)] = 5.0
+    burst: Annotated[int, Field(ge=1, le=1000)] = 10
+    queue_size: Annotated[int, Field(ge=1, le=10_000)] = 32
+    max_request_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 16_384
+    nonce_cache_size: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
+    keys: dict[TopicLevel, Annotated[str, Field(min_length=1)]] = {}
+    allow: dict[CommandName, list[TopicLevel]] = {}
+
+    @field_validator("keys")
+    @classmethod
+    def _raw_keys_decode(cls, keys: dict[str, str]) -> dict[str, str]:
+        for name, spec in keys.items():
+            if spec.startswith(RAW_KEY_PREFIX):
+                raw_public_key(spec, name)  # raises ValueError naming the key
+        return keys
 
     @model_validator(mode="after")
-    def _fields_fit_event(self) -> SignalMapping:
-        if self.event is EventKind.MACHINE_STATE and not self.states:
-            raise ValueError(
-                "a machine.state signal needs `states`, a table from raw value to one of "
-                "running/idle/down/fault, e.g. states = { 0 = \"idle\", 1 = \"running\" }"
-            )
-        if self.event is not EventKind.MACHINE_STATE and self.states is not None:
-            raise ValueError(f"`states` only applies to machine.state signals, not {self.event}")
-        if self.event is EventKind.MACHINE_STATE and self.unit is not None:
-            raise ValueError("`unit` does not apply to machine.state signals")
+    def _allowed_keys_exist(self) -> CommandsSection:
+        for command, names in self.allow.items():
+            unknown = sorted(set(names) - set(self.keys))
+            if unknown:
+                raise ValueError(
+                    f"commands.allow.{command} names unknown key(s) {', '.join(unknown)}; "
+                    f"define them under [commands.keys]"
+                )
         return self
+
+
+def raw_public_key(spec: str, name: str) -> bytes:
+    """The 32 key bytes of an `ed25519:BASE64` key; ValueError saying what is wrong."""
+    text = spec.removeprefix(RAW_KEY_PREFIX)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"key {name!r}: {RAW_KEY_PREFIX} must be followed by base64") from error
+    if len(raw) != 32:
+        raise ValueError(
+            f"key {name!r}: an Ed25519 public key is 32 bytes, this one is {len(raw)} bytes"
+        )
+    return raw
+
+
+def read_public_key_file(path: Path, name: str) -> bytes:
+    """The 32 key bytes of an Ed25519 public key in a PEM file; ValueError saying what is wrong
+    (a private key file is refused: it must never be copied to a plant)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"key {name!r}: cannot read {path}: {error.strerror or error}") from error
+    if b"PRIVATE KEY" in data:
+        raise ValueError(
+            f"key {name!r}: {path} holds a private key; give the agent the public key "
+            "(the .pub.pem file)"
+        )
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise ValueError(f"key {name!r}: {path} is not a PEM public key") from error
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"key {name!r}: {path} is not an Ed25519 key")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 class OpcUaSignal(OpcUaSignalSettings, SignalMapping):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _events_are_alarms(self) -> OpcUaSignal:
+        # An event notifier yields alarm events, not values; and only it yields them.
+        alarm = self.event is EventKind.MACHINE_ALARM
+        if (self.mode == "events") != alarm:
+            raise ValueError(
+                "an event notifier (mode = \"events\") feeds event = \"machine.alarm\", and "
+                "machine.alarm comes only from mode = \"events\""
+            )
+        return self
 
 
 class OpcUaSource(OpcUaSettings):
@@ -150,13 +374,32 @@ class OpcUaSource(OpcUaSettings):
         return self
 
 
-Source = Annotated[OpcUaSource, Field(discriminator="type")]
+class SimulatedSignal(SimulatedSignalSettings, SignalMapping):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulatedSource(SimulatedSettings):
+    """A fixed-rate simulated source (`connectors.simulated`), for demos, tests and benchmarks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: TopicLevel
+    type: Literal["simulated"]
+    signals: Annotated[list[SimulatedSignal], Field(min_length=1)]
+
+
+Source = Annotated[OpcUaSource | SimulatedSource, Field(discriminator="type")]
 
 
 class AgentConfig(_Strict):
     agent: AgentSection
     hub: HubSection
     buffer: BufferSection = BufferSection()
+    commands: CommandsSection = CommandsSection()
+    units: UnitsSection = UnitsSection()
+    lookups: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], LookupTable] = {}
+    assets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")],
+                 AssetSection] = {}
     sources: Annotated[list[Source], Field(min_length=1)]
 
     # A field validator, not a model validator: its error then points at `sources` (key and
@@ -169,6 +412,22 @@ class AgentConfig(_Strict):
         if duplicates:
             raise ValueError(f"source names must be unique; repeated: {', '.join(duplicates)}")
         return sources
+
+    # Mapping references across sections (lookups, sibling signals, asset paths), each error
+    # raised on its own key path (see config.mapping.cross_check).
+    @model_validator(mode="after")
+    def _mapping_references(self) -> AgentConfig:
+        raise_problems(
+            cross_check(
+                lookups=self.lookups,
+                assets=self.assets,
+                sources=[
+                    (source.name, [(signal.node, signal) for signal in source.signals])
+                    for source in self.sources
+                ],
+            )
+        )
+        return self
 
     @property
     def client_id(self) -> str:

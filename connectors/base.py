@@ -61,6 +61,17 @@ class Reading:
     timestamp: datetime
     quality: Quality = Quality.GOOD
     status: str | None = None
+    # Named details of a structured fact (an OPC UA alarm: severity, condition, active, ...).
+    attributes: tuple[tuple[str, Value], ...] = ()
+    # Read after the fact from the source's history (OPC UA HistoryRead) to fill a gap; not
+    # part of the fact, so a backfilled reading equals the live one it stands for.
+    backfilled: bool = field(default=False, compare=False)
+    # The three times of the value, kept whatever `timestamp` was chosen from: when the device
+    # sampled it, when the server saw it (None when the source does not say) and when the agent
+    # received it. Not part of the fact.
+    source_timestamp: datetime | None = field(default=None, compare=False)
+    server_timestamp: datetime | None = field(default=None, compare=False)
+    received_at: datetime | None = field(default=None, compare=False)
 
 
 Emit = Callable[[Sequence[Reading]], Awaitable[None]]
@@ -75,6 +86,12 @@ class SourceHealth:
     last_error: str | None = None
     readings_total: int = 0
     signal_errors: dict[str, str] = field(default_factory=dict)
+    # The last connection gap: when the session dropped and when it came back (UTC).
+    disconnected_at: datetime | None = None
+    reconnected_at: datetime | None = None
+    # Things an operator should look at that do not stop the source (certificate expiry,
+    # clock skew, no history on the server), keyed by topic.
+    notices: dict[str, str] = field(default_factory=dict)
 
 
 class Connector(Protocol):

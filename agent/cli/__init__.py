@@ -13,11 +13,11 @@ import argparse
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import core
+from agent.cli import buffer, core, mapping, opcua, remote, service
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
-_GROUPS = [core]
+_GROUPS = [core, remote, mapping, service, buffer, opcua]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("config", type=Path, nargs="?", help="the TOML file to check")
     check.add_argument("-c", "--config", dest="config_option", type=Path, help=argparse.SUPPRESS)
+    check.add_argument(
+        "--connect", action="store_true",
+        help="also connect to each OPC UA source and check every configured node",
+    )
     check.set_defaults(handler=_check_config)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of event types")
@@ -71,12 +75,17 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{path}: OK: site {config.agent.site}, agent {config.agent.id}, "
         f"{len(config.sources)} source(s), {signals} signal(s), hub {config.hub.url}"
     )
+    if args.connect:
+        from agent.cli.opcua import check_connect
+
+        return check_connect(config)
     return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
     from agent import logs
-    from agent.runtime import Agent
+    from agent.credentials import CredentialError
+    from agent.service import AgentService
     from buffer.base import BufferError
     from config.schema import AgentConfig
 
@@ -84,21 +93,26 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_INVALID
     assert isinstance(config, AgentConfig)
-    logs.configure(config.agent.log_level)
+    logs.configure(config.agent.log_level, config.agent.log_format)
 
     async def run() -> None:
+        # SIGHUP reloads the config (agent.service); SIGINT/SIGTERM stop in order.
         stop = asyncio.Event()
+        service = AgentService(config, args.config)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with Agent.open(config) as agent:
-            await agent.run(stop)
+        loop.add_signal_handler(signal.SIGHUP, service.request_reload)
+        await service.run(stop)
 
     try:
         asyncio.run(run())
     except BufferError as error:
         logging.getLogger("agent").error("cannot open the buffer: %s", error)
         return EXIT_FAILURE
+    except CredentialError as error:
+        logging.getLogger("agent").error("cannot start: %s", error)
+        return EXIT_INVALID
     return EXIT_OK
 
 

@@ -44,6 +44,25 @@ _NODES: list[tuple[str, str, object, ua.VariantType]] = [
     ("Line1.Tank.Temperature", "TankTemperature", 20.0, ua.VariantType.Double),
 ]
 
+# A batch reactor next to the line (object Reactor1), in plant units, for the mapping examples:
+# temperature in degF, a material code and a batch id as text, a done bit, a stop bit and its
+# reason code. Only tests write these; the simulation leaves them alone.
+REACTOR_TEMPERATURE = "ns=2;s=Reactor1.Temperature"
+REACTOR_MATERIAL = "ns=2;s=Reactor1.Material"
+REACTOR_BATCH = "ns=2;s=Reactor1.BatchId"
+REACTOR_DONE = "ns=2;s=Reactor1.BatchDone"
+REACTOR_STOPPED = "ns=2;s=Reactor1.Stopped"
+REACTOR_STOP_REASON = "ns=2;s=Reactor1.StopReason"
+
+_REACTOR_NODES: list[tuple[str, str, object, ua.VariantType]] = [
+    ("Reactor1.Temperature", "Temperature", 68.0, ua.VariantType.Double),
+    ("Reactor1.Material", "Material", "", ua.VariantType.String),
+    ("Reactor1.BatchId", "BatchId", "", ua.VariantType.String),
+    ("Reactor1.BatchDone", "BatchDone", False, ua.VariantType.Boolean),
+    ("Reactor1.Stopped", "Stopped", False, ua.VariantType.Boolean),
+    ("Reactor1.StopReason", "StopReason", 0, ua.VariantType.Int32),
+]
+
 
 @dataclass
 class PlantState:
@@ -74,7 +93,9 @@ class FillingLinePlant:
     ) -> None:
         """Set `node` to `value` with a source timestamp (default now) and a status code."""
         variable = self._variables[node]
-        variant_type = next(t for n, _, _, t in _NODES if f"ns=2;s={n}" == node)
+        variant_type = next(
+            t for n, _, _, t in [*_NODES, *_REACTOR_NODES] if f"ns=2;s={n}" == node
+        )
         data_value = ua.DataValue(
             ua.Variant(value, variant_type),
             StatusCode=ua.StatusCode(status),
@@ -127,6 +148,12 @@ async def serve_plant(port: int, host: str = "127.0.0.1") -> AsyncIterator[Filli
     variables: dict[str, object] = {}
     for identifier, browse_name, initial, variant_type in _NODES:
         variable = await line.add_variable(
+            ua.NodeId(identifier, index), browse_name, ua.Variant(initial, variant_type)
+        )
+        variables[f"ns=2;s={identifier}"] = variable
+    reactor = await objects.add_object(ua.NodeId("Reactor1", index), "Reactor1")
+    for identifier, browse_name, initial, variant_type in _REACTOR_NODES:
+        variable = await reactor.add_variable(
             ua.NodeId(identifier, index), browse_name, ua.Variant(initial, variant_type)
         )
         variables[f"ns=2;s={identifier}"] = variable

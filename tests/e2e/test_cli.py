@@ -91,7 +91,13 @@ def test_schema_prints_every_event_type() -> None:
     result = edge_agent("schema")
     assert result.returncode == 0, result.stderr
     schemas = json.loads(result.stdout)
-    assert set(schemas) == {"telemetry.v1", "machine.state.v1", "production.count.v1"}
+    from agent.events import json_schemas
+
+    assert set(schemas) == set(json_schemas())
+    assert {
+        "telemetry.v1", "machine.state.v1", "production.count.v1",
+        "quality.alert.v1", "machine.downtime.v1", "workorder.completed.v1",
+    } <= set(schemas)
     for name, schema in schemas.items():
         assert schema["properties"]["type"]["const"] == name
         required = set(schema["required"])

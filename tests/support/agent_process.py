@@ -15,9 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 class AgentProcess:
     """`python -m agent run -c CONFIG` with its stderr in a log file."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log = log
+        self.env = dict(env or {})  # added to the test's environment (e.g. NOTIFY_SOCKET)
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
@@ -27,7 +28,9 @@ class AgentProcess:
                 cwd=REPO,
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
+                env={
+                    **os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **self.env
+                },
             )
         return self
 
@@ -50,6 +53,16 @@ class AgentProcess:
                 raise AssertionError(f"no {needle!r} in agent log within {timeout} s:\n"
                                      f"{self.log_text()[-3000:]}")
             time.sleep(0.05)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait (bounded) for the process to exit by itself; its exit code."""
+        assert self._process is not None
+        return self._process.wait(timeout=timeout)
+
+    def hup(self) -> None:
+        """SIGHUP: what `systemctl reload` sends (the agent re-reads its config)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind runs."""

@@ -219,7 +219,7 @@ def test_unknown_key_in_agent(tmp_path: Path) -> None:
 
     assert (problem.line, problem.key) == (4, "agent.colour")
     assert problem.message == (
-        "unknown key (allowed keys: site, id, state_dir, log_level, shutdown_grace_s)"
+        "unknown key (allowed keys: site, id, state_dir, log_level, log_format, shutdown_grace_s)"
     )
 
 
@@ -337,7 +337,7 @@ def test_unknown_source_type(tmp_path: Path) -> None:
     path = write(tmp_path, variant(('type = "opcua"  # 21', 'type = "modbus"  # 21')))
 
     assert only_problem(path) == ConfigProblem(
-        path, 21, "sources[1].type", "unknown type 'modbus' (expected one of 'opcua')"
+        path, 21, "sources[1].type", "unknown type 'modbus' (expected one of 'opcua', 'simulated')"
     )
 
 

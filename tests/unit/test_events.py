@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from agent.events import (
+    AGENT_EVENT_MODELS,
     EVENT_TYPES,
     Event,
     decode_batch,
@@ -72,4 +73,6 @@ def test_rfc3339_of_naive_time_is_utc() -> None:
 
 
 def test_every_type_has_a_schema() -> None:
-    assert set(json_schemas()) == {t.name for t in EVENT_TYPES.values()}
+    assert set(json_schemas()) == {t.name for t in EVENT_TYPES.values()} | set(
+        AGENT_EVENT_MODELS
+    )
