@@ -524,6 +524,15 @@ async def reload_config(agent: Agent) -> ReloadOutcome:
         _log.warning("reload refused, running config kept: %s", problems)
         return ReloadOutcome(False, f"invalid config, running config kept: {problems}")
     if agent.reload_hook is not None:
+        # What the reload path would refuse (agent.service), refused here, so the answer
+        # never says "reloading" for a config that will not be applied.
+        old = agent.config
+        if new.agent.state_dir != old.agent.state_dir:
+            return ReloadOutcome(
+                False, "agent.state_dir changed: the buffer moves only with a restart"
+            )
+        if new.buffer != old.buffer:
+            return ReloadOutcome(False, "[buffer] settings changed: they apply only with a restart")
         # After this step: the answer is handed to paho (in the same step, see `_handle`)
         # before the reload can stop this generation's hub session.
         asyncio.get_running_loop().call_soon(agent.reload_hook)

@@ -17,6 +17,17 @@ meanwhile the queue fills and `emit` blocks, so the sources pause (backpressure)
 Whatever the buffer gave up for room (`AppendResult.overflow`) is counted per class and type
 and becomes `agent.buffer.overflow.v1` events (critical by default) appended right after, so the
 hub learns what it is missing and which seqs are gaps.
+
+A reading that cannot be mapped (a dead-lettered master-data code, a value of the wrong type, a
+state missing from its table, a signal nobody configured) is a poison record: it is counted
+(`readings_unmappable_total`) and set aside in the buffer's dead-letter table
+(`Buffer.set_aside`, listed by `edge-agent buffer dead-letters`) with the mapping error as the
+reason, in the same commit cycle as the batch's events (right after them; one `set_aside` per
+distinct reason). Its body is a msgpack map describing the reading (`unmappable_reading_body`),
+never an event: it is kept for a person to look at, not for the hub. Its id is derived from the
+fact (source, signal, timestamp, value), so a re-sent reading keeps its id. While the buffer
+cannot take them they are held and retried like events; at stop, what could not go in is counted
+in the log and not kept.
 """
 
 from __future__ import annotations
@@ -29,7 +40,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agent.events import BUFFER_OVERFLOW_TYPE, BufferOverflowV1, encode_agent_event, encode_body
+import msgpack
+
+from agent.events import (
+    BUFFER_OVERFLOW_TYPE,
+    BufferOverflowV1,
+    Event,
+    encode_agent_event,
+    encode_body,
+)
 from agent.mapping import Mapper
 from agent.mapping_state import CounterBaselines
 from buffer.base import Buffer, BufferFull, BufferUnavailable, Overflow, Record
@@ -42,6 +61,9 @@ _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
 _OVERFLOW_REPORT_ROUNDS = 3
 _OVERFLOW_ID_NAMESPACE = uuid.UUID("0b8f3e8e-54f1-5b7c-9d0e-2f6a1c3b7d21")
+_SET_ASIDE_ID_NAMESPACE = uuid.UUID("5d0c9a71-3e2b-5f48-8c61-7a4e2d9b0f13")
+# The `kind` of a set-aside reading in the dead-letter table (it is not an event type).
+UNMAPPABLE_READING_KIND = "agent.reading.unmappable"
 CLASS_NAMES = {int(p): p.name.lower() for p in Priority}
 
 
@@ -51,6 +73,8 @@ class PipelineCounters:
     events_accepted_total: int = 0
     events_duplicate_total: int = 0
     readings_unmappable_total: int = 0
+    # Unmappable readings stored in the buffer's dead-letter table (`Buffer.set_aside`).
+    readings_set_aside_total: int = 0
     last_seq: int = 0
     # (class, event type, reason) -> events given up for room since start.
     overflow_total: dict[tuple[str, str, str], int] = field(default_factory=dict)
@@ -160,8 +184,12 @@ class Pipeline:
             if key not in self._unmappable_seen:  # log once per signal, count every time
                 self._unmappable_seen.add(key)
                 _log.warning("unmappable reading set aside: %s", reason)
-        if not events:
-            return
+        if events:
+            await self._append_events(events)
+        if rejected:
+            await self._set_aside(rejected)
+
+    async def _append_events(self, events: list[Event]) -> None:
         records = [
             Record(
                 id=event.id,
@@ -180,6 +208,53 @@ class Pipeline:
         for _ in range(_OVERFLOW_REPORT_ROUNDS):
             if not self._overflow_reports or not await self._report_overflow():
                 break
+
+    async def _set_aside(self, rejected: list[tuple[Reading, str]]) -> None:
+        """Store the unmappable readings in the dead-letter table, one call per reason; held
+        and retried while the buffer is unavailable (not while stopping)."""
+        by_reason: dict[str, list[Record]] = {}
+        for reading, reason in rejected:
+            by_reason.setdefault(reason, []).append(self._set_aside_record(reading))
+        for reason, records in by_reason.items():
+            delay = _RETRY_MIN_S
+            while True:
+                try:
+                    await self._buffer.set_aside(records, reason)
+                    break
+                except BufferUnavailable as error:
+                    self.counters.buffer_errors_total += 1
+                    if self._stopping:
+                        _log.error(
+                            "stopping: %d unmappable reading(s) could not be set aside: %s",
+                            len(records), error,
+                        )
+                        raise
+                    if delay == _RETRY_MIN_S:
+                        _log.warning(
+                            "buffer unavailable, holding %d unmappable reading(s): %s",
+                            len(records), error,
+                        )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+            self.counters.readings_set_aside_total += len(records)
+
+    def _set_aside_record(self, reading: Reading) -> Record:
+        signal = self._mapper.signal(reading.source, reading.signal)
+        event_type = signal.event_type if signal is not None else None
+        priority = (
+            self._priorities.get(event_type.kind.value, event_type.default_priority)
+            if event_type is not None
+            else Priority.TELEMETRY
+        )
+        fact = "\x1f".join(
+            (reading.source, reading.signal, reading.timestamp.isoformat(), repr(reading.value))
+        )
+        return Record(
+            id=str(uuid.uuid5(_SET_ASIDE_ID_NAMESPACE, fact)),
+            kind=UNMAPPABLE_READING_KIND,
+            priority=int(priority),
+            body=unmappable_reading_body(reading),
+        )
 
     async def _append(self, records: list[Record], *, hold: bool = True) -> bool:
         """Append, holding the batch and retrying while the buffer cannot take it (`hold`);
@@ -286,3 +361,18 @@ class Pipeline:
             return True
         self._overflow_reports[:0] = reports
         return False
+
+
+def unmappable_reading_body(reading: Reading) -> bytes:
+    """The set-aside body: a msgpack map of the reading as the source reported it."""
+    return msgpack.packb(
+        {
+            "source": reading.source,
+            "signal": reading.signal,
+            "value": reading.value,
+            "timestamp": reading.timestamp.isoformat(),
+            "quality": reading.quality.value,
+            "status": reading.status,
+        },
+        use_bin_type=True,
+    )

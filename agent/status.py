@@ -4,10 +4,11 @@ What it says
 ------------
 `online` with: version, uptime, config fingerprint, the status interval (so a reader can tell a
 stale status), per source its state (running, retrying, paused, failed), connected, last value
-time, readings and errors; per buffer class (telemetry, business, critical) pending events and
-evictions, the oldest pending age; the forwarder: connected, last PUBACK, events per second over
-the last minute; the command server's counters. The same topic is the MQTT will (`offline`,
-reason "connection lost"); a clean stop publishes `offline` with reason "stopped".
+time, readings and errors; per buffer class (telemetry, business, critical) pending events,
+evictions and its oldest pending age (and the oldest over all classes); the forwarder:
+connected, last PUBACK, events per second over the last minute; the command server's counters.
+The same topic is the MQTT will (`offline`, reason "connection lost"); a clean stop publishes
+`offline` with reason "stopped".
 
 When it is published (never more than needed)
 ---------------------------------------------
@@ -92,6 +93,8 @@ async def snapshot(agent: Agent) -> dict[str, Any]:
             "events_accepted_total": agent.pipeline.counters.events_accepted_total,
             "events_duplicate_total": agent.pipeline.counters.events_duplicate_total,
             "readings_unmappable_total": agent.pipeline.counters.readings_unmappable_total,
+            # Of those, stored in the buffer's dead-letter table (the rest: being retried).
+            "readings_set_aside_total": agent.pipeline.counters.readings_set_aside_total,
             # Buffer full of events that are never evicted: sources paused (README).
             "backpressure": agent.pipeline.counters.backpressure,
             "backpressure_since": _iso_ts(agent.pipeline.counters.backpressure_since),
@@ -138,13 +141,14 @@ async def buffer_status(agent: Agent) -> dict[str, Any]:
     classes = {
         name: {
             "pending": stats.pending_by_priority.get(priority, 0),
+            "oldest_pending_age_s": _age(now, stats.oldest_pending_by_priority.get(priority)),
             "evictions": evictions.get(priority, 0),
         }
         for priority, name in PRIORITY_NAMES.items()
     }
     return {
         "pending": stats.pending,
-        "oldest_pending_age_s": round(now - oldest, 3) if oldest is not None else None,
+        "oldest_pending_age_s": _age(now, oldest),
         "classes": classes,
         "last_seq": stats.last_seq,
         "dead_letters": stats.dead_letters,
@@ -212,6 +216,10 @@ class StatusPublisher:
                 for runner in agent.sources
             ),
         )
+
+
+def _age(now: float, accepted_at: float | None) -> float | None:
+    return round(max(now - accepted_at, 0.0), 3) if accepted_at is not None else None
 
 
 def _iso(moment: datetime | None) -> str | None:

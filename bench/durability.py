@@ -6,9 +6,12 @@ time per scenario. Prints one table row per scenario:
 - produced: events the simulated source generated over the run (its ticks from the first to
   the last accepted one, times its signals; ticks while the agent was down count too: a plant
   does not stop when its agent does).
-- accepted: events committed to the buffer (rows with a seq); lost: accepted but never at the
-  hub after de-duplication by id; duplicated: arrivals of an id already seen; delay: arrival
-  at the hub minus acceptance, worst case.
+- accepted: events committed to the buffer: the last `seq` handed out (seqs are gap-free, and
+  continue across a corrupt file moved aside). lost: accepted seqs that never reached the hub
+  (after de-duplication by id) and that no `agent.buffer.overflow` event at the hub named as
+  evicted: silent losses. Evictions the hub was told about are shown beside it ("+N evicted,
+  reported"). duplicated: arrivals of an id already seen; delay: arrival at the hub minus
+  acceptance, worst case.
 
 Run: `.venv/bin/python -m bench.durability [--seconds 15] [--rate 500]`. Figures are printed,
 never asserted (the tests assert the guarantees).
@@ -17,10 +20,12 @@ never asserted (the tests assert the guarantees).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.agent_process import AgentProcess
@@ -31,11 +36,17 @@ from tests.support.durability import (
     accepted,
     arrivals,
     check_delivery,
+    last_seq,
     simulated_agent_config,
 )
 
 SIGNALS = 2
 RUNNING = "running: 1 source(s)"
+OVERFLOW_TYPE = "agent.buffer.overflow.v1"
+# The disk-short scenario: the reserve sits this far below the free space, and a filler file of
+# FILLER_BYTES takes the free space below it for real (no mock; statvfs sees it).
+RESERVE_MARGIN = 512 * 2**20
+FILLER_BYTES = 1024 * 2**20
 
 
 class Faults:
@@ -43,31 +54,45 @@ class Faults:
 
     def __init__(
         self, agent: AgentProcess, broker: MosquittoBroker, proxy: TcpProxy,
-        subscriber: TimedSubscriber, rng: random.Random,
+        subscriber: TimedSubscriber, rng: random.Random, root: Path,
     ) -> None:
         self.agent, self.broker, self.proxy = agent, broker, proxy
-        self.subscriber, self.rng = subscriber, rng
+        self.subscriber, self.rng, self.root = subscriber, rng, root
+        self.calls = 0
 
 
-def run_scenario(
-    name: str, seconds: float, rate_hz: float, fault: Callable[[Faults], None]
-) -> list[str]:
+@dataclass(frozen=True)
+class Scenario:
+    fault: Callable[[Faults], None]
+    broker_options: tuple[str, ...] = ()
+    # The [buffer] lines of the config, given the work dir (for a disk-free reserve).
+    extra_buffer: Callable[[Path], str] = lambda _root: ""
+
+
+def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) -> list[str]:
     rng = random.Random(7)
-    with tempfile.TemporaryDirectory() as work, MosquittoBroker() as broker:
+    with (
+        tempfile.TemporaryDirectory() as work,
+        MosquittoBroker(list(scenario.broker_options)) as broker,
+    ):
         root = Path(work)
         with TcpProxy(broker.port) as proxy:
             subscriber = TimedSubscriber(broker).start()
             config = root / "agent.toml"
             config.write_text(
-                simulated_agent_config(hub_url=proxy.url, state_dir=root / "state", rate_hz=rate_hz)
+                simulated_agent_config(
+                    hub_url=proxy.url, state_dir=root / "state", rate_hz=rate_hz,
+                    extra_buffer=scenario.extra_buffer(root),
+                )
             )
             agent = AgentProcess(config, root / "agent.log").start()
             try:
                 agent.wait_log(RUNNING, timeout=30)
-                faults = Faults(agent, broker, proxy, subscriber, rng)
+                faults = Faults(agent, broker, proxy, subscriber, rng, root)
                 deadline = time.monotonic() + seconds
                 while time.monotonic() < deadline:
-                    fault(faults)
+                    scenario.fault(faults)
+                    faults.calls += 1
                 subscriber.wait_subscribed(15)
                 proxy.forward()
                 buffer_file = root / "state" / "buffer.sqlite"
@@ -83,13 +108,23 @@ def run_scenario(
             messages, received_at = subscriber.snapshot()
             subscriber.stop()
         report = check_delivery(buffer_file, messages, received_at=received_at)
+        top = last_seq(buffer_file)
+        everything = arrivals(messages)
         ticks = sorted(
-            int(a.event["data"]["count"]) for a in arrivals(messages)
+            int(a.event["data"]["count"]) for a in everything
             if a.event["type"] == "production.count.v1"
         )
         made = (ticks[-1] - ticks[0] + 1) * SIGNALS if ticks else 0
+        reported: set[int] = set()  # seqs the hub was told were evicted
+        for arrival in everything:
+            if arrival.event["type"] == OVERFLOW_TYPE:
+                for first, last in arrival.event["data"].get("seq_ranges", []):
+                    reported.update(range(int(first), int(last) + 1))
+        silent = [seq for seq in report.seq_gaps if seq not in reported]
+        evicted = len(reported & set(report.seq_gaps))
+    lost = str(len(silent)) + (f" (+{evicted} evicted, reported)" if evicted else "")
     return [
-        name, str(made), str(report.accepted), str(report.delivered), str(len(report.lost)),
+        name, str(made), str(top), str(report.delivered), lost,
         str(report.duplicated), f"{report.max_delay_s:.2f} s",
     ]
 
@@ -123,11 +158,69 @@ def agent_kills(f: Faults) -> None:
     f.agent.wait_log(RUNNING, after=offset, timeout=30)
 
 
+def disk_short(f: Faults) -> None:
+    """Free space taken below the configured reserve by a real file, then given back."""
+    time.sleep(f.rng.uniform(0.5, 1.5))
+    filler = f.root / "filler"
+    with filler.open("wb") as file:
+        os.posix_fallocate(file.fileno(), 0, FILLER_BYTES)
+    try:
+        time.sleep(f.rng.uniform(2.0, 4.0))
+    finally:
+        filler.unlink()
+
+
+def reserve_below_free_space(root: Path) -> str:
+    stat = os.statvfs(root)
+    return f"disk_free_reserve = {stat.f_bavail * stat.f_frsize - RESERVE_MARGIN}"
+
+
+def corrupt_at_start(f: Faults) -> None:
+    """Once: stop the agent, damage a page in the middle of its buffer file, start it (the
+    file is moved aside and a fresh one continues the seq); then a steady run."""
+    if f.calls:
+        time.sleep(0.5)
+        return
+    time.sleep(2.0)
+    f.agent.terminate()
+    buffer_file = f.root / "state" / "buffer.sqlite"
+    with buffer_file.open("r+b") as file:
+        size = file.seek(0, 2)
+        file.seek(max(4096 * 3, size // 2))
+        file.write(b"\xff" * 4096)
+    offset = len(f.agent.log_text())
+    f.agent.start()
+    f.agent.wait_log(RUNNING, after=offset, timeout=30)
+    if "moved aside" not in f.agent.log_text()[offset:]:
+        raise RuntimeError("the damaged buffer file was not moved aside")
+
+
+def second_agent(f: Faults) -> None:
+    """Another agent on the same state dir: it must be refused, the first keeps going."""
+    time.sleep(f.rng.uniform(0.2, 1.0))
+    other = AgentProcess(f.agent.config, f.root / "second.log").start()
+    try:
+        if other.wait_exit(30) != 1 or "is in use by" not in other.log_text():
+            raise RuntimeError(f"a second agent was not refused:\n{other.log_text()[-2000:]}")
+    finally:
+        other.ensure_stopped()
+
+
+SIZE_LIMITS = ("max_packet_size 20000", "message_size_limit 4000")
+
 SCENARIOS = {
-    "steady (no fault)": steady,
-    "broker SIGKILL + restart, repeated": broker_kills,
-    "blackholed link (keepalive only)": blackhole,
-    "agent SIGKILL + restart, repeated": agent_kills,
+    "steady (no fault)": Scenario(steady),
+    "broker SIGKILL + restart, repeated": Scenario(broker_kills),
+    "blackholed link (keepalive only)": Scenario(blackhole),
+    "agent SIGKILL + restart, repeated": Scenario(agent_kills),
+    "disk short (free space below the reserve), repeated": Scenario(
+        disk_short, extra_buffer=reserve_below_free_space
+    ),
+    "corrupt buffer file at start": Scenario(corrupt_at_start),
+    "second agent on the same state dir, repeated": Scenario(second_agent),
+    "broker max_packet_size 20000 + message_size_limit 4000": Scenario(
+        steady, broker_options=SIZE_LIMITS
+    ),
 }
 
 
@@ -135,10 +228,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="fault time per scenario")
     parser.add_argument("--rate", type=float, default=500.0, help="source ticks per second")
-    args = parser.parse_args()
     header = ["scenario", "produced", "accepted", "delivered", "lost", "duplicated",
               "max delivery delay"]
-    rows = [run_scenario(name, args.seconds, args.rate, fault) for name, fault in SCENARIOS.items()]
+    parser.add_argument("--only", nargs="*", help="run only scenarios whose name contains these")
+    args = parser.parse_args()
+    chosen = {
+        name: scenario for name, scenario in SCENARIOS.items()
+        if not args.only or any(word in name for word in args.only)
+    }
+    rows = [run_scenario(name, args.seconds, args.rate, scenario)
+            for name, scenario in chosen.items()]
     print(f"| {' | '.join(header)} |")
     print(f"|{'|'.join('---' for _ in header)}|")
     for row in rows:

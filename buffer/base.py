@@ -23,6 +23,9 @@ The buffer knows nothing about events, MQTT or sources: it stores bytes with a f
 - `ack` marks records delivered; they stay for the retention window (so repeats of their id are
   still recognised, and they can be replayed) and are then purged.
 - `dead_letter` moves records that can never be delivered aside, with the reason.
+- `set_aside` stores records that were never accepted (a reading the pipeline rejected) straight
+  into the dead letters, with the reason: they get no `seq` (the gap-free sequence only numbers
+  accepted records) and their id is not held (the same id may still be accepted later).
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class BufferStats:
     oldest_retained_at: float | None = None
     # (priority, kind, reason) -> how many, over the life of the file.
     evictions: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    # priority -> accepted_at of that priority's oldest pending record (lowest pending seq).
+    oldest_pending_by_priority: dict[int, float] = field(default_factory=dict)
 
 
 class BufferError(Exception):
@@ -162,6 +167,10 @@ class Buffer(Protocol):
     async def ack(self, seqs: Sequence[int]) -> None: ...
 
     async def dead_letter(self, seqs: Sequence[int], reason: str) -> None: ...
+
+    async def set_aside(self, records: Sequence[Record], reason: str) -> None:
+        """Store never-accepted records as dead letters (no seq) with the reason."""
+        ...
 
     async def purge(self, now: float | None = None) -> int: ...
 

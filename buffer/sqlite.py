@@ -35,7 +35,7 @@ because repeats of an id are recognised and skipped.
    memory per priority and re-read after any transaction that did not finish cleanly. Every
    record given up for room is counted in `evictions` in the same transaction that gave it up.
 
-# On-disk layout (schema version 2, in `PRAGMA user_version`)
+# On-disk layout (schema version 3, in `PRAGMA user_version`)
 
 ```
 events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq order
@@ -44,9 +44,16 @@ events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq ord
   events_pending  (priority, seq) WHERE acked_at IS NULL      lease and the pending counts
   events_acked    (acked_at) WHERE acked_at IS NOT NULL       purge and the retained count
 meta          key TEXT PRIMARY KEY, value  ('last_seq', n)
-dead_letters  seq, id, kind, priority, body, accepted_at, reason, dead_at
+dead_letters  number INTEGER PRIMARY KEY       the order they were set aside (schema version 3)
+              seq UNIQUE, accepted_at          NULL for records never accepted (`set_aside`)
+              id, kind, priority, body, reason, dead_at
 evictions     priority, kind, reason, count          (schema version 2)
 ```
+
+A dead letter with a `seq` was accepted and then given up (`dead_letter`): its seq is a gap the
+consumer sees, and the row names it. One without (`set_aside`: a reading the pipeline rejected)
+never had a seq and never held its id. `retry_dead_letters` puts the first kind back with its
+own seq; the second kind stays (never accepted, and kept for a person, not for the hub).
 
 Plus the `-wal` and `-shm` files SQLite keeps next to it. Both partial indexes hold only the rows
 their queries need, so leasing stays an index seek however many acked rows are retained. Schema
@@ -179,6 +186,26 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (priority, kind, reason)
     );
     """,
+    # Version 3: dead letters may never have been accepted (`set_aside`): no seq, no
+    # accepted_at. `seq` stops being the rowid; `number` orders them as they were set aside.
+    """
+    CREATE TABLE dead_letters_v3 (
+        number INTEGER PRIMARY KEY,
+        seq INTEGER UNIQUE,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        accepted_at REAL,
+        reason TEXT NOT NULL,
+        dead_at REAL NOT NULL
+    );
+    INSERT INTO dead_letters_v3 (seq, id, kind, priority, body, accepted_at, reason, dead_at)
+        SELECT seq, id, kind, priority, body, accepted_at, reason, dead_at FROM dead_letters
+        ORDER BY seq;
+    DROP TABLE dead_letters;
+    ALTER TABLE dead_letters_v3 RENAME TO dead_letters;
+    """,
 )
 
 _BUSY_TIMEOUT_MS: Final = 5_000
@@ -220,12 +247,15 @@ class _DiskFull(BufferUnavailable):
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    seq: int
+    """A dead letter as listed (body left out); `seq` and `accepted_at` are None for a record
+    set aside before it was accepted."""
+
+    seq: int | None
     id: str
     kind: str
     priority: int
     size: int
-    accepted_at: float
+    accepted_at: float | None
     reason: str
     dead_at: float
 
@@ -759,6 +789,24 @@ class SqliteBuffer:
                 )
         self._settle(settled, retained=False)
 
+    async def set_aside(self, records: Sequence[Record], reason: str) -> None:
+        """Store records that were never accepted as dead letters with the reason, in one
+        transaction: no seq (the gap-free sequence numbers accepted records only), no
+        accepted_at, and their id is not held (the same id may be accepted later).
+
+        Raises BufferUnavailable (nothing stored) on I/O errors or a full disk.
+        """
+        if not records:
+            return
+        now = self._clock()
+        async with self._transaction("set_aside") as db:
+            await db.executemany(
+                "INSERT INTO dead_letters"
+                " (seq, id, kind, priority, body, accepted_at, reason, dead_at)"
+                " VALUES (NULL, ?, ?, ?, ?, NULL, ?, ?)",
+                [(r.id, r.kind, r.priority, r.body, reason, now) for r in records],
+            )
+
     def _settle(self, rows: Sequence[Any], *, retained: bool) -> None:
         for priority, size in rows:
             self._pending_count[int(priority)] = self._pending_count.get(int(priority), 0) - 1
@@ -772,19 +820,23 @@ class SqliteBuffer:
             with _classified(self.path, "dead_letters"):
                 rows = await self._db.execute_fetchall(
                     "SELECT seq, id, kind, priority, length(body), accepted_at, reason, dead_at"
-                    " FROM dead_letters ORDER BY seq LIMIT ?",
+                    " FROM dead_letters ORDER BY number LIMIT ?",
                     (limit,),
                 )
         return [DeadLetter(*row) for row in rows]
 
     async def retry_dead_letters(self, seqs: Sequence[int] | None = None) -> tuple[int, int]:
-        """Put dead letters (all, or these seqs) back in the queue with their own seq and id.
+        """Put dead letters that had been accepted (all, or those with these seqs) back in the
+        queue with their own seq and id.
 
+        Records set aside before acceptance (`set_aside`, no seq) stay where they are: they
+        were never accepted, and what they hold is for a person to read (the pipeline stores
+        a description of a rejected reading there, not an event).
         Returns (moved back, dropped because their id is held again, i.e. the same fact was
         accepted again since). Capacity is not checked: a person asked for these records.
         """
         async with self._transaction("retry_dead_letters") as db:
-            where, params = "", tuple[int, ...]()
+            where, params = "WHERE seq IS NOT NULL", tuple[int, ...]()
             if seqs is not None:
                 where, params = f"WHERE seq IN ({_placeholders(len(seqs))})", tuple(seqs)
             (wanted,) = _one(await db.execute_fetchall(
@@ -861,18 +913,31 @@ class SqliteBuffer:
                 break
         cap = self.capacity.retained_max_bytes
         while cap is not None and self._retained_bytes > cap:
-            async with self._lock:
-                with _classified(self.path, "purge"):
-                    rows = list(await self._db.execute_fetchall(
-                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events"
-                        " WHERE acked_at IS NOT NULL ORDER BY acked_at LIMIT ?)"
-                        " RETURNING length(body)",
-                        (_EVICT_ROWS_PER_STATEMENT,),
-                    ))
-            if not rows:
+            # Exactly as many of the earliest delivered as bring the retained bytes under the
+            # cap (a whole statement's worth would cut the replay window short).
+            async with self._transaction("purge") as db:
+                oldest = await db.execute_fetchall(
+                    "SELECT seq, length(body) FROM events"
+                    " WHERE acked_at IS NOT NULL ORDER BY acked_at, seq LIMIT ?",
+                    (_EVICT_ROWS_PER_STATEMENT,),
+                )
+                excess = self._retained_bytes - cap
+                taken: list[int] = []
+                freed = 0
+                for seq, size in oldest:
+                    if freed >= excess:
+                        break
+                    taken.append(int(seq))
+                    freed += int(size)
+                for chunk in _chunks(taken):
+                    await db.execute(
+                        f"DELETE FROM events WHERE seq IN ({_placeholders(len(chunk))})",
+                        tuple(chunk),
+                    )
+            if not taken:
                 break
-            deleted += len(rows)
-            self._retained_bytes -= sum(int(row[0]) for row in rows)
+            deleted += len(taken)
+            self._retained_bytes -= freed
         return deleted
 
     async def stats(self) -> BufferStats:
@@ -885,6 +950,13 @@ class SqliteBuffer:
                 )
             )
             oldest_seq = min((int(row[2]) for row in by_priority), default=None)
+            # One rowid lookup per priority (its lowest pending seq came from the index above).
+            oldest_by_priority: dict[int, float] = {}
+            for priority, _count, first_seq in by_priority:
+                (accepted_at,) = _one(await db.execute_fetchall(
+                    "SELECT accepted_at FROM events WHERE seq = ?", (first_seq,)
+                ))
+                oldest_by_priority[int(priority)] = float(accepted_at)
             oldest_at, acked, dead, last_seq, oldest_retained = _one(
                 await db.execute_fetchall(
                     "SELECT (SELECT accepted_at FROM events WHERE seq = ?),"
@@ -916,6 +988,7 @@ class SqliteBuffer:
             retained_bytes=self._retained_bytes,
             oldest_retained_at=None if oldest_retained is None else float(oldest_retained),
             evictions=evictions,
+            oldest_pending_by_priority=oldest_by_priority,
         )
 
     @property

@@ -8,7 +8,8 @@
         topic, same ids and seqs, MQTT v5 user property `replay=true`.
     edge-agent buffer dead-letters -c CONFIG [--retry [SEQ ...]]
         list the dead letters; `--retry` puts them (all, or these seqs) back in the queue: the
-        agent sends them on its next start.
+        agent sends them on its next start. Readings set aside before they were accepted
+        (unmappable: seq `-`) are listed for a person to read and never retried.
 
 `replay` and `--retry` write, so they take the state dir lock: while the agent runs they are
 refused with the holder's pid and command line (stop the agent first; a running agent can be
@@ -284,7 +285,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
     print("seq\tid\ttype\tclass\tbytes\tdead at\treason")
     for letter in letters:
         print(
-            f"{letter.seq}\t{letter.id}\t{letter.kind}\t"
+            f"{'-' if letter.seq is None else letter.seq}\t{letter.id}\t{letter.kind}\t"
             f"{_CLASS_NAMES.get(letter.priority, letter.priority)}\t{letter.size}\t"
             f"{_iso(letter.dead_at)}\t{letter.reason}"
         )

@@ -168,6 +168,18 @@ def _certs_create(args: argparse.Namespace) -> int:
         if source.certificate in made:
             continue
         made.add(source.certificate)
+        references = [
+            str(path) for path in (source.certificate, source.private_key)
+            if str(path).startswith("credential:")
+        ]
+        if references:
+            print(
+                f"edge-agent: source {source.name!r} reads {', '.join(references)} from systemd "
+                "credentials; make the certificate with plain file paths in a copy of the "
+                "config, then hand the files to the unit with LoadCredential=",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
         try:
             info = create_application_certificate(
                 certificate_path=source.certificate,

@@ -30,6 +30,7 @@ from typing import Any
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 _READ_ONLY = ("status", "sources", "buffer", "config", "ping")
+_CLASSES = ("telemetry", "business", "critical")
 
 
 class _Failure(Exception):
@@ -255,9 +256,10 @@ def _render_sources(sources: dict[str, Any]) -> str:
 
 
 def _render_buffer(buffer: dict[str, Any]) -> str:
-    rows = [["CLASS", "PENDING", "EVICTIONS"]]
+    rows = [["CLASS", "PENDING", "OLDEST PENDING", "EVICTIONS"]]
     for name, entry in buffer["classes"].items():
-        rows.append([name, str(entry["pending"]), str(entry["evictions"])])
+        rows.append([name, str(entry["pending"]), _age_text(entry.get("oldest_pending_age_s")),
+                     str(entry["evictions"])])
     oldest = buffer["oldest_pending_age_s"]
     return (
         _table(rows)
@@ -279,6 +281,10 @@ def _render_status(status: dict[str, Any]) -> str:
     return "\n\n".join(
         [head, _render_sources(status["sources"]), _render_buffer(status["buffer"])]
     )
+
+
+def _age_text(seconds: Any) -> str:
+    return f"{seconds:.0f} s" if isinstance(seconds, int | float) else "-"
 
 
 def _ago(moment: str | None, now: float | None = None) -> str:
@@ -371,7 +377,10 @@ def fleet_rows(
         row.update(
             sources_up=up, sources_total=len(sources), sources_paused=paused,
             backlog={name: entry.get("pending", 0) for name, entry in classes.items()},
-            oldest_pending_age_s=oldest, last_puback_at=forwarder.get("last_puback_at"),
+            oldest_pending_age_s=oldest,
+            oldest_pending_age_s_by_class={
+                name: entry.get("oldest_pending_age_s") for name, entry in classes.items()
+            }, last_puback_at=forwarder.get("last_puback_at"),
             status_age_s=age,
         )
         if age is None or age > 3 * interval + 5:
@@ -407,8 +416,8 @@ def _print_fleet(statuses: dict[str, dict[str, Any]], args: argparse.Namespace) 
         print(f"no agent status under {args.prefix}/ on {args.hub}")
         return
     color = sys.stdout.isatty()
-    table = [["", "SITE/AGENT", "STATE", "SOURCES", "BACKLOG tel/bus/crit", "OLDEST PENDING",
-              "LAST FORWARD", "FLAGS"]]
+    table = [["", "SITE/AGENT", "STATE", "SOURCES", "BACKLOG tel/bus/crit",
+              "OLDEST PENDING tel/bus/crit", "LAST FORWARD", "FLAGS"]]
     for row in rows:
         mark = "!" if row["flags"] else ""
         if row["state"] != "online":
@@ -416,11 +425,11 @@ def _print_fleet(statuses: dict[str, dict[str, Any]], args: argparse.Namespace) 
             table.append([mark, row["agent"], why, "-", "-", "-", "-", " ".join(row["flags"])])
             continue
         backlog = row["backlog"]
-        oldest = row["oldest_pending_age_s"]
+        oldest = row["oldest_pending_age_s_by_class"]
         table.append([
             mark, row["agent"], "online", f"{row['sources_up']}/{row['sources_total']}",
-            "/".join(str(backlog.get(name, 0)) for name in ("telemetry", "business", "critical")),
-            f"{oldest:.0f} s" if oldest is not None else "-",
+            "/".join(str(backlog.get(name, 0)) for name in _CLASSES),
+            "/".join(_age_text(oldest.get(name)) for name in _CLASSES),
             _ago(row["last_puback_at"]), " ".join(row["flags"]),
         ])
     lines = _table(table).splitlines()

@@ -3,6 +3,10 @@
 Invariants:
 - A password is never written in the config itself: it comes from a file (`password_file`)
   or an environment variable (`password_env`), so the config can be shared and versioned.
+- Every file setting (`password_file`, `certificate`, `private_key`, `user_certificate`,
+  `user_private_key`) is a path or `credential:NAME`, a systemd credential
+  (`LoadCredential=NAME:/path`), resolved when a session opens (`resolve_credentials`, see
+  `connectors.opcua.credentials`).
 - Secured connections (`security_policy` other than "None") need the agent's application
   instance certificate and key (`edge-agent certs create -c CONFIG` makes them); the server's
   certificate must be in `pki_dir/trusted/` unless `trust_on_first_use` is on (off by default).
@@ -21,6 +25,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connectors.opcua import credentials
 from connectors.opcua.addressing import parse_address
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
@@ -92,6 +97,11 @@ class OpcUaSignalSettings(BaseModel):
         return self
 
 
+# Settings naming a file: each may be `credential:NAME` instead of a path.
+_FILE_SETTINGS = ("password_file", "certificate", "private_key", "user_certificate",
+                  "user_private_key")
+
+
 class OpcUaSettings(BaseModel):
     """Connection settings of one OPC UA server."""
 
@@ -131,10 +141,17 @@ class OpcUaSettings(BaseModel):
         if isinstance(data, dict) and "password" in data:
             raise ValueError(
                 "`password` must not be written in the config: put it in a file readable only "
-                "by the agent (password_file = \"/etc/edge-agent/opcua.pass\") or in an "
-                "environment variable (password_env = \"OPCUA_PASSWORD\")"
+                "by the agent (password_file = \"/etc/edge-agent/opcua.pass\"), in a systemd "
+                "credential (password_file = \"credential:opcua-password\", "
+                "LoadCredential=opcua-password:/path) or in an environment variable "
+                "(password_env = \"OPCUA_PASSWORD\")"
             )
         return data
+
+    @field_validator(*_FILE_SETTINGS)
+    @classmethod
+    def _credential_name(cls, path: Path | None) -> Path | None:
+        return credentials.check_reference(path) if path is not None else None
 
     @model_validator(mode="after")
     def _consistent(self) -> OpcUaSettings:
@@ -209,11 +226,20 @@ class OpcUaSettings(BaseModel):
 
     def with_base_dir(self, base: Path) -> Self:
         """A copy with every relative path taken relative to `base` (the config's folder)."""
-        fields = ("certificate", "private_key", "pki_dir", "password_file", "user_certificate",
-                  "user_private_key")
         update: dict[str, Path] = {}
-        for name in fields:
+        for name in (*_FILE_SETTINGS, "pki_dir"):
             value = getattr(self, name)
             if isinstance(value, Path) and not value.is_absolute():
-                update[name] = base / value
+                if not credentials.is_credential(value):
+                    update[name] = base / value
         return self.model_copy(update=update)
+
+    def resolve_credentials(self) -> Self:
+        """A copy with every `credential:NAME` replaced by its file in $CREDENTIALS_DIRECTORY;
+        `credentials.CredentialUnavailable` (a ValueError) says why one cannot be."""
+        update: dict[str, Path] = {}
+        for name in _FILE_SETTINGS:
+            value = getattr(self, name)
+            if isinstance(value, Path) and credentials.is_credential(value):
+                update[name] = credentials.resolve(name, value)
+        return self.model_copy(update=update) if update else self

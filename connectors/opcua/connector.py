@@ -21,8 +21,9 @@ Invariants:
   monitored is listed in `health.signal_errors` and tried again every `signal_retry_s` while
   the rest flow. A value with a Bad status is forwarded marked bad, never dropped.
 - The session is watched: a lost connection, or a subscription that went silent (neither data
-  nor keep-alive for three keep-alive periods), ends the session with `SourceUnavailable`, and
-  the next session recreates everything.
+  nor keep-alive for three keep-alive periods, or recreated in place by asyncua's own stale
+  watchdog after 1.5), ends the session with `SourceUnavailable`, and the next session
+  recreates everything.
 - A connection gap is visible in `health.disconnected_at` / `health.reconnected_at`; after a
   gap, signals marked `backfill` are filled from the server's history (`history`).
 - Readings keep source, server and receive time; `timestamp` (config) chooses which one is the
@@ -380,16 +381,24 @@ class OpcUaConnector:
             * max(int(parameters.RequestedMaxKeepAliveCount or 1), 1)
         )
         silent_after = max(keepalive_s * _SILENT_KEEPALIVES, 2.0)
+        # asyncua's client has its own stale-subscription watchdog (1.5 keep-alive periods) that
+        # recreates a silent subscription in place, under a new id and with new server handles
+        # (event items are keyed by server handle here). A new id therefore also means "went
+        # silent": the session ends and the next one recreates everything from scratch.
+        created_id = subscription.subscription_id
+        silent = (
+            f"subscription on {self.settings.endpoint} went silent (no data and no keep-alive "
+            f"for {silent_after:.0f} s); recreating it"
+        )
         while True:
             await asyncio.sleep(self.settings.watchdog_interval_s)
             if client.state is not UaClientState.CONNECTED:
                 raise SourceUnavailable(f"session with {self.settings.endpoint} lost")
+            if subscription.subscription_id != created_id:
+                raise SourceUnavailable(silent)
             last = subscription.last_publish_at
             if last is not None and time.monotonic() - last > silent_after:
-                raise SourceUnavailable(
-                    f"subscription on {self.settings.endpoint} went silent (no data and no "
-                    f"keep-alive for {silent_after:.0f} s); recreating it"
-                )
+                raise SourceUnavailable(silent)
 
     async def _retry_failed(
         self, client: Client, subscription: Subscription, plan: _Plan

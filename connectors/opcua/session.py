@@ -7,8 +7,9 @@ three connect exactly alike. Errors are classified for the caller:
   is not trusted yet (the operator trusts it, the next attempt works), the server does not
   trust the agent's certificate yet (the OT engineer trusts it on the server).
 - `SourceConfigError` (fix the config): the endpoint offers no such policy and mode, the
-  agent's certificate or key is missing, the password cannot be read, the server refused the
-  user (wrong user name or password: retrying would only lock the account).
+  agent's certificate or key is missing, the password cannot be read, a `credential:NAME`
+  setting but no `$CREDENTIALS_DIRECTORY`, the server refused the user (wrong user name or
+  password: retrying would only lock the account).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.crypto import security_policies
+from asyncua.crypto.uacrypto import CertProperties
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
@@ -73,6 +76,10 @@ async def open_session(
 ) -> AsyncIterator[Client]:
     """Connect with `settings` and yield the client; disconnect (bounded) on exit."""
     info = info if info is not None else SessionInfo()
+    try:
+        settings = settings.resolve_credentials()
+    except ValueError as error:
+        raise SourceConfigError(str(error)) from error
     client = Client(
         settings.endpoint,
         timeout=settings.request_timeout_s,
@@ -151,12 +158,12 @@ async def _set_security(client: Client, settings: OpcUaSettings, info: SessionIn
     try:
         await client.set_security(
             policy,
-            certificate=str(settings.certificate),
-            private_key=str(settings.private_key),
+            certificate=CertProperties(settings.certificate, _format(settings.certificate)),
+            private_key=CertProperties(settings.private_key, _format(settings.private_key)),
             server_certificate=server_der,
             mode=mode,
         )
-    except (ValueError, TypeError, UaError) as error:
+    except (OSError, ValueError, TypeError, UaError) as error:
         raise SourceConfigError(
             f"cannot use the agent's certificate {settings.certificate} / key "
             f"{settings.private_key}: {describe_error(error)}"
@@ -173,8 +180,12 @@ async def _set_identity(client: Client, settings: OpcUaSettings) -> None:
         client.set_password(password)
     elif settings.user_certificate is not None and settings.user_private_key is not None:
         try:
-            await client.load_client_certificate(str(settings.user_certificate))
-            await client.load_private_key(settings.user_private_key)
+            await client.load_client_certificate(
+                str(settings.user_certificate), _format(settings.user_certificate)
+            )
+            await client.load_private_key(
+                settings.user_private_key, extension=_format(settings.user_private_key)
+            )
         except (OSError, ValueError) as error:
             raise SourceConfigError(
                 f"cannot load the user certificate {settings.user_certificate} / key "
@@ -215,6 +226,18 @@ def _expiry_notice(
         _log.warning("%s", info.notices[key])
     else:
         info.notices.pop(key, None)
+
+
+def _format(path: Path) -> str | None:
+    """"pem" or "der" by the file's content: asyncua goes by the extension, which a systemd
+    credential (`$CREDENTIALS_DIRECTORY/NAME`) need not have. None if unreadable (the load
+    that follows reports it)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(64)
+    except OSError:
+        return None
+    return "pem" if head.lstrip().startswith(b"-----BEGIN") else "der"
 
 
 def _first_certificate(chain: bytes) -> bytes:

@@ -162,8 +162,12 @@ async def test_fleet_lists_three_agents_and_marks_the_stopped_one_offline(
         assert rows[name]["state"] == "online" and rows[name]["flags"] == [], rows[name]
         assert rows[name]["sources_up"] == rows[name]["sources_total"] == 1
         assert set(rows[name]["backlog"]) == {"telemetry", "business", "critical"}
+        by_class = rows[name]["oldest_pending_age_s_by_class"]
+        assert set(by_class) == {"telemetry", "business", "critical"}
+        assert all(age is None or age >= 0 for age in by_class.values())
     lines = fleet_text.stdout.splitlines()
     assert len(lines) == 4 and "SITE/AGENT" in lines[0]
+    assert "OLDEST PENDING tel/bus/crit" in lines[0]
     offline = [line for line in lines if "edge-02" in line]
     assert offline[0].startswith("!") and "OFFLINE" in offline[0]
     assert tail.returncode == 0, tail.stderr

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import tomllib
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from buffer.base import AppendResult, BufferCorrupt, Record, StoredRecord
+from buffer.base import AppendResult, BufferCorrupt, Capacity, Record, StoredRecord
 from buffer.sqlite import SqliteBuffer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,6 +258,43 @@ async def test_purge_works_through_many_chunks(tmp_path: Path) -> None:
         assert (stats.pending, stats.acked_retained, stats.last_seq) == (1, 0, 25_001)
 
 
+async def test_purge_trims_the_oldest_delivered_to_retained_max_bytes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    capacity = Capacity(retained_max_bytes=250)
+    async with SqliteBuffer.open(
+        tmp_path / "b.db", retention_s=RETENTION_S, clock=clock, capacity=capacity
+    ) as buf:
+        bodies = [Record(f"r{n}", "reading", 0, bytes(100)) for n in range(10)]
+        await buf.append(bodies)  # seq 1-10, 100 bytes each
+        for seq in (3, 1, 2, 5, 4, 6):  # delivered in this order, one clock tick apart
+            await buf.ack([seq])
+            clock.now += 1
+        assert (await buf.stats()).retained_bytes == 600
+        # Within the time window, but over the size cap: the earliest delivered go first,
+        # exactly as many as needed (600 -> 200 <= 250), none of the pending ones.
+        assert await buf.purge() == 4
+        stats = await buf.stats()
+        assert (stats.retained_bytes, stats.acked_retained, stats.pending) == (200, 2, 4)
+        assert stats.evictions == {}  # trimming the replay window is retention, not a loss
+        since = 0.0
+        kept = [r.seq for chunk in [c async for c in buf.retained(since=since)] for r in chunk]
+        assert kept == [4, 6]
+        assert stats.oldest_retained_at == 1_000.0  # all accepted at 1000
+        assert await buf.purge() == 0  # under the cap: nothing more
+    # The cap comes from `[buffer] retention_max_bytes` in the agent's config.
+    from agent.store import capacity as configured_capacity
+    from config.schema import AgentConfig
+    from tests.support.durability import simulated_agent_config
+
+    text = simulated_agent_config(
+        hub_url="mqtt://127.0.0.1:1",
+        state_dir=tmp_path,
+        extra_buffer='retention_max_bytes = "2 KiB"',
+    )
+    config = AgentConfig.model_validate(tomllib.loads(text))
+    assert configured_capacity(config).retained_max_bytes == 2048
+
+
 async def test_dead_letter_moves_pending_rows_aside_with_the_reason(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
     clock = FakeClock()
@@ -280,6 +318,69 @@ async def test_dead_letter_moves_pending_rows_aside_with_the_reason(tmp_path: Pa
     db.close()
 
 
+async def test_set_aside_stores_never_accepted_records_as_dead_letters(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    clock = FakeClock()
+    async with SqliteBuffer.open(path, clock=clock) as buffer:
+        await buffer.append(records("a", 3))
+        await buffer.dead_letter([2], "too large")
+        clock.now = 1_500.0
+        await buffer.set_aside(records("bad", 2, priority=1), "unknown unit 'furlong'")
+        await buffer.set_aside([], "nothing")
+        stats = await buffer.stats()
+        # No seq used, nothing pending, both kinds counted.
+        assert (stats.last_seq, stats.pending, stats.dead_letters) == (3, 2, 3)
+        letters = await buffer.dead_letters()
+        assert [(d.seq, d.id, d.accepted_at, d.reason) for d in letters] == [
+            (2, "a-1", 1_000.0, "too large"),
+            (None, "bad-0", None, "unknown unit 'furlong'"),
+            (None, "bad-1", None, "unknown unit 'furlong'"),
+        ]
+        assert letters[1].dead_at == 1_500.0 and letters[1].priority == 1
+        # Their ids were never held: the same id is accepted normally, with the next seq.
+        assert await buffer.append(records("bad", 1, priority=1)) == AppendResult(1, 0, 4)
+        # Retry (by seq or all) puts back only what had been accepted, with its own seq.
+        assert await buffer.retry_dead_letters([2]) == (1, 0)
+        assert await buffer.retry_dead_letters() == (0, 0)
+        assert buffer.last_seq == 4
+        leased = await lease_all(buffer)
+        assert [(r.seq, r.id) for r in leased] == [(4, "bad-0"), (1, "a-0"), (2, "a-1"), (3, "a-2")]
+        assert [d.id for d in await buffer.dead_letters()] == ["bad-0", "bad-1"]
+
+
+async def test_set_aside_survives_reopening_and_lists_in_the_cli_order(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    async with SqliteBuffer.open(path) as buffer:
+        await buffer.set_aside(records("x", 1), "rejected")
+    async with SqliteBuffer.open(path, read_only=True) as reader:
+        assert [(d.seq, d.id) for d in await reader.dead_letters()] == [(None, "x-0")]
+        assert (await reader.stats()).dead_letters == 1
+
+
+async def test_a_version_2_file_is_migrated_keeping_its_dead_letters(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    from buffer.sqlite import _MIGRATIONS
+
+    for version, script in enumerate(_MIGRATIONS[:2], start=1):
+        db.executescript(f"BEGIN; {script}; PRAGMA user_version = {version}; COMMIT;")
+    db.execute(
+        "INSERT INTO dead_letters VALUES (7, 'old', 'reading', 0, x'01', 10.0, 'refused', 11.0)"
+    )
+    db.execute("UPDATE meta SET value = 7 WHERE key = 'last_seq'")
+    db.close()
+    async with SqliteBuffer.open(path) as buffer:
+        await buffer.set_aside(records("new", 1), "rejected")
+        assert [(d.seq, d.id, d.size) for d in await buffer.dead_letters()] == [
+            (7, "old", 1), (None, "new-0", 4),
+        ]
+        assert await buffer.retry_dead_letters([7]) == (1, 0)
+        assert [r.seq for r in await lease_all(buffer)] == [7]
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone() == (3,)
+    check.close()
+
+
 async def test_stats_are_exact(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
     clock = FakeClock(now=500.0)
@@ -296,6 +397,7 @@ async def test_stats_are_exact(tmp_path: Path) -> None:
         assert stats.pending == 3
         assert stats.pending_by_priority == {0: 1, 2: 2}
         assert stats.oldest_pending_at == 500.0  # seq 3
+        assert stats.oldest_pending_by_priority == {0: 500.0, 2: 600.0}
         assert (stats.acked_retained, stats.dead_letters, stats.last_seq) == (1, 1, 5)
         wal = path.with_name(path.name + "-wal")
         assert stats.file_bytes == path.stat().st_size + wal.stat().st_size > 0
@@ -312,7 +414,7 @@ async def test_open_creates_the_directory_and_uses_wal(tmp_path: Path) -> None:
         assert path.with_name("buffer.db-wal").exists()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
     db.close()
 
 

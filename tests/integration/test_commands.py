@@ -12,10 +12,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from agent import store
+from agent.cli import remote as remote_cli
 from agent.demo.plant import FILLER_TEMPERATURE, FillingLinePlant
 from agent.runtime import Agent
 from agent.signing import RequestSigner, create_key_pair
+from buffer.base import Record
+from buffer.sqlite import SqliteBuffer
 from config.loader import load_config
+from config.schema import Priority
 from tests.support.broker import MosquittoBroker, Subscriber
 from tests.support.commands import Requester
 from tests.support.events import EVENTS_TOPIC, decode_events
@@ -141,6 +146,53 @@ async def test_read_only_commands_answer_on_the_response_topic(
     assert buffer["result"]["last_seq"] >= 1
     assert config["result"]["agent"]["site"] == "plant-a"
     assert config["result"]["commands"]["allow"]["pause"] == ["ops"]
+
+
+async def test_buffer_and_status_show_each_class_backlog_and_its_oldest_age(
+    tmp_path: Path, broker: MosquittoBroker, plant: FillingLinePlant
+) -> None:
+    # A backlog from before this connection (paced to a trickle, so it stays pending) in two
+    # classes, accepted at known times; live events keep flowing beside it.
+    config_file = write_config(tmp_path, broker, plant)
+    text = config_file.read_text()
+    assert text.count("retention_s = 3600\n") == 1
+    config_file.write_text(text.replace(
+        "retention_s = 3600\n",
+        "retention_s = 3600\nbacklog_max_rate = 0.0001\nbacklog_jitter = 0\n"
+        "backlog_start_delay_max_s = 0\n",
+    ))
+    now = time.time()
+    for priority, count, age in ((Priority.TELEMETRY, 3, 100.0), (Priority.BUSINESS, 2, 10.0)):
+        async with SqliteBuffer.open(
+            store.buffer_file(load_config(config_file)), clock=lambda age=age: now - age
+        ) as seeded:
+            await seeded.append([
+                Record(f"seeded-{priority}-{n}", "telemetry.v1", priority, b"\x80")
+                for n in range(count)
+            ])
+    with Requester(broker) as hub, Subscriber(broker, EVENTS_TOPIC) as events:
+        async with running_agent(config_file), producing(plant):
+            await still_forwarding(events, after_seq=5)  # live events, after the backlog
+            buffer = await hub.ask_async("buffer")
+            status = await hub.ask_async("status")
+
+    assert buffer["ok"] is True, buffer
+    for answer in (buffer["result"], status["result"]["buffer"]):
+        classes = answer["classes"]
+        assert set(classes) == {"telemetry", "business", "critical"}
+        # The seeded backlog, and perhaps a live event not acked yet.
+        assert classes["telemetry"]["pending"] >= 3 and classes["business"]["pending"] >= 2
+        telemetry_age = classes["telemetry"]["oldest_pending_age_s"]
+        business_age = classes["business"]["oldest_pending_age_s"]
+        assert telemetry_age >= 100.0 and 10.0 <= business_age < telemetry_age
+        assert classes["critical"]["oldest_pending_age_s"] is None
+        assert classes["critical"]["pending"] == classes["critical"]["evictions"] == 0
+        assert answer["oldest_pending_age_s"] == telemetry_age  # the oldest of all classes
+    table = remote_cli._render_buffer(buffer["result"])
+    assert "OLDEST PENDING" in table.splitlines()[0]
+    assert [line.split()[0] for line in table.splitlines()[1:4]] == [
+        "telemetry", "business", "critical"
+    ]
 
 
 async def test_bad_requests_are_refused_with_a_reason_while_events_keep_flowing(

@@ -6,11 +6,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from agent.status import sources_status
+from connectors.opcua.certificates import create_application_certificate
+from connectors.opcua.trust import TrustStore
 from tests.integration.test_first_path import events_at_hub, running_agent, until
 from tests.integration.test_opcua_connector import until_async
 from tests.support.broker import MosquittoBroker, Subscriber, free_loopback_port
 from tests.support.events import EVENTS_TOPIC, decode_events
-from tests.support.opcua_servers import ALARMS, TEMPERATURE, serve_line
+from tests.support.opcua_servers import (
+    ALARMS,
+    ALL_SECURE,
+    TEMPERATURE,
+    serve_line,
+    server_certificate,
+    thumbprint_of,
+)
 
 
 def config_text(tmp_path: Path, hub: str, endpoint: str) -> Path:
@@ -100,3 +112,52 @@ async def test_values_missed_during_a_session_gap_arrive_marked_backfilled_once(
     # seen) and with the new subscription: same id, so the buffer accepted it once.
     assert [value for value, _ in values].count(30.0) == 1
     assert (30.0, None) in values
+
+
+async def test_secrets_from_systemd_credentials_and_a_near_expiry_notice_in_status(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = tmp_path / "pki"
+    create_application_certificate(
+        certificate_path=pki / "own" / "cert.der", key_path=tmp_path / "creds" / "opcua-key",
+        application_uri="urn:test-host:plant-edge-agent", host_name="localhost",
+    )
+    (tmp_path / "creds" / "opcua-password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    server_pki = tmp_path / "server-pki"
+    server_certificate(server_pki, days=10)
+    TrustStore(pki).add_trusted(server_pki / "server" / "cert.der")
+    async with serve_line(free_loopback_port(), pki=server_pki, policies=ALL_SECURE,
+                          users={"operator": "s3cret"}) as line:
+        config = tmp_path / "agent.toml"
+        config.write_text(f"""
+[agent]
+site = "plant-a"
+id = "edge-01"
+state_dir = "state"
+
+[hub]
+url = "{broker.url}"
+
+[[sources]]
+name = "line1"
+type = "opcua"
+endpoint = "{line.endpoint}"
+security_policy = "Basic256Sha256"
+application_uri = "urn:test-host:plant-edge-agent"
+private_key = "credential:opcua-key"
+username = "operator"
+password_file = "credential:opcua-password"
+
+  [[sources.signals]]
+  node = "{TEMPERATURE}"
+  event = "telemetry"
+  asset = "line1/filler"
+  unit = "Cel"
+""")
+        async with running_agent(config) as agent:  # connected: key and password were read
+            notices = sources_status(agent)["line1"]["notices"]
+    thumbprint = thumbprint_of(server_pki / "server" / "cert.der")
+    assert notices["server_certificate"].startswith(
+        f"the server's certificate ({thumbprint}) expires in "
+    )

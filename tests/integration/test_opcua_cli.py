@@ -141,3 +141,31 @@ endpoint = "{plant_endpoint}"
     assert "Objects/Line1/Temperature: is Double, but production.count needs an integer" in out
     assert "ns=2;s=Line1.Filler.Gone: the server says BadNodeIdUnknown" in out
     assert "2 problem(s)" in result.stderr
+
+
+def test_certs_create_refuses_credential_references(tmp_path: Path) -> None:
+    """A key read from systemd credentials cannot be written by `certs create`."""
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[agent]
+site = "plant-a"
+id = "edge-01"
+[hub]
+url = "mqtt://127.0.0.1:1883"
+[[sources]]
+name = "line1"
+type = "opcua"
+endpoint = "opc.tcp://127.0.0.1:{free_loopback_port()}"
+security_policy = "Basic256Sha256"
+application_uri = "urn:plant-a:edge-01"
+certificate = "credential:opcua-cert"
+private_key = "credential:opcua-key"
+  [[sources.signals]]
+  node = "ns=2;s=Line1.Filler.GoodCount"
+  event = "production.count"
+  asset = "line1/filler"
+""")
+    result = edge_agent("certs", "create", "-c", str(config))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "credential:opcua-cert" in result.stderr and "LoadCredential=" in result.stderr
+    assert not list(tmp_path.glob("credential*"))

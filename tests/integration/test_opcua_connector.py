@@ -4,12 +4,16 @@ deadband, polling, alarms, a server restart mid-stream and backfill from history
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from connectors.base import Quality, Reading
 from connectors.opcua import OpcUaConnector, OpcUaSettings, OpcUaSignalSettings
+from connectors.opcua import connector as opcua_connector
 from tests.integration.test_opcua_security import running, until
 from tests.support.broker import free_loopback_port
 from tests.support.opcua_servers import ALARMS, COUNT, TEMPERATURE, serve_line
@@ -205,3 +209,61 @@ async def test_a_server_without_history_is_reported_not_failed() -> None:
         notice = connector.health.notices[f"history:{TEMPERATURE}"]
         assert "keeps no history" in notice
         assert all(reading.quality is Quality.GOOD for reading in after)
+
+
+async def test_a_large_server_clock_skew_is_reported() -> None:
+    async with serve_line(free_loopback_port()) as line:
+        await line.set_clock(timedelta(hours=1))
+        connector = OpcUaConnector(
+            "line", plain(line.endpoint), [OpcUaSignalSettings(node=TEMPERATURE)]
+        )
+        async with running(connector) as readings:
+            await until(lambda: readings, "a value: skew is a notice, not a failure")
+        notice = connector.health.notices["clock_skew"]
+        assert re.fullmatch(
+            r"the server clock is 3\d{3}\.\d s ahead of the agent's "
+            r"\(more than clock_skew_warn_s = 5\.0\)",
+            notice,
+        )
+        # The server's clock is set right: the next session clears the notice.
+        await line.set_clock(timedelta(0))
+        async with running(connector) as readings:
+            await until(lambda: readings, "a value")
+        assert "clock_skew" not in connector.health.notices
+
+
+async def test_a_silent_subscription_is_detected_and_recreated(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.runtime import SourceRunner
+
+    # A keep-alive every 0.5 s instead of 5 s, so "silent" (3 keep-alives, at least 2 s)
+    # comes within the test's time.
+    monkeypatch.setattr(opcua_connector, "_KEEPALIVE_MS", 500.0)
+    async with serve_line(free_loopback_port()) as line:
+        connector = OpcUaConnector(
+            "line", plain(line.endpoint, watchdog_interval_s=0.2, reconnect_min_s=0.1,
+                          reconnect_max_s=0.5),
+            [OpcUaSignalSettings(node=TEMPERATURE)],
+        )
+        readings: list[Reading] = []
+
+        async def emit(batch: Any) -> None:
+            readings.extend(batch)
+
+        runner = SourceRunner(connector, backoff_min_s=0.1, backoff_max_s=0.5)
+        task = asyncio.create_task(runner.run(emit))
+        try:
+            await until(lambda: values_of(readings, TEMPERATURE), "the first value")
+            assert line.silence_subscriptions() == 1  # the connection and session stay up
+            await until(lambda: connector.health.reconnected_at is not None,
+                        "the silent subscription noticed and a new session", limit_s=20)
+            assert any("went silent" in record.getMessage() for record in caplog.records)
+            await until(lambda: connector.health.connected, "the new session", limit_s=20)
+            await line.write("Temperature", 44.0)
+            await until(lambda: 44.0 in values_of(readings, TEMPERATURE),
+                        "a value through the recreated subscription")
+        finally:
+            task.cancel()
+            await asyncio.wait({task}, timeout=10)
+        assert task.done()

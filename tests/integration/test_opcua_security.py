@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -257,3 +258,83 @@ async def test_a_missing_own_certificate_says_how_to_make_one(tmp_path: Path) ->
         error = await run_once(connector)
         assert isinstance(error, SourceConfigError)
         assert "edge-agent certs create" in str(error)
+
+
+async def test_password_and_key_from_systemd_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = make_agent_pki(tmp_path)
+    server_pki = tmp_path / "server-pki"
+    trust_server(pki, server_pki)
+    # What systemd does for LoadCredential=opcua-password:... and LoadCredential=opcua-key:...
+    credentials = tmp_path / "run-credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / "opcua-password").write_text("s3cret\n")
+    (credentials / "opcua-key").write_bytes((pki / "own" / "private" / "key.pem").read_bytes())
+    (pki / "own" / "private" / "key.pem").unlink()  # only the credential holds the key now
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    port = free_loopback_port()
+    async with serve_line(port, pki=server_pki, policies=ALL_SECURE,
+                          users={"operator": "s3cret"}) as line:
+        connector = OpcUaConnector(
+            "line",
+            settings(line.endpoint, pki, security_policy="Basic256Sha256",
+                     private_key="credential:opcua-key", username="operator",
+                     password_file="credential:opcua-password"),
+            SIGNALS,
+        )
+        async with running(connector) as readings:
+            await until(lambda: readings, "a value with the password from the credential")
+
+        # Started outside its unit (no $CREDENTIALS_DIRECTORY): a config error saying so.
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+        error = await run_once(connector)
+        assert isinstance(error, SourceConfigError)
+        assert str(error) == (
+            "password_file: 'credential:opcua-password' is a systemd credential, but "
+            "$CREDENTIALS_DIRECTORY is not set: run the agent from its unit with "
+            "`LoadCredential=opcua-password:/path/to/file`, or give the file's path instead"
+        )
+
+
+def test_a_bad_credential_name_is_refused_and_credentials_keep_their_form(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="bad credential name 'a/b'"):
+        settings("opc.tcp://127.0.0.1:4840", tmp_path, certificate="credential:a/b")
+    based = settings(
+        "opc.tcp://127.0.0.1:4840", Path("pki"),
+        user_certificate="credential:user-cert", user_private_key="credential:user-key",
+    ).with_base_dir(tmp_path)
+    assert str(based.user_certificate) == "credential:user-cert"
+    assert based.pki_dir == tmp_path / "pki"
+
+
+async def test_certificates_near_expiry_are_reported_in_health(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    create_application_certificate(
+        certificate_path=pki / "own" / "cert.der", key_path=pki / "own" / "private" / "key.pem",
+        application_uri=AGENT_URI, host_name="localhost", days=5,
+    )
+    server_pki = tmp_path / "server-pki"
+    server_certificate(server_pki, days=10)
+    trust_server(pki, server_pki)
+    port = free_loopback_port()
+    async with serve_line(port, pki=server_pki, policies=ALL_SECURE) as line:
+        connector = OpcUaConnector(
+            "line", settings(line.endpoint, pki, security_policy="Aes128_Sha256_RsaOaep"),
+            SIGNALS,
+        )
+        async with running(connector) as readings:
+            await until(lambda: readings, "a value: near expiry is a notice, not a failure")
+    notices = connector.health.notices
+    server_thumbprint = thumbprint_of(server_pki / "server" / "cert.der")
+    assert re.fullmatch(
+        rf"the server's certificate \({server_thumbprint}\) expires in (9|10) days, on \S+",
+        notices["server_certificate"],
+    )
+    assert re.fullmatch(
+        rf"the agent's certificate \({thumbprint_of(pki / 'own' / 'cert.der')}\) expires in "
+        r"(4|5) days, on \S+",
+        notices["certificate"],
+    )

@@ -6,6 +6,8 @@ limits (Maximum Packet Size and a message size limit)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import time
 import tomllib
 from collections.abc import AsyncIterator, Callable
@@ -219,6 +221,124 @@ async def test_a_full_disk_pauses_business_and_recovers_when_space_returns(
             report = check_delivery(path, subscriber.messages)
     assert pipeline.counters.events_accepted_total == produced  # nothing was given up
     assert report.ok, report.describe()
+
+
+def beyond_free_space(path: Path) -> int:
+    """A disk-free reserve the file system of `path` cannot meet: it must count as full."""
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize + 2**40
+
+
+async def test_a_reserve_above_the_free_space_drops_replay_then_evicts_telemetry_then_blocks(
+    tmp_path: Path,
+) -> None:
+    """No mock: the reserve is set above what the test's file system really has free, so the
+    buffer must treat the disk as full; reopened with a reserve it can meet, it takes all."""
+    path = tmp_path / "b.sqlite"
+    async with SqliteBuffer.open(path) as buffer:
+        delivered = [rec(f"d{n}") for n in range(5)]
+        await buffer.append(delivered)  # seq 1-5, delivered and retained for replay
+        await buffer.ack([1, 2, 3, 4, 5])
+        await buffer.append([rec(f"t{n}") for n in range(10)])  # seq 6-15
+        await buffer.append([rec(f"b{n}", BUSINESS) for n in range(5)])  # seq 16-20
+    short = Capacity(
+        disk_free_reserve_bytes=beyond_free_space(tmp_path), policies={TELEMETRY: "evict_oldest"}
+    )
+    async with SqliteBuffer.open(path, capacity=short) as buffer:
+        # Delivered rows kept for replay go first: they free the room for this batch.
+        first = await buffer.append([rec("t-new0"), rec("t-new1")])
+        assert (first.accepted, first.overflow) == (2, ())
+        stats = await buffer.stats()
+        assert stats.acked_retained == 0
+        assert stats.evictions[(TELEMETRY, "telemetry.v1", "retained")] == 5
+        # Nothing delivered left: pending telemetry makes the room, oldest first, reported.
+        second = await buffer.append([rec("t-new2")])
+        assert second.accepted == 1
+        (evicted,) = second.overflow
+        assert (evicted.priority, evicted.reason) == (TELEMETRY, "evicted")
+        assert evicted.seq_ranges[0][0] == 6  # the oldest pending telemetry
+        # Business takes the room of telemetry; once only business is left, it blocks:
+        # nothing accepted, the caller must hold it (backpressure).
+        accepted_business = 0
+        with pytest.raises(BufferFull):
+            for n in range(100):
+                result = await buffer.append([rec(f"b-new{n}", BUSINESS)])
+                assert {o.priority for o in result.overflow} <= {TELEMETRY}
+                accepted_business += result.accepted
+        stats = await buffer.stats()
+        # What telemetry is left (if any) is less than the room a short disk asks for
+        # (twice the batch: freed rows do not map to pages one to one).
+        left = stats.pending_by_priority.get(TELEMETRY, 0)
+        assert left <= 1
+        assert stats.pending_by_priority[BUSINESS] == 5 + accepted_business
+        assert stats.evictions[(TELEMETRY, "telemetry.v1", "evicted")] == 13 - left
+        assert stats.last_seq == 23 + accepted_business  # no seq used by what was refused
+    room = Capacity(disk_free_reserve_bytes=1, policies={TELEMETRY: "evict_oldest"})
+    async with SqliteBuffer.open(path, capacity=room) as buffer:
+        assert (await buffer.append([rec("b-later", BUSINESS)])).accepted == 1
+        assert (await buffer.stats()).pending_by_priority[BUSINESS] == 6 + accepted_business
+
+
+async def test_a_reserve_above_the_free_space_pauses_business_sources_until_it_is_lowered(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """The pipeline against a disk that is short for real (the reserve exceeds the free
+    space): business readings are held and the source blocks, backpressure is on (what
+    status shows); lowering the reserve below the free space lets everything in, nothing lost."""
+    config = sim_config(tmp_path)
+    path = tmp_path / "b.sqlite"
+    short = Capacity(
+        disk_free_reserve_bytes=beyond_free_space(tmp_path), policies={TELEMETRY: "evict_oldest"}
+    )
+    async with SqliteBuffer.open(path, capacity=short) as buffer:
+        pipeline = Pipeline(
+            Mapper.from_config(config), buffer, site="plant-a", agent="edge-01", max_pending=300
+        )
+        runner = asyncio.create_task(pipeline.run())
+        produced = 0
+        keep_producing = True
+
+        async def produce() -> None:  # a business source: emit blocks while the disk is short
+            nonlocal produced
+            while keep_producing:
+                await pipeline.emit(readings(produced, 100))
+                produced += 100
+                await asyncio.sleep(0.01)
+
+        producer = asyncio.create_task(produce())
+        await until(lambda: pipeline.counters.backpressure, "backpressure", limit_s=30)
+        stalled_at = -1
+        for _ in range(20):
+            if produced == stalled_at:
+                break
+            stalled_at = produced
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError(f"the source never stalled while the disk was short ({produced})")
+        assert pipeline.counters.events_accepted_total == 0
+        assert pipeline.counters.backpressure_since is not None
+        assert (await buffer.stats()).pending == 0
+        # Space "returns": a reserve the disk meets (re-checked at most once a second).
+        buffer.capacity = dataclasses.replace(short, disk_free_reserve_bytes=1)
+        await until(lambda: not pipeline.counters.backpressure, "backpressure released")
+        await until(lambda: produced >= stalled_at + 1_000, "the source to go on")
+        keep_producing = False
+        await asyncio.wait_for(producer, timeout=20)
+        await until(lambda: pipeline.queued == 0, "the queue to drain")
+        await until(
+            lambda: pipeline.counters.events_accepted_total == produced, "every reading accepted"
+        )
+        with Subscriber(broker, f"{TOPIC_BASE}/#") as subscriber:
+            async with forwarding(buffer, broker.host, broker.port):
+                await until(
+                    lambda: len({e["id"] for e in events_of(subscriber)}) >= produced,
+                    "everything accepted delivered",
+                    limit_s=40,
+                )
+            runner.cancel()
+            report = check_delivery(path, subscriber.messages)
+    assert not pipeline.counters.overflow_total  # business: nothing given up
+    assert report.ok and report.accepted == produced, report.describe()
 
 
 # --- live first -------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def last_seq(path: Path) -> int:
 
 def dead_letter_seqs(path: Path) -> set[int]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return {int(row[0]) for row in db.execute("SELECT seq FROM dead_letters")}
+        rows = db.execute("SELECT seq FROM dead_letters WHERE seq IS NOT NULL")
+        return {int(row[0]) for row in rows}
 
 
 def user_property(message: ReceivedMessage, name: str) -> str | None:

@@ -12,11 +12,16 @@
 Security: `policies` (asyncua `SecurityPolicyType`s) with a server certificate made by
 `connectors.opcua.certificates` in `pki/server/`; `users` enables a user manager that accepts
 exactly those user name / password pairs; `trusted_clients` (DER files) makes the server refuse
-any other client certificate.
+any other client certificate. `server_certificate(pki, days=N)` made before `serve_line` gives the
+server a certificate that expires in N days.
+
+Faults: `set_clock(offset)` skews the server's CurrentTime; `silence_subscriptions()` stops the
+server publishing (no data, no keep-alive) while the session stays up; `drop_connections()`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -66,13 +71,13 @@ class _Users:
         return None
 
 
-def server_certificate(pki: Path) -> tuple[Path, Path]:
-    """The test server's certificate and key (made once per pki folder)."""
+def server_certificate(pki: Path, *, days: int = 730) -> tuple[Path, Path]:
+    """The test server's certificate and key (made once per pki folder, valid for `days`)."""
     cert, key = pki / "server" / "cert.der", pki / "server" / "key.pem"
     if not cert.exists():
         create_application_certificate(
             certificate_path=cert, key_path=key, application_uri=SERVER_URI,
-            common_name="test server", host_name="localhost",
+            common_name="test server", host_name="localhost", days=days,
         )
     return cert, key
 
@@ -112,6 +117,29 @@ class LineServer:
     async def accept_connections(self) -> None:
         assert self.server.bserver is not None
         await self.server.bserver.start()
+
+    async def set_clock(self, offset: timedelta) -> None:
+        """Make the server's clock (Server/ServerStatus/CurrentTime) run `offset` off: stop
+        asyncua's time updater (it rewrites CurrentTime every second) and write a skewed time."""
+        iserver = self.server.iserver
+        if iserver.time_task is not None:
+            iserver._time_task_stop = True  # the loop's own stop flag; it ends within 1 s
+            await asyncio.wait_for(iserver.time_task, timeout=5)
+        await iserver.current_time_node.write_value(datetime.now(UTC) + offset)
+
+    def silence_subscriptions(self) -> int:
+        """Make every subscription go silent, as a hung server task would: its publishing loop
+        stops (no data, no keep-alive) while the session and the connection stay up. Returns
+        how many were silenced."""
+        silenced = 0
+        for subscription in self.server.iserver.subscription_service.subscriptions.values():
+            task = subscription._task
+            if task is not None:
+                subscription._closing = True
+                task.cancel()
+                subscription._task = None
+                silenced += 1
+        return silenced
 
     async def historized(self, name: str) -> list[object]:
         """The values the server's in-memory history holds for `name`, oldest first."""
