@@ -7,6 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install install-test demo test lint bench clean mosquitto-binary packaging-tools deb
 
@@ -79,8 +80,10 @@ demo: $(VENV)/.installed
 	fi; \
 	$(BIN)/edge-agent demo $(DEMO_ARGS)
 
+# The agent against this machine's limits (issue 8): a table, and bench/results.json.
+# BENCH_ARGS=--quick for a short smoke run; --out FILE; --profile DIR (needs py-spy).
 bench: $(VENV)/.installed-test mosquitto-binary
-	$(BIN)/python -m bench.demo_path
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from config.schema import EventKind, MachineState, Priority
 
@@ -130,6 +130,84 @@ class WorkorderCompletedV1(_Data):
     scrap: int | None = Field(default=None, ge=0, description="Scrapped parts of the order.")
 
 
+class WorkorderCompletedV2(_Data):
+    """A work order was completed, with its good and scrapped quantities in `unit`. From an
+    MES record, or from PLC signals (the done bit rose; counts in pieces, unit "1")."""
+
+    order: str = Field(min_length=1, description="The work order id.")
+    product: str | None = Field(default=None, description="Enterprise product/material code.")
+    good: float | None = Field(default=None, ge=0, description="Good quantity, in `unit`.")
+    scrap: float | None = Field(default=None, ge=0, description="Scrapped quantity, in `unit`.")
+    unit: str = Field(
+        min_length=1, description='UCUM unit code of good and scrap ("1": pieces; kg, m, L).'
+    )
+
+
+def _unit_with_quantity(quantity: float | None, unit: str | None) -> None:
+    if quantity is not None and unit is None:
+        raise ValueError("unit: required when a quantity is given")
+
+
+class WorkorderReleasedV1(_Data):
+    """A work order was released to the shop floor."""
+
+    order: str = Field(min_length=1, description="The work order id.")
+    product: str | None = Field(default=None, description="Enterprise product/material code.")
+    quantity: float | None = Field(default=None, gt=0, description="Planned quantity, in `unit`.")
+    unit: str | None = Field(default=None, min_length=1, description="UCUM unit code.")
+    due_at: datetime | None = Field(default=None, description="When it is due (UTC).")
+
+    @model_validator(mode="after")
+    def _unit(self) -> WorkorderReleasedV1:
+        _unit_with_quantity(self.quantity, self.unit)
+        return self
+
+
+class QualityHoldV1(_Data):
+    """A lot was put on quality hold (`placed`) or let go (`released`)."""
+
+    lot: str = Field(min_length=1, description="The lot (batch) id.")
+    phase: Literal["placed", "released"]
+    reason: str = Field(min_length=1, description="The reason code.")
+    material: str | None = Field(default=None, description="Enterprise material code.")
+    quantity: float | None = Field(default=None, ge=0, description="Quantity held, in `unit`.")
+    unit: str | None = Field(default=None, min_length=1, description="UCUM unit code.")
+    note: str | None = Field(default=None, description="Free text from the quality system.")
+
+    @model_validator(mode="after")
+    def _unit(self) -> QualityHoldV1:
+        _unit_with_quantity(self.quantity, self.unit)
+        return self
+
+
+class InventoryAdjustedV1(_Data):
+    """Stock of a material at a location was corrected by `delta` (negative: less)."""
+
+    material: str = Field(min_length=1, description="Enterprise material code.")
+    lot: str | None = Field(default=None, description="The lot (batch) id.")
+    location: str = Field(min_length=1, description="Storage location.")
+    delta: float = Field(description="Quantity change, in `unit`; negative for a reduction.")
+    unit: str = Field(min_length=1, description="UCUM unit code.")
+    reason: str = Field(min_length=1, description="The reason code.")
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> InventoryAdjustedV1:
+        if self.delta == 0:
+            raise ValueError("delta: an adjustment of 0 changes nothing")
+        return self
+
+
+class MaterialConsumedV1(_Data):
+    """A quantity of a material (lot) was consumed, usually by a work order."""
+
+    material: str = Field(min_length=1, description="Enterprise material code.")
+    lot: str | None = Field(default=None, description="The lot (batch) id.")
+    quantity: float = Field(gt=0, description="Quantity consumed, in `unit`.")
+    unit: str = Field(min_length=1, description="UCUM unit code.")
+    order: str | None = Field(default=None, description="The work order that consumed it.")
+    location: str | None = Field(default=None, description="Where it was taken from.")
+
+
 @dataclass(frozen=True)
 class EventType:
     kind: EventKind
@@ -157,12 +235,24 @@ EVENT_TYPES: dict[EventKind, EventType] = {
         EventKind.MACHINE_DOWNTIME, 1, MachineDowntimeV1, Priority.BUSINESS
     ),
     EventKind.WORKORDER_COMPLETED: EventType(
-        EventKind.WORKORDER_COMPLETED, 1, WorkorderCompletedV1, Priority.BUSINESS
+        EventKind.WORKORDER_COMPLETED, 2, WorkorderCompletedV2, Priority.BUSINESS
+    ),
+    EventKind.WORKORDER_RELEASED: EventType(
+        EventKind.WORKORDER_RELEASED, 1, WorkorderReleasedV1, Priority.BUSINESS
+    ),
+    EventKind.QUALITY_HOLD: EventType(EventKind.QUALITY_HOLD, 1, QualityHoldV1, Priority.CRITICAL),
+    EventKind.INVENTORY_ADJUSTED: EventType(
+        EventKind.INVENTORY_ADJUSTED, 1, InventoryAdjustedV1, Priority.BUSINESS
+    ),
+    EventKind.MATERIAL_CONSUMED: EventType(
+        EventKind.MATERIAL_CONSUMED, 1, MaterialConsumedV1, Priority.BUSINESS
     ),
     EventKind.MACHINE_ALARM: EventType(
         EventKind.MACHINE_ALARM, 1, MachineAlarmV1, Priority.CRITICAL
     ),
 }
+# Versions this agent no longer emits but older agents did: their contracts stay published.
+RETIRED_EVENT_MODELS: dict[str, type[_Data]] = {"workorder.completed.v1": WorkorderCompletedV1}
 EVENT_TYPES_BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES.values()}
 
 DataT = TypeVar("DataT", bound=_Data)
@@ -218,6 +308,11 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         schema["title"] = event_type.name
         schema["properties"]["type"]["const"] = event_type.name
         schemas[event_type.name] = schema
+    for name, retired_model in RETIRED_EVENT_MODELS.items():
+        schema = CloudEvent[retired_model].model_json_schema()  # type: ignore[valid-type]
+        schema["title"] = name
+        schema["properties"]["type"]["const"] = name
+        schemas[name] = schema
     for name, agent_model in AGENT_EVENT_MODELS.items():
         schema = CloudEvent[agent_model].model_json_schema()  # type: ignore[valid-type]
         schema["title"] = name
@@ -295,6 +390,12 @@ def event_id(
     """The deterministic id of one source fact turned into one event type."""
     key = "\x1f".join((site, source, signal, rfc3339(timestamp), repr(value), type_name))
     return str(uuid.uuid5(_ID_NAMESPACE, key))
+
+
+def record_id(*, site: str, source: str, key: str, type_name: str) -> str:
+    """The deterministic id of one MES record (`key`: file digest and line, idempotency key
+    and index, table cursor) turned into one event type: the same record, the same id."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join((site, source, "record", key, type_name))))
 
 
 def rfc3339(timestamp: datetime) -> str:

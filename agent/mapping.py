@@ -43,7 +43,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent.events import EVENT_TYPES, Event, EventType, event_id, rfc3339
+from pydantic import ValidationError
+
+from agent.events import EVENT_TYPES, Event, EventType, event_id, record_id, rfc3339
 from config.mapping import (
     EventKind,
     LookupTable,
@@ -54,7 +56,7 @@ from config.mapping import (
     signal_name,
 )
 from config.masterdata import code_text
-from config.schema import AgentConfig
+from config.schema import RECORD_SOURCES, AgentConfig
 from config.units import Conversion, conversion
 from connectors.base import Quality, Reading, Value
 
@@ -400,6 +402,7 @@ class SignalMapper:
             ref = getattr(fields, key)
             value = asset.latest.get(ref) if ref is not None else None
             data[key] = _as_count(value, ref) if value is not None else None  # type: ignore[arg-type]
+        data["unit"] = "1"  # PLC counters count pieces
         return [_Derived(EventKind.WORKORDER_COMPLETED, data, unmapped)]
 
 
@@ -473,8 +476,67 @@ def _as_count(value: Value, name: str) -> int:
     return count
 
 
+@dataclass(frozen=True, slots=True)
+class RecordRule:
+    """Readings of one source and signal that are whole MES records (file rows, webhook
+    objects, table rows): each reading's `attributes` are the fields of one `kind` event,
+    validated by its model; `value` is the record's key (file digest and line, idempotency key
+    and index, table cursor), so the event id is that of the record."""
+
+    context: MappingContext
+    source: str
+    signal: str
+    kind: EventKind
+    asset: str
+
+    def event_data(self, reading: Reading) -> dict[str, object]:
+        data, problems = self._validated(reading)
+        if data is None:
+            what = "; ".join(f"{field}: {message}" for field, message in problems)
+            raise UnmappableReading(
+                f"source {self.source!r} record {reading.value}: not a valid "
+                f"{EVENT_TYPES[self.kind].name}: {what}"
+            )
+        return data
+
+    def problems(self, reading: Reading) -> list[tuple[str, str]]:
+        """(field, message) of everything that keeps this record from being a valid event."""
+        return self._validated(reading)[1]
+
+    def _validated(
+        self, reading: Reading
+    ) -> tuple[dict[str, object] | None, list[tuple[str, str]]]:
+        if reading.quality is not Quality.GOOD:  # a record its connector could not read
+            return None, [("record", reading.status or "unreadable")]
+        fields: dict[str, object] = {"signal": reading.signal, **dict(reading.attributes)}
+        if self.kind is EventKind.MACHINE_DOWNTIME:
+            _downtime_fields(fields, reading.timestamp)
+        try:
+            data = EVENT_TYPES[self.kind].model.model_validate(fields)
+        except ValidationError as error:
+            return None, [
+                (".".join(map(str, item["loc"])) or "record", item["msg"])
+                for item in error.errors()
+            ]
+        return data.model_dump(mode="json"), []
+
+
+def _downtime_fields(fields: dict[str, object], time: datetime) -> None:
+    """A downtime record with a start time is its end (the record's time) unless it says
+    otherwise; its duration is derived. The record has no signal value."""
+    started = fields.get("started_at")
+    if isinstance(started, str):  # a time field: ISO 8601 with its offset (connectors.records)
+        started = datetime.fromisoformat(started)
+    fields.setdefault("value", None)
+    if fields.get("phase") is None:
+        fields["phase"] = "end" if started is not None else "start"
+    if isinstance(started, datetime) and fields["phase"] == "end":
+        fields.setdefault("duration_s", (time - started).total_seconds())
+
+
 class Mapper:
-    """All signal mappers of one agent, keyed by (source name, signal address)."""
+    """All signal mappers of one agent, keyed by (source name, signal address), and the
+    record rules of record sources (keyed by source name)."""
 
     def __init__(
         self,
@@ -482,8 +544,10 @@ class Mapper:
         *,
         asset_paths: dict[str, str] | None = None,
         counters: MappingCounters | None = None,
+        records: Iterable[RecordRule] = (),
     ) -> None:
         self._mappers = {(m.source, m.signal): m for m in mappers}
+        self._records = {(rule.source, rule.signal): rule for rule in records}
         self._asset_paths = asset_paths or {}
         self._assets: dict[str, AssetValues] = {}
         self.counters = counters or MappingCounters()
@@ -506,12 +570,19 @@ class Mapper:
             for source in config.sources
             for signal in source.signals
         ]
+        records = [
+            RecordRule(context, source.name, signal, event, asset)
+            for source in config.sources
+            if isinstance(source, RECORD_SOURCES)
+            for signal, event, asset in source.record_rules()
+        ]
+        assets = {m.rule.asset for m in mappers} | {rule.asset for rule in records}
         paths = {
-            m.rule.asset: path
-            for m in mappers
-            if (path := resolve_asset_path(config.assets, m.rule.asset)) is not None
+            asset: path
+            for asset in assets
+            if (path := resolve_asset_path(config.assets, asset)) is not None
         }
-        return cls(mappers, asset_paths=paths, counters=counters)
+        return cls(mappers, asset_paths=paths, counters=counters, records=records)
 
     def signal(self, source: str, address: str) -> SignalMapper | None:
         return self._mappers.get((source, address))
@@ -521,6 +592,9 @@ class Mapper:
         return list(self._mappers.values())
 
     def map(self, reading: Reading) -> list[Event]:
+        record = self._records.get((reading.source, reading.signal))
+        if record is not None:
+            return [self._record_event(record, reading)]
         mapper = self._mappers.get((reading.source, reading.signal))
         if mapper is None:
             raise UnmappableReading(
@@ -529,6 +603,15 @@ class Mapper:
         asset = mapper.rule.asset
         derived = mapper.derive(reading, self._assets.setdefault(asset, AssetValues()))
         return [self._event(mapper, reading, item) for item in derived]
+
+    def check_record(self, reading: Reading) -> tuple[str, list[tuple[str, str]]]:
+        """The id of the event a record reading becomes, and the (field, message) problems
+        that would keep it from becoming one (none: it will map). For a connector that must
+        answer at once (the webhook: 400 with the field errors)."""
+        rule = self._records.get((reading.source, reading.signal))
+        if rule is None:
+            return "", [("record", f"no record rule for {reading.source}/{reading.signal}")]
+        return self._record_id(rule, reading), rule.problems(reading)
 
     def map_all(self, readings: Sequence[Reading]) -> tuple[list[Event], list[tuple[Reading, str]]]:
         """Map a batch (in source-timestamp order, work order done bits last at equal times);
@@ -604,6 +687,34 @@ class Mapper:
             quality=quality,
             status=status,
             data=dict(derived.data),
+            extensions=extensions,
+        )
+
+    @staticmethod
+    def _record_id(rule: RecordRule, reading: Reading) -> str:
+        return record_id(
+            site=rule.context.site,
+            source=rule.source,
+            key=f"{reading.signal}:{reading.value}",
+            type_name=EVENT_TYPES[rule.kind].name,
+        )
+
+    def _record_event(self, rule: RecordRule, reading: Reading) -> Event:
+        event_type = EVENT_TYPES[rule.kind]
+        extensions: dict[str, str] = {}
+        path = self._asset_paths.get(rule.asset)
+        if path is not None:
+            extensions["assetpath"] = path
+        context = rule.context
+        return Event(
+            id=self._record_id(rule, reading),
+            type=event_type,
+            source=f"/{context.site}/{context.agent}/{rule.source}",
+            time=reading.timestamp,
+            subject=rule.asset,
+            quality=reading.quality.value,
+            status=reading.status,
+            data=rule.event_data(reading),
             extensions=extensions,
         )
 

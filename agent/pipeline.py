@@ -7,6 +7,12 @@ buffer in one transaction (group commit), then wakes the forwarder. A reading is
 when that transaction commits; until then it exists only in memory, and `stop()` drains the
 queue into the buffer before the agent exits (bounded by the grace period).
 
+Commit futures: `emit` returns a future that completes once its readings are committed (the
+queue is FIFO and batches commit in order, so this is when the commit count reaches the
+count of readings emitted so far, its "ticket"); an unmappable reading counts once it is set
+aside. A connector that holds its input until then (the MES file drop) awaits it. If the
+agent stops before they commit, the future fails with `BufferUnavailable`.
+
 When the buffer cannot take a batch, the batch is held and offered again with capped backoff;
 meanwhile the queue fills and `emit` blocks, so the sources pause (backpressure):
 - `BufferFull`: no room and the batch holds business/critical events, which are never evicted.
@@ -33,6 +39,7 @@ in the log and not kept.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -116,20 +123,51 @@ class Pipeline:
         self._overflow_reports: list[Overflow] = []
         self._overflow_serial = 0
         self._stopping = False
+        # Commit futures: readings emitted and committed so far, and (ticket, future) waiting.
+        self._emitted = 0
+        self._committed = 0
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self.counters = PipelineCounters()
 
-    async def emit(self, readings: Sequence[Reading]) -> None:
-        """Hand readings over; blocks while the queue is full (backpressure)."""
+    async def emit(self, readings: Sequence[Reading]) -> asyncio.Future[None]:
+        """Hand readings over; blocks while the queue is full (backpressure). Returns the
+        future of their commit (module docstring); callers that do not need it ignore it."""
         queue = self._queue
         for reading in readings:
             if queue.full():
                 await queue.put(reading)
             else:
                 queue.put_nowait(reading)
+            self._emitted += 1
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._committed >= self._emitted:
+            committed.set_result(None)
+        else:
+            self._waiting.append((self._emitted, committed))
+        return committed
+
+    def _settle(self, count: int) -> None:
+        """`count` more readings are committed: complete the futures whose ticket is reached."""
+        self._committed += count
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= self._committed:
+            _, future = waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    async def _commit_settled(self, readings: list[Reading]) -> None:
+        await self._commit(readings)
+        self._settle(len(readings))
 
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    def backpressure(self) -> bool:
+        """The buffer holds readings back, or the queue is nine tenths full: an emitter that
+        must answer at once (a webhook) says "busy" instead of waiting."""
+        queue = self._queue
+        return self.counters.backpressure or queue.qsize() * 10 >= queue.maxsize * 9
 
     @property
     def overflow_unreported(self) -> int:
@@ -142,7 +180,7 @@ class Pipeline:
         cancellation: it is shielded, and `stop` waits for it."""
         while True:
             first = await self._queue.get()
-            self._committing = asyncio.ensure_future(self._commit(self._take(first)))
+            self._committing = asyncio.ensure_future(self._commit_settled(self._take(first)))
             await asyncio.shield(self._committing)
 
     async def stop(self, task: asyncio.Task[None], timeout: float) -> None:
@@ -158,7 +196,7 @@ class Pipeline:
 
         async def drain() -> None:
             while not self._queue.empty():
-                await self._commit(self._take(self._queue.get_nowait()))
+                await self._commit_settled(self._take(self._queue.get_nowait()))
 
         try:
             await asyncio.wait_for(drain(), max(0.1, deadline - time.monotonic()))
@@ -167,6 +205,11 @@ class Pipeline:
                 "stopping: %d reading(s) could not be committed in time and were not accepted",
                 self._queue.qsize(),
             )
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(BufferUnavailable("stopped before these readings committed"))
+                future.exception()  # most emitters ignore it: no "never retrieved" warning
 
     def _take(self, first: Reading) -> list[Reading]:
         batch = [first]
@@ -184,12 +227,23 @@ class Pipeline:
             if key not in self._unmappable_seen:  # log once per signal, count every time
                 self._unmappable_seen.add(key)
                 _log.warning("unmappable reading set aside: %s", reason)
+        # Source state (a cursor, an idempotency key) commits with the last of what its
+        # readings became: with the events, or after the set-aside readings.
+        state: dict[str, str | None] = {}
+        for reading in readings:
+            state.update(reading.state)
         if events:
-            await self._append_events(events)
+            await self._append_events(events, state={} if rejected else state)
         if rejected:
             await self._set_aside(rejected)
+            if state:
+                await self._append([], state=state)
+        elif state and not events:
+            await self._append([], state=state)
 
-    async def _append_events(self, events: list[Event]) -> None:
+    async def _append_events(
+        self, events: list[Event], state: dict[str, str | None] | None = None
+    ) -> None:
         records = [
             Record(
                 id=event.id,
@@ -201,7 +255,7 @@ class Pipeline:
         ]
         if self._baselines is not None:
             await self._baselines.before_commit()
-        await self._append(records)
+        await self._append(records, state=state)
         if self._baselines is not None:
             await self._baselines.after_commit()
         # Reporting can itself evict (it takes room too): report that as well, a few rounds.
@@ -256,23 +310,29 @@ class Pipeline:
             body=unmappable_reading_body(reading),
         )
 
-    async def _append(self, records: list[Record], *, hold: bool = True) -> bool:
+    async def _append(
+        self,
+        records: list[Record],
+        *,
+        hold: bool = True,
+        state: dict[str, str | None] | None = None,
+    ) -> bool:
         """Append, holding the batch and retrying while the buffer cannot take it (`hold`);
-        False when not held and the buffer refused it."""
+        False when not held and the buffer refused it. `state` commits with the last part."""
         if hold and len(records) > 1:
             # A batch too big for the room left goes in by halves, in order: what fits is
             # accepted now, only the rest is held.
             try:
-                return await self._append(records, hold=False) or (
+                return await self._append(records, hold=False, state=state) or (
                     await self._append(records[: len(records) // 2])
-                    and await self._append(records[len(records) // 2 :])
+                    and await self._append(records[len(records) // 2 :], state=state)
                 )
             except BufferUnavailable:
                 pass
         delay = _RETRY_MIN_S
         while True:
             try:
-                result = await self._buffer.append(records)
+                result = await self._buffer.append(records, state)
                 break
             except BufferFull as error:
                 if not hold:

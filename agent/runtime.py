@@ -52,8 +52,25 @@ from agent.pipeline import Pipeline
 from agent.status import CONTENT_TYPE as STATUS_CONTENT_TYPE
 from agent.status import StatusPublisher, config_fingerprint, offline_payload
 from buffer.sqlite import SqliteBuffer
-from config.schema import AgentConfig, OpcUaSource, SimulatedSource
-from connectors.base import Connector, Emit, SourceConfigError, SourceUnavailable
+from config.schema import (
+    AgentConfig,
+    MesFilesSource,
+    MesHttpSource,
+    MesSqlSource,
+    SimulatedSource,
+    Source,
+)
+from connectors.base import (
+    Connector,
+    Emit,
+    Reading,
+    SourceConfigError,
+    SourceHost,
+    SourceUnavailable,
+)
+from connectors.mes_files import MesFilesConnector
+from connectors.mes_http.connector import MesHttpConnector
+from connectors.mes_sql.connector import MesSqlConnector
 from connectors.opcua import OpcUaConnector
 from connectors.simulated import SimulatedConnector
 
@@ -67,7 +84,35 @@ def buffer_path(config: AgentConfig) -> Path:
     return config.agent.state_dir / BUFFER_FILE
 
 
-def build_connector(source: OpcUaSource | SimulatedSource) -> Connector:
+class AgentHost:
+    """The agent as the `connectors.base.SourceHost` of its connectors: the buffer's source
+    state and the pipeline's backpressure."""
+
+    def __init__(self, buffer: SqliteBuffer, pipeline: Pipeline, mapper: Mapper) -> None:
+        self._buffer = buffer
+        self._pipeline = pipeline
+        self._mapper = mapper
+
+    async def source_state(self, prefix: str) -> dict[str, str]:
+        return await self._buffer.source_state(prefix)
+
+    async def drop_source_state(self, prefix: str, older_than: float) -> int:
+        return await self._buffer.drop_source_state(prefix, older_than)
+
+    def backpressure(self) -> bool:
+        return self._pipeline.backpressure()
+
+    def check_record(self, reading: Reading) -> tuple[str, list[tuple[str, str]]]:
+        return self._mapper.check_record(reading)
+
+
+def build_connector(source: Source, host: SourceHost) -> Connector:
+    if isinstance(source, MesSqlSource):
+        return MesSqlConnector(source.name, source, source, host)
+    if isinstance(source, MesHttpSource):
+        return MesHttpConnector(source.name, source, host)
+    if isinstance(source, MesFilesSource):
+        return MesFilesConnector(source.name, source)
     if isinstance(source, SimulatedSource):
         return SimulatedConnector(source.name, source, source.signals)
     return OpcUaConnector(source.name, source, source.signals)
@@ -231,9 +276,10 @@ class Agent:
             overflow_priority=store.overflow_priority(config),
             baselines=baselines,
         )
+        host = AgentHost(buffer, self.pipeline, self.mapper)
         self.sources = [
             SourceRunner(
-                build_connector(source),
+                build_connector(source, host),
                 backoff_min_s=source.reconnect_min_s,
                 backoff_max_s=source.reconnect_max_s,
             )

@@ -13,6 +13,12 @@ measures, over `--seconds`:
     .venv/bin/python -m bench.opcua_subscription [--items 1000 10000] [--rate 5] [--seconds 10]
 
 Prints figures; never asserted in tests.
+
+The same module holds the OPC UA side of `bench.ingest` (the whole agent process, end to end):
+`ChangingServer`, the server process driven by commands ("go RATE SECONDS": change items round
+robin at RATE changes/s, 0 = as fast as it can, and report which changes it made), and
+`BareClient`, the reference ceiling: a plain asyncua client process that subscribes to the same
+items the way the connector does and only counts the notifications.
 """
 
 from __future__ import annotations
@@ -21,18 +27,21 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 NAMESPACE = "urn:plant-edge-agent:bench"
 
 
-async def serve(items: int, port: int, rate: float) -> None:
-    """The server process: N variables, each changed `rate` times per second."""
+async def _address_space(items: int, port: int) -> tuple[Any, list[Any]]:
+    """A server (not started) with N Double variables `V0`..`V{N-1}` (value 0.0)."""
     from asyncua import ua
     from asyncua.server.server import Server
 
@@ -41,13 +50,32 @@ async def serve(items: int, port: int, rate: float) -> None:
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench/")
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     index = await server.register_namespace(NAMESPACE)
-    folder = await server.nodes.objects.add_object(ua.NodeId("Bench", index), "Bench")
+    folder = await server.nodes.objects.add_object(
+        ua.NodeId(ua.String("Bench"), ua.Int16(index)), "Bench"
+    )
     node_ids = []
     for number in range(items):
         node = await folder.add_variable(
-            ua.NodeId(f"V{number}", index), f"V{number}", ua.Variant(0.0, ua.VariantType.Double)
+            ua.NodeId(ua.String(f"V{number}"), ua.Int16(index)), f"V{number}",
+            ua.Variant(0.0, ua.VariantType.Double),
         )
         node_ids.append(node.nodeid)
+    return server, node_ids
+
+
+def _value(number: float) -> Any:
+    """A value stamped now, at the source: the agent's event `time` is this instant."""
+    from asyncua import ua
+
+    now = ua.DateTime.now(UTC)
+    return ua.DataValue(
+        ua.Variant(number, ua.VariantType.Double), SourceTimestamp=now, ServerTimestamp=now
+    )
+
+
+async def serve(items: int, port: int, rate: float) -> None:
+    """The server process: N variables, each changed `rate` times per second."""
+    server, node_ids = await _address_space(items, port)
     async with server:
         print("ready", flush=True)
         tick = 0
@@ -56,10 +84,151 @@ async def serve(items: int, port: int, rate: float) -> None:
         while True:
             tick += 1
             for node_id in node_ids:
-                await server.write_attribute_value(
-                    node_id, ua.DataValue(ua.Variant(float(tick), ua.VariantType.Double))
-                )
+                await server.write_attribute_value(node_id, _value(float(tick)))
             await asyncio.sleep(max(0.0, started + tick * period - time.monotonic()))
+
+
+# Changes made between two yields to the server's own tasks (publishing), and the pacing step.
+_CHUNK = 200
+_STEP_S = 0.01
+
+
+async def serve_commands(items: int, port: int) -> None:
+    """The server process of `bench.ingest`, driven by lines on stdin.
+
+    `go RATE SECONDS`: make changes for SECONDS, RATE per second (0: as fast as this process
+    can), then print `done FIRST COUNT ELAPSED_S`. Change number g (counted from 0 over the
+    server's life) sets item g % N to g // N + 1, so every change is a distinct (item, value)
+    pair a subscriber can check off. Any other line, or end of input, stops the server.
+    """
+    server, node_ids = await _address_space(items, port)
+    async with server:
+        print("ready", flush=True)
+        made = 0
+        while (words := (await asyncio.to_thread(sys.stdin.readline)).split())[:1] == ["go"]:
+            rate, seconds = float(words[1]), float(words[2])
+            first, started = made, time.monotonic()
+            while (now := time.monotonic()) < started + seconds:
+                due = first + int((now - started) * rate) if rate > 0 else made + _CHUNK
+                for number in range(made, min(due, made + _CHUNK)):
+                    await server.write_attribute_value(
+                        node_ids[number % items], _value(float(number // items + 1))
+                    )
+                made = max(made, min(due, made + _CHUNK))
+                await asyncio.sleep(_STEP_S if rate > 0 else 0)
+            print(f"done {first} {made - first} {time.monotonic() - started:.3f}", flush=True)
+
+
+async def count_notifications(items: int, port: int, publishing_interval_ms: float) -> None:
+    """The bare client process: subscribe to the N items the way the connector does (one
+    subscription, async iterator, same publishing interval, sampling interval 0, queue 100),
+    count data changes and nothing else. Answers each `count` line on stdin with the count so
+    far; any other line, or end of input, stops it."""
+    from asyncua import ua
+    from asyncua.client.client import Client
+    from asyncua.common.subscription import DataChangeEvent
+    from asyncua.ua.attribute_ids import AttributeIds
+
+    async with Client(f"opc.tcp://127.0.0.1:{port}/bench/", timeout=30) as client:
+        index = await client.get_namespace_index(NAMESPACE)
+        parameters = ua.CreateSubscriptionParameters()
+        parameters.RequestedPublishingInterval = publishing_interval_ms
+        parameters.RequestedMaxKeepAliveCount = 50
+        parameters.RequestedLifetimeCount = 200
+        parameters.MaxNotificationsPerPublish = 10_000
+        parameters.PublishingEnabled = True
+        subscription = await client.create_subscription(parameters, queue_maxsize=50_000)
+        requests = []
+        for number in range(items):
+            monitoring = ua.MonitoringParameters()
+            monitoring.ClientHandle = number + 1
+            monitoring.SamplingInterval = 0
+            monitoring.QueueSize = 100
+            monitoring.DiscardOldest = True
+            request = ua.MonitoredItemCreateRequest()
+            request.ItemToMonitor = ua.ReadValueId(
+                NodeId=ua.NodeId(ua.String(f"V{number}"), ua.Int16(index)),
+                AttributeId=AttributeIds.Value,
+            )
+            request.MonitoringMode = ua.MonitoringMode.Reporting
+            request.RequestedParameters = monitoring
+            requests.append(request)
+        await subscription.create_monitored_items(requests)
+        count = 0
+
+        async def consume() -> None:
+            nonlocal count
+            async for event in subscription:
+                if isinstance(event, DataChangeEvent):
+                    count += 1
+
+        consumer = asyncio.create_task(consume())
+        print("subscribed", flush=True)
+        while (await asyncio.to_thread(sys.stdin.readline)).strip() == "count":
+            print(count, flush=True)
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+
+
+class LineChild:
+    """A process of this module spoken to in lines: commands on its stdin, answers on its
+    stdout (read by a thread, so every wait is bounded). `close()` always ends it."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.opcua_subscription", *args],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.strip())
+        self._lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def expect(self, timeout: float) -> str:
+        """The next line it prints (bounded wait)."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{self.process.args!r}: no answer within {timeout} s") from None
+        if line is None:
+            self._lines.put(None)
+            raise RuntimeError(f"{self.process.args!r} exited ({self.process.poll()})")
+        return line
+
+    def ask(self, command: str, timeout: float) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.expect(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def __enter__(self) -> LineChild:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def _config(items: int, port: int, state_dir: Path) -> Any:
@@ -162,12 +331,25 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5.0, help="changes per item per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--commands", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--publishing-interval-ms", type=float, default=100.0,
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     if args.serve:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args.items[0], args.port, args.rate))
+            if args.commands:
+                asyncio.run(serve_commands(args.items[0], args.port))
+            else:
+                asyncio.run(serve(args.items[0], args.port, args.rate))
+        return
+    if args.bare_client:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                count_notifications(args.items[0], args.port, args.publishing_interval_ms)
+            )
         return
     print("items  offered/s  notifications/s  buffered events/s  CPU µs/notification")
     for items in args.items:

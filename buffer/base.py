@@ -151,7 +151,19 @@ class Buffer(Protocol):
         """The highest seq known committed (a lower bound while a transaction is in doubt)."""
         ...
 
-    async def append(self, records: Sequence[Record]) -> AppendResult: ...
+    async def append(
+        self, records: Sequence[Record], state: Mapping[str, str | None] | None = None
+    ) -> AppendResult:
+        """Accept records and write source state entries (None deletes) atomically."""
+        ...
+
+    async def source_state(self, prefix: str) -> dict[str, str]:
+        """The committed source state entries whose key starts with `prefix`."""
+        ...
+
+    async def drop_source_state(self, prefix: str, older_than: float) -> int:
+        """Delete the entries under `prefix` last written before `older_than` (epoch s)."""
+        ...
 
     async def lease(
         self,

@@ -35,7 +35,7 @@ because repeats of an id are recognised and skipped.
    memory per priority and re-read after any transaction that did not finish cleanly. Every
    record given up for room is counted in `evictions` in the same transaction that gave it up.
 
-# On-disk layout (schema version 3, in `PRAGMA user_version`)
+# On-disk layout (schema version 4, in `PRAGMA user_version`)
 
 ```
 events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq order
@@ -48,7 +48,13 @@ dead_letters  number INTEGER PRIMARY KEY       the order they were set aside (sc
               seq UNIQUE, accepted_at          NULL for records never accepted (`set_aside`)
               id, kind, priority, body, reason, dead_at
 evictions     priority, kind, reason, count          (schema version 2)
+source_state  key TEXT PRIMARY KEY, value TEXT, updated_at REAL   (schema version 4)
 ```
+
+`source_state` is what a source must remember together with the events it produced: a
+database cursor, an idempotency key it answered. `append(records, state=...)` writes it in the
+same transaction as the records, so the two never disagree after a crash: a cursor never runs
+ahead of (or behind) the events of the rows it passed.
 
 A dead letter with a `seq` was accepted and then given up (`dead_letter`): its seq is a gap the
 consumer sees, and the row names it. One without (`set_aside`: a reading the pipeline rejected)
@@ -205,6 +211,14 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         ORDER BY seq;
     DROP TABLE dead_letters;
     ALTER TABLE dead_letters_v3 RENAME TO dead_letters;
+    """,
+    # Version 4: state a source commits together with its records (`append(state=...)`).
+    """
+    CREATE TABLE source_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
     """,
 )
 
@@ -456,8 +470,12 @@ class SqliteBuffer:
 
     # -- append ---------------------------------------------------------------------------------
 
-    async def append(self, records: Sequence[Record]) -> AppendResult:
-        """Accept the records not yet held, in one transaction; see the module docstring."""
+    async def append(
+        self, records: Sequence[Record], state: Mapping[str, str | None] | None = None
+    ) -> AppendResult:
+        """Accept the records not yet held, in one transaction; see the module docstring.
+        `state`: source state entries written in the same transaction (None deletes a key);
+        they are written even when every record is a duplicate."""
         batch: dict[str, Record] = {}
         for record in records:
             batch.setdefault(record.id, record)
@@ -472,7 +490,9 @@ class SqliteBuffer:
             disk_short = await self._drop_retained_now(incoming * slack) < incoming
         for attempt in range(_DISK_FULL_ATTEMPTS):
             try:
-                return await self._append(batch, len(records), disk_short=disk_short, slack=slack)
+                return await self._append(
+                    batch, len(records), state or {}, disk_short=disk_short, slack=slack
+                )
             except _DiskFull as error:
                 if attempt == 0:
                     log.warning("buffer %s: disk full (%s); making room", self.path, error)
@@ -486,7 +506,13 @@ class SqliteBuffer:
             return await self._drop_retained(db, target)
 
     async def _append(
-        self, batch: dict[str, Record], offered: int, *, disk_short: bool, slack: int
+        self,
+        batch: dict[str, Record],
+        offered: int,
+        state: Mapping[str, str | None],
+        *,
+        disk_short: bool,
+        slack: int,
     ) -> AppendResult:
         batch = dict(batch)
         overflow: list[Overflow] = []
@@ -524,6 +550,8 @@ class SqliteBuffer:
                 await db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
             if overflow:
                 await _count_evictions(db, overflow)
+            if state:
+                await _write_state(db, state, self._clock())
         self._last_seq = self._known_last_seq = last_seq
         for record in kept:
             self._pending_count[record.priority] = self._pending_count.get(record.priority, 0) + 1
@@ -889,6 +917,24 @@ class SqliteBuffer:
 
     # -- housekeeping and stats -----------------------------------------------------------------
 
+    async def source_state(self, prefix: str) -> dict[str, str]:
+        """The committed source state entries whose key starts with `prefix`."""
+        async with self._transaction("source_state", write=False) as db:
+            rows = await db.execute_fetchall(
+                "SELECT key, value FROM source_state WHERE substr(key, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+        return {str(key): str(value) for key, value in rows}
+
+    async def drop_source_state(self, prefix: str, older_than: float) -> int:
+        """Delete the entries under `prefix` last written before `older_than` (epoch s)."""
+        async with self._transaction("drop_source_state") as db:
+            cursor = await db.execute(
+                "DELETE FROM source_state WHERE substr(key, 1, ?) = ? AND updated_at < ?",
+                (len(prefix), prefix, older_than),
+            )
+            return int(cursor.rowcount)
+
     async def purge(self, now: float | None = None) -> int:
         """Delete acked records older than the retention window, then the oldest acked records
         while the retained bytes exceed `capacity.retained_max_bytes`; return how many.
@@ -1071,6 +1117,20 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> bool:
             raise
         log.info("buffer %s: schema migrated to version %d", path, target)
     return bool(version == 0)
+
+
+async def _write_state(
+    db: aiosqlite.Connection, state: Mapping[str, str | None], now: float
+) -> None:
+    await db.executemany(
+        "DELETE FROM source_state WHERE key = ?",
+        [(key,) for key, value in state.items() if value is None],
+    )
+    await db.executemany(
+        "INSERT INTO source_state (key, value, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        [(key, value, now) for key, value in state.items() if value is not None],
+    )
 
 
 async def _count_evictions(db: aiosqlite.Connection, overflow: Sequence[Overflow]) -> None:

@@ -63,6 +63,11 @@ class EventKind(enum.StrEnum):
     WORKORDER_COMPLETED = "workorder.completed"
     # An OPC UA Alarms & Conditions event (a signal with mode = "events"; issue 9).
     MACHINE_ALARM = "machine.alarm"
+    # Business events from MES records (file drop, webhook, interface table; issue 4).
+    WORKORDER_RELEASED = "workorder.released"
+    QUALITY_HOLD = "quality.hold"
+    INVENTORY_ADJUSTED = "inventory.adjusted"
+    MATERIAL_CONSUMED = "material.consumed"
 
 
 class MachineState(enum.StrEnum):
@@ -72,6 +77,12 @@ class MachineState(enum.StrEnum):
     FAULT = "fault"
 
 
+RECORD_ONLY_EVENTS = (
+    EventKind.WORKORDER_RELEASED,
+    EventKind.QUALITY_HOLD,
+    EventKind.INVENTORY_ADJUSTED,
+    EventKind.MATERIAL_CONSUMED,
+)
 NUMERIC_EVENTS = (EventKind.TELEMETRY, EventKind.QUALITY_ALERT, EventKind.MACHINE_DOWNTIME)
 TRIGGERED_EVENTS = (EventKind.QUALITY_ALERT, EventKind.MACHINE_DOWNTIME)
 
@@ -171,6 +182,11 @@ class SignalMapping(_Strict):
     @model_validator(mode="after")
     def _fields_fit_event(self) -> SignalMapping:
         event = self.event
+        if event in RECORD_ONLY_EVENTS:
+            raise ValueError(
+                f"{event.value} events come from MES records (a mes-files, mes-http or mes-sql "
+                "source), not from a signal"
+            )
         if event is EventKind.MACHINE_STATE and not self.states:
             raise ValueError(
                 "a machine.state signal needs `states`, a table from raw value to one of "

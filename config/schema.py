@@ -11,8 +11,9 @@ import base64
 import binascii
 import enum
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -39,11 +40,16 @@ from config.mapping import (  # the mapping part of the schema lives in config/m
 from config.mapping import EventKind as EventKind
 from config.mapping import MachineState as MachineState
 from config.mapping import SignalMapping as SignalMapping
+from connectors.mes_files.config import MesFilesSettings
+from connectors.mes_http.config import MesHttpSettings, RouteSettings
+from connectors.mes_sql.config import MesSqlSettings
 from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings
+from connectors.records import UNIT_FIELD, FieldSettings, RecordSettings
 from connectors.simulated.config import SimulatedSettings, SimulatedSignalSettings
 
 # A name that is safe as one MQTT topic level and in a CloudEvents source.
 TopicLevel = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+AssetPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
 
 
 class Priority(enum.IntEnum):
@@ -388,7 +394,138 @@ class SimulatedSource(SimulatedSettings):
     signals: Annotated[list[SimulatedSignal], Field(min_length=1)]
 
 
-Source = Annotated[OpcUaSource | SimulatedSource, Field(discriminator="type")]
+# Event types an MES record can become, with the fields a record may fill: required and
+# optional (the `agent.events` models, less what the agent derives; a test checks they agree).
+RECORD_FIELDS: dict[EventKind, tuple[frozenset[str], frozenset[str]]] = {
+    EventKind.WORKORDER_RELEASED: (
+        frozenset({"order"}), frozenset({"product", "quantity", "unit", "due_at"})
+    ),
+    EventKind.WORKORDER_COMPLETED: (
+        frozenset({"order", "unit"}), frozenset({"product", "good", "scrap"})
+    ),
+    EventKind.PRODUCTION_COUNT: (frozenset({"count"}), frozenset({"increment"})),
+    # phase (start/end) and duration_s are derived when not given: see agent.mapping.
+    EventKind.MACHINE_DOWNTIME: (
+        frozenset(), frozenset({"phase", "reason", "reason_raw", "started_at"})
+    ),
+    EventKind.QUALITY_HOLD: (
+        frozenset({"lot", "phase", "reason"}),
+        frozenset({"material", "quantity", "unit", "note"}),
+    ),
+    EventKind.INVENTORY_ADJUSTED: (
+        frozenset({"material", "location", "delta", "unit", "reason"}), frozenset({"lot"})
+    ),
+    EventKind.MATERIAL_CONSUMED: (
+        frozenset({"material", "quantity", "unit"}), frozenset({"lot", "order", "location"})
+    ),
+}
+
+
+def check_record_fields(event: EventKind, columns: Mapping[str, FieldSettings]) -> None:
+    """The columns of a record source fit its event type; ValueError says what does not."""
+    fields = RECORD_FIELDS.get(event)
+    if fields is None:
+        raise ValueError(
+            f"event {event.value!r} cannot come from an MES record; "
+            f"supported: {', '.join(kind.value for kind in RECORD_FIELDS)}"
+        )
+    required, optional = fields
+    unknown = sorted(set(columns) - required - optional)
+    if unknown:
+        raise ValueError(
+            f"{event.value} has no field(s) {', '.join(map(repr, unknown))}; "
+            f"its fields: {', '.join(sorted(required | optional))}"
+        )
+    given = set(columns)
+    if any(spec.unit is not None for spec in columns.values()):
+        given.add(UNIT_FIELD)  # a column's unit fills the event's unit
+    missing = sorted(required - given)
+    if missing:
+        raise ValueError(
+            f"{event.value} needs column(s) for {', '.join(map(repr, missing))}"
+            + (" (or a column with `unit`)" if UNIT_FIELD in missing else "")
+        )
+    for name in sorted(required & set(columns)):
+        if not columns[name].required:
+            raise ValueError(f"field {name!r} is required by {event.value}")
+
+
+class _OneEventRecords(BaseModel):
+    """A record source of one event type: a file drop or an interface table. Each record
+    (signal "record") becomes one event of `event` for `asset`, its fields from `columns`."""
+
+    name: TopicLevel
+    event: EventKind
+    asset: AssetPath
+
+    @property
+    def signals(self) -> tuple[()]:
+        """No signals: its records are whole events (`agent.mapping`)."""
+        return ()
+
+    def record_rules(self) -> list[tuple[str, EventKind, str]]:
+        """(signal, event, asset) of its readings."""
+        return [("record", self.event, self.asset)]
+
+    @model_validator(mode="after")
+    def _columns_fit_event(self) -> Self:
+        assert isinstance(self, RecordSettings)
+        check_record_fields(self.event, self.columns)
+        return self
+
+
+class MesFilesSource(MesFilesSettings, _OneEventRecords):
+    """A folder of MES batch files (`connectors.mes_files`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["mes-files"]
+
+
+class MesHttpRoute(RouteSettings):
+    """One webhook endpoint: each posted object becomes one event of `event` for `asset`."""
+
+    event: EventKind  # narrows the connector's plain name
+    asset: AssetPath
+
+    @model_validator(mode="after")
+    def _columns_fit_event(self) -> MesHttpRoute:
+        check_record_fields(self.event, self.columns)
+        return self
+
+
+class MesHttpSource(MesHttpSettings):
+    """An HTTP endpoint the MES posts JSON to (`connectors.mes_http`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: TopicLevel
+    type: Literal["mes-http"]
+    routes: Annotated[list[MesHttpRoute], Field(min_length=1)]  # type: ignore[assignment]
+
+    @property
+    def signals(self) -> tuple[()]:
+        """A webhook has no signals: its objects are whole records (`agent.mapping`)."""
+        return ()
+
+    def record_rules(self) -> list[tuple[str, EventKind, str]]:
+        """(signal, event, asset) of its readings: a route's objects are signal = its path."""
+        return [(route.path, route.event, route.asset) for route in self.routes]
+
+
+class MesSqlSource(MesSqlSettings, RecordSettings, _OneEventRecords):
+    """An interface table (or query) in the MES database (`connectors.mes_sql`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["mes-sql"]
+
+
+RECORD_SOURCES = (MesFilesSource, MesHttpSource, MesSqlSource)
+Source = Annotated[
+    OpcUaSource | SimulatedSource | MesFilesSource | MesHttpSource | MesSqlSource,
+    Field(discriminator="type"),
+]
 
 
 class AgentConfig(_Strict):

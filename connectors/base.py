@@ -9,7 +9,11 @@ Lifecycle (owned by the runtime, `agent.runtime.SourceRunner`):
 2. It calls `run(emit)` and awaits it. `run` connects, subscribes or polls, and calls
    `await emit(readings)` for each batch, for as long as it can. `emit` returns once the
    readings are handed over; it may block to apply backpressure, and a connector must not
-   work around that (the block is how a full buffer slows a source down).
+   work around that (the block is how a full buffer slows a source down). What it returns is
+   a future that completes once those readings (and every one emitted before them) are
+   committed to the buffer, or fails if the agent stopped before it could commit them; a
+   connector that must not let go of its input before that (a file it moves away) awaits it,
+   the others ignore it. `None`: the caller cannot tell (a test's emit).
 3. `run` ends by raising:
    - `SourceUnavailable`: transient (peer down, connection lost, timeout). The runtime logs it
      once, waits with capped exponential backoff and jitter, and calls `run` again.
@@ -29,6 +33,7 @@ are derived from it and duplicates are dropped by id downstream.
 from __future__ import annotations
 
 import enum
+from asyncio import Future
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,9 +77,14 @@ class Reading:
     source_timestamp: datetime | None = field(default=None, compare=False)
     server_timestamp: datetime | None = field(default=None, compare=False)
     received_at: datetime | None = field(default=None, compare=False)
+    # Source state to commit with this reading's events in the same buffer transaction
+    # (key, value; None deletes the key): a database cursor, an idempotency key answered.
+    # Keys start with the source's name and a slash. Not part of the fact.
+    state: tuple[tuple[str, str | None], ...] = field(default=(), compare=False)
 
 
-Emit = Callable[[Sequence[Reading]], Awaitable[None]]
+# Hand readings over; the result is their commit future (see the module docstring).
+Emit = Callable[[Sequence[Reading]], Awaitable["Future[None] | None"]]
 
 
 @dataclass(slots=True)
@@ -102,6 +112,29 @@ class Connector(Protocol):
 
     async def run(self, emit: Emit) -> None:
         """Read from the peer and emit readings until cancelled or an error ends it."""
+        ...
+
+
+class SourceHost(Protocol):
+    """What the agent offers the connectors that need more than `emit` (the MES webhook and
+    interface table): the source state they committed with their readings, and whether the
+    buffer is applying backpressure right now (so a server can answer "busy" at once)."""
+
+    async def source_state(self, prefix: str) -> dict[str, str]:
+        """Committed state entries (`Reading.state`) whose key starts with `prefix`."""
+        ...
+
+    async def drop_source_state(self, prefix: str, older_than: float) -> int:
+        """Forget entries under `prefix` last written before `older_than` (epoch seconds)."""
+        ...
+
+    def backpressure(self) -> bool:
+        """True while the buffer holds readings back (full, or the queue nearly so)."""
+        ...
+
+    def check_record(self, reading: Reading) -> tuple[str, list[tuple[str, str]]]:
+        """The id of the event a record reading will become, and the (field, message)
+        problems that keep it from becoming one (empty: it is valid)."""
         ...
 
 

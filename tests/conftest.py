@@ -8,6 +8,7 @@ import pytest
 
 from agent.demo.plant import FillingLinePlant, serve_plant
 from tests.support.broker import MosquittoBroker, free_loopback_port
+from tests.support.postgres import postgres_url  # noqa: F401  (the fixture)
 
 
 @pytest.fixture

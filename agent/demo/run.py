@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from agent import logs
 from agent.demo.plant import (
     FILLER_TEMPERATURE,
@@ -38,7 +40,41 @@ from config.schema import AgentConfig
 SITE, AGENT_ID, PREFIX = "plant-a", "edge-01", "mfg"
 
 
-def demo_config(hub: str, opcua_port: int, state_dir: Path) -> AgentConfig:
+# The MES side of the demo: a batch file dropped into a folder and a webhook post.
+MES_TOKEN = "demo-token"
+SAMPLE_FILE = (
+    "WO;MATERIAL;GOOD_QTY;SCRAP_QTY;FINISHED\n"
+    "WO-4711;MAT-100;480;20;26.11.2026 06:55:00\n"
+    "WO-4712;MAT-200;96;4;26.11.2026 07:40:00\n"
+)
+SAMPLE_POST = {
+    "material": "MAT-100", "lot": "L-0042", "bin": "WH-1/A3", "delta": -12.5, "uom": "kg",
+    "reason": "CYCLE-COUNT", "at": "2026-11-26T08:15:00+01:00", "messageId": "demo-1",
+}
+
+
+def mes_sources(state_dir: Path, http_port: int) -> list[dict[str, Any]]:
+    """A file drop (semicolon CSV, local times in Berlin) and a webhook (inventory)."""
+    return [
+        {"name": "mes-drop", "type": "mes-files", "folder": str(state_dir / "mes-drop"),
+         "pattern": "*.csv", "delimiter": ";", "complete": "rename", "poll_s": 0.5,
+         "event": "workorder.completed", "asset": "line1", "time_column": "FINISHED",
+         "time_format": "%d.%m.%Y %H:%M:%S", "time_zone": "Europe/Berlin",
+         "columns": {"order": {"column": "WO"}, "product": {"column": "MATERIAL"},
+                     "good": {"column": "GOOD_QTY", "type": "float", "unit": "1"},
+                     "scrap": {"column": "SCRAP_QTY", "type": "float"}}},
+        {"name": "mes-webhook", "type": "mes-http", "listen": f"127.0.0.1:{http_port}",
+         "tokens_file": str(state_dir / "mes-tokens"), "idempotency_field": "messageId",
+         "routes": [{"path": "/mes/inventory", "event": "inventory.adjusted",
+                     "asset": "warehouse", "time_column": "at",
+                     "columns": {"material": {"column": "material"}, "lot": {"column": "lot"},
+                                 "location": {"column": "bin"},
+                                 "delta": {"column": "delta", "type": "float"},
+                                 "unit": {"column": "uom"}, "reason": {"column": "reason"}}}]},
+    ]
+
+
+def demo_config(hub: str, opcua_port: int, state_dir: Path, http_port: int = 0) -> AgentConfig:
     signal_rules: list[dict[str, Any]] = [
         {"node": GOOD_COUNT, "event": "production.count", "asset": "line1/filler",
          "name": "good_count"},
@@ -61,7 +97,8 @@ def demo_config(hub: str, opcua_port: int, state_dir: Path) -> AgentConfig:
             "sources": [
                 {"name": "line1", "type": "opcua",
                  "endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/plant/",
-                 "publishing_interval_ms": 100, "signals": signal_rules}
+                 "publishing_interval_ms": 100, "signals": signal_rules},
+                *(mes_sources(state_dir.resolve(), http_port) if http_port else []),
             ],
         }
     )
@@ -85,8 +122,11 @@ def run_demo(
             print("the simulated plant did not start", file=sys.stderr)
             return 1
         print(f"simulated filling line serving opc.tcp://127.0.0.1:{port}/plant/")
-        config = demo_config(hub, port, state_dir)
-        return asyncio.run(_run(config, duration))
+        http_port = _free_port()
+        (state_dir / "mes-drop").mkdir(parents=True, exist_ok=True)
+        (state_dir / "mes-tokens").write_text(MES_TOKEN + "\n")
+        config = demo_config(hub, port, state_dir, http_port)
+        return asyncio.run(_run(config, duration, http_port))
     finally:
         plant.send_signal(signal.SIGTERM)
         try:
@@ -95,7 +135,7 @@ def run_demo(
             plant.kill()
 
 
-async def _run(config: AgentConfig, duration: float | None) -> int:
+async def _run(config: AgentConfig, duration: float | None, http_port: int = 0) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -115,8 +155,13 @@ async def _run(config: AgentConfig, duration: float | None) -> int:
         runner = asyncio.create_task(agent.run(stop))
         if duration is not None:
             loop.call_later(duration, stop.set)
+        mes = asyncio.create_task(_mes_samples(config, http_port)) if http_port else None
         await _progress(agent, hub, stop, config.hub.url)
         await runner
+        if mes is not None:
+            mes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mes
     elapsed = time.monotonic() - started
     cpu = time.process_time() - cpu_started
     forwarded = agent.forwarder.counters.events_forwarded_total
@@ -127,6 +172,23 @@ async def _run(config: AgentConfig, duration: float | None) -> int:
         print(f"CPU of this process (agent and hub view): {cpu:.1f} s, "
               f"{cpu / forwarded * 1e6:.0f} µs per forwarded event")
     return 0
+
+
+async def _mes_samples(config: AgentConfig, http_port: int) -> None:
+    """What an MES does: drop a batch file (written aside, then renamed in) and post a
+    webhook; the business events appear at the hub beside the OPC UA ones."""
+    await asyncio.sleep(2.0)
+    folder = config.agent.state_dir / "mes-drop"
+    part = folder / "completions-demo.csv.part"
+    part.write_text(SAMPLE_FILE)
+    part.rename(folder / "completions-demo.csv")
+    print(f"\nMES: dropped {folder / 'completions-demo.csv'} (2 completed work orders)")
+    url = f"http://127.0.0.1:{http_port}/mes/inventory"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url, json=SAMPLE_POST, headers={"Authorization": f"Bearer {MES_TOKEN}"}
+        ) as response:
+            print(f"MES: POST {url} -> {response.status} {await response.text()}", flush=True)
 
 
 class HubView:

@@ -26,6 +26,12 @@ def test_demo_forwards_the_simulated_line_to_the_broker(
     assert "hub connected" in result.stdout
     assert {e["type"] for e in events} >= {"telemetry.v1", "production.count.v1"}
     assert len(events) > 20
+    # The MES side: a dropped file's two work orders and a webhook's inventory adjustment.
+    assert "MES: POST http://127.0.0.1:" in result.stdout and "-> 202" in result.stdout
+    orders = {e["data"]["order"] for e in events if e["type"] == "workorder.completed.v2"}
+    assert orders == {"WO-4711", "WO-4712"}
+    [adjusted] = [e for e in events if e["type"] == "inventory.adjusted.v1"]
+    assert adjusted["data"]["delta"] == -12.5 and adjusted["data"]["unit"] == "kg"
 
 
 def test_demo_without_a_broker_says_so_and_keeps_buffering(tmp_path: Path) -> None:

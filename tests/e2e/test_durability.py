@@ -94,8 +94,9 @@ def test_agent_sigkilled_at_20_random_moments_loses_nothing(
                 agent.wait_log(RUNNING, after=offset, timeout=30)
                 time.sleep(rng.uniform(0.0, 0.6))
                 agent.kill()
+            offset = len(agent.log_text())
             agent.start()
-            agent.wait_log(RUNNING, after=len(agent.log_text()) - 200, timeout=30)
+            agent.wait_log(RUNNING, after=offset, timeout=30)
             time.sleep(0.5)
             wait_delivered(subscriber, buffer_file)
             assert agent.terminate() == 0

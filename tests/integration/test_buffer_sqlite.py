@@ -20,7 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from buffer.base import AppendResult, BufferCorrupt, Capacity, Record, StoredRecord
+from buffer.base import AppendResult, BufferCorrupt, BufferFull, Capacity, Record, StoredRecord
 from buffer.sqlite import SqliteBuffer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -377,8 +377,44 @@ async def test_a_version_2_file_is_migrated_keeping_its_dead_letters(tmp_path: P
         assert await buffer.retry_dead_letters([7]) == (1, 0)
         assert [r.seq for r in await lease_all(buffer)] == [7]
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone() == (3,)
+        assert check.execute("PRAGMA user_version").fetchone() == (4,)
     check.close()
+
+
+# --- source state ------------------------------------------------------------------------------
+
+
+async def test_source_state_commits_with_the_records_and_survives_reopening(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "buffer.db"
+    clock = FakeClock(now=100.0)
+    async with SqliteBuffer.open(path, clock=clock) as buffer:
+        await buffer.append(records("a", 2), {"db/cursor": "5", "db/idem/k1": "[1]"})
+        # Written even when every record is a duplicate, and on an empty batch; None deletes.
+        clock.now = 200.0
+        assert (await buffer.append(records("a", 2), {"db/cursor": "7"})).duplicates == 2
+        await buffer.append([], {"web/idem/k2": "x", "db/idem/k1": None})
+        assert await buffer.source_state("db/") == {"db/cursor": "7"}
+    async with SqliteBuffer.open(path, clock=clock) as buffer:
+        assert await buffer.source_state("") == {"db/cursor": "7", "web/idem/k2": "x"}
+        assert await buffer.source_state("db/c") == {"db/cursor": "7"}
+        assert await buffer.source_state("d%") == {}  # a prefix, not a LIKE pattern
+        # Only entries under the prefix written before the cut-off go.
+        assert await buffer.drop_source_state("web/", older_than=150.0) == 0
+        assert await buffer.drop_source_state("web/", older_than=250.0) == 1
+        assert await buffer.source_state("") == {"db/cursor": "7"}
+
+
+async def test_source_state_of_a_failed_append_is_not_written(tmp_path: Path) -> None:
+    """The state and the records are one transaction: a batch refused (BufferFull) leaves the
+    stored state as it was."""
+    capacity = Capacity(max_pending_bytes=10, policies={0: "block"})
+    async with SqliteBuffer.open(tmp_path / "buffer.db", capacity=capacity) as buffer:
+        await buffer.append(records("a", 1), {"s/cursor": "1"})
+        with pytest.raises(BufferFull):
+            await buffer.append([Record("big", "reading", 0, b"x" * 64)], {"s/cursor": "2"})
+        assert await buffer.source_state("s/") == {"s/cursor": "1"}
 
 
 async def test_stats_are_exact(tmp_path: Path) -> None:
@@ -414,7 +450,7 @@ async def test_open_creates_the_directory_and_uses_wal(tmp_path: Path) -> None:
         assert path.with_name("buffer.db-wal").exists()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
     db.close()
 
 

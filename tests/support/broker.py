@@ -96,6 +96,7 @@ class MosquittoBroker:
         self._extra_conf = list(extra_conf)
         self._files = dict(files or {})
         self._process: subprocess.Popen[bytes] | None = None
+        self._spawned_at = 0  # log size when the current process was spawned
         # A broker that is never closed (e.g. one a test only needed the port of) still leaves
         # no directory behind once it is garbage-collected or the interpreter exits.
         self._remove_workdir = weakref.finalize(
@@ -146,16 +147,18 @@ class MosquittoBroker:
         if self.running:
             raise BrokerError(f"broker already running on port {self.port}")
         self._write_config()
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [self.binary, "-c", str(self.conf_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
         deadline = time.monotonic() + timeout
+        self._spawn()
         while time.monotonic() < deadline:
+            assert self._process is not None
             if self._process.poll() is not None:
+                # The port can be held for a moment by a client's own socket: an agent that
+                # retries a connect to this (closed) port may get it as its ephemeral source
+                # port, even connect to itself (TCP simultaneous open), until it gives up.
+                if "Address already in use" in self._log_since_spawn:
+                    time.sleep(0.25)
+                    self._spawn()
+                    continue
                 raise BrokerError(
                     f"mosquitto exited with {self._process.returncode} on port {self.port}:\n"
                     f"{self.log_tail()}"
@@ -170,6 +173,22 @@ class MosquittoBroker:
             f"mosquitto did not accept connections on port {self.port} within {timeout} s:\n"
             f"{self.log_tail()}"
         )
+
+    @property
+    def _log_since_spawn(self) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(self._spawned_at)
+            return log.read().decode(errors="replace")
+
+    def _spawn(self) -> None:
+        self._spawned_at = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [self.binary, "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def stop(self, timeout: float = _STOP_TIMEOUT_S) -> None:
         """SIGTERM and wait; SIGKILL if it does not exit in time. No-op if not running."""

@@ -186,7 +186,7 @@ def check_delivery(
         event = arrival.event
         seen = first.setdefault(event["id"], arrival)
         if seen is not arrival and (
-            seen.event["seq"] != event["seq"] or seen.event["data"] != event["data"]
+            seen.event["seq"] != event["seq"] or seen.event.get("data") != event.get("data")
         ):
             conflicting.append(event["id"])
     delivered_seqs = {a.event["seq"] for a in first.values()}

@@ -337,7 +337,9 @@ def test_unknown_source_type(tmp_path: Path) -> None:
     path = write(tmp_path, variant(('type = "opcua"  # 21', 'type = "modbus"  # 21')))
 
     assert only_problem(path) == ConfigProblem(
-        path, 21, "sources[1].type", "unknown type 'modbus' (expected one of 'opcua', 'simulated')"
+        path, 21, "sources[1].type",
+        "unknown type 'modbus' (expected one of 'opcua', 'simulated', 'mes-files', 'mes-http', "
+        "'mes-sql')",
     )
 
 

@@ -163,7 +163,7 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("name", ["filling-line.toml", "batch-reactor.toml"])
+@pytest.mark.parametrize("name", ["filling-line.toml", "batch-reactor.toml", "mes.toml"])
 def test_the_readme_examples_pass_check_config(
     name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -347,7 +347,8 @@ def test_workorder_completed_from_siblings_when_the_done_bit_rises() -> None:
     feed("Scrap", 12)
     [done] = feed("Done", True)
     assert done.data == {
-        "signal": "done", "order": "B-42", "product": "MAT-4410", "good": 950, "scrap": 12
+        "signal": "done", "order": "B-42", "product": "MAT-4410", "good": 950, "scrap": 12,
+        "unit": "1",
     }
     assert feed("Done", True, dt=0.5) == []  # still high: no second completion
     assert feed("Done", False) == []
@@ -367,7 +368,7 @@ def test_siblings_in_the_same_batch_and_scan_are_read_before_the_done_bit() -> N
     ]
     events, rejected = mapper.map_all(readings)
     assert rejected == []
-    [done] = [e for e in events if e.type.name == "workorder.completed.v1"]
+    [done] = [e for e in events if e.type.name == "workorder.completed.v2"]
     assert (done.data["order"], done.data["good"], done.data["scrap"]) == ("B-43", 400, 3)
 
 

@@ -1,0 +1,216 @@
+"""`make bench`: the agent measured against this machine's own limits, in one run.
+
+1. OPC UA ingest (`bench.ingest`), with 1,000 and 10,000 changing items: the real agent process
+   between a local asyncua server process and a private mosquitto, at 2,000 events/s and at the
+   server's maximum rate, every change checked off at a subscriber; then a bare asyncua client
+   through the same phases, as the reference ceiling.
+2. Backlog (`bench.backlog_drain`): 1,000,000 telemetry events accepted from the simulated
+   source while the broker is down (buffer bytes on disk per event); then the agent with 10,000
+   OPC UA items on that state dir, still without a broker (its RSS); then the broker starts and
+   the backlog drains while 200 live events/s go out beside it (drain rate, live latency).
+3. The targets of issue 8, each with its measured figure and pass/fail.
+
+Prints a table and writes everything as JSON (`bench/results.json`, or `--out`). Children (the
+server, the agents, mosquitto, the bare client) are always ended, also on SIGTERM. Only
+loopback addresses; every wait is bounded.
+
+    .venv/bin/python -m bench.run [--quick] [--out FILE] [--profile DIR]
+
+`--quick` is a smoke run with small counts (under 90 s); its figures are not the targets'
+conditions. `--profile DIR` records the agent with py-spy (if installed) during each max-rate
+phase, as collapsed stacks in DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.backlog_drain import drain, fill
+from bench.ingest import Phase, footprint, run_ingest
+from config.schema import BufferSection
+from tests.support.broker import MosquittoBroker
+from tests.support.durability import TimedSubscriber
+
+REPO = Path(__file__).resolve().parents[1]
+MODERATE = 2000.0
+LIVE_DURING_DRAIN = 200.0
+MIB_IN_MB = 2**20 / 1e6
+
+
+@dataclass(frozen=True)
+class Scale:
+    items: tuple[int, ...]
+    moderate_s: float
+    max_s: float
+    backlog: int
+    footprint_items: int
+    footprint_s: float
+
+
+FULL = Scale(items=(1000, 10000), moderate_s=10, max_s=15, backlog=1_000_000,
+             footprint_items=10000, footprint_s=5)
+QUICK = Scale(items=(100, 1000), moderate_s=2, max_s=3, backlog=20_000,
+              footprint_items=1000, footprint_s=2)
+
+
+def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
+    phases = [Phase(f"{MODERATE:g}/s", MODERATE, scale.moderate_s), Phase("max", 0, scale.max_s)]
+    results: dict[str, Any] = {"ingest": []}
+    for items in scale.items:
+        print(f"ingest: {items} items ...", file=sys.stderr, flush=True)
+        results["ingest"].append(run_ingest(items, phases, work, profile_dir=profile))
+    backlog = work / "backlog"
+    backlog.mkdir()
+    print(f"backlog: filling {scale.backlog} events ...", file=sys.stderr, flush=True)
+    filled = fill(backlog, scale.backlog, 50_000, telemetry_only=True)
+    print(f"backlog: {scale.footprint_items} items on the full buffer ...",
+          file=sys.stderr, flush=True)
+    held = footprint(scale.footprint_items, backlog / "state", backlog,
+                     Phase(f"{MODERATE:g}/s", MODERATE, scale.footprint_s))
+    print("backlog: draining ...", file=sys.stderr, flush=True)
+    with MosquittoBroker(["max_queued_messages 0"]) as broker:
+        subscriber = TimedSubscriber(broker)
+        subscriber.start()
+        try:
+            drained = drain(backlog, broker, live_rate=LIVE_DURING_DRAIN, telemetry_only=True,
+                            subscriber=subscriber)
+        finally:
+            subscriber.stop()
+    results["backlog"] = {"fill": filled, "footprint": {**held, "buffered": filled["events"]},
+                          "drain": drained}
+    return results
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 8: what was measured, the limit, pass or fail."""
+    rows: list[dict[str, Any]] = []
+
+    def check(name: str, value: float, limit: float, unit: str, *, at_least: bool = False) -> None:
+        ok = value >= limit if at_least else value <= limit
+        rows.append({"target": name, "value": value, "limit": limit, "unit": unit,
+                     "at_least": at_least, "pass": bool(ok)})
+
+    for run in results["ingest"]:
+        items = run["items"]
+        agent = {phase["phase"]: phase for phase in run["agent"]}
+        bare = {phase["phase"]: phase for phase in run["bare_client"]}
+        check(f"agent CPU per event, OPC UA→PUBACK, max rate, {items} items",
+              agent["max"]["agent_cpu_us_per_event"], 20, "µs")
+        check(f"agent CPU ÷ bare client CPU, max rate, {items} items",
+              agent["max"]["agent_cpu_us_per_event"] / bare["max"]["cpu_us_per_notification"],
+              2.5, "x")
+        moderate = agent[f"{MODERATE:g}/s"]
+        check(f"latency p99 at {MODERATE:,.0f} events/s, {items} items",
+              moderate["latency_p99_ms"], 250, "ms")
+        check(f"changes lost or not delivered, {items} items (all phases)",
+              sum(phase["missing"] for phase in run["agent"]), 0, "events")
+    drained = results["backlog"]["drain"]
+    check("backlog drain rate (PUBACK-acked)", drained["drained_per_s"], 100_000, "events/s",
+          at_least=True)
+    check(f"live latency p99 during the drain ({LIVE_DURING_DRAIN:g} events/s)",
+          drained["live_p99_s"], 1.0, "s")
+    held = results["backlog"]["footprint"]
+    check(f"peak RSS, {held['items']} items + {held['buffered']:,} events buffered",
+          held["peak_rss_mib"] * MIB_IN_MB, 120, "MB")
+    check("buffer bytes on disk per telemetry event", results["backlog"]["fill"]["bytes_per_event"],
+          250, "bytes")
+    first = [run for run in results["ingest"] if run["items"] == 1000]
+    if first:
+        check("start to first forwarded event, 1000 items", first[0]["start_to_first_event_s"],
+              2.0, "s")
+    return rows
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\nplant-edge-agent bench ({results['mode']}), {results['machine']['cpus']} CPUs, "
+          f"load average at start {results['machine']['load_average_at_start']}, buffer "
+          f"synchronous = {results['buffer_synchronous']}")
+    print("\nOPC UA ingest: asyncua server process → edge-agent process → mosquitto → subscriber")
+    print(f"{'items':>6} {'phase':>7} {'offered/s':>10} {'delivered/s':>12} {'missing':>8} "
+          f"{'agent µs/ev':>12} {'bare µs/ev':>11} {'x bare':>6} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'server µs/ch':>13}")
+    for run in results["ingest"]:
+        for agent, bare in zip(run["agent"], run["bare_client"], strict=True):
+            print(f"{run['items']:>6} {agent['phase']:>7} {agent['offered_per_s']:>10,.0f} "
+                  f"{agent['delivered_per_s']:>12,.0f} {agent['missing']:>8} "
+                  f"{agent['agent_cpu_us_per_event']:>12.1f} "
+                  f"{bare['cpu_us_per_notification']:>11.1f} "
+                  f"{agent['agent_cpu_us_per_event'] / bare['cpu_us_per_notification']:>6.1f} "
+                  f"{agent['latency_p50_ms']:>7.0f} {agent['latency_p99_ms']:>7.0f} "
+                  f"{agent['server_cpu_us_per_change']:>13.1f}")
+    for run in results["ingest"]:
+        print(f"{run['items']:>6} items: start to first forwarded event "
+              f"{run['start_to_first_event_s']:.2f} s, to every item's first value "
+              f"{run['start_to_all_items_s']:.2f} s; agent peak RSS "
+              f"{run['agent_peak_rss_mib']:.0f} MiB (bare client "
+              f"{run['bare_client_peak_rss_mib']:.0f} MiB)")
+    filled, held = results["backlog"]["fill"], results["backlog"]["footprint"]
+    drained = results["backlog"]["drain"]
+    print("\nBacklog: simulated source (telemetry), broker down, then up")
+    print(f"fill:  {filled['events']:,} events accepted at {filled['accepted_per_s']:,.0f}/s; "
+          f"buffer {filled['buffer_bytes'] / 2**20:,.0f} MiB on disk = "
+          f"{filled['bytes_per_event']:.0f} bytes/event (main file alone "
+          f"{filled['db_file_bytes'] / filled['events']:.0f}); agent peak RSS "
+          f"{filled['peak_rss_mib']:.0f} MiB")
+    print(f"held:  {held['items']} OPC UA items running, {held['buffered']:,} events buffered, "
+          f"no hub: agent peak RSS {held['peak_rss_mib']:.0f} MiB")
+    print(f"drain: {drained['backlog_events']:,} events in {drained['drain_s']:.1f} s = "
+          f"{drained['drained_per_s']:,.0f}/s PUBACK-acked (hub: {drained['backlog_arrived']:,} "
+          f"arrived, {drained['hub_drained_per_s']:,.0f}/s); live events during the drain: "
+          f"{drained['live_events']:,}, p50 {drained['live_p50_s'] * 1e3:.0f} ms, "
+          f"p99 {drained['live_p99_s'] * 1e3:.0f} ms; agent peak RSS "
+          f"{drained['peak_rss_mib']:.0f} MiB")
+    print("\nTargets (issue 8)" + (" — quick run: small counts, not the targets' conditions"
+                                   if results["mode"] == "quick" else ""))
+    width = max(len(row["target"]) for row in results["targets"])
+    for row in results["targets"]:
+        sign = "≥" if row["at_least"] else "≤"
+        number = row["value"]
+        value = f"{number:,.0f}" if abs(number) >= 100 or number == int(number) else f"{number:.2f}"
+        print(f"  {row['target']:<{width}}  {value:>10} {row['unit']:<8} "
+              f"{sign} {row['limit']:>9,g}  {'pass' if row['pass'] else 'FAIL'}")
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds every `finally`: the children are ended
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run, small counts")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--profile", type=Path, help="py-spy the agent at max rate, into DIR")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "buffer_synchronous": BufferSection().synchronous,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as work:
+        results.update(measure(QUICK if args.quick else FULL, Path(work), args.profile))
+    results["targets"] = targets(results)
+    results["seconds"] = time.monotonic() - started
+    print_table(results)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{results['seconds']:.0f} s; figures written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Settings of the file-drop connector: `[[sources]]` with `type = "mes-files"`.
+
+```toml
+[[sources]]
+name = "mes-drop"
+type = "mes-files"
+folder = "/var/lib/edge-agent/mes-drop"   # relative paths: from the config file's folder
+pattern = "*.csv"            # glob of the files to take; others (e.g. *.tmp) are left alone
+format = "csv"               # csv (header row) | json (an array of objects)
+event = "workorder.completed"
+asset = "line1"
+complete = "stable"          # stable: size and mtime unchanged for `stable_s` seconds
+stable_s = 2.0               # marker: wait for FILE + `marker_suffix` (e.g. orders.csv.done)
+                             # rename: the writer renames the file in; present = complete
+time_column = "finished_at"
+time_format = "%Y-%m-%d %H:%M:%S"   # strptime; "iso" for ISO 8601
+time_zone = "Europe/Berlin"         # for times without an offset
+
+  [sources.columns]          # event field = the column that feeds it (connectors.records)
+  order = { column = "WO" }
+  product = { column = "MATERIAL" }
+  good = { column = "GOOD_QTY", type = "float", unit = "kg" }
+  scrap = { column = "SCRAP_QTY", type = "float", required = false }
+```
+
+Files are taken in name order. A complete file's rows go to the pipeline; once every row is
+committed to the buffer the file moves to `processed/`. Rows that cannot be read go, with
+their line number and reason, to `rejected/<file>.rejects.csv` (the good rows still flow); a
+file that cannot be read at all moves to `rejected/` with a `<file>.reject.txt` beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, field_validator
+
+from connectors.records import RecordSettings
+
+
+class MesFilesSettings(RecordSettings):
+    """The folder, file format and completeness rule; the record part (`columns`, time) is
+    `connectors.records.RecordSettings`. Without a `time_column`, a row's time is the file's
+    modification time (the same on a re-read, so the event ids are too)."""
+
+    folder: Path
+    pattern: Annotated[str, Field(min_length=1, max_length=200)] = "*.csv"
+    format: Literal["csv", "json"] = "csv"
+    encoding: str = "utf-8-sig"
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    complete: Literal["stable", "marker", "rename"] = "stable"
+    stable_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    marker_suffix: Annotated[str, Field(min_length=1, max_length=32)] = ".done"
+    poll_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    max_file_bytes: Annotated[int, Field(ge=1, le=2**31)] = 64 * 2**20
+    rows_per_emit: Annotated[int, Field(ge=1, le=10_000)] = 500
+    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, name: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(name)
+        except LookupError as error:
+            raise ValueError(f"unknown encoding {name!r}") from error
+        return name
+
+    def with_base_dir(self, base: Path) -> Self:
+        """The same settings with `folder` made absolute (relative to the config file)."""
+        if self.folder.is_absolute():
+            return self
+        return self.model_copy(update={"folder": base / self.folder})

@@ -1,0 +1,200 @@
+"""The webhook connector: an MES posts JSON objects; each becomes one record reading.
+
+What a post's answer promises (the HTTP layer is `connectors.mes_http.server`):
+- 202: every object of the post is committed to the buffer (the connector awaits the commit
+  future `emit` returns). Nothing is taken before every object is checked: one bad object
+  refuses the whole post with 400 and the field errors (index, field, message), so the MES
+  can fix and resend it as a whole.
+- 503 (`Retry-After`): the buffer applies backpressure, or the commit took longer than
+  `commit_timeout_s`; the objects may or may not be committed, and resending them is safe.
+- Resending is safe because a record's key is its post's idempotency key and index (header
+  `Idempotency-Key`, or the `idempotency_field` of a single object), else the SHA-256 of the
+  post's body and the index: the same post gives the same event ids, which the buffer and
+  the consumers drop as repeats. An answered key is also remembered in the buffer's source
+  state (committed with the post's records, kept `idempotency_ttl_s`): a resend answers 202
+  with `replayed` and the same ids, and the same key with another body answers 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from connectors.base import Emit, Quality, Reading, SourceHealth, SourceHost
+from connectors.mes_http.config import MesHttpSettings, RouteSettings
+from connectors.mes_http.server import (
+    Accepted,
+    Busy,
+    Conflict,
+    ItemError,
+    Outcome,
+    Rejected,
+    WebhookServer,
+)
+from connectors.records import RowError, read_record
+
+_log = logging.getLogger(__name__)
+
+_HOUSEKEEPING_S = 3600.0
+_RETRY_AFTER_S = 5.0
+
+
+class MesHttpConnector:
+    def __init__(self, name: str, settings: MesHttpSettings, host: SourceHost) -> None:
+        self.name = name
+        self.health = SourceHealth()
+        self._settings = settings
+        self._host = host
+        self._emit: Emit | None = None
+        self._key_locks: dict[str, _KeyLock] = {}
+        self.posts_accepted_total = 0
+        self.posts_rejected_total = 0
+        self.posts_busy_total = 0
+        self.posts_replayed_total = 0
+
+    async def run(self, emit: Emit) -> None:
+        self._emit = emit
+        server = WebhookServer(self._settings, self._on_post, name=self.name)
+        await server.start()  # SourceConfigError: port taken, TLS or tokens unusable
+        self.health.connected = True
+        _log.info("source=%s webhook listening on %s port %d",
+                  self.name, self._settings.host, server.port)
+        try:
+            while True:
+                await self._forget_old_keys()
+                await asyncio.sleep(_HOUSEKEEPING_S)
+        finally:
+            self.health.connected = False
+            await server.stop()
+
+    async def _forget_old_keys(self) -> None:
+        cutoff = time.time() - self._settings.idempotency_ttl_s
+        dropped = await self._host.drop_source_state(f"{self.name}/idem/", cutoff)
+        if dropped:
+            _log.info("source=%s forgot %d idempotency key(s) older than %.0f s",
+                      self.name, dropped, self._settings.idempotency_ttl_s)
+
+    # -- one post -------------------------------------------------------------------------------
+
+    async def _on_post(
+        self, route: RouteSettings, items: list[dict[str, Any]], key: str | None
+    ) -> Outcome:
+        if self._host.backpressure():
+            self.posts_busy_total += 1
+            return Busy("the agent's buffer is full; resend later", _RETRY_AFTER_S)
+        digest = hashlib.sha256(
+            json.dumps(items, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        if key is None:
+            return await self._take(route, items, f"body:{digest}", digest, None)
+        state_key = f"{self.name}/idem/{route.path}/{key}"
+        async with self._one_post_per_key(state_key):  # a resend sees the first's answer
+            answered = (await self._host.source_state(state_key)).get(state_key)
+            if answered is not None:
+                return self._replay(answered, digest, key)
+            return await self._take(route, items, f"key:{key}", digest, state_key)
+
+    def _replay(self, answered: str, digest: str, key: str) -> Outcome:
+        stored = json.loads(answered)
+        if stored["digest"] != digest:
+            self.posts_rejected_total += 1
+            return Conflict(f"Idempotency-Key {key!r} was used before with a different body")
+        self.posts_replayed_total += 1
+        return Accepted(list(stored["ids"]), replayed=True)
+
+    async def _take(
+        self,
+        route: RouteSettings,
+        items: list[dict[str, Any]],
+        record_key: str,
+        digest: str,
+        state_key: str | None,
+    ) -> Outcome:
+        readings, ids, errors = self._readings(route, items, record_key)
+        if errors:
+            self.posts_rejected_total += 1
+            return Rejected(errors)
+        if state_key is not None:
+            answer = json.dumps({"digest": digest, "ids": ids})
+            last = readings[-1]
+            readings[-1] = Reading(
+                last.source, last.signal, last.value, last.timestamp,
+                attributes=last.attributes, state=((state_key, answer),),
+            )
+        assert self._emit is not None
+        try:
+            await asyncio.wait_for(self._commit(readings), self._settings.commit_timeout_s)
+        except TimeoutError:
+            self.posts_busy_total += 1
+            return Busy(
+                f"not committed within {self._settings.commit_timeout_s} s; resend (safe: "
+                "the same post makes no duplicates)", _RETRY_AFTER_S,
+            )
+        except Exception as error:  # the agent stopped before the commit (BufferUnavailable)
+            self.posts_busy_total += 1
+            return Busy(f"not committed: {error}; resend", _RETRY_AFTER_S)
+        self.posts_accepted_total += 1
+        self.health.readings_total += len(readings)
+        self.health.last_value_at = readings[-1].timestamp
+        return Accepted(ids)
+
+    async def _commit(self, readings: Sequence[Reading]) -> None:
+        assert self._emit is not None
+        committed = await self._emit(readings)
+        if committed is not None:
+            await committed
+
+    def _readings(
+        self, route: RouteSettings, items: list[dict[str, Any]], record_key: str
+    ) -> tuple[list[Reading], list[str], list[ItemError]]:
+        received_at = datetime.now(UTC)
+        readings: list[Reading] = []
+        ids: list[str] = []
+        errors: list[ItemError] = []
+        for index, item in enumerate(items):
+            try:
+                record = read_record(item, route, received_at=received_at)
+            except RowError as error:
+                errors.append(ItemError(index=index, field=error.column, message=str(error)))
+                continue
+            reading = Reading(
+                source=self.name,
+                signal=route.path,
+                value=f"{record_key}:{index}",
+                timestamp=record.timestamp,
+                quality=Quality.GOOD,
+                attributes=record.fields,
+            )
+            event_id, problems = self._host.check_record(reading)
+            for name, message in problems:
+                errors.append(ItemError(index=index, field=name, message=message))
+            readings.append(reading)
+            ids.append(event_id)
+        return readings, ids, errors
+
+    @asynccontextmanager
+    async def _one_post_per_key(self, state_key: str) -> AsyncIterator[None]:
+        """Hold the key's lock; the lock is forgotten when no post waits for it any more."""
+        entry = self._key_locks.setdefault(state_key, _KeyLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._key_locks[state_key]
+
+
+@dataclass(slots=True)
+class _KeyLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0

@@ -1,0 +1,224 @@
+"""MES records: one row of a file, one object of a webhook payload, one row of an interface
+table, read into the fields of one business event. Shared by the three MES connectors.
+
+The source's `columns` say which column (CSV header, JSON key or dotted path, SQL column)
+feeds which event field, or which constant fills it (`value`), with its type; a quantity's
+column names its `unit`, which fills the event's `unit` field. The time of the record comes
+from `time_column` (a time text in `time_format`, or a native date-time from a database),
+read in `time_zone` when it has no offset; without a `time_column` it is when the agent read
+the record.
+
+Pure code: a row (a mapping of column to value) in, a `Record` out, or `RowError` saying
+which column was wrong and why. The event model itself (`agent.events`) validates the fields
+afterwards; this module only reads and types them.
+
+    [sources.columns]                          # event field = where it comes from
+    order = { column = "WO" }
+    good = { column = "GOOD_QTY", type = "float", unit = "kg" }
+    reason = { value = "MES-CORRECTION" }      # a constant
+    started_at = { column = "START", type = "time", format = "%d.%m.%Y %H:%M" }
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from connectors.base import Value
+
+FieldName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+UNIT_FIELD = "unit"
+
+
+class RowError(ValueError):
+    """One record cannot be read; the message names the column and what was wrong."""
+
+    def __init__(self, message: str, column: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+class FieldSettings(BaseModel):
+    """Where one event field comes from: a `column`, or a constant `value`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    value: str | int | float | None = None
+    type: Literal["str", "int", "float", "time"] = "str"
+    required: bool = True
+    unit: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    format: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    time_zone: str | None = None
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Self:
+        if (self.column is None) == (self.value is None):
+            raise ValueError("give either column (where it comes from) or value (a constant)")
+        if self.type != "time" and (self.format or self.time_zone):
+            raise ValueError("format and time_zone are for type = \"time\"")
+        if self.time_zone is not None:
+            _zone(self.time_zone)
+        return self
+
+
+class RecordSettings(BaseModel):
+    """The record part of an MES source's settings (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time_column: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    time_format: Annotated[str, Field(min_length=1, max_length=64)] = "iso"
+    time_zone: str = "UTC"
+    columns: Annotated[dict[FieldName, FieldSettings], Field(min_length=1)]
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        _zone(name)
+        return name
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> Self:
+        units = {spec.unit for spec in self.columns.values() if spec.unit is not None}
+        if len(units) > 1:
+            raise ValueError(
+                f"columns name different units ({', '.join(sorted(units))}); one event has "
+                "one unit: convert in the MES export or use one source per unit"
+            )
+        constant = self.columns.get(UNIT_FIELD)
+        if units and constant is not None:
+            raise ValueError(
+                "the unit is given twice: by a column's unit and by the `unit` field; keep one"
+            )
+        return self
+
+    def column_names(self) -> list[str]:
+        """Every column a row must have (CSV: checked against the header)."""
+        names = [spec.column for spec in self.columns.values() if spec.column is not None]
+        if self.time_column is not None:
+            names.insert(0, self.time_column)
+        return list(dict.fromkeys(names))
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    timestamp: datetime  # UTC
+    fields: tuple[tuple[str, Value], ...]  # event field -> value, in config order
+
+
+def read_record(
+    row: Mapping[str, object], settings: RecordSettings, *, received_at: datetime
+) -> Record:
+    """The record of one row; `RowError` names the first column that is wrong."""
+    zone = _zone(settings.time_zone)
+    if settings.time_column is None:
+        timestamp = received_at.astimezone(UTC)
+    else:
+        timestamp = _time(
+            _lookup(row, settings.time_column), settings.time_column, settings.time_format, zone
+        )
+    fields: list[tuple[str, Value]] = []
+    unit: str | None = None
+    for name, spec in settings.columns.items():
+        if spec.column is None:
+            fields.append((name, spec.value))
+            continue
+        value = _cell(_lookup(row, spec.column), spec, settings, zone)
+        fields.append((name, value))
+        if spec.unit is not None and value is not None:
+            unit = spec.unit
+    if unit is not None:
+        fields.append((UNIT_FIELD, unit))
+    return Record(timestamp, tuple(fields))
+
+
+def _lookup(row: Mapping[str, object], column: str) -> object:
+    """`row[column]`; for nested JSON also a dotted path (`order.id`). Missing: None."""
+    if column in row:
+        return row[column]
+    value: object = row
+    for part in column.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _cell(value: object, spec: FieldSettings, settings: RecordSettings, zone: ZoneInfo) -> Value:
+    column = spec.column
+    if _blank(value):
+        if spec.required:
+            raise RowError(f"column {column!r} is empty", str(column))
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+    if spec.type == "time":
+        fmt = spec.format or settings.time_format
+        zone = _zone(spec.time_zone) if spec.time_zone else zone
+        return _time(value, str(column), fmt, zone).isoformat()  # UTC, with its offset
+    if spec.type == "str":
+        if isinstance(value, dict | list | bytes | bool):
+            kind = type(value).__name__
+            raise RowError(f"column {column!r}: expected text, got {kind}", str(column))
+        return str(value)
+    number = _number(value, str(column))
+    if spec.type == "int":
+        if not float(number).is_integer():
+            raise RowError(f"column {column!r}: {value!r} is not a whole number", str(column))
+        return int(number)
+    return float(number)
+
+
+def _number(value: object, column: str) -> int | float:
+    number = value
+    if isinstance(number, Decimal):
+        number = float(number)
+    if isinstance(number, str):
+        try:
+            number = float(number)
+        except ValueError:
+            raise RowError(f"column {column!r}: {value!r} is not a number", str(column)) from None
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise RowError(f"column {column!r}: {value!r} is not a number", str(column))
+    if not math.isfinite(number):
+        raise RowError(f"column {column!r}: {value!r} is not a finite number", str(column))
+    return number
+
+
+def _time(value: object, column: str, fmt: str, zone: ZoneInfo) -> datetime:
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    elif _blank(value) or not isinstance(value, str):
+        raise RowError(f"time column {column!r} is empty or not text", str(column))
+    else:
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text) if fmt == "iso" else datetime.strptime(text, fmt)
+        except ValueError:
+            message = f"time column {column!r}: {text!r} does not match {fmt!r}"
+            raise RowError(message, column) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(UTC)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError(f"unknown time zone {name!r} (an IANA name, e.g. Europe/Berlin)") \
+            from error

@@ -1,0 +1,115 @@
+"""MES file rows to records (pure), the config contract, and the mapper's record rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from agent.events import EVENT_TYPES
+from agent.mapping import Mapper
+from config.mapping import EventKind
+from config.schema import RECORD_FIELDS, AgentConfig
+from connectors.mes_files.config import MesFilesSettings
+from connectors.mes_files.connector import MesFilesConnector
+from connectors.mes_files.records import FileUnreadable, parse_file
+from tests.support.mes_files import HEADER, mes_files_agent_config
+
+MTIME = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def settings(tmp_path: Path) -> tuple[AgentConfig, MesFilesSettings]:
+    import tomllib
+
+    text = mes_files_agent_config(
+        hub_url="mqtt://127.0.0.1:1", state_dir=tmp_path / "s", folder=tmp_path
+    )
+    config = AgentConfig.model_validate(tomllib.loads(text))
+    source = config.sources[0]
+    assert isinstance(source, MesFilesSettings)
+    return config, source
+
+
+def test_good_and_bad_rows_with_line_numbers(tmp_path: Path) -> None:
+    _, source = settings(tmp_path)
+    text = (
+        HEADER
+        + "WO-1;MAT-1;10;1;26.11.2026 08:00:00\n"
+        + ";MAT-1;10;1;26.11.2026 08:01:00\n"  # line 3: no order
+        + "WO-3;MAT-1;ten;1;26.11.2026 08:02:00\n"  # line 4: not a number
+        + "\n"
+        + "WO-5;;10;;2026-11-26 08:03\n"  # line 6: wrong time format
+        + "WO-6;;7;;26.11.2026 08:04:00\n"
+    )
+    parsed = parse_file(text.encode(), source, MTIME)
+    assert [r.line for r in parsed.records] == [2, 7]
+    first = parsed.records[0]
+    assert first.timestamp == datetime(2026, 11, 26, 7, 0, tzinfo=UTC)  # CET is UTC+1
+    assert dict(first.fields) == {
+        "order": "WO-1", "product": "MAT-1", "good": 10, "scrap": 1, "unit": "1"
+    }
+    assert dict(parsed.records[1].fields)["scrap"] is None
+    assert [(r.line, r.reason) for r in parsed.rejects] == [
+        (3, "column 'WO' is empty"),
+        (4, "column 'GOOD_QTY': 'ten' is not a number"),
+        (6, "time column 'FINISHED': '2026-11-26 08:03' does not match '%d.%m.%Y %H:%M:%S'"),
+    ]
+    # Same content, same digest: a re-read after a crash yields the same record keys.
+    assert parse_file(text.encode(), source, MTIME).digest == parsed.digest
+
+
+def test_missing_column_makes_the_file_unreadable(tmp_path: Path) -> None:
+    _, source = settings(tmp_path)
+    with pytest.raises(FileUnreadable, match="'SCRAP_QTY'"):
+        parse_file(b"WO;MATERIAL;GOOD_QTY;FINISHED\n", source, MTIME)
+
+
+@pytest.mark.parametrize("kind", sorted(RECORD_FIELDS))
+def test_record_fields_agree_with_the_event_model(kind: EventKind) -> None:
+    """What config lets a record fill is what the model has, less what the agent derives."""
+    required, optional = RECORD_FIELDS[kind]
+    model_fields = EVENT_TYPES[kind].model.model_fields
+    derived = {"signal"} | {
+        EventKind.MACHINE_DOWNTIME: {"value", "duration_s"},
+        EventKind.PRODUCTION_COUNT: {"reset"},  # a record's count has no reset of its own
+    }.get(kind, set())
+    assert required | optional == set(model_fields) - derived
+    model_required = {n for n, f in model_fields.items() if f.is_required()} - derived
+    # machine.downtime: phase is required by the model, derived for a record without it.
+    assert required == model_required - ({"phase"} if kind is EventKind.MACHINE_DOWNTIME else set())
+
+
+def test_config_refuses_unknown_fields_and_keys(tmp_path: Path) -> None:
+    import tomllib
+
+    text = mes_files_agent_config(
+        hub_url="mqtt://127.0.0.1:1", state_dir=tmp_path / "s", folder=tmp_path
+    )
+    data = tomllib.loads(text)
+    data["sources"][0]["columns"]["colour"] = {"column": "C"}
+    with pytest.raises(ValidationError, match="has no field"):
+        AgentConfig.model_validate(data)
+    data = tomllib.loads(text)
+    data["sources"][0]["colums"] = {}
+    with pytest.raises(ValidationError, match="colums"):
+        AgentConfig.model_validate(data)
+
+
+def test_mapper_turns_records_into_events_with_stable_ids(tmp_path: Path) -> None:
+    config, source = settings(tmp_path)
+    connector = MesFilesConnector("mes-drop", source)
+    parsed = parse_file(
+        (HEADER + "WO-1;MAT-1;10;1;26.11.2026 08:00:00\n").encode(), source, MTIME
+    )
+    readings = connector._readings(parsed)
+    events, rejected = Mapper.from_config(config).map_all(readings)
+    again, _ = Mapper.from_config(config).map_all(readings)
+    assert rejected == []
+    assert [e.id for e in events] == [e.id for e in again]
+    assert events[0].type.name == "workorder.completed.v2"
+    assert events[0].data == {
+        "signal": "record", "order": "WO-1", "product": "MAT-1", "good": 10, "scrap": 1,
+        "unit": "1",
+    }
