@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from agent.events import CONTENT_TYPE as EVENTS_CONTENT_TYPE
-from agent.events import encode_batch
+from agent.events import AgentIdentity, encode_batch
 from agent.forwarder import REPLAY_PROPERTY
 from agent.mqtt_session import MqttSession, MqttSessionError, PubAck
 from agent.signing import Refused, RequestVerifier
@@ -565,6 +565,7 @@ async def replay_retained(
     session: MqttSession,
     *,
     topic_base: str,
+    identity: AgentIdentity,
     since: float,
     until: float,
     kinds: Sequence[str] | None,
@@ -585,7 +586,7 @@ async def replay_retained(
                 grouped = list(group)
                 for start in range(0, len(grouped), chunk_size):
                     part = grouped[start:start + chunk_size]
-                    payload = encode_batch((record.seq, record.body) for record in part)
+                    payload = encode_batch(part, identity)
                     try:
                         future = session.publish(
                             f"{topic_base}/{event_kind}", payload, qos=1,

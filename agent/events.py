@@ -13,19 +13,24 @@ Invariants:
   type. The same fact always yields the same id, so the buffer drops repeats and consumers can
   de-duplicate by id.
 - `seq` is not known when an event is built: the buffer assigns it when it accepts the event.
-  The buffer stores the envelope *without* `seq` (`body`); the forwarder splices `seq` in as the
-  first map entry when it publishes (`with_seq`), without decoding the rest.
+  The buffer stores the envelope *without* `seq`, and without what the record (`id`, `kind`) or
+  the agent (`specversion`, `site`, `agent`) already holds (`encode_body`, format 2 at
+  `COMPACT_BODY`); the forwarder splices them in as the first map entries when it publishes
+  (`encode_batch`), without decoding the rest. Same keys and values as the full envelope; only
+  the order of the map entries differs. Bodies stored whole by older agents (format 1) get
+  `seq` alone (`with_seq`).
 - One MQTT message carries a msgpack array of envelopes (`encode_batch`); its MQTT v5 content
   type is `CONTENT_TYPE`.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -388,8 +393,16 @@ def event_id(
     *, site: str, source: str, signal: str, timestamp: datetime, value: Any, type_name: str
 ) -> str:
     """The deterministic id of one source fact turned into one event type."""
+    from hashlib import sha1  # as uuid.uuid5 does; cached after the first call
+
     key = "\x1f".join((site, source, signal, rfc3339(timestamp), repr(value), type_name))
-    return str(uuid.uuid5(_ID_NAMESPACE, key))
+    # uuid.uuid5(_ID_NAMESPACE, key), formatted without building a UUID object (the same text:
+    # SHA-1 of namespace + name, version nibble 5, RFC 4122 variant bits 10).
+    digest = sha1(_ID_NAMESPACE.bytes + key.encode()).hexdigest()
+    variant = "89ab"[int(digest[16], 16) & 3]
+    return (
+        f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-{variant}{digest[17:20]}-{digest[20:32]}"
+    )
 
 
 def record_id(*, site: str, source: str, key: str, type_name: str) -> str:
@@ -400,14 +413,53 @@ def record_id(*, site: str, source: str, key: str, type_name: str) -> str:
 
 def rfc3339(timestamp: datetime) -> str:
     """UTC timestamp with microseconds and a Z, e.g. 2026-11-26T15:12:51.123456Z."""
+    if timestamp.tzinfo is UTC and type(timestamp) is datetime:
+        # Already UTC (what the connectors produce): the same text as below, formatted
+        # directly (isoformat spends most of its time on the "+00:00" it would replace).
+        return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 (faster than f"")
+            timestamp.year, timestamp.month, timestamp.day,
+            timestamp.hour, timestamp.minute, timestamp.second, timestamp.microsecond,
+        )
     if timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
     return timestamp.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def encode_body(event: Event, *, site: str, agent: str) -> bytes:
-    """The envelope without `seq`, as the buffer stores it."""
-    envelope: dict[str, Any] = {
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """The envelope attributes that are the same for every event of one agent: the buffer
+    does not store them (`encode_body`); they are spliced back in when publishing."""
+
+    site: str
+    agent: str
+
+
+class StoredEvent(Protocol):
+    """What publishing needs of a buffered event (`buffer.base.StoredRecord` is one)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+
+
+# Stored body, format 2: this byte (one msgpack never uses), then a msgpack map of the envelope
+# without `seq`, `specversion`, `id`, `type`, `site` and `agent`. `id` and `type` are the
+# record's own `id` and `kind` columns; the others are per agent (`AgentIdentity`).
+# Format 1 (written before): a msgpack map of the whole envelope without `seq`; it is still
+# read (`encode_batch` tells them apart by this first byte), so a buffer filled by an older
+# agent drains unchanged after an upgrade.
+COMPACT_BODY = 0xC1
+_COMPACT_MARKER = bytes((COMPACT_BODY,))
+
+
+def envelope(event: Event, *, site: str, agent: str) -> dict[str, Any]:
+    """The envelope without `seq`, as a map: what the hub gets, less the seq."""
+    fields: dict[str, Any] = {
         "specversion": SPECVERSION,
         "id": event.id,
         "source": event.source,
@@ -420,9 +472,31 @@ def encode_body(event: Event, *, site: str, agent: str) -> bytes:
         "data": event.data,
     }
     if event.status is not None:
-        envelope["status"] = event.status
-    envelope.update(event.extensions)
-    return msgpack.packb(envelope, use_bin_type=True)
+        fields["status"] = event.status
+    fields.update(event.extensions)
+    return fields
+
+
+def encode_body(event: Event, *, site: str, agent: str) -> bytes:
+    """The envelope as the buffer stores it (format 2, see `COMPACT_BODY`): without `seq` and
+    without what the record or the agent already holds. Its record must carry `event.id` as
+    its id and `event.type.name` as its kind; `site` and `agent` must be the agent's own (the
+    forwarder splices its `AgentIdentity` back in)."""
+    fields = envelope(event, site=site, agent=agent)
+    spliced = {
+        "specversion": SPECVERSION, "id": event.id, "type": event.type.name,
+        "site": site, "agent": agent,
+    }
+    if any(fields[key] != value for key, value in spliced.items()):
+        # An extension shadows one of them: keep the whole envelope (format 1).
+        return msgpack.packb(fields, use_bin_type=True)
+    stored = {key: value for key, value in fields.items() if key not in spliced}
+    return _COMPACT_MARKER + msgpack.packb(stored, use_bin_type=True)
+
+
+def expand_body(event: StoredEvent, identity: AgentIdentity | None) -> dict[str, Any]:
+    """A stored body back into the envelope the hub gets (with `seq`), either format."""
+    return cast(dict[str, Any], msgpack.unpackb(_expand(event, identity, {}), raw=False))
 
 
 _SEQ_KEY = msgpack.packb("seq")
@@ -441,6 +515,65 @@ def with_seq(body: bytes, seq: int) -> bytes:
     raise ValueError(f"stored event body is not a msgpack map (first byte 0x{head:02x})")
 
 
+def _map_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x80 | count,))
+    return b"\xde" + count.to_bytes(2, "big")
+
+
+def _expand(
+    event: StoredEvent, identity: AgentIdentity | None, types: dict[str, bytes]
+) -> bytes:
+    """One envelope (with `seq`) from a stored body, without decoding the stored entries:
+    `seq`, `id`, `type`, `specversion`, `site` and `agent` come first, then the stored map's
+    entries as they are. `types` caches the encoded `type` entry (and the agent's constant
+    entries after it) per kind. On the forwarder's hot path: byte splicing only."""
+    body = event.body
+    if body[0] != COMPACT_BODY:
+        return with_seq(body, event.seq)  # format 1: all but seq is in the body
+    head = body[1]
+    if 0x80 <= head <= 0x8F:
+        count, entries = head & 0x0F, 2
+    elif head == 0xDE:
+        count, entries = int.from_bytes(body[2:4], "big"), 4
+    else:
+        raise ValueError(f"stored event body is not a msgpack map (second byte 0x{head:02x})")
+    fixed = types.get(event.kind)
+    if fixed is None:
+        if identity is None:
+            raise ValueError("a body stored without site and agent needs the agent's identity")
+        fixed = types[event.kind] = (
+            _TYPE_KEY + msgpack.packb(event.kind) + _constant_entries(identity)
+        )
+    seq = event.seq
+    record_id = event.id
+    return b"".join((
+        _map_header(count + 6),
+        _SEQ_KEY + (b"\xce" + seq.to_bytes(4, "big") if 0 <= seq < 2**32 else msgpack.packb(seq)),
+        _ID_KEY + (
+            b"\xd9\x24" + record_id.encode() if len(record_id) == 36 and record_id.isascii()
+            else msgpack.packb(record_id)
+        ),
+        fixed,
+        body[entries:],
+    ))
+
+
+_ID_KEY = msgpack.packb("id")
+_TYPE_KEY = msgpack.packb("type")
+
+
+@functools.lru_cache(maxsize=16)
+def _constant_entries(identity: AgentIdentity) -> bytes:
+    """`specversion`, `site` and `agent`, encoded once per agent."""
+    return b"".join(
+        msgpack.packb(key) + msgpack.packb(value)
+        for key, value in (
+            ("specversion", SPECVERSION), ("site", identity.site), ("agent", identity.agent)
+        )
+    )
+
+
 def array_header(count: int) -> bytes:
     if count < 16:
         return bytes((0x90 | count,))
@@ -449,9 +582,12 @@ def array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def encode_batch(items: Iterable[tuple[int, bytes]]) -> bytes:
-    """One MQTT payload: a msgpack array of envelopes, from (seq, stored body) pairs."""
-    parts = [with_seq(body, seq) for seq, body in items]
+def encode_batch(events: Iterable[StoredEvent], identity: AgentIdentity | None) -> bytes:
+    """One MQTT payload: a msgpack array of envelopes, from buffered events (either stored
+    format), with `seq` and the fields the buffer does not store spliced in. `identity` may be
+    None only when every body is stored whole (format 1); else ValueError."""
+    types: dict[str, bytes] = {}
+    parts = [_expand(event, identity, types) for event in events]
     return array_header(len(parts)) + b"".join(parts)
 
 

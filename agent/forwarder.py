@@ -18,17 +18,22 @@ Per connection (`MqttSession.connection_epoch`):
 2. Each lease is split between the delivery classes by weight (`CLASS_SHARES`, critical 8 :
    business 4 : telemetry 1 of each lease while all have pending events; a class's unused share
    goes to the others), so higher classes drain first and none starves.
-3. Lease up to `batch_max_events`, group by event type (one topic per type, order kept within
-   the group), halve a message while it exceeds the broker's Maximum Packet Size or the message
-   size the broker was seen to refuse (a single event that cannot fit is dead-lettered), publish
-   QoS 1 with at most min(`max_inflight`, broker's Receive Maximum) messages unacknowledged.
+3. Lease up to `batch_max_events` (a backlog lease up to 4 times that, at most 0.1 s of its
+   paced rate), group by event type (one topic per type, order kept within the group), at most
+   `batch_max_events` per message, halve a message while it exceeds the broker's Maximum
+   Packet Size or the message size the broker was seen to refuse (a single event that cannot
+   fit is dead-lettered), publish QoS 1 with at most min(`max_inflight`, broker's Receive
+   Maximum) messages unacknowledged. Each message's events are spliced back into whole
+   envelopes (`agent.events.encode_batch`: seq, id, type and the agent's `identity`).
 4. On PUBACK success, queue the seqs for `buffer.ack` (acks are committed in batches by one
-   task). On a failure reason code: 0x95 (packet too large, e.g. a broker message size limit)
-   on a message of several events makes the forwarder remember that size as too large and send
-   everything not acked again in smaller messages; other retryable ones (quota exceeded, server
-   busy, unspecified) make the forwarder back off and resend from the oldest unacked; permanent
-   ones (not authorized, topic invalid, payload invalid, a single event too large) move the
-   message's events to dead letters with the reason, so one bad message never blocks the queue.
+   task, which lets 10 ms of PUBACKs gather first; at most 16,000 queued seqs, then publishing
+   waits for them to be recorded). On a failure reason code: 0x95 (packet too large, e.g. a
+   broker message size limit) on a message of several events makes the forwarder remember
+   that size as too large and send everything not acked again in smaller messages; other
+   retryable ones (quota exceeded, server busy, unspecified) make the forwarder back off and
+   resend from the oldest unacked; permanent ones (not authorized, topic invalid, payload
+   invalid, a single event too large) move the message's events to dead letters with the
+   reason, so one bad message never blocks the queue.
    A broker that drops the connection instead (mosquitto's `message_size_limit`) is recognised
    when the connection drops three times in a row within 5 s of connecting with the same
    message in flight: that size is then taken as refused (or the lone event dead-lettered).
@@ -53,7 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
-from agent.events import CONTENT_TYPE, encode_batch
+from agent.events import CONTENT_TYPE, AgentIdentity, encode_batch
 from agent.mqtt_session import ConnectionLost, MqttSession, NotConnected, PacketTooLarge, PubAck
 from buffer.base import Buffer, BufferUnavailable, StoredRecord
 from config.schema import Priority
@@ -71,6 +76,13 @@ BACKLOG_PROPERTY = ("backlog", "true")
 _SUSPECT_CONNECTION_S = 5.0
 _SUSPECT_STRIKES = 3
 REPLAY_PROPERTY = ("replay", "true")
+# A backlog lease fills up to this many messages of `batch_max_events`.
+_BACKLOG_LEASE_MESSAGES = 4
+# At most this many PUBACKed seqs wait to be recorded before publishing pauses for them.
+_ACK_QUEUE_MAX = 16_000
+# Acks are committed together once this many are queued, or after this linger.
+_ACK_BATCH_EVENTS = 2_000
+_ACK_LINGER_S = 0.01
 
 
 @dataclass(slots=True)
@@ -136,16 +148,20 @@ class Forwarder:
         session: MqttSession,
         *,
         topic_base: str,
+        identity: AgentIdentity | None = None,
         batch_max_events: int = 500,
         batch_max_wait_s: float = 0.05,
         max_inflight: int = 16,
         retry_backoff_s: float = 1.0,
         pacing: BacklogPacing | None = None,
     ) -> None:
-        """`pacing`: how fast the backlog lane may go; None: as fast as the broker takes it."""
+        """`identity`: the agent's site and id, spliced into every event stored without them
+        (`agent.events.encode_body`); None only where every body is stored whole.
+        `pacing`: how fast the backlog lane may go; None: as fast as the broker takes it."""
         self._buffer = buffer
         self._session = session
         self._topic_base = topic_base.rstrip("/")
+        self._identity = identity
         self._batch_max_events = batch_max_events
         self._batch_max_wait_s = batch_max_wait_s
         self._max_inflight = max_inflight
@@ -156,6 +172,7 @@ class Forwarder:
         self._slots = asyncio.Semaphore(max_inflight)
         self._to_ack: list[int] = []
         self._ack_wake = asyncio.Event()
+        self._acks_flushed = asyncio.Event()
         self._retry_needed = False
         self._resplit_needed = False
         # Payload size the broker refused (0x95): messages are kept below it.
@@ -251,7 +268,14 @@ class Forwarder:
         self._buffer.rewind()
         boundary = self._buffer.last_seq
         self.backlog_boundary, self.backlog_done = boundary, False
-        bucket = _TokenBucket(self._pacing, self._batch_max_events)
+        # A backlog lease may fill several messages (fewer buffer round trips while draining),
+        # but holds at most 0.1 s of the paced rate: pacing stays as smooth as one batch.
+        backlog_lease = self._batch_max_events * _BACKLOG_LEASE_MESSAGES
+        if self._pacing is not None:
+            backlog_lease = max(
+                self._batch_max_events, min(backlog_lease, int(self._pacing.max_rate * 0.1))
+            )
+        bucket = _TokenBucket(self._pacing, backlog_lease)
         # Never more unacknowledged messages than the broker's Receive Maximum allows.
         self._slots = asyncio.Semaphore(min(self._max_inflight, self._session.receive_maximum))
         self._retry_needed = False
@@ -264,6 +288,13 @@ class Forwarder:
                 self._retry_needed = self._resplit_needed = False
                 self.backlog_done = False
                 continue
+            if len(self._to_ack) >= _ACK_QUEUE_MAX:
+                # Publishing ran ahead of recording acks: let the acks catch up (bounded
+                # queue; and a drained backlog is measured by what the buffer recorded).
+                self._acks_flushed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acks_flushed.wait(), 0.5)
+                continue
             self._wake.clear()
             live = await self._buffer.lease(
                 self._batch_max_events, after_seq=boundary, shares=CLASS_SHARES
@@ -272,7 +303,7 @@ class Forwarder:
                 return  # connection gone: the rest is resent after rewind
             backlog: list[StoredRecord] = []
             if not self.backlog_done:
-                allowed = bucket.take(self._batch_max_events)
+                allowed = bucket.take(backlog_lease)
                 if allowed:
                     backlog = await self._buffer.lease(
                         allowed, up_to_seq=boundary, shares=CLASS_SHARES
@@ -296,11 +327,15 @@ class Forwarder:
                 await asyncio.sleep(self._batch_max_wait_s)
 
     async def _publish(self, records: list[StoredRecord], epoch: int, *, backlog: bool) -> bool:
+        size = self._batch_max_events
         for kind, group in groupby(records, key=lambda record: record.kind):
-            if not await self._publish_chunk(
-                f"{self._topic_base}/{kind}", list(group), epoch, backlog=backlog
-            ):
-                return False
+            events = list(group)
+            for start in range(0, len(events), size):
+                if not await self._publish_chunk(
+                    f"{self._topic_base}/{kind}", events[start : start + size], epoch,
+                    backlog=backlog,
+                ):
+                    return False
         return True
 
     def _connection_usable(self, epoch: int) -> bool:
@@ -312,7 +347,7 @@ class Forwarder:
         """Publish `records` as one message, halving it while it exceeds the broker's maximum
         packet size (or a size it refused); a single event that cannot fit is dead-lettered.
         False when the connection is no longer usable."""
-        payload = encode_batch((record.seq, record.body) for record in records)
+        payload = encode_batch(records, self._identity)
         refused = self._refused_payload_size
         if refused is not None and len(payload) >= refused:
             if len(records) == 1:
@@ -428,6 +463,11 @@ class Forwarder:
     async def _ack_loop(self) -> None:
         while True:
             await self._ack_wake.wait()
+            if len(self._to_ack) < _ACK_BATCH_EVENTS:
+                # Let the next PUBACKs join: one transaction (one fsync, and seq ranges instead
+                # of single seqs) for several messages. Acking later costs nothing but a few
+                # more events sent again should the agent crash in between.
+                await asyncio.sleep(_ACK_LINGER_S)
             self._ack_wake.clear()
             try:
                 await self._flush_acks()
@@ -449,3 +489,4 @@ class Forwarder:
             self._to_ack[:0] = seqs
             raise
         self.counters.events_forwarded_total += len(seqs)
+        self._acks_flushed.set()

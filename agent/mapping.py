@@ -39,6 +39,7 @@ and sets it aside; it never becomes a half-filled event.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +62,9 @@ from config.units import Conversion, conversion
 from connectors.base import Quality, Reading, Value
 
 CLAMPED_STATUS = "UncertainEngineeringUnitsExceeded"
+_TYPE_NAMES = {kind: event_type.name for kind, event_type in EVENT_TYPES.items()}
+_QUALITY_TEXT = {quality: quality.value for quality in Quality}
+_timestamp_of = operator.attrgetter("timestamp")
 
 
 class UnmappableReading(ValueError):
@@ -123,6 +127,8 @@ class SignalMapper:
     counters: MappingCounters = field(default_factory=MappingCounters)
     event_type: EventType | None = field(init=False)
     cloudevents_source: str = field(init=False)
+    # The signal's configured name (or its address), as events and errors show it.
+    name: str = field(init=False)
     out_unit: str | None = field(init=False)
     _conversion: Conversion | None = field(init=False)
     _last_count: int | None = field(default=None, init=False)
@@ -137,15 +143,12 @@ class SignalMapper:
         kind = self.rule.event
         self.event_type = EVENT_TYPES[kind] if kind is not None else None
         self.cloudevents_source = f"/{self.context.site}/{self.context.agent}/{self.source}"
+        self.name = signal_name(self.rule, self.signal)
         unit = self.rule.unit
         self.out_unit = self.rule.to_unit or (self.units.target_for(unit) if unit else None)
         self._conversion = None
         if unit is not None and self.out_unit is not None and self.out_unit != unit:
             self._conversion = conversion(unit, self.out_unit)
-
-    @property
-    def name(self) -> str:
-        return signal_name(self.rule, self.signal)
 
     def map(self, reading: Reading) -> list[Event]:
         """This signal's events on its own: without sibling signals, context or asset path
@@ -547,9 +550,16 @@ class Mapper:
         records: Iterable[RecordRule] = (),
     ) -> None:
         self._mappers = {(m.source, m.signal): m for m in mappers}
+        # Work order done bits: mapped after their siblings at equal times (`map_all`).
+        self._done_bits = {
+            key for key, m in self._mappers.items() if m.rule.event is EventKind.WORKORDER_COMPLETED
+        }
         self._records = {(rule.source, rule.signal): rule for rule in records}
         self._asset_paths = asset_paths or {}
         self._assets: dict[str, AssetValues] = {}
+        # Per asset: the values of it and of its parents that exist, nearest first (for
+        # `_context_of`); forgotten whenever an asset is added.
+        self._lineage: dict[str, tuple[AssetValues, ...]] = {}
         self.counters = counters or MappingCounters()
 
     @classmethod
@@ -592,16 +602,22 @@ class Mapper:
         return list(self._mappers.values())
 
     def map(self, reading: Reading) -> list[Event]:
-        record = self._records.get((reading.source, reading.signal))
-        if record is not None:
-            return [self._record_event(record, reading)]
-        mapper = self._mappers.get((reading.source, reading.signal))
+        key = (reading.source, reading.signal)
+        if self._records:
+            record = self._records.get(key)
+            if record is not None:
+                return [self._record_event(record, reading)]
+        mapper = self._mappers.get(key)
         if mapper is None:
             raise UnmappableReading(
                 f"source {reading.source!r} sent signal {reading.signal!r}, which is not configured"
             )
         asset = mapper.rule.asset
-        derived = mapper.derive(reading, self._assets.setdefault(asset, AssetValues()))
+        values = self._assets.get(asset)
+        if values is None:
+            values = self._assets[asset] = AssetValues()
+            self._lineage.clear()
+        derived = mapper.derive(reading, values)
         return [self._event(mapper, reading, item) for item in derived]
 
     def check_record(self, reading: Reading) -> tuple[str, list[tuple[str, str]]]:
@@ -618,17 +634,16 @@ class Mapper:
         returns the events and the readings set aside with their reasons."""
         events: list[Event] = []
         rejected: list[tuple[Reading, str]] = []
-        for reading in sorted(readings, key=self._order):
+        order = self._order if self._done_bits else _timestamp_of  # same order when no done bits
+        for reading in sorted(readings, key=order):
             try:
                 events.extend(self.map(reading))
             except UnmappableReading as error:
                 rejected.append((reading, str(error)))
         return events, rejected
 
-    def _order(self, reading: Reading) -> tuple[datetime, int]:
-        mapper = self._mappers.get((reading.source, reading.signal))
-        last = mapper is not None and mapper.rule.event is EventKind.WORKORDER_COMPLETED
-        return reading.timestamp, int(last)
+    def _order(self, reading: Reading) -> tuple[datetime, bool]:
+        return reading.timestamp, (reading.source, reading.signal) in self._done_bits
 
     # -- counter baselines across restarts (see agent.mapping_state) ------------------------
 
@@ -655,21 +670,24 @@ class Mapper:
 
     def _event(self, mapper: SignalMapper, reading: Reading, derived: _Derived) -> Event:
         event_type = EVENT_TYPES[derived.kind]
+        type_name = _TYPE_NAMES[derived.kind]
         asset = mapper.rule.asset
         extensions: dict[str, str] = {}
         path = self._asset_paths.get(asset)
         if path is not None:
             extensions["assetpath"] = path
-        unmapped = list(derived.unmapped)
-        for key, code in self._context_of(asset).items():
-            extensions[key] = code.code
-            if code.unmapped is not None:
-                unmapped.append(code.unmapped)
+        unmapped = list(derived.unmapped) if derived.unmapped else []
+        context = self._context_of(asset)
+        if context:
+            for key, code in context.items():
+                extensions[key] = code.code
+                if code.unmapped is not None:
+                    unmapped.append(code.unmapped)
         if unmapped:
             extensions["unmapped"] = ",".join(dict.fromkeys(unmapped))
         if reading.backfilled:  # read from the source's history after a gap (issue 9)
             extensions["backfilled"] = "true"
-        quality = derived.quality or reading.quality.value
+        quality = derived.quality or _QUALITY_TEXT[reading.quality]
         status = derived.status if derived.quality is not None else reading.status
         return Event(
             id=event_id(
@@ -678,7 +696,7 @@ class Mapper:
                 signal=mapper.signal,
                 timestamp=reading.timestamp,
                 value=reading.value,
-                type_name=event_type.name,
+                type_name=type_name,
             ),
             type=event_type,
             source=mapper.cloudevents_source,
@@ -720,11 +738,16 @@ class Mapper:
 
     def _context_of(self, asset: str) -> dict[str, _Code]:
         """The asset's work order and product: its own, else its nearest parent's."""
+        lineage = self._lineage.get(asset)
+        if lineage is None:
+            levels = asset.split("/")
+            lineage = self._lineage[asset] = tuple(
+                values
+                for size in range(len(levels), 0, -1)
+                if (values := self._assets.get("/".join(levels[:size]))) is not None
+            )
         found: dict[str, _Code] = {}
-        levels = asset.split("/")
-        for size in range(len(levels), 0, -1):
-            values = self._assets.get("/".join(levels[:size]))
-            if values is not None:
-                for key, code in values.context.items():
-                    found.setdefault(key, code)
+        for values in lineage:
+            for key, code in values.context.items():
+                found.setdefault(key, code)
         return found

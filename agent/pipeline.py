@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -114,7 +115,7 @@ class Pipeline:
         self._site = site
         self._agent = agent
         self._on_accepted = on_accepted
-        self._queue: asyncio.Queue[Reading] = asyncio.Queue(max_pending)
+        self._queue = _ReadingQueue(max_pending)
         self._max_batch = max_batch
         self._priorities = dict(priorities or {})
         self._overflow_priority = overflow_priority
@@ -123,8 +124,8 @@ class Pipeline:
         self._overflow_reports: list[Overflow] = []
         self._overflow_serial = 0
         self._stopping = False
-        # Commit futures: readings emitted and committed so far, and (ticket, future) waiting.
-        self._emitted = 0
+        # Commit futures: readings committed so far (those emitted: `_queue.put_total`), and
+        # (ticket, future) waiting.
         self._committed = 0
         self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self.counters = PipelineCounters()
@@ -132,18 +133,13 @@ class Pipeline:
     async def emit(self, readings: Sequence[Reading]) -> asyncio.Future[None]:
         """Hand readings over; blocks while the queue is full (backpressure). Returns the
         future of their commit (module docstring); callers that do not need it ignore it."""
-        queue = self._queue
-        for reading in readings:
-            if queue.full():
-                await queue.put(reading)
-            else:
-                queue.put_nowait(reading)
-            self._emitted += 1
+        await self._queue.put(readings)
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._committed >= self._emitted:
+        ticket = self._queue.put_total
+        if self._committed >= ticket:
             committed.set_result(None)
         else:
-            self._waiting.append((self._emitted, committed))
+            self._waiting.append((ticket, committed))
         return committed
 
     def _settle(self, count: int) -> None:
@@ -179,8 +175,9 @@ class Pipeline:
         """Commit batches until cancelled. A commit under way is never cut short by the
         cancellation: it is shielded, and `stop` waits for it."""
         while True:
-            first = await self._queue.get()
-            self._committing = asyncio.ensure_future(self._commit_settled(self._take(first)))
+            await self._queue.wait()
+            batch = self._queue.take(self._max_batch)
+            self._committing = asyncio.ensure_future(self._commit_settled(batch))
             await asyncio.shield(self._committing)
 
     async def stop(self, task: asyncio.Task[None], timeout: float) -> None:
@@ -195,8 +192,8 @@ class Pipeline:
         self._stopping = True
 
         async def drain() -> None:
-            while not self._queue.empty():
-                await self._commit_settled(self._take(self._queue.get_nowait()))
+            while self._queue.qsize():
+                await self._commit_settled(self._queue.take(self._max_batch))
 
         try:
             await asyncio.wait_for(drain(), max(0.1, deadline - time.monotonic()))
@@ -210,13 +207,6 @@ class Pipeline:
             if not future.done():
                 future.set_exception(BufferUnavailable("stopped before these readings committed"))
                 future.exception()  # most emitters ignore it: no "never retrieved" warning
-
-    def _take(self, first: Reading) -> list[Reading]:
-        batch = [first]
-        queue = self._queue
-        while len(batch) < self._max_batch and not queue.empty():
-            batch.append(queue.get_nowait())
-        return batch
 
     async def _commit(self, readings: list[Reading]) -> None:
         events, rejected = self._mapper.map_all(readings)
@@ -421,6 +411,61 @@ class Pipeline:
             return True
         self._overflow_reports[:0] = reports
         return False
+
+
+class _ReadingQueue:
+    """The readings waiting for a commit: FIFO, bounded at `maxsize` readings. `put` hands a
+    whole batch over at once when it fits and waits for room when it does not (what fits goes
+    in first, in order); `take` hands up to n over at once. One consumer. `put_total` counts
+    every reading that went in, also those of a `put` cancelled while it waited for room."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._limit = maxsize if maxsize > 0 else math.inf  # as asyncio.Queue: 0 is unbounded
+        self.put_total = 0
+        self._items: collections.deque[Reading] = collections.deque()
+        self._has_items = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def put(self, readings: Sequence[Reading]) -> None:
+        items = self._items
+        start, count = 0, len(readings)
+        while True:
+            room = self._limit - len(items)
+            if room >= count - start:
+                items.extend(readings[start:] if start else readings)
+                self.put_total += count - start
+                break
+            if room > 0:
+                fits = int(room)
+                items.extend(readings[start : start + fits])
+                self.put_total += fits
+                start += fits
+            self._has_items.set()
+            self._has_room.clear()
+            await self._has_room.wait()
+        if items:
+            self._has_items.set()
+
+    async def wait(self) -> None:
+        """Until there is something to take."""
+        while not self._items:
+            self._has_items.clear()
+            await self._has_items.wait()
+
+    def take(self, most: int) -> list[Reading]:
+        items = self._items
+        if len(items) <= most:
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(most)]
+        self._has_room.set()
+        return batch
 
 
 def unmappable_reading_body(reading: Reading) -> bytes:

@@ -44,6 +44,7 @@ from agent.commands import (
     replay_retained,
 )
 from agent.credentials import hub_credentials
+from agent.events import AgentIdentity
 from agent.forwarder import Forwarder
 from agent.mapping import Mapper
 from agent.mapping_state import COUNTERS_FILE, CounterBaselines
@@ -258,6 +259,7 @@ class Agent:
             buffer,
             self.session,
             topic_base=f"{self.topic_root}/events",
+            identity=AgentIdentity(site=site, agent=agent_id),
             batch_max_events=hub.batch_max_events,
             batch_max_wait_s=hub.batch_max_wait_ms / 1000,
             max_inflight=hub.max_inflight,
@@ -364,6 +366,7 @@ class Agent:
         capability once that exists."""
         return await replay_retained(
             self.buffer, self.session, topic_base=f"{self.topic_root}/events",
+            identity=AgentIdentity(site=self.config.agent.site, agent=self.config.agent.id),
             since=since, until=until, kinds=types,
             batch_max_events=self.config.hub.batch_max_events,
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import time
@@ -93,6 +94,10 @@ class AgentService:
                     self._state = "running"
                     await self._snapshot()
                     self.notifier.ready(self._status_line())
+                    # What startup built (modules, config, mappers) lives as long as the
+                    # process: out of the collector's way, so full collections stay cheap on
+                    # the per-event path (about 4 µs per event otherwise, issue 8).
+                    gc.freeze()
                     replacement = await self._next_generation(stop, running)
                     if replacement is None:
                         self._state = "stopping"

@@ -202,7 +202,8 @@ def main() -> None:
         filled = fill(root, args.events, args.fill_rate)
         print(f"fill: {filled['events']} events pending (last_seq {filled['last_seq']}) in "
               f"{filled['seconds']:.0f} s ({filled['accepted_per_s']:,.0f} events/s accepted), "
-              f"buffer {filled['buffer_bytes'] / 2**20:.0f} MiB, "
+              f"buffer {filled['buffer_bytes'] / 2**20:.0f} MiB "
+              f"({filled['bytes_per_event']:.0f} bytes/event), "
               f"agent peak RSS {filled['peak_rss_mib']:.0f} MiB")
         broker.start()
         drained = drain(root, broker)

@@ -28,9 +28,11 @@ because repeats of an id are recognised and skipped.
 4. `lease` hands out pending rows each at most once until `rewind`: within one lane
    (`after_seq < seq <= up_to_seq`) and one priority in `seq` order; across priorities either
    strictly highest first or split by weights (`shares`, see `buffer.base`).
-5. One transaction at a time: every method that touches the file holds an `asyncio.Lock` for
-   the whole of its transaction. aiosqlite multiplexes one connection, so without the lock one
-   coroutine's `lease` could read another's uncommitted `append`.
+5. One transaction at a time: every method that writes holds an `asyncio.Lock` for the whole
+   of its transaction (aiosqlite multiplexes one connection). `lease` is the exception: it
+   reads on a second, query-only connection under its own lock, so it sees committed rows only
+   and never waits for a writer's COMMIT (an ack's fsync); see "Why leases read on their own
+   connection".
 6. Capacity counts pending bytes only (`length(body)` of rows with `acked_at IS NULL`), kept in
    memory per priority and re-read after any transaction that did not finish cleanly. Every
    record given up for room is counted in `evictions` in the same transaction that gave it up.
@@ -39,7 +41,7 @@ because repeats of an id are recognised and skipped.
 
 ```
 events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq order
-              id TEXT NOT NULL UNIQUE      the duplicate check (an index on id)
+              id TEXT NOT NULL UNIQUE      the duplicate check (an index on id); see below
               kind, priority, body BLOB, accepted_at REAL, acked_at REAL (NULL = pending)
   events_pending  (priority, seq) WHERE acked_at IS NULL      lease and the pending counts
   events_acked    (acked_at) WHERE acked_at IS NOT NULL       purge and the retained count
@@ -50,6 +52,14 @@ dead_letters  number INTEGER PRIMARY KEY       the order they were set aside (sc
 evictions     priority, kind, reason, count          (schema version 2)
 source_state  key TEXT PRIMARY KEY, value TEXT, updated_at REAL   (schema version 4)
 ```
+
+An id that is a UUID in canonical text form (what `agent.events` makes) is stored as its 16
+bytes (`stored_id`), anything else as text: that halves the id in the row and in its UNIQUE
+index (about 45 bytes a row). SQLite keeps a BLOB as a BLOB in a TEXT column, so this needs no
+schema change; rows written before hold the text form, and `append` looks a UUID id up in both
+forms, so a file from before still recognises its ids (until its old rows are purged). Readers
+turn the column back into text with `id_text` or the SQL expression `ID_TEXT_SQL`. The body is
+opaque here; `agent.events` stores it without what the row or the agent already holds.
 
 `source_state` is what a source must remember together with the events it produced: a
 database cursor, an idempotency key it answered. `append(records, state=...)` writes it in the
@@ -103,6 +113,18 @@ kept in `recovered_from`, and a fresh file is started. Its `last_seq` starts whe
 file's `meta` said, if that can still be read, so `seq` continues (the records lost with the
 old file are a gap the log names); otherwise at 0.
 
+# Why leases read on their own connection
+
+An ack is a write transaction that ends in an fsync; on the one connection, a lease had to
+wait for it, and publishing stalled behind recording. A second connection (query-only, its own
+aiosqlite thread) lets leasing go on meanwhile. It sees committed rows only, which is what a
+lease may hand out anyway. The lease cursors stay right: rows are committed in seq order, so a
+row not yet visible has a seq above every cursor; a row that comes back below a cursor
+(`retry_dead_letters`) comes with a `rewind`. A lane that a lease found empty is not queried
+again until `last_seq` moves (taken before the query, so every row up to it was visible) or a
+rewind. `ack` marks rows by seq ranges (a message's seqs, and several messages' together, are
+mostly consecutive) and counts them per priority in SQL, not per row in Python.
+
 # Why leases live in memory
 
 A lease only says "this record is on its way to the broker". After a crash or a reconnect the
@@ -125,10 +147,12 @@ acked pending again. Delivery is at least once; the id makes it effectively once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -252,6 +276,14 @@ _UNAVAILABLE_CODES: Final = frozenset(
 )
 
 _COLUMNS: Final = "seq, id, kind, priority, body, accepted_at"
+# `id` as text whichever way it is stored (see `stored_id`), computed by SQLite, not Python.
+ID_TEXT_SQL: Final = (
+    "CASE WHEN typeof(id) = 'blob' THEN lower(substr(hex(id), 1, 8) || '-' ||"
+    " substr(hex(id), 9, 4) || '-' || substr(hex(id), 13, 4) || '-' || substr(hex(id), 17, 4)"
+    " || '-' || substr(hex(id), 21)) ELSE id END"
+)
+# The columns of a StoredRecord, as read.
+_READ_COLUMNS: Final = f"seq, {ID_TEXT_SQL} AS id, kind, priority, body, accepted_at"
 _NO_UPPER_BOUND: Final = 2**62
 
 
@@ -299,6 +331,10 @@ class SqliteBuffer:
         # Set when open() moved a corrupt file aside: (where it went, why).
         self.recovered_from: tuple[Path, str] | None = None
         self._db = db
+        # The connection `lease` reads on: a second one for a writable buffer (set by
+        # `_connect`), so leasing never waits for a commit; else the same one.
+        self._reader = db
+        self._lease_lock = asyncio.Lock()
         self._retention_s = retention_s
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -314,6 +350,9 @@ class SqliteBuffer:
         self._priorities: set[int] = set()
         # Lease cursors: per (priority, lane start), the highest seq handed out since the rewind.
         self._leased_up_to: dict[tuple[int, int], int] = {}
+        # Per (priority, lane start, lane end): the last_seq at which a lease found that lane
+        # empty past its cursor (see `_exhausted`).
+        self._lane_drained: dict[tuple[int, int, int], int] = {}
         self._rewinds = 0
         self._sampled: dict[int, int] = defaultdict(int)
         self._disk_checked_at = -_DISK_CHECK_INTERVAL_S
@@ -377,7 +416,14 @@ class SqliteBuffer:
         try:
             yield buffer
         finally:
-            async with buffer._lock:
+            async with buffer._lock, buffer._lease_lock:
+                if buffer._reader is not buffer._db:
+                    await buffer._reader.close()
+                    # Fold the WAL back into the file and empty it (SQLite deletes it on the
+                    # last close, but not while another process, e.g. a stats reader, has the
+                    # file open): what stays on disk is the buffer, not its journal.
+                    with contextlib.suppress(sqlite3.Error):
+                        await buffer._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 await buffer._db.close()
 
     @classmethod
@@ -424,6 +470,15 @@ class SqliteBuffer:
                     capacity=capacity,
                 )
                 await buffer._refresh_counts()
+                # Leases read on their own connection (see "Why leases read on their own
+                # connection"); it only ever sees committed rows.
+                buffer._reader = await aiosqlite.connect(path, isolation_level=None)
+                try:
+                    await buffer._reader.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                    await buffer._reader.execute("PRAGMA query_only = ON")
+                except BaseException:
+                    await buffer._reader.close()
+                    raise
         except BaseException:
             await db.close()
             raise
@@ -523,14 +578,17 @@ class SqliteBuffer:
                     await db.execute_fetchall("SELECT value FROM meta WHERE key = 'last_seq'")
                 )
                 last_seq = int(value)
-            ids = list(batch)
-            for start in range(0, len(ids), _PARAMS_PER_STATEMENT):
-                chunk = ids[start : start + _PARAMS_PER_STATEMENT]
+            keys = {record_id: stored_id(record_id) for record_id in batch}
+            # A UUID id is looked up as stored now (16 bytes) and as older agents stored it
+            # (text): a file written before the upgrade still recognises its ids.
+            lookups = [*keys.values(), *(i for i, key in keys.items() if key is not i)]
+            for start in range(0, len(lookups), _PARAMS_PER_STATEMENT):
+                chunk = lookups[start : start + _PARAMS_PER_STATEMENT]
                 rows = await db.execute_fetchall(
                     f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})", chunk
                 )
                 for (held_id,) in rows:
-                    del batch[held_id]
+                    batch.pop(id_text(held_id), None)
             duplicates = offered - len(batch)
             kept = list(batch.values())
             if kept:
@@ -542,7 +600,7 @@ class SqliteBuffer:
                 await db.executemany(
                     f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     [
-                        (last_seq + offset, r.id, r.kind, r.priority, r.body, now)
+                        (last_seq + offset, keys[r.id], r.kind, r.priority, r.body, now)
                         for offset, r in enumerate(kept, start=1)
                     ],
                 )
@@ -718,7 +776,10 @@ class SqliteBuffer:
             return leased
         rewinds = self._rewinds
         upper = _NO_UPPER_BOUND if up_to_seq is None else up_to_seq
-        async with self._lock:
+        # Leases take turns among themselves, not with writers: they read committed rows on
+        # `_reader` (or hold the writers' lock too when there is only one connection).
+        lock = self._lock if self._reader is self._db else contextlib.nullcontext()
+        async with self._lease_lock, lock:
             with _classified(self.path, "lease"):
                 priorities = sorted(self._priorities, reverse=True)
                 rounds: list[dict[int, int]] = []
@@ -730,27 +791,66 @@ class SqliteBuffer:
                     )
                 rounds.append({p: limit for p in priorities})  # what is left, highest first
                 for quotas in rounds:
+                    # One statement per round: a part per priority, highest first, each asking
+                    # for as much as it could get; what goes over `limit` is cut below, lowest
+                    # priority first, and stays unleased.
+                    parts: list[tuple[int, int, int]] = []  # (priority, after, room)
+                    room_left = limit - len(leased)
+                    if room_left <= 0:
+                        break
                     for priority, quota in quotas.items():
-                        room = min(quota, limit - len(leased))
-                        if room <= 0:
-                            break
-                        key = (priority, after_seq)
-                        rows = await self._db.execute_fetchall(
-                            f"SELECT {_COLUMNS} FROM events"
-                            " WHERE acked_at IS NULL AND priority = ? AND seq > ? AND seq <= ?"
-                            " ORDER BY seq LIMIT ?",
-                            (priority, max(after_seq, self._leased_up_to.get(key, 0)), upper, room),
-                        )
-                        batch = [StoredRecord(*row) for row in rows]
-                        # A rewind while this query ran wins: these rows count as not leased.
-                        if batch and self._rewinds == rewinds:
-                            self._leased_up_to[key] = batch[-1].seq
-                        leased += batch
+                        if self._exhausted(priority, after_seq, upper):
+                            continue
+                        cursor = self._leased_up_to.get((priority, after_seq), 0)
+                        parts.append((priority, max(after_seq, cursor), min(quota, room_left)))
+                    if not parts:
+                        continue
+                    # Taken before the query starts its snapshot: every row up to it is seen.
+                    last_seq = self._last_seq
+                    rows = await self._reader.execute_fetchall(
+                        " UNION ALL ".join(
+                            f"SELECT * FROM (SELECT {_COLUMNS} FROM events"
+                            " WHERE acked_at IS NULL"
+                            " AND priority = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?)"
+                            for _ in parts
+                        ),
+                        [v for p, after, room in parts for v in (p, after, upper, room)],
+                    )
+                    order = {part[0]: index for index, part in enumerate(parts)}
+                    # Stable: each part keeps its seq order.
+                    ordered = sorted(rows, key=lambda row: order[row[3]])
+                    batch = [
+                        StoredRecord(seq, id_text(key), kind, priority, body, accepted_at)
+                        for seq, key, kind, priority, body, accepted_at in ordered[:room_left]
+                    ]
+                    cut = {row[3] for row in ordered[room_left:]}
+                    # A rewind while this query ran wins: these rows count as not leased.
+                    if self._rewinds == rewinds:
+                        got: dict[int, int] = defaultdict(int)
+                        for record in batch:
+                            got[record.priority] += 1
+                            self._leased_up_to[(record.priority, after_seq)] = record.seq
+                        for priority, _after, room in parts:
+                            if got[priority] < room and priority not in cut and (
+                                last_seq is not None
+                            ):
+                                # Nothing more of this priority in the lane up to last_seq.
+                                self._lane_drained[(priority, after_seq, upper)] = last_seq
+                    leased += batch
         return leased
+
+    def _exhausted(self, priority: int, after_seq: int, upper: int) -> bool:
+        """True when a lease found no more pending rows of `priority` in this lane and nothing
+        was accepted since (every new row has a higher seq than the last_seq of then): the
+        lane has nothing to lease, no query needed. `rewind` (and any transaction that did not
+        finish cleanly, which leaves `_last_seq` unknown) forgets this."""
+        drained_at = self._lane_drained.get((priority, after_seq, upper))
+        return drained_at is not None and drained_at == self._last_seq
 
     def rewind(self) -> None:
         """Forget all leases: every record not acked is leased again, in lease order."""
         self._leased_up_to.clear()
+        self._lane_drained.clear()
         self._rewinds += 1
 
     async def ack(self, seqs: Sequence[int]) -> None:
@@ -761,12 +861,18 @@ class SqliteBuffer:
         settled: list[Any] = []
         try:
             async with self._transaction("ack") as db:
-                for chunk in _chunks(seqs):
+                # By seq ranges (a PUBACKed message, and the messages acked together, are
+                # mostly runs of consecutive seqs): one statement per few hundred ranges, and
+                # the counts come back per priority, not per row.
+                for where, params in _seq_conditions(seqs):
                     settled += await db.execute_fetchall(
-                        "UPDATE events SET acked_at = ?"
-                        f" WHERE acked_at IS NULL AND seq IN ({_placeholders(len(chunk))})"
-                        " RETURNING priority, length(body)",
-                        (now, *chunk),
+                        "SELECT priority, count(*), coalesce(sum(length(body)), 0) FROM events"
+                        f" WHERE acked_at IS NULL AND ({where}) GROUP BY priority",
+                        params,
+                    )
+                    await db.execute(
+                        f"UPDATE events SET acked_at = ? WHERE acked_at IS NULL AND ({where})",
+                        (now, *params),
                     )
         except _DiskFull:
             # Marking rows takes pages (index entries); deleting them frees pages. Delivered
@@ -788,7 +894,7 @@ class SqliteBuffer:
                 "buffer %s: disk full: %d delivered record(s) not kept for replay",
                 self.path, len(settled),
             )
-            self._settle([row[:2] for row in settled], retained=False)
+            self._settle([(row[0], 1, row[1]) for row in settled], retained=False)
             return
         self._settle(settled, retained=True)
 
@@ -812,7 +918,7 @@ class SqliteBuffer:
                 )
                 settled += await db.execute_fetchall(
                     f"DELETE FROM events WHERE acked_at IS NULL AND seq IN ({marks})"
-                    " RETURNING priority, length(body)",
+                    " RETURNING priority, 1, length(body)",
                     tuple(chunk),
                 )
         self._settle(settled, retained=False)
@@ -832,13 +938,15 @@ class SqliteBuffer:
                 "INSERT INTO dead_letters"
                 " (seq, id, kind, priority, body, accepted_at, reason, dead_at)"
                 " VALUES (NULL, ?, ?, ?, ?, NULL, ?, ?)",
-                [(r.id, r.kind, r.priority, r.body, reason, now) for r in records],
+                [(stored_id(r.id), r.kind, r.priority, r.body, reason, now) for r in records],
             )
 
     def _settle(self, rows: Sequence[Any], *, retained: bool) -> None:
-        for priority, size in rows:
-            self._pending_count[int(priority)] = self._pending_count.get(int(priority), 0) - 1
-            self._pending_bytes[int(priority)] = self._pending_bytes.get(int(priority), 0) - size
+        """Count rows that stopped being pending: (priority, how many, their bytes) each."""
+        for priority, count, size in rows:
+            key = int(priority)
+            self._pending_count[key] = self._pending_count.get(key, 0) - int(count)
+            self._pending_bytes[key] = self._pending_bytes.get(key, 0) - int(size)
             if retained:
                 self._retained_bytes += int(size)
 
@@ -847,8 +955,8 @@ class SqliteBuffer:
         async with self._lock:
             with _classified(self.path, "dead_letters"):
                 rows = await self._db.execute_fetchall(
-                    "SELECT seq, id, kind, priority, length(body), accepted_at, reason, dead_at"
-                    " FROM dead_letters ORDER BY number LIMIT ?",
+                    f"SELECT seq, {ID_TEXT_SQL}, kind, priority, length(body), accepted_at,"
+                    " reason, dead_at FROM dead_letters ORDER BY number LIMIT ?",
                     (limit,),
                 )
         return [DeadLetter(*row) for row in rows]
@@ -905,7 +1013,7 @@ class SqliteBuffer:
             async with self._lock:
                 with _classified(self.path, "retained"):
                     rows = await self._db.execute_fetchall(
-                        f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
+                        f"SELECT {_READ_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
                         " ORDER BY seq LIMIT ?",
                         (*params, _REPLAY_ROWS_PER_QUERY),
                     )
@@ -1206,6 +1314,44 @@ def _ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
         else:
             ranges.append((seq, seq))
     return ranges
+
+
+def stored_id(record_id: str) -> str | bytes:
+    """The id as the `id` columns store it: a UUID in its canonical text form (lower case,
+    hyphens: what `agent.events` makes) as its 16 bytes, anything else as the text itself.
+    Text and bytes never compare equal in SQLite, so the two kinds cannot collide."""
+    if len(record_id) == 36:
+        try:
+            value = uuid.UUID(record_id)
+        except ValueError:
+            return record_id
+        if str(value) == record_id:
+            return value.bytes
+    return record_id
+
+
+def id_text(stored: str | bytes) -> str:
+    """An `id` column's value back as the record's id (`ID_TEXT_SQL` does it in SQL)."""
+    if isinstance(stored, bytes):
+        h = stored.hex()  # str(uuid.UUID(bytes=...)), at a third of the cost
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return stored
+
+
+def _seq_conditions(seqs: Sequence[int]) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """SQL conditions that match exactly these seqs, as (where, params), each within the
+    parameter bound: runs of consecutive seqs as `seq BETWEEN`, lone seqs in one `seq IN`."""
+    ranges = _ranges(sorted(set(seqs)))
+    for start in range(0, len(ranges), _PARAMS_PER_STATEMENT // 2):
+        part = ranges[start : start + _PARAMS_PER_STATEMENT // 2]
+        lone = [first for first, last in part if first == last]
+        runs = [(first, last) for first, last in part if first != last]
+        terms = ["seq BETWEEN ? AND ?"] * len(runs)
+        params = [seq for run in runs for seq in run]
+        if lone:
+            terms.append(f"seq IN ({_placeholders(len(lone))})")
+            params += lone
+        yield " OR ".join(terms), tuple(params)
 
 
 def _one(rows: Any) -> tuple[Any, ...]:

@@ -181,12 +181,13 @@ async def _replay_async(
 ) -> tuple[int, int]:
     from agent import store
     from agent.credentials import hub_credentials
-    from agent.events import CONTENT_TYPE, encode_batch
+    from agent.events import CONTENT_TYPE, AgentIdentity, encode_batch
     from agent.forwarder import REPLAY_PROPERTY
     from agent.mqtt_session import MqttSession, PacketTooLarge, PubAck
 
     hub = config.hub
     topic_base = f"{hub.topic_prefix}/{config.agent.site}/{config.agent.id}/events"
+    identity = AgentIdentity(site=config.agent.site, agent=config.agent.id)
     credentials = hub_credentials(hub)
     sent = refused = 0
     async with store.open_store(config, role="edge-agent buffer replay") as buffer:
@@ -208,7 +209,7 @@ async def _replay_async(
 
             async def publish(topic: str, chunk: list[Any]) -> None:
                 nonlocal refused
-                payload = encode_batch((r.seq, r.body) for r in chunk)
+                payload = encode_batch(chunk, identity)
                 await slots.acquire()
                 try:
                     future = session.publish(

@@ -18,8 +18,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import msgpack
-
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
 
@@ -57,7 +55,7 @@ def parse_value(text: str) -> bool | int | float | str | None:
 
 def _try(args: argparse.Namespace) -> int:
     from agent.cli.core import _load
-    from agent.events import encode_body
+    from agent.events import envelope
     from agent.mapping import Mapper, SignalMapper
     from config.schema import AgentConfig
     from connectors.base import Quality, Reading
@@ -119,8 +117,7 @@ def _try(args: argparse.Namespace) -> int:
         print(f"unmappable: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     envelopes = [
-        msgpack.unpackb(encode_body(e, site=config.agent.site, agent=config.agent.id))
-        for e in events
+        envelope(e, site=config.agent.site, agent=config.agent.id) for e in events
     ]
     print(json.dumps(envelopes, indent=2))
     return EXIT_OK

@@ -31,6 +31,9 @@ Invariants:
 - No `asyncio.wait_for` / `next_event(timeout=)` around notification reads: on Python 3.11 its
   wait_for can swallow a cancellation racing with a notification, and the source never stops.
   Notifications are pumped with `async for`, and a separate task watches the session.
+- Each publish response becomes one `emit` of its readings, in the server's order
+  (`connectors.opcua.batches`); a Bad subscription status emits what came before it, then
+  ends the session.
 """
 
 from __future__ import annotations
@@ -49,13 +52,7 @@ from typing import Any
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
-from asyncua.common.subscription import (
-    DataChangeEvent,
-    OpcEvent,
-    OverflowPolicy,
-    StatusChangeEvent,
-    Subscription,
-)
+from asyncua.common.subscription import OpcEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
@@ -70,6 +67,7 @@ from connectors.base import (
     Value,
 )
 from connectors.opcua.addressing import AddressNotFound, AddressResolver
+from connectors.opcua.batches import BatchedSubscription, create_batched_subscription
 from connectors.opcua.config import (
     OpcUaSettings,
     OpcUaSignalSettings,
@@ -81,8 +79,8 @@ from connectors.opcua.session import SessionInfo, describe_error, open_session
 
 _log = logging.getLogger(__name__)
 
-# Notifications waiting between asyncua's publish loop and this connector. asyncua drops the
-# oldest when it is full; it only fills when the agent cannot keep up with the server.
+# Notifications waiting between asyncua's publish loop and this connector (`batches`): the
+# oldest are dropped when it is full; it only fills when the agent cannot keep up.
 _NOTIFICATION_QUEUE = 50_000
 _KEEPALIVE_MS = 5_000.0
 # A subscription with neither data nor keep-alive for this many keep-alive periods is dead.
@@ -117,6 +115,7 @@ class OpcUaConnector:
         # Source timestamp of the last reading of each `backfill` signal, across sessions.
         self._last_seen: dict[str, datetime] = {}
         self._by_address = {signal.node: signal for signal in self.signals}
+        self._backfilled = {signal.node for signal in self.signals if signal.backfill}
 
     async def run(self, emit: Emit) -> None:
         info = SessionInfo()
@@ -147,12 +146,7 @@ class OpcUaConnector:
         parameters.RequestedLifetimeCount = 4 * parameters.RequestedMaxKeepAliveCount
         parameters.MaxNotificationsPerPublish = 10_000
         parameters.PublishingEnabled = True
-        subscription = await client.create_subscription(
-            parameters,
-            handler=None,
-            queue_maxsize=_NOTIFICATION_QUEUE,
-            overflow=OverflowPolicy.DROP_OLDEST,
-        )
+        subscription = await create_batched_subscription(client, parameters, _NOTIFICATION_QUEUE)
         plan = _Plan()
         await self._attach(client, subscription, self.signals, plan)
         self._report(plan)
@@ -332,27 +326,35 @@ class OpcUaConnector:
 
     # --- running -----------------------------------------------------------------------------
 
-    async def _forward(self, subscription: Subscription, plan: _Plan, emit: Emit) -> None:
-        async for notification in subscription:
-            if isinstance(notification, DataChangeEvent):
-                item = notification.data.monitored_item
-                signal = plan.data.get(item.ClientHandle)
-                if signal is None:
-                    continue
-                self._track_node_status(signal.node, item.Value.StatusCode)
-                reading = self._reading(signal.node, notification.value, item.Value)
-                await self._emit(emit, (reading,))
-            elif isinstance(notification, OpcEvent):
-                handle = notification.event.server_handle
-                event_signal = plan.events.get(handle) if handle is not None else None
-                if event_signal is not None:
-                    await self._emit(emit, (self._event_reading(event_signal.node, notification),))
-            elif isinstance(notification, StatusChangeEvent):
-                status = notification.notification.Status
-                if status.is_bad():
-                    raise SourceUnavailable(
-                        f"subscription on {self.settings.endpoint} ended: {status.name}"
-                    )
+    async def _forward(
+        self, subscription: BatchedSubscription, plan: _Plan, emit: Emit
+    ) -> None:
+        """One `emit` per publish response, with its readings in the server's order."""
+        async for batch in subscription.batches():
+            readings: list[Reading] = []
+            for notification in batch:
+                if isinstance(notification, ua.MonitoredItemNotification):
+                    signal = plan.data.get(notification.ClientHandle)
+                    if signal is None:
+                        continue
+                    value = notification.Value
+                    self._track_node_status(signal.node, value.StatusCode)
+                    readings.append(self._reading(signal.node, _variant(value), value))
+                elif isinstance(notification, OpcEvent):
+                    handle = notification.event.server_handle
+                    event_signal = plan.events.get(handle) if handle is not None else None
+                    if event_signal is not None:
+                        readings.append(self._event_reading(event_signal.node, notification))
+                elif isinstance(notification, ua.StatusChangeNotification):
+                    if notification.Status.is_bad():
+                        if readings:  # what came before the status is kept
+                            await self._emit(emit, readings)
+                        raise SourceUnavailable(
+                            f"subscription on {self.settings.endpoint} ended: "
+                            f"{notification.Status.name}"
+                        )
+            if readings:
+                await self._emit(emit, readings)
         raise SourceUnavailable(f"subscription on {self.settings.endpoint} was closed")
 
     async def _poll(self, client: Client, plan: _Plan, interval_ms: float, emit: Emit) -> None:
@@ -417,9 +419,10 @@ class OpcUaConnector:
     # --- readings ----------------------------------------------------------------------------
 
     async def _emit(self, emit: Emit, readings: Sequence[Reading]) -> None:
-        for reading in readings:
-            if self._by_address[reading.signal].backfill and reading.source_timestamp:
-                self._last_seen[reading.signal] = reading.source_timestamp
+        if self._backfilled:
+            for reading in readings:
+                if reading.signal in self._backfilled and reading.source_timestamp:
+                    self._last_seen[reading.signal] = reading.source_timestamp
         self.health.readings_total += len(readings)
         self.health.last_value_at = readings[-1].received_at
         await emit(readings)

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgpack
 
 from buffer.base import Record
-from buffer.sqlite import SqliteBuffer
+from buffer.sqlite import ID_TEXT_SQL, SqliteBuffer
 from tests.support.agent_process import REPO, AgentProcess
 from tests.support.blackhole import TcpProxy
 from tests.support.broker import MosquittoBroker, Subscriber
@@ -64,7 +64,7 @@ def wait_acked_delivered(
     while True:
         with sqlite3.connect(f"file:{buffer_file}?mode=ro", uri=True) as db:
             acked = {str(row[0]) for row in db.execute(
-                "SELECT id FROM events WHERE acked_at IS NOT NULL"
+                f"SELECT {ID_TEXT_SQL} FROM events WHERE acked_at IS NOT NULL"
             )}
         got = {a.event["id"] for a in arrivals(subscriber.messages)}
         if acked <= got:

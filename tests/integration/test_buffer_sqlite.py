@@ -11,6 +11,7 @@ import sqlite3
 import sys
 import tempfile
 import tomllib
+import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from buffer.base import AppendResult, BufferCorrupt, BufferFull, Capacity, Record, StoredRecord
-from buffer.sqlite import SqliteBuffer
+from buffer.sqlite import ID_TEXT_SQL, SqliteBuffer
 
 ROOT = Path(__file__).resolve().parents[2]
 RETENTION_S = 100.0
@@ -355,6 +356,34 @@ async def test_set_aside_survives_reopening_and_lists_in_the_cli_order(tmp_path:
     async with SqliteBuffer.open(path, read_only=True) as reader:
         assert [(d.seq, d.id) for d in await reader.dead_letters()] == [(None, "x-0")]
         assert (await reader.stats()).dead_letters == 1
+
+
+async def test_uuid_ids_are_stored_as_bytes_and_text_ids_of_older_files_still_deduplicate(
+    tmp_path: Path,
+) -> None:
+    """An older agent stored every id as text; ids are UUID bytes now. Both are recognised,
+    and both come back as the same text."""
+    path = tmp_path / "buffer.db"
+    old_id, new_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "old")), str(uuid.uuid4())
+    async with SqliteBuffer.open(path) as buffer:
+        await buffer.append([Record(new_id, "reading", 0, b"new"), Record("plain", "r", 0, b"")])
+    with sqlite3.connect(path) as db:  # a row as the older agent wrote it
+        db.execute(
+            "INSERT INTO events (seq, id, kind, priority, body, accepted_at) VALUES"
+            " (3, ?, 'reading', 0, x'00', 1.0)", (old_id,)
+        )
+        db.execute("UPDATE meta SET value = 3 WHERE key = 'last_seq'")
+        stored = dict(db.execute("SELECT seq, typeof(id) FROM events").fetchall())
+        as_text = dict(db.execute(f"SELECT seq, {ID_TEXT_SQL} FROM events").fetchall())
+    db.close()
+    assert stored == {1: "blob", 2: "text", 3: "text"}
+    assert as_text == {1: new_id, 2: "plain", 3: old_id}
+    async with SqliteBuffer.open(path) as buffer:
+        again = [Record(i, "reading", 0, b"") for i in (old_id, new_id, "plain")]
+        assert await buffer.append(again) == AppendResult(0, 3, 3)
+        assert [(r.seq, r.id) for r in await lease_all(buffer)] == [
+            (1, new_id), (2, "plain"), (3, old_id)
+        ]
 
 
 async def test_a_version_2_file_is_migrated_keeping_its_dead_letters(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from buffer.sqlite import ID_TEXT_SQL
 from tests.integration.test_first_path import running_agent, until
 from tests.support.broker import MosquittoBroker, Subscriber, free_loopback_port
 from tests.support.events import EVENTS_TOPIC, decode_events, unique_by_id
@@ -170,7 +171,7 @@ async def test_a_full_buffer_answers_503_and_an_answered_key_survives_a_restart(
         assert taken, "nothing was taken before the buffer was full"
     buffer_file = tmp_path / "state" / "buffer.sqlite"
     with sqlite3.connect(f"file:{buffer_file}?mode=ro", uri=True) as db:
-        held = {str(row[0]) for row in db.execute("SELECT id FROM events")}
+        held = {str(row[0]) for row in db.execute(f"SELECT {ID_TEXT_SQL} FROM events")}
     db.close()
     assert {i for ids in taken.values() for i in ids} <= held  # every 202 is in the buffer
 

@@ -16,6 +16,7 @@ import msgpack
 from agent.demo.plant import REACTOR_MATERIAL, REACTOR_TEMPERATURE, FillingLinePlant
 from agent.pipeline import UNMAPPABLE_READING_KIND
 from agent.status import snapshot
+from buffer.sqlite import ID_TEXT_SQL
 from tests.integration.test_first_path import events_at_hub, running_agent, until
 from tests.integration.test_mapping_path import reactor_config
 from tests.support.agent_process import REPO
@@ -28,7 +29,8 @@ REASON = "code 'RX-???' is not in lookup 'materials' (unmapped = \"dead-letter\"
 def dead_letter_rows(buffer_file: Path) -> list[tuple[object, ...]]:
     with sqlite3.connect(f"file:{buffer_file}?mode=ro", uri=True) as db:
         return db.execute(
-            "SELECT seq, id, kind, priority, body, accepted_at, reason FROM dead_letters"
+            f"SELECT seq, {ID_TEXT_SQL}, kind, priority, body, accepted_at, reason"
+            " FROM dead_letters"
             " ORDER BY number"
         ).fetchall()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from agent.events import BUFFER_OVERFLOW_TYPE, decode_batch
+from agent.events import BUFFER_OVERFLOW_TYPE, AgentIdentity, decode_batch
 from agent.forwarder import BacklogPacing, Forwarder
 from agent.mapping import Mapper
 from agent.mqtt_session import MqttSession
@@ -32,6 +32,7 @@ from tests.support.broker import MosquittoBroker, Subscriber
 from tests.support.durability import check_delivery, simulated_agent_config, user_property
 
 TOPIC_BASE = "mfg/plant-a/edge-01/events"
+IDENTITY = AgentIdentity(site="plant-a", agent="edge-01")
 TELEMETRY, BUSINESS, CRITICAL = 0, 1, 2
 
 
@@ -59,7 +60,8 @@ async def forwarding(
     )
     async with session:
         forwarder = Forwarder(
-            buffer, session, topic_base=TOPIC_BASE, batch_max_wait_s=0.01, **options  # type: ignore[arg-type]
+            buffer, session, topic_base=TOPIC_BASE, identity=IDENTITY, batch_max_wait_s=0.01,
+            **options,  # type: ignore[arg-type]
         )
         task = asyncio.create_task(forwarder.run())
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.events import decode_batch
+from buffer.sqlite import ID_TEXT_SQL
 from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
 
 EVENTS_TOPIC = "mfg/plant-a/edge-01/events/#"
@@ -76,7 +77,7 @@ rate_hz = {rate_hz}
 def accepted(path: Path) -> dict[str, tuple[int, float]]:
     """id -> (seq, accepted_at) of every event the buffer file holds."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT id, seq, accepted_at FROM events").fetchall()
+        rows = db.execute(f"SELECT {ID_TEXT_SQL}, seq, accepted_at FROM events").fetchall()
     return {str(i): (int(s), float(a)) for i, s, a in rows}
 
 

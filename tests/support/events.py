@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.events import CONTENT_TYPE, decode_batch, validate_envelope
+from buffer.sqlite import ID_TEXT_SQL
 from tests.support.broker import ReceivedMessage
 
 EVENTS_TOPIC = "mfg/plant-a/edge-01/events/#"
@@ -40,4 +41,4 @@ def unique_by_id(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def accepted_in_buffer(path: Path) -> dict[str, int]:
     """id -> seq of every event the buffer file holds (pending or delivered-and-retained)."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return dict(db.execute("SELECT id, seq FROM events").fetchall())
+        return dict(db.execute(f"SELECT {ID_TEXT_SQL}, seq FROM events").fetchall())

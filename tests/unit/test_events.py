@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import msgpack
@@ -12,17 +13,22 @@ from pydantic import ValidationError
 
 from agent.events import (
     AGENT_EVENT_MODELS,
+    COMPACT_BODY,
     EVENT_TYPES,
     RETIRED_EVENT_MODELS,
+    AgentIdentity,
     Event,
     decode_batch,
     encode_batch,
     encode_body,
+    envelope,
+    expand_body,
     json_schemas,
     rfc3339,
     validate_envelope,
     with_seq,
 )
+from buffer.base import StoredRecord
 from config.schema import EventKind
 
 
@@ -46,24 +52,80 @@ def test_with_seq_is_the_same_as_encoding_with_seq(seq: int, extra: int) -> None
     assert msgpack.unpackb(with_seq(body, seq)) == {"seq": seq, **envelope}
 
 
+IDENTITY = AgentIdentity(site="plant-a", agent="edge-01")
+
+
+def stored(event: Event, seq: int, body: bytes | None = None) -> StoredRecord:
+    """`event` as the buffer hands it out: its record's id and kind, the stored body."""
+    if body is None:
+        body = encode_body(event, site=IDENTITY.site, agent=IDENTITY.agent)
+    return StoredRecord(seq, event.id, event.type.name, 0, body, 0.0)
+
+
 def test_batch_round_trip_validates_against_the_contract() -> None:
-    body = encode_body(telemetry_event(), site="plant-a", agent="edge-01")
-    events = decode_batch(encode_batch([(41, body), (42, body)]))
+    event = telemetry_event()
+    events = decode_batch(encode_batch([stored(event, 41), stored(event, 42)], IDENTITY))
     assert [e["seq"] for e in events] == [41, 42]
     parsed = validate_envelope(events[0])
     assert parsed.type == "telemetry.v1" and parsed.data.unit == "Cel"  # type: ignore[attr-defined]
     assert events[0]["time"] == "2026-01-02T03:04:05.000006Z"
 
 
+@given(
+    seq=st.integers(min_value=1, max_value=2**63 - 1),
+    status=st.one_of(st.none(), st.text(max_size=5)),
+    extensions=st.dictionaries(
+        st.sampled_from(["assetpath", "workorder", "product", "unmapped", "backfilled"]),
+        st.text(max_size=40),
+    ),
+    padding=st.integers(0, 16),
+)
+def test_the_hub_gets_the_whole_envelope_from_a_compact_body(
+    seq: int, status: str | None, extensions: dict[str, str], padding: int
+) -> None:
+    event = replace(
+        telemetry_event(),
+        status=status,
+        extensions={**extensions, **{f"x{i}": str(i) for i in range(padding)}},
+    )
+    body = encode_body(event, site="plant-a", agent="edge-01")
+    assert body[0] == COMPACT_BODY and event.id.encode() not in body
+    assert b"specversion" not in body and b"\xa5agent" not in body and b"\xa4site" not in body
+    [published] = decode_batch(encode_batch([stored(event, seq)], IDENTITY))
+    assert published == {"seq": seq, **envelope(event, site="plant-a", agent="edge-01")}
+    assert expand_body(stored(event, seq), IDENTITY) == published
+
+
+def test_a_body_stored_whole_by_an_older_agent_is_published_unchanged_but_for_seq() -> None:
+    """Format 1 (the whole envelope, as agents before the compact body stored it) still
+    drains after an upgrade, side by side with format 2."""
+    event = telemetry_event()
+    whole = msgpack.packb(envelope(event, site="plant-a", agent="edge-01"), use_bin_type=True)
+    old, new = decode_batch(
+        encode_batch([stored(event, 7, whole), stored(event, 8)], IDENTITY)
+    )
+    assert old == {**new, "seq": 7}
+    assert decode_batch(encode_batch([stored(event, 7, whole)], None)) == [old]
+    with pytest.raises(ValueError, match="identity"):
+        encode_batch([stored(event, 8)], None)
+
+
+def test_an_extension_that_shadows_a_spliced_field_keeps_the_whole_envelope() -> None:
+    event = replace(telemetry_event(), extensions={"site": "elsewhere"})
+    body = encode_body(event, site="plant-a", agent="edge-01")
+    assert body[0] != COMPACT_BODY
+    [published] = decode_batch(encode_batch([stored(event, 1, body)], IDENTITY))
+    assert published["site"] == "elsewhere" and published["agent"] == "edge-01"
+
+
 def test_batch_of_many_uses_array16() -> None:
-    body = encode_body(telemetry_event(), site="plant-a", agent="edge-01")
-    events = decode_batch(encode_batch((seq, body) for seq in range(1, 301)))
+    event = telemetry_event()
+    events = decode_batch(encode_batch((stored(event, seq) for seq in range(1, 301)), IDENTITY))
     assert [e["seq"] for e in events] == list(range(1, 301))
 
 
 def test_contract_rejects_a_half_filled_event() -> None:
-    body = encode_body(telemetry_event(), site="plant-a", agent="edge-01")
-    [event] = decode_batch(encode_batch([(1, body)]))
+    [event] = decode_batch(encode_batch([stored(telemetry_event(), 1)], IDENTITY))
     del event["data"]["value"]
     with pytest.raises(ValidationError):
         validate_envelope(event)
