@@ -204,6 +204,11 @@ class SourceRunner:
             except Exception as error:  # a bug in a connector must not stop the agent
                 _log.exception("source=%s failed unexpectedly; retrying", name)
                 reason = f"{type(error).__name__}: {error}"
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The agent is stopping this runner, but the connector turned the cancellation
+                # into an error (asyncua can); stop instead of retrying forever.
+                raise asyncio.CancelledError
             self.state = "retrying"
             self.connector.health.last_error = reason
             if time.monotonic() - started > 30.0:
