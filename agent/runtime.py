@@ -69,11 +69,6 @@ from connectors.base import (
     SourceHost,
     SourceUnavailable,
 )
-from connectors.mes_files import MesFilesConnector
-from connectors.mes_http.connector import MesHttpConnector
-from connectors.mes_sql.connector import MesSqlConnector
-from connectors.opcua import OpcUaConnector
-from connectors.simulated import SimulatedConnector
 
 _log = logging.getLogger(__name__)
 
@@ -108,14 +103,27 @@ class AgentHost:
 
 
 def build_connector(source: Source, host: SourceHost) -> Connector:
+    # Each connector's module (and its client library: asyncua, aiohttp, asyncpg) is imported
+    # only when a source of its type is configured: together they hold about 50 MiB of memory
+    # that an agent without such a source should not pay (issue 8's footprint target).
     if isinstance(source, MesSqlSource):
+        from connectors.mes_sql.connector import MesSqlConnector
+
         return MesSqlConnector(source.name, source, source, host)
     if isinstance(source, MesHttpSource):
+        from connectors.mes_http.connector import MesHttpConnector
+
         return MesHttpConnector(source.name, source, host)
     if isinstance(source, MesFilesSource):
+        from connectors.mes_files import MesFilesConnector
+
         return MesFilesConnector(source.name, source)
     if isinstance(source, SimulatedSource):
+        from connectors.simulated import SimulatedConnector
+
         return SimulatedConnector(source.name, source, source.signals)
+    from connectors.opcua import OpcUaConnector
+
     return OpcUaConnector(source.name, source, source.signals)
 
 

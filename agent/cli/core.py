@@ -85,6 +85,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from agent import logs
     from agent.credentials import CredentialError
+    from agent.memory import limit_malloc_arenas
     from agent.service import AgentService
     from buffer.base import BufferError
     from config.schema import AgentConfig
@@ -94,6 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     assert isinstance(config, AgentConfig)
     logs.configure(config.agent.log_level, config.agent.log_format)
+    limit_malloc_arenas()  # before the first thread starts (agent.memory)
 
     async def run() -> None:
         # SIGHUP reloads the config (agent.service); SIGINT/SIGTERM stop in order.
