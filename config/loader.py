@@ -81,7 +81,8 @@ def load_config(path: Path) -> AgentConfig:
         config = AgentConfig.model_validate(data, context={"config_dir": path.absolute().parent})
     except ValidationError as error:
         locator = TomlKeyLocator(text)
-        problems = [_schema_problem(path, locator, detail) for detail in error.errors()]
+        details = _without_consequences(error.errors())
+        problems = [_schema_problem(path, locator, detail) for detail in details]
         raise ConfigError(problems) from error
     config = _resolve_key_files(path, text, config)
     base = path.absolute().parent
@@ -148,6 +149,16 @@ def _read_text(path: Path) -> str:
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _without_consequences(details: list[ErrorDetails]) -> list[ErrorDetails]:
+    """Drop a list's "too short" when its own items failed: pydantic counts only the valid
+    ones, so `cursor = ["a;b"]` would also say "expected at least 1 item(s), got 0"."""
+    inside = {tuple(detail["loc"][:end]) for detail in details for end in range(len(detail["loc"]))}
+    return [
+        detail for detail in details
+        if not (detail["type"] == "too_short" and tuple(detail["loc"]) in inside)
+    ]
 
 
 def _syntax_problem(path: Path, error: tomllib.TOMLDecodeError) -> ConfigProblem:

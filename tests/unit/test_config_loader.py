@@ -403,6 +403,33 @@ def test_all_problems_are_reported_in_file_order(tmp_path: Path) -> None:
     )
 
 
+MES_EXAMPLE = EXAMPLE.parent / "examples" / "mes.toml"
+
+
+@pytest.mark.parametrize(
+    ("cursor", "expected"),
+    [
+        ('["a;drop"]', ["sources[2].cursor[0]: 'a;drop' is not a plain SQL name"]),
+        ("[]", ["sources[2].cursor: expected at least 1 item(s), got 0"]),
+    ],
+)
+def test_a_list_whose_items_failed_is_not_also_called_too_short(
+    tmp_path: Path, cursor: str, expected: list[str]
+) -> None:
+    text = MES_EXAMPLE.read_text()
+    assert 'cursor = ["changed_at", "id"]' in text
+    path = tmp_path / "mes.toml"
+    path.write_text(text.replace('cursor = ["changed_at", "id"]', f"cursor = {cursor}"))
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    said = [f"{p.key}: {p.message}" for p in caught.value.problems]
+    assert len(said) == len(expected), said
+    for line, start in zip(said, expected, strict=True):
+        assert line.startswith(start), said
+
+
 # --- the line locator ---------------------------------------------------------------------------
 
 
