@@ -251,6 +251,7 @@ class AgentService:
                 "readings_total": runner.connector.health.readings_total,
                 "last_value_at": _isoformat(runner.connector.health.last_value_at),
                 "last_error": runner.connector.health.last_error,
+                "counters": dict(runner.connector.health.counters),
             }
             for runner in agent.sources
         }

@@ -126,6 +126,7 @@ def sources_status(agent: Agent) -> dict[str, dict[str, Any]]:
             "disconnected_at": _iso(runner.connector.health.disconnected_at),
             "reconnected_at": _iso(runner.connector.health.reconnected_at),
             "notices": dict(runner.connector.health.notices),
+            "counters": dict(runner.connector.health.counters),
         }
         for runner in agent.sources
     }

@@ -102,6 +102,9 @@ class SourceHealth:
     # Things an operator should look at that do not stop the source (certificate expiry,
     # clock skew, no history on the server), keyed by topic.
     notices: dict[str, str] = field(default_factory=dict)
+    # What a kind of source counts besides readings (webhook posts accepted/rejected/busy,
+    # files processed/rejected, unreadable rows), name → total since start; shown in status.
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class Connector(Protocol):

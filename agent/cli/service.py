@@ -109,6 +109,10 @@ def _hub_and_sources(snapshot: dict[str, Any]) -> list[str]:
             detail += f", last value {source['last_value_at']}"
         if source.get("last_error"):
             detail += f", last error: {source['last_error']}"
+        counted = [f"{key.removesuffix('_total')} {value}"
+                   for key, value in (source.get("counters") or {}).items() if value]
+        if counted:
+            detail += f" ({', '.join(counted)})"
         lines.append(f"  source {name}: {source.get('state')}, {detail}")
     forwarder = snapshot.get("forwarder")
     if forwarder:

@@ -61,9 +61,9 @@ class MesFilesConnector:
         self._settings = settings
         self._folder = settings.folder
         self._seen: dict[str, _Seen] = {}
-        self.files_processed_total = 0
-        self.files_rejected_total = 0
-        self.rows_rejected_total = 0
+        self.health.counters.update(
+            files_processed_total=0, files_rejected_total=0, rows_rejected_total=0
+        )
 
     async def run(self, emit: Emit) -> None:
         try:
@@ -123,7 +123,7 @@ class MesFilesConnector:
         except FileUnreadable as error:
             _log.warning("source=%s file %s rejected: %s", self.name, path.name, error)
             await asyncio.to_thread(self._reject_file, path, str(error))
-            self.files_rejected_total += 1
+            self.health.counters["files_rejected_total"] += 1
             return
         except FileNotFoundError:
             return  # moved away meanwhile
@@ -133,7 +133,7 @@ class MesFilesConnector:
                 self.name, path.name, len(parsed.rejects), REJECTED,
             )
             await asyncio.to_thread(self._write_rejects, path, parsed.rejects)
-            self.rows_rejected_total += len(parsed.rejects)
+            self.health.counters["rows_rejected_total"] += len(parsed.rejects)
         readings = self._readings(parsed)
         step = self._settings.rows_per_emit
         committed = None
@@ -142,7 +142,7 @@ class MesFilesConnector:
         if committed is not None:
             await committed  # every row of the file is in the buffer
         await asyncio.to_thread(self._move, path, self._folder / PROCESSED)
-        self.files_processed_total += 1
+        self.health.counters["files_processed_total"] += 1
         self.health.readings_total += len(readings)
         if readings:
             self.health.last_value_at = readings[-1].timestamp

@@ -55,14 +55,16 @@ class MesHttpConnector:
         self._host = host
         self._emit: Emit | None = None
         self._key_locks: dict[str, _KeyLock] = {}
-        self.posts_accepted_total = 0
-        self.posts_rejected_total = 0
-        self.posts_busy_total = 0
-        self.posts_replayed_total = 0
+        self.health.counters.update(
+            posts_accepted_total=0, posts_rejected_total=0, posts_busy_total=0,
+            posts_replayed_total=0,
+        )
 
     async def run(self, emit: Emit) -> None:
         self._emit = emit
-        server = WebhookServer(self._settings, self._on_post, name=self.name)
+        server = WebhookServer(
+            self._settings, self._on_post, name=self.name, counters=self.health.counters
+        )
         await server.start()  # SourceConfigError: port taken, TLS or tokens unusable
         self.health.connected = True
         _log.info("source=%s webhook listening on %s port %d",
@@ -88,7 +90,7 @@ class MesHttpConnector:
         self, route: RouteSettings, items: list[dict[str, Any]], key: str | None
     ) -> Outcome:
         if self._host.backpressure():
-            self.posts_busy_total += 1
+            self.health.counters["posts_busy_total"] += 1
             return Busy("the agent's buffer is full; resend later", _RETRY_AFTER_S)
         digest = hashlib.sha256(
             json.dumps(items, sort_keys=True, separators=(",", ":")).encode()
@@ -105,9 +107,9 @@ class MesHttpConnector:
     def _replay(self, answered: str, digest: str, key: str) -> Outcome:
         stored = json.loads(answered)
         if stored["digest"] != digest:
-            self.posts_rejected_total += 1
+            self.health.counters["posts_rejected_total"] += 1
             return Conflict(f"Idempotency-Key {key!r} was used before with a different body")
-        self.posts_replayed_total += 1
+        self.health.counters["posts_replayed_total"] += 1
         return Accepted(list(stored["ids"]), replayed=True)
 
     async def _take(
@@ -120,7 +122,7 @@ class MesHttpConnector:
     ) -> Outcome:
         readings, ids, errors = self._readings(route, items, record_key)
         if errors:
-            self.posts_rejected_total += 1
+            self.health.counters["posts_rejected_total"] += 1
             return Rejected(errors)
         if state_key is not None:
             answer = json.dumps({"digest": digest, "ids": ids})
@@ -133,15 +135,15 @@ class MesHttpConnector:
         try:
             await asyncio.wait_for(self._commit(readings), self._settings.commit_timeout_s)
         except TimeoutError:
-            self.posts_busy_total += 1
+            self.health.counters["posts_busy_total"] += 1
             return Busy(
                 f"not committed within {self._settings.commit_timeout_s} s; resend (safe: "
                 "the same post makes no duplicates)", _RETRY_AFTER_S,
             )
         except Exception as error:  # the agent stopped before the commit (BufferUnavailable)
-            self.posts_busy_total += 1
+            self.health.counters["posts_busy_total"] += 1
             return Busy(f"not committed: {error}; resend", _RETRY_AFTER_S)
-        self.posts_accepted_total += 1
+        self.health.counters["posts_accepted_total"] += 1
         self.health.readings_total += len(readings)
         self.health.last_value_at = readings[-1].timestamp
         return Accepted(ids)

@@ -100,10 +100,21 @@ Handler = Callable[[RouteSettings, list[dict[str, Any]], str | None], Awaitable[
 class WebhookServer:
     """The endpoint, bound from `start()` until `stop()` (or as an async context manager)."""
 
-    def __init__(self, settings: MesHttpSettings, handler: Handler, *, name: str = "mes-http"):
+    def __init__(
+        self,
+        settings: MesHttpSettings,
+        handler: Handler,
+        *,
+        name: str = "mes-http",
+        counters: dict[str, int] | None = None,
+    ):
         self._settings = settings
         self._handler = handler
         self._name = name
+        # Refusals before the handler (see `_Endpoint._refusal`), counted into this dict.
+        self.counters = counters if counters is not None else {}
+        self.counters.setdefault("posts_unauthorized_total", 0)
+        self.counters.setdefault("posts_refused_total", 0)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -116,7 +127,8 @@ class WebhookServer:
             log.warning("%s: no authentication on %s (auth = \"none\")", self._name,
                         settings.listen)
         tls = _tls_context(settings.tls_cert, settings.tls_key)
-        app = webhook_app(settings, self._handler, tokens, name=self._name)
+        app = webhook_app(settings, self._handler, tokens, name=self._name,
+                          counters=self.counters)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=settings.commit_timeout_s
         )
@@ -231,9 +243,10 @@ def webhook_app(
     tokens: BearerTokens | None,
     *,
     name: str = "mes-http",
+    counters: dict[str, int] | None = None,
 ) -> web.Application:
     """The aiohttp application: one POST route per configured route, and /healthz."""
-    endpoint = _Endpoint(settings, handler, tokens, name)
+    endpoint = _Endpoint(settings, handler, tokens, name, counters if counters is not None else {})
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[endpoint.answer_errors, endpoint.authenticate],
@@ -256,6 +269,7 @@ class _Refused(Exception):
     message: str
     headers: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    by_handler: bool = False  # the handler's own outcome, which the handler counted
 
 
 @dataclass(frozen=True)
@@ -267,6 +281,7 @@ class _Endpoint:
     on_post: Handler
     tokens: BearerTokens | None
     name: str
+    counters: dict[str, int]
 
     @web.middleware
     async def answer_errors(
@@ -293,6 +308,9 @@ class _Endpoint:
             )
 
     def _refusal(self, request: web.Request, refused: _Refused) -> web.Response:
+        if not refused.by_handler:
+            counter = "posts_unauthorized_total" if refused.status == 401 else "posts_refused_total"
+            self.counters[counter] = self.counters.get(counter, 0) + 1
         # 503 (Busy) is the handler's state to log once, not each post's.
         level = logging.INFO if refused.status < 500 else logging.DEBUG
         log.log(level, "%s: %s %r refused with %d: %s", self.name, request.method,
@@ -345,12 +363,12 @@ class _Endpoint:
                 body_out = {"accepted": len(ids), "ids": ids, "replayed": replayed}
                 return web.json_response(body_out, status=202)
             case Rejected(errors=errors):
-                raise _Refused(400, _summary(errors), extra={"errors": errors})
+                raise _Refused(400, _summary(errors), extra={"errors": errors}, by_handler=True)
             case Conflict(message=message):
-                raise _Refused(409, message)
+                raise _Refused(409, message, by_handler=True)
             case Busy(reason=reason, retry_after_s=retry_after_s):
                 retry = str(max(1, math.ceil(retry_after_s)))
-                raise _Refused(503, reason, headers={"Retry-After": retry})
+                raise _Refused(503, reason, headers={"Retry-After": retry}, by_handler=True)
             case _:
                 assert_never(outcome)
 

@@ -50,7 +50,7 @@ class MesSqlConnector:
         self._records = records
         self._host = host
         self._state_key = f"{name}/cursor"
-        self.rows_unreadable_total = 0
+        self.health.counters["rows_unreadable_total"] = 0
 
     async def run(self, emit: Emit) -> None:
         cursor = await self._committed_cursor()
@@ -119,7 +119,7 @@ class MesSqlConnector:
             values = {name: plain(row[name]) for name in self._records.column_names()}
             record = read_record(values, self._records, received_at=now)
         except (RowError, ValueError) as error:
-            self.rows_unreadable_total += 1
+            self.health.counters["rows_unreadable_total"] += 1
             _log.warning("source=%s row %s cannot be read: %s", self.name, key, error)
             return Reading(
                 self.name, RECORD_SIGNAL, key, now, quality=Quality.BAD,

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.test_service import status_command
 from tests.support.agent_process import AgentProcess
 from tests.support.broker import MosquittoBroker, free_loopback_port
 from tests.support.mes_http import TOKEN, completion, mes_http_agent_config
@@ -68,3 +69,10 @@ def test_webhook_in_the_agent_process_survives_a_reload(
     finally:
         agent.ensure_stopped()
     assert "Address already in use" not in agent.log_text()
+    # The last generation's webhook counters, in the status file and in `edge-agent status`.
+    snapshot = json.loads((tmp_path / "state" / "status.json").read_text())
+    counters = snapshot["sources"]["mes-webhook"]["counters"]
+    assert (counters["posts_accepted_total"], counters["posts_replayed_total"]) == (1, 1)
+    shown = status_command(config)
+    assert "source mes-webhook: " in shown.stdout, shown.stdout + shown.stderr
+    assert "(posts_accepted 1, posts_replayed 1)" in shown.stdout, shown.stdout

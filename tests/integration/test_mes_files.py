@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+from agent.status import sources_status
 from connectors.base import Reading
 from tests.integration.test_first_path import running_agent, until
 from tests.support.broker import MosquittoBroker, Subscriber
@@ -33,7 +34,7 @@ async def test_files_flow_wait_until_complete_and_reject_bad_rows(
         )
     )
     with Subscriber(broker, EVENTS_TOPIC) as subscriber:
-        async with running_agent(config):
+        async with running_agent(config) as agent:
             # A complete file.
             (drop / "a.csv").write_text(HEADER + rows(5))
             await until(lambda: (drop / "processed" / "a.csv").exists(), "a.csv processed")
@@ -86,6 +87,9 @@ async def test_files_flow_wait_until_complete_and_reject_bad_rows(
             ]
             assert report[0]["row"] == "WO-201;M;-;0;26.11.2026 09:01:00"
             await asyncio.sleep(0.5)
+            assert sources_status(agent)["mes-drop"]["counters"] == {
+                "files_processed_total": 3, "files_rejected_total": 0, "rows_rejected_total": 3,
+            }
         expected = {f"WO-{n}" for n in [*range(5), 100, 101, 102, 200, 202, 206]}
         assert set(orders_at_hub(subscriber)) == expected
         # Each valid row once after de-duplication by id (ids unique per row).
@@ -137,7 +141,7 @@ async def test_json_files_wait_for_their_marker(tmp_path: Path, broker: Mosquitt
         for n in range(3)
     ]
     with Subscriber(broker, EVENTS_TOPIC) as subscriber:
-        async with running_agent(config):
+        async with running_agent(config) as agent:
             (drop / "orders.json").write_text(json.dumps(items))
             (drop / "broken.json").write_text('{"WO": "not an array"}')
             await asyncio.sleep(1.0)  # no marker yet: nothing is taken
@@ -149,6 +153,8 @@ async def test_json_files_wait_for_their_marker(tmp_path: Path, broker: Mosquitt
             await until(lambda: len(orders_at_hub(subscriber)) == 3, "3 orders at the hub")
             await until(lambda: (drop / "rejected" / "broken.json.reject.txt").exists(),
                         "broken.json rejected")
+            counters = sources_status(agent)["mes-drop"]["counters"]
+            assert (counters["files_processed_total"], counters["files_rejected_total"]) == (1, 1)
     assert not (drop / "orders.json.done").exists()
     assert orders_at_hub(subscriber)["WO-J2"]["data"]["good"] == 2
     reason = (drop / "rejected" / "broken.json.reject.txt").read_text()

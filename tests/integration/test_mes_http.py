@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from agent.status import sources_status
 from buffer.sqlite import ID_TEXT_SQL
 from tests.integration.test_first_path import running_agent, until
 from tests.support.broker import MosquittoBroker, Subscriber, free_loopback_port
@@ -54,7 +55,7 @@ async def test_posts_become_events_once_each(tmp_path: Path, broker: MosquittoBr
     config, base = write_config(tmp_path, broker.url)
     completions = f"{base}/mes/completions"
     with Subscriber(broker, EVENTS_TOPIC) as subscriber:
-        async with running_agent(config):
+        async with running_agent(config) as agent:
             # A batch with an idempotency key: 202 once committed, with the event ids.
             batch = [completion("WO-1"), completion("WO-2", good=7.5, minute=1)]
             status, body, _ = await post(completions, batch, headers={"Idempotency-Key": "b-1"})
@@ -103,6 +104,12 @@ async def test_posts_become_events_once_each(tmp_path: Path, broker: MosquittoBr
             assert adjusted["data"]["reason"] == "MES-ADJ"
             assert adjusted["data"]["delta"] == -4
             await asyncio.sleep(0.5)  # anything extra would have arrived by now
+            # What the operator sees in status: every post counted by its outcome.
+            assert sources_status(agent)["mes-webhook"]["counters"] == {
+                "posts_accepted_total": 5, "posts_replayed_total": 2,
+                "posts_rejected_total": 1, "posts_busy_total": 0,
+                "posts_unauthorized_total": 0, "posts_refused_total": 0,
+            }
     orders = sorted(
         e["data"]["order"] for e in unique_by_id(business_events(subscriber)).values()
         if e["type"] == "workorder.completed.v2"
@@ -141,6 +148,12 @@ async def test_bad_posts_are_refused_and_nothing_of_them_is_taken(
             status, body, _ = await post(completions, [completion(f"WO-{n}") for n in range(60)])
             assert status == 413 and "4096" in body["error"]
             assert agent.pipeline.counters.readings_total == 0
+            counters = sources_status(agent)["mes-webhook"]["counters"]
+            assert counters == {
+                "posts_accepted_total": 0, "posts_replayed_total": 0,
+                "posts_rejected_total": 2, "posts_busy_total": 0,
+                "posts_unauthorized_total": 1, "posts_refused_total": 2,
+            }
     assert business_events(subscriber) == []
 
 
