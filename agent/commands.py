@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from agent.events import CONTENT_TYPE as EVENTS_CONTENT_TYPE
-from agent.events import AgentIdentity, encode_batch
+from agent.events import AgentIdentity, IdentityHistory, encode_batch
 from agent.forwarder import REPLAY_PROPERTY
 from agent.mqtt_session import MqttSession, MqttSessionError, PubAck
 from agent.signing import Refused, RequestVerifier
@@ -565,7 +565,7 @@ async def replay_retained(
     session: MqttSession,
     *,
     topic_base: str,
-    identity: AgentIdentity,
+    identity: AgentIdentity | IdentityHistory,
     since: float,
     until: float,
     kinds: Sequence[str] | None,

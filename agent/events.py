@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -434,6 +435,31 @@ class AgentIdentity:
     agent: str
 
 
+@dataclass(frozen=True)
+class IdentityHistory:
+    """The identity each seq was accepted under: `changes` is `(first seq, identity)`
+    ascending, as the buffer records it (`Buffer.note_identity`). A site or agent renamed in
+    the config relabels only what is accepted after the rename: a body is stored without its
+    site and agent, but its `source` and id were made under the old ones."""
+
+    changes: tuple[tuple[int, AgentIdentity], ...]
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[int, str, str]]) -> IdentityHistory:
+        return cls(tuple((seq, AgentIdentity(site, agent)) for seq, site, agent in rows))
+
+    @functools.cached_property
+    def _starts(self) -> list[int]:
+        return [seq for seq, _ in self.changes]
+
+    def at(self, seq: int) -> AgentIdentity | None:
+        """The identity `seq` was accepted under; the first one for a seq before it."""
+        if not self.changes:
+            return None
+        index = bisect.bisect_right(self._starts, seq) - 1
+        return self.changes[max(index, 0)][1]
+
+
 class StoredEvent(Protocol):
     """What publishing needs of a buffered event (`buffer.base.StoredRecord` is one)."""
 
@@ -582,10 +608,25 @@ def array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def encode_batch(events: Iterable[StoredEvent], identity: AgentIdentity | None) -> bytes:
+def encode_batch(
+    events: Iterable[StoredEvent], identity: AgentIdentity | IdentityHistory | None
+) -> bytes:
     """One MQTT payload: a msgpack array of envelopes, from buffered events (either stored
-    format), with `seq` and the fields the buffer does not store spliced in. `identity` may be
-    None only when every body is stored whole (format 1); else ValueError."""
+    format), with `seq` and the fields the buffer does not store spliced in: the site and
+    agent of `identity`, or of the identity each seq was accepted under (`IdentityHistory`).
+    `identity` may be None only when every body is stored whole (format 1); else ValueError."""
+    if isinstance(identity, IdentityHistory):
+        events = list(events)
+        changes = identity.changes
+        if len(changes) > 1 and events and min(e.seq for e in events) < changes[-1][0]:
+            # Events from before a rename in this batch: splice per event.
+            by_identity: dict[AgentIdentity | None, dict[str, bytes]] = {}
+            parts = []
+            for event in events:
+                own = identity.at(event.seq)
+                parts.append(_expand(event, own, by_identity.setdefault(own, {})))
+            return array_header(len(parts)) + b"".join(parts)
+        identity = changes[-1][1] if changes else None
     types: dict[str, bytes] = {}
     parts = [_expand(event, identity, types) for event in events]
     return array_header(len(parts)) + b"".join(parts)

@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
-from agent.events import CONTENT_TYPE, AgentIdentity, encode_batch
+from agent.events import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
 from agent.mqtt_session import ConnectionLost, MqttSession, NotConnected, PacketTooLarge, PubAck
 from buffer.base import Buffer, BufferUnavailable, StoredRecord
 from config.schema import Priority
@@ -148,7 +148,7 @@ class Forwarder:
         session: MqttSession,
         *,
         topic_base: str,
-        identity: AgentIdentity | None = None,
+        identity: AgentIdentity | IdentityHistory | None = None,
         batch_max_events: int = 500,
         batch_max_wait_s: float = 0.05,
         max_inflight: int = 16,
@@ -156,12 +156,13 @@ class Forwarder:
         pacing: BacklogPacing | None = None,
     ) -> None:
         """`identity`: the agent's site and id, spliced into every event stored without them
-        (`agent.events.encode_body`); None only where every body is stored whole.
+        (`agent.events.encode_body`), or the buffer's history of them (`identity` can be
+        replaced before `run`); None only where every body is stored whole.
         `pacing`: how fast the backlog lane may go; None: as fast as the broker takes it."""
         self._buffer = buffer
         self._session = session
         self._topic_base = topic_base.rstrip("/")
-        self._identity = identity
+        self.identity = identity
         self._batch_max_events = batch_max_events
         self._batch_max_wait_s = batch_max_wait_s
         self._max_inflight = max_inflight
@@ -347,7 +348,7 @@ class Forwarder:
         """Publish `records` as one message, halving it while it exceeds the broker's maximum
         packet size (or a size it refused); a single event that cannot fit is dead-lettered.
         False when the connection is no longer usable."""
-        payload = encode_batch(records, self._identity)
+        payload = encode_batch(records, self.identity)
         refused = self._refused_payload_size
         if refused is not None and len(payload) >= refused:
             if len(records) == 1:

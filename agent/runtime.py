@@ -44,7 +44,7 @@ from agent.commands import (
     replay_retained,
 )
 from agent.credentials import hub_credentials
-from agent.events import AgentIdentity
+from agent.events import AgentIdentity, IdentityHistory
 from agent.forwarder import Forwarder
 from agent.mapping import Mapper
 from agent.mapping_state import COUNTERS_FILE, CounterBaselines
@@ -321,6 +321,11 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order (module docstring)."""
         grace = self.config.agent.shutdown_grace_s
+        # Before anything is accepted (and after the previous generation stopped accepting):
+        # from here on, records are this site's and agent's; older ones keep theirs.
+        self.forwarder.identity = IdentityHistory.of(
+            await self.buffer.note_identity(self.config.agent.site, self.config.agent.id)
+        )
         async with self.session, asyncio.TaskGroup() as group:
             forwarder = group.create_task(self.forwarder.run(), name="forwarder")
             pipeline = group.create_task(self.pipeline.run(), name="pipeline")
@@ -379,7 +384,7 @@ class Agent:
         capability once that exists."""
         return await replay_retained(
             self.buffer, self.session, topic_base=f"{self.topic_root}/events",
-            identity=AgentIdentity(site=self.config.agent.site, agent=self.config.agent.id),
+            identity=IdentityHistory.of(await self.buffer.identities()),
             since=since, until=until, kinds=types,
             batch_max_events=self.config.hub.batch_max_events,
         )

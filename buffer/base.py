@@ -161,6 +161,15 @@ class Buffer(Protocol):
         """The committed source state entries whose key starts with `prefix`."""
         ...
 
+    async def note_identity(self, site: str, agent: str) -> list[tuple[int, str, str]]:
+        """Record that records from the next seq on are accepted as `site`/`agent` (unless it
+        is already the latest); return the history, `(from_seq, site, agent)` ascending."""
+        ...
+
+    async def identities(self) -> list[tuple[int, str, str]]:
+        """The identity history recorded by `note_identity`."""
+        ...
+
     async def drop_source_state(self, prefix: str, older_than: float) -> int:
         """Delete the entries under `prefix` last written before `older_than` (epoch s)."""
         ...

@@ -37,7 +37,7 @@ because repeats of an id are recognised and skipped.
    memory per priority and re-read after any transaction that did not finish cleanly. Every
    record given up for room is counted in `evictions` in the same transaction that gave it up.
 
-# On-disk layout (schema version 4, in `PRAGMA user_version`)
+# On-disk layout (schema version 5, in `PRAGMA user_version`)
 
 ```
 events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq order
@@ -51,6 +51,7 @@ dead_letters  number INTEGER PRIMARY KEY       the order they were set aside (sc
               id, kind, priority, body, reason, dead_at
 evictions     priority, kind, reason, count          (schema version 2)
 source_state  key TEXT PRIMARY KEY, value TEXT, updated_at REAL   (schema version 4)
+identities    from_seq INTEGER PRIMARY KEY, site TEXT, agent TEXT  (schema version 5)
 ```
 
 An id that is a UUID in canonical text form (what `agent.events` makes) is stored as its 16
@@ -65,6 +66,11 @@ opaque here; `agent.events` stores it without what the row or the agent already 
 database cursor, an idempotency key it answered. `append(records, state=...)` writes it in the
 same transaction as the records, so the two never disagree after a crash: a cursor never runs
 ahead of (or behind) the events of the rows it passed.
+
+`identities` says under which site and agent id the records from `from_seq` on were accepted
+(`note_identity`, called by each agent generation before it accepts anything). Stored bodies
+leave the site and agent out (`agent.events`); whoever publishes them splices them back in from
+this history, so renaming a site or an agent relabels only what is accepted after the rename.
 
 A dead letter with a `seq` was accepted and then given up (`dead_letter`): its seq is a gap the
 consumer sees, and the row names it. One without (`set_aside`: a reading the pipeline rejected)
@@ -242,6 +248,14 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL,
         updated_at REAL NOT NULL
+    );
+    """,
+    # Version 5: the site and agent id records were accepted under (`note_identity`).
+    """
+    CREATE TABLE identities (
+        from_seq INTEGER PRIMARY KEY,
+        site TEXT NOT NULL,
+        agent TEXT NOT NULL
     );
     """,
 )
@@ -1034,6 +1048,30 @@ class SqliteBuffer:
             )
         return {str(key): str(value) for key, value in rows}
 
+    async def note_identity(self, site: str, agent: str) -> list[tuple[int, str, str]]:
+        """Record that records from the next seq on are accepted as `site`/`agent`, unless
+        that is already the latest identity; return the whole history, `(from_seq, site,
+        agent)` ascending. A file's first identity covers every record before it (from seq 0:
+        agents before schema version 5 spliced their current identity in, as this one does)."""
+        async with self._transaction("note_identity") as db:
+            history = await _identities(db)
+            if not history or history[-1][1:] != (site, agent):
+                (value,) = _one(
+                    await db.execute_fetchall("SELECT value FROM meta WHERE key = 'last_seq'")
+                )
+                from_seq = int(value) + 1 if history else 0
+                await db.execute(
+                    "INSERT OR REPLACE INTO identities (from_seq, site, agent) VALUES (?, ?, ?)",
+                    (from_seq, site, agent),
+                )
+                history = await _identities(db)
+        return history
+
+    async def identities(self) -> list[tuple[int, str, str]]:
+        """The identity history (`note_identity`), `(from_seq, site, agent)` ascending."""
+        async with self._transaction("identities", write=False) as db:
+            return await _identities(db)
+
     async def drop_source_state(self, prefix: str, older_than: float) -> int:
         """Delete the entries under `prefix` last written before `older_than` (epoch s)."""
         async with self._transaction("drop_source_state") as db:
@@ -1225,6 +1263,13 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> bool:
             raise
         log.info("buffer %s: schema migrated to version %d", path, target)
     return bool(version == 0)
+
+
+async def _identities(db: aiosqlite.Connection) -> list[tuple[int, str, str]]:
+    rows = await db.execute_fetchall(
+        "SELECT from_seq, site, agent FROM identities ORDER BY from_seq"
+    )
+    return [(int(seq), str(site), str(agent)) for seq, site, agent in rows]
 
 
 async def _write_state(

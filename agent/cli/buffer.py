@@ -181,16 +181,22 @@ async def _replay_async(
 ) -> tuple[int, int]:
     from agent import store
     from agent.credentials import hub_credentials
-    from agent.events import CONTENT_TYPE, AgentIdentity, encode_batch
+    from agent.events import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
     from agent.forwarder import REPLAY_PROPERTY
     from agent.mqtt_session import MqttSession, PacketTooLarge, PubAck
 
     hub = config.hub
     topic_base = f"{hub.topic_prefix}/{config.agent.site}/{config.agent.id}/events"
-    identity = AgentIdentity(site=config.agent.site, agent=config.agent.id)
     credentials = hub_credentials(hub)
     sent = refused = 0
     async with store.open_store(config, role="edge-agent buffer replay") as buffer:
+        # Each event with the site and agent it was accepted under (a rename since then
+        # does not relabel it); a buffer no agent has run on since schema 5: the config's.
+        history = await buffer.identities()
+        identity: AgentIdentity | IdentityHistory = (
+            IdentityHistory.of(history) if history
+            else AgentIdentity(site=config.agent.site, agent=config.agent.id)
+        )
         session = MqttSession(
             host=hub.host,
             port=hub.port,

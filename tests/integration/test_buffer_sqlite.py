@@ -406,7 +406,7 @@ async def test_a_version_2_file_is_migrated_keeping_its_dead_letters(tmp_path: P
         assert await buffer.retry_dead_letters([7]) == (1, 0)
         assert [r.seq for r in await lease_all(buffer)] == [7]
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone() == (4,)
+        assert check.execute("PRAGMA user_version").fetchone() == (5,)
     check.close()
 
 
@@ -468,6 +468,25 @@ async def test_stats_are_exact(tmp_path: Path) -> None:
         assert stats.file_bytes == path.stat().st_size + wal.stat().st_size > 0
 
 
+async def test_the_identity_history_starts_where_a_rename_does(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    async with SqliteBuffer.open(path) as buffer:
+        await buffer.append(records("a", 3))
+        # The first identity covers what is already there.
+        assert await buffer.note_identity("plant-a", "edge-01") == [(0, "plant-a", "edge-01")]
+        assert await buffer.note_identity("plant-a", "edge-01") == [(0, "plant-a", "edge-01")]
+        await buffer.append(records("b", 2))
+        assert await buffer.note_identity("plant-b", "edge-01") == [
+            (0, "plant-a", "edge-01"), (6, "plant-b", "edge-01"),
+        ]
+        # Renamed again before anything was accepted: the later name replaces it.
+        assert await buffer.note_identity("plant-c", "edge-02") == [
+            (0, "plant-a", "edge-01"), (6, "plant-c", "edge-02"),
+        ]
+    async with SqliteBuffer.open(path, read_only=True) as reader:
+        assert await reader.identities() == [(0, "plant-a", "edge-01"), (6, "plant-c", "edge-02")]
+
+
 # --- opening -----------------------------------------------------------------------------------
 
 
@@ -479,7 +498,7 @@ async def test_open_creates_the_directory_and_uses_wal(tmp_path: Path) -> None:
         assert path.with_name("buffer.db-wal").exists()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)
     db.close()
 
 

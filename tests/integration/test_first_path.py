@@ -163,3 +163,34 @@ async def test_broker_outage_loses_nothing(
     all_events = decode_events(subscriber.messages)
     assert len(all_events) >= len(events)
     unique_by_id(all_events)
+
+
+async def test_a_renamed_site_relabels_only_what_is_accepted_after_the_rename(
+    tmp_path: Path, plant: FillingLinePlant
+) -> None:
+    """Events buffered as plant-a while the hub was down reach the hub as plant-a after the
+    config renamed the site to plant-b (their `source` and ids were made as plant-a); what
+    is accepted after the rename is plant-b's."""
+    broker = MosquittoBroker()
+    config = write_config(tmp_path, broker, plant)
+    async with running_agent(config) as agent:  # no broker running: all stays buffered
+        await until(lambda: len(accepted_in_buffer(buffer_path(agent.config))) >= 3,
+                    "the 3 current values buffered")
+    old = accepted_in_buffer(buffer_path(load_config(config)))
+    config.write_text(config.read_text().replace('site = "plant-a"', 'site = "plant-b"'))
+    with broker, Subscriber(broker, "mfg/#") as subscriber:
+        async with running_agent(config):
+            await plant.write(FILLER_TEMPERATURE, 71.5)
+            events = await events_at_hub(subscriber, len(old) + 4)
+            await asyncio.sleep(0.3)  # anything extra would arrive by now
+
+    by_seq = {event["seq"]: event for event in events}
+    assert sorted(e["seq"] for e in events) == list(range(1, len(events) + 1))
+    for event in events:
+        site = "plant-a" if event["id"] in old else "plant-b"
+        assert (event["site"], event["agent"]) == (site, "edge-01"), event
+        assert event["source"].startswith(f"/{site}/edge-01/"), event
+    assert {by_seq[seq]["id"] for seq in old.values()} == set(old)
+    renamed = [e for e in events if e["site"] == "plant-b"]
+    assert 71.5 in [e["data"].get("value") for e in renamed]
+    assert min(e["seq"] for e in renamed) == max(old.values()) + 1

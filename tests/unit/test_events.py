@@ -18,6 +18,7 @@ from agent.events import (
     RETIRED_EVENT_MODELS,
     AgentIdentity,
     Event,
+    IdentityHistory,
     decode_batch,
     encode_batch,
     encode_body,
@@ -139,3 +140,21 @@ def test_every_type_has_a_schema() -> None:
     assert set(json_schemas()) == {t.name for t in EVENT_TYPES.values()} | set(
         AGENT_EVENT_MODELS
     ) | set(RETIRED_EVENT_MODELS)
+
+
+def test_each_event_is_spliced_with_the_identity_its_seq_was_accepted_under() -> None:
+    renamed = AgentIdentity(site="plant-b", agent="edge-07")
+    history = IdentityHistory(((0, IDENTITY), (3, renamed)))
+    event = telemetry_event()
+    batch = [stored(event, seq) for seq in (1, 2, 3, 4)]
+
+    published = decode_batch(encode_batch(batch, history))
+
+    assert [(e["seq"], e["site"], e["agent"]) for e in published] == [
+        (1, "plant-a", "edge-01"), (2, "plant-a", "edge-01"),
+        (3, "plant-b", "edge-07"), (4, "plant-b", "edge-07"),
+    ]
+    # After the last rename (the usual case) it is the same bytes as the one identity.
+    assert encode_batch(batch[2:], history) == encode_batch(batch[2:], renamed)
+    assert encode_batch(batch, IdentityHistory(((0, IDENTITY),))) == encode_batch(batch, IDENTITY)
+    assert history.at(-5) == IDENTITY and IdentityHistory(()).at(1) is None
