@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import logging
-import ssl
 import sys
 import time
 import uuid
@@ -88,9 +87,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _hub_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hub", required=True, help="the hub broker, mqtt://HOST:PORT")
+    parser.add_argument("--hub", required=True,
+                        help="the hub broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)")
     parser.add_argument("--prefix", default="mfg", help="topic prefix (default mfg)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    tls = parser.add_argument_group("hub security (as [hub] in the agent's config)")
+    tls.add_argument("--ca-file", type=Path,
+                     help="CA certificate(s) the broker's certificate must chain to "
+                          "(mqtts; default: the system's CAs)")
+    tls.add_argument("--client-cert", type=Path, help="client certificate (PEM), for mTLS")
+    tls.add_argument("--client-key", type=Path, help="the client certificate's private key")
+    tls.add_argument("--username", help="MQTT username")
+    tls.add_argument("--password-file", type=Path,
+                     help="file holding the MQTT password (never on the command line)")
 
 
 def _target_arguments(parser: argparse.ArgumentParser, *, key_required: bool) -> None:
@@ -105,24 +114,68 @@ def _target_arguments(parser: argparse.ArgumentParser, *, key_required: bool) ->
 # -- the hub connection ------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def _hub_session(
-    url: str, timeout: float, on_message: Callable[[str, bytes, Any], None]
-) -> Any:
-    from agent.mqtt_session import MqttSession
+# The config's `[hub]` keys, as this CLI spells them (in error messages).
+_HUB_OPTIONS = {
+    "url": "--hub", "ca_file": "--ca-file", "cert_file": "--client-cert",
+    "key_file": "--client-key", "username": "--username", "password": "--password-file",
+}
+
+
+def _hub_message(message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    for key, option in _HUB_OPTIONS.items():
+        message = message.replace(f"hub.{key}", option).replace(f"`{key}`", option)
+    return message
+
+
+def _hub_section(args: argparse.Namespace) -> Any:
+    """The `--hub` options as the config's `[hub]` section: the same checks, the same TLS
+    and password handling as the agent's own connection (`agent.credentials`)."""
+    from pydantic import ValidationError
+
     from config.schema import HubSection
 
+    def absolute(path: Path | None) -> str | None:
+        return str(path.expanduser().absolute()) if path is not None else None
+
+    options = {
+        "ca_file": absolute(args.ca_file), "cert_file": absolute(args.client_cert),
+        "key_file": absolute(args.client_key), "username": args.username,
+        "password": f"file:{absolute(args.password_file)}" if args.password_file else None,
+    }
     try:
-        hub = HubSection(url=url)
-    except ValueError as error:
-        raise _Failure(f"bad --hub: {error}") from error
+        return HubSection(url=args.hub, **{k: v for k, v in options.items() if v is not None})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{_HUB_OPTIONS.get(str(e['loc'][0]), '--hub') if e['loc'] else '--hub'}: "
+            f"{_hub_message(e['msg'])}"
+            for e in error.errors()
+        )
+        raise _Failure(f"bad hub options: {problems}") from error
+
+
+@asynccontextmanager
+async def _hub_session(
+    args: argparse.Namespace, on_message: Callable[[str, bytes, Any], None]
+) -> Any:
+    from agent.credentials import CredentialError, hub_credentials
+    from agent.mqtt_session import MqttSession
+
+    hub = _hub_section(args)
+    timeout = args.timeout
+    try:
+        credentials = hub_credentials(hub)
+    except CredentialError as error:
+        raise _Failure(_hub_message(str(error))) from error
     quiet = logging.getLogger("edge-agent.cli.hub")
     quiet.setLevel(logging.CRITICAL)
     session = MqttSession(
         host=hub.host,
         port=hub.port,
         client_id=f"edge-agent-cli-{uuid.uuid4().hex[:12]}",
-        tls=ssl.create_default_context() if hub.tls else None,
+        tls=credentials.tls,
+        username=credentials.username,
+        password=credentials.password,
         connect_timeout_s=timeout,
         reconnect_min_s=0.2,
         reconnect_max_s=1.0,
@@ -135,7 +188,8 @@ async def _hub_session(
 
 async def _connected(session: Any, url: str, timeout: float) -> None:
     if not await session.wait_connected(timeout):
-        raise _Failure(f"cannot reach the hub at {url} within {timeout:g} s")
+        why = f": {session.last_error}" if session.last_error else ""
+        raise _Failure(f"cannot reach the hub at {url} within {timeout:g} s{why}")
 
 
 def _run(coroutine: Any) -> int:
@@ -191,7 +245,7 @@ async def _ask(args: argparse.Namespace, command: str, request: dict[str, Any]) 
                 answers.put_nowait(payload)
 
     deadline = time.monotonic() + args.timeout
-    async with _hub_session(args.hub, args.timeout, on_message) as session:
+    async with _hub_session(args, on_message) as session:
         await session.subscribe(reply_topic, qos=1)
         await _connected(session, args.hub, args.timeout)
         future = session.publish(
@@ -320,7 +374,7 @@ async def _watch_fleet(args: argparse.Namespace) -> int:
         statuses[f"{parts[-3]}/{parts[-2]}"] = document
         changed.set()
 
-    async with _hub_session(args.hub, args.timeout, on_message) as session:
+    async with _hub_session(args, on_message) as session:
         await session.subscribe(f"{args.prefix}/+/+/status", qos=1)
         await _connected(session, args.hub, args.timeout)
         # Retained statuses arrive right after the subscription: wait until they stop coming.
@@ -473,7 +527,7 @@ async def _tail_events(args: argparse.Namespace) -> int:
                 done.set()
                 return
 
-    async with _hub_session(args.hub, args.timeout, on_message) as session:
+    async with _hub_session(args, on_message) as session:
         await session.subscribe(f"{args.prefix}/{args.site}/{args.agent}/events/#", qos=1)
         await _connected(session, args.hub, args.timeout)
         try:

@@ -5,8 +5,10 @@ is cut while the broker stays up)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.credentials import CredentialError, hub_credentials
 from agent.mqtt_session import MqttSession
+from agent.status import offline_payload
 from config.schema import HubSection
 from tests.support.broker import MosquittoBroker
 from tests.support.tcp_proxy import TcpProxy
@@ -228,3 +231,52 @@ def publish_direct(broker: MosquittoBroker, topic: str, payload: bytes) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def fleet_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "fleet", "--json", "--timeout", "5", *args],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+    )
+
+
+async def test_the_hub_tools_connect_with_tls_client_certificate_and_password(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """`edge-agent fleet` (and every hub tool: they share the options) against a broker that
+    wants mTLS and a password, as the agent's own `[hub]` does."""
+    passwords = password_file_text(tmp_path, "hub-ops", "s3cret")
+    (tmp_path / "password").write_text("s3cret\n")
+    (tmp_path / "wrong").write_text("guess\n")
+    conf = [*tls_listener_conf(pki), "allow_anonymous false", "password_file {workdir}/passwords"]
+    with MosquittoBroker(conf, files={"passwords": passwords}) as broker:
+        hub = tls_hub(
+            broker, ca_file=str(pki.ca), cert_file=str(pki.client_cert),
+            key_file=str(pki.client_key), username="hub-ops",
+            password=f"file:{tmp_path / 'password'}",
+        )
+        async with hub_session(hub) as session:
+            assert await session.wait_connected(timeout=10.0), session.last_error
+            ack = await session.publish(
+                "mfg/plant-a/edge-09/status", offline_payload("plant-a", "edge-09", "stopped"),
+                qos=1, retain=True,
+            )
+            assert ack.ok
+        options = [
+            "--hub", f"mqtts://127.0.0.1:{broker.port}", "--ca-file", str(pki.ca),
+            "--client-cert", str(pki.client_cert), "--client-key", str(pki.client_key),
+            "--username", "hub-ops",
+        ]
+        fleet = fleet_cli(*options, "--password-file", str(tmp_path / "password"))
+        refused = fleet_cli(*options, "--password-file", str(tmp_path / "wrong"))
+        untrusted = fleet_cli(*options[:2], "--ca-file", str(pki.other_ca), *options[4:],
+                              "--password-file", str(tmp_path / "password"))
+        no_cert = fleet_cli(*options[:4], "--client-key", str(pki.client_key))
+
+    assert fleet.returncode == 0, fleet.stderr
+    [row] = [json.loads(line) for line in fleet.stdout.splitlines()]
+    assert (row["agent"], row["state"], row["reason"]) == ("plant-a/edge-09", "offline", "stopped")
+    assert refused.returncode == 1
+    assert "cannot reach the hub" in refused.stderr and "refused by broker" in refused.stderr
+    assert untrusted.returncode == 1 and "certificate" in untrusted.stderr, untrusted.stderr
+    assert no_cert.returncode == 1 and "--client-key" in no_cert.stderr, no_cert.stderr
