@@ -989,15 +989,33 @@ class SqliteBuffer:
             where, params = "WHERE seq IS NOT NULL", tuple[int, ...]()
             if seqs is not None:
                 where, params = f"WHERE seq IN ({_placeholders(len(seqs))})", tuple(seqs)
-            (wanted,) = _one(await db.execute_fetchall(
-                f"SELECT count(*) FROM dead_letters {where}", params
+            rows = list(await db.execute_fetchall(
+                f"SELECT {_COLUMNS} FROM dead_letters {where}", params
             ))
-            cursor = await db.execute(
-                f"INSERT OR IGNORE INTO events ({_COLUMNS})"
-                f" SELECT {_COLUMNS} FROM dead_letters {where}",
-                params,
-            )
-            moved = cursor.rowcount
+            wanted = len(rows)
+            # Held again: looked up in both stored forms (a dead letter set aside by an older
+            # agent has its UUID id as text, the events table as 16 bytes, and the UNIQUE
+            # index does not see those as equal).
+            texts = {id_text(row[1]) for row in rows}
+            lookups = [*{stored_id(text) for text in texts}, *texts]
+            held: set[str] = set()
+            for start in range(0, len(lookups), _PARAMS_PER_STATEMENT):
+                chunk = lookups[start : start + _PARAMS_PER_STATEMENT]
+                found = await db.execute_fetchall(
+                    f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})", chunk
+                )
+                held.update(id_text(held_id) for (held_id,) in found)
+            moved = 0
+            for seq, record_id, kind, priority, body, accepted_at in rows:
+                text = id_text(record_id)
+                if text in held:
+                    continue
+                held.add(text)  # the same fact twice among the dead letters: once
+                cursor = await db.execute(
+                    f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, stored_id(text), kind, priority, body, accepted_at),
+                )
+                moved += cursor.rowcount
             priorities = await db.execute_fetchall(
                 f"SELECT DISTINCT priority FROM dead_letters {where}", params
             )

@@ -468,6 +468,30 @@ async def test_stats_are_exact(tmp_path: Path) -> None:
         assert stats.file_bytes == path.stat().st_size + wal.stat().st_size > 0
 
 
+async def test_retrying_a_dead_letter_with_a_text_id_finds_the_fact_held_as_bytes(
+    tmp_path: Path,
+) -> None:
+    """Dead letters an older agent set aside hold a UUID id as text; the events table now holds
+    it as 16 bytes. A retry must see the same fact in both forms: no duplicate goes out."""
+    path = tmp_path / "buffer.db"
+    held, fresh = str(uuid.uuid4()), str(uuid.uuid4())
+    async with SqliteBuffer.open(path) as buffer:
+        await buffer.append([Record(held, "reading", 0, b"again")])
+    with sqlite3.connect(path) as db:  # as an agent before 16-byte ids left them
+        db.executemany(
+            "INSERT INTO dead_letters (seq, id, kind, priority, body, accepted_at, reason,"
+            " dead_at) VALUES (?, ?, 'reading', 0, ?, 1.0, 'too large', 2.0)",
+            [(7, held, b"old"), (8, fresh, b"old")],
+        )
+    db.close()
+    async with SqliteBuffer.open(path) as buffer:
+        assert await buffer.retry_dead_letters() == (1, 1)
+        assert [(r.seq, r.id) for r in await lease_all(buffer)] == [(1, held), (8, fresh)]
+        # Moved back in the stored form: the same fact offered again is a duplicate.
+        assert (await buffer.append([Record(fresh, "reading", 0, b"x")])).duplicates == 1
+        assert await buffer.dead_letters() == []
+
+
 async def test_the_identity_history_starts_where_a_rename_does(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
     async with SqliteBuffer.open(path) as buffer:
