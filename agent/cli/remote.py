@@ -8,7 +8,9 @@
     edge-agent tail --hub URL [--site S] [--type T] [--count N] [--duration S]
     edge-agent keys create --out DIR [--name NAME]
 
-Each connects to the hub with its own MQTT v5 client (`MqttSession`), bounded by `--timeout`.
+Each connects to the hub with its own MQTT v5 client (`MqttSession`), bounded by `--timeout`,
+secured like the agent's `[hub]`: `--ca-file`, `--client-cert`/`--client-key`, `--username`,
+`--password-file`.
 Exit codes: 0 success, 1 no answer / refused / hub unreachable, 2 bad usage.
 """
 
