@@ -41,6 +41,20 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
+class _LibraryConnectionErrors(logging.Filter):
+    """asyncua logs a lost connection from inside its own loops as an error with a traceback
+    ("Publish iteration crashed; retrying in 1s" when a server restarts); the connector reports
+    the same loss in its own words (source, reason, next retry). Those records are dropped,
+    unless `log_level = "debug"`. Any other error of a library still shows, with its
+    traceback: that one may be a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("asyncua") or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        return not isinstance(error, OSError) or logging.getLogger().level <= logging.DEBUG
+
+
 def _traceback_wanted(record: logging.LogRecord) -> bool:
     if not record.exc_info:
         return False
@@ -121,6 +135,7 @@ def configure(level: str = "info", log_format: LogFormat = "keyvalue") -> None:
         formatter = JsonFormatter(journal=journal)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_LibraryConnectionErrors())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.logs import JsonFormatter, KeyValueFormatter
+from agent.logs import JsonFormatter, KeyValueFormatter, configure
 from config.loader import ConfigError, load_config
 
 HEAD = """
@@ -101,3 +101,32 @@ def test_json_lines_are_one_object_each() -> None:
     assert document["level"] == "warning" and document["source"] == "line1"
     assert document["msg"] == 'source=line1 unavailable: said "no"'
     assert "traceback" not in document
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_a_library_connection_error_is_left_to_the_connector_but_a_bug_shows(
+    level: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What asyncua logs when a server goes away (its publish loop "crashed" on a closed
+    connection) is not printed: the connector says it in its own words. Through the real
+    logging set-up; a bug's error (not a connection error) keeps its traceback."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure(level, "keyvalue")
+        library = logging.getLogger("asyncua.client.ua_session.UaSession")
+        for error in (ConnectionError("Connection is closed"), ValueError("bad struct")):
+            try:
+                raise error
+            except Exception:
+                library.exception("Publish iteration crashed; retrying in 1s")
+        printed = capsys.readouterr().err
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert "ValueError: bad struct" in printed  # a possible bug: shown, with its traceback
+    if level == "debug":
+        assert "ConnectionError: Connection is closed" in printed
+    else:
+        assert "ConnectionError" not in printed
+        assert printed.count("Publish iteration crashed") == 1
