@@ -103,9 +103,10 @@ class AgentHost:
 
 
 def build_connector(source: Source, host: SourceHost) -> Connector:
-    # Each connector's module (and its client library: asyncua, aiohttp, asyncpg) is imported
-    # only when a source of its type is configured: together they hold about 50 MiB of memory
-    # that an agent without such a source should not pay (issue 8's footprint target).
+    # Each connector's module (and its client library) is imported only when a source of its
+    # type is configured: aiohttp and asyncpg hold about 11 MiB that an agent without MES
+    # sources should not pay (issue 8's footprint target). asyncua is loaded in any case: the
+    # config's OPC UA address parsing uses it.
     if isinstance(source, MesSqlSource):
         from connectors.mes_sql.connector import MesSqlConnector
 
