@@ -58,9 +58,9 @@ def test_verify_accepts_once_and_names_each_refusal() -> None:
     request = ops.sign("pause", {"source": "line1"}, target=TARGET)
     assert check.verify("pause", request) == "ops"
 
-    def reason(command: str, request: dict) -> str:
+    def reason(command: str, request: dict, now: float | None = None) -> str:
         with pytest.raises(Refused) as refused:
-            check.verify(command, request)
+            check.verify(command, request, now=now)
         return refused.value.reason
 
     assert reason("pause", request) == "replayed"
@@ -69,8 +69,13 @@ def test_verify_accepts_once_and_names_each_refusal() -> None:
     assert reason("pause", pair("nobody")[0].sign("pause", {}, target=TARGET)) == "unknown_key"
     assert reason("pause", pair("viewer")[0].sign("pause", {}, target=TARGET)) == "key_not_allowed"
     assert reason("reload", ops.sign("reload", {}, target=TARGET)) == "key_not_allowed"
-    assert reason("pause", ops.sign("pause", {}, target=TARGET, now=time.time() - 31)) == "stale"
-    assert reason("pause", ops.sign("pause", {}, target=TARGET, now=time.time() + 31)) == "stale"
+    # One clock reading for signing and checking: `ts` is whole seconds (truncated), so a
+    # request signed 31 s ahead can be only 30.01 s ahead, and any delay before the check
+    # would bring it inside the ±30 s window.
+    now = time.time()
+    assert reason("pause", ops.sign("pause", {}, target=TARGET, now=now - 31), now) == "stale"
+    assert reason("pause", ops.sign("pause", {}, target=TARGET, now=now + 31), now) == "stale"
+    assert check.verify("pause", ops.sign("pause", {}, target=TARGET, now=now + 29), now=now)
     assert reason("pause", ops.sign("pause", {}, target="plant-b/edge-01")) == "bad_signature"
     signed = ops.sign("pause", {"source": "a"}, target=TARGET)
     assert reason("pause", {**signed, "args": {"source": "b"}}) == "bad_signature"
