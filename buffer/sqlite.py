@@ -355,6 +355,10 @@ class SqliteBuffer:
         # Committed last_seq, or None when a failed or cancelled transaction left it unknown.
         self._last_seq: int | None = last_seq
         self._known_last_seq = last_seq
+        # Whether rows may hold a UUID id as text (written before 16-byte ids): only then does
+        # `append` look each id up in that form too. Set when the file is opened for writing;
+        # nothing writes that form any more, so it never turns true later.
+        self._text_uuid_ids = True
         # Pending rows and bytes per priority, retained bytes; None = re-read before use.
         self._pending_count: dict[int, int] = {}
         self._pending_bytes: dict[int, int] = {}
@@ -484,6 +488,10 @@ class SqliteBuffer:
                     capacity=capacity,
                 )
                 await buffer._refresh_counts()
+                # Text sorts before blobs in the id index: this reads only the text ids.
+                buffer._text_uuid_ids = bool(await db.execute_fetchall(
+                    "SELECT 1 FROM events WHERE id < x'' AND length(id) = 36 LIMIT 1"
+                ))
                 # Leases read on their own connection (see "Why leases read on their own
                 # connection"); it only ever sees committed rows.
                 buffer._reader = await aiosqlite.connect(path, isolation_level=None)
@@ -595,7 +603,9 @@ class SqliteBuffer:
             keys = {record_id: stored_id(record_id) for record_id in batch}
             # A UUID id is looked up as stored now (16 bytes) and as older agents stored it
             # (text): a file written before the upgrade still recognises its ids.
-            lookups = [*keys.values(), *(i for i, key in keys.items() if key is not i)]
+            lookups = list(keys.values())
+            if self._text_uuid_ids:
+                lookups += [i for i, key in keys.items() if key is not i]
             for start in range(0, len(lookups), _PARAMS_PER_STATEMENT):
                 chunk = lookups[start : start + _PARAMS_PER_STATEMENT]
                 rows = await db.execute_fetchall(
@@ -1005,17 +1015,16 @@ class SqliteBuffer:
                     f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})", chunk
                 )
                 held.update(id_text(held_id) for (held_id,) in found)
-            moved = 0
+            back = []
             for seq, record_id, kind, priority, body, accepted_at in rows:
                 text = id_text(record_id)
-                if text in held:
-                    continue
-                held.add(text)  # the same fact twice among the dead letters: once
-                cursor = await db.execute(
-                    f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, stored_id(text), kind, priority, body, accepted_at),
-                )
-                moved += cursor.rowcount
+                if text not in held:
+                    held.add(text)  # the same fact twice among the dead letters: once
+                    back.append((seq, stored_id(text), kind, priority, body, accepted_at))
+            cursor = await db.executemany(
+                f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", back
+            )
+            moved = max(cursor.rowcount, 0)
             priorities = await db.execute_fetchall(
                 f"SELECT DISTINCT priority FROM dead_letters {where}", params
             )
