@@ -223,12 +223,10 @@ class Pipeline:
         for reading in readings:
             state.update(reading.state)
         if events:
-            await self._append_events(events, state={} if rejected else state)
+            await self._append_events(events, state=None if rejected else state)
         if rejected:
             await self._set_aside(rejected)
-            if state:
-                await self._append([], state=state)
-        elif state and not events:
+        if state and (rejected or not events):
             await self._append([], state=state)
 
     async def _append_events(

@@ -44,7 +44,7 @@ from agent.commands import (
     replay_retained,
 )
 from agent.credentials import hub_credentials
-from agent.events import AgentIdentity, IdentityHistory
+from agent.events import IdentityHistory
 from agent.forwarder import Forwarder
 from agent.mapping import Mapper
 from agent.mapping_state import COUNTERS_FILE, CounterBaselines
@@ -272,8 +272,7 @@ class Agent:
         self.forwarder = Forwarder(
             buffer,
             self.session,
-            topic_base=f"{self.topic_root}/events",
-            identity=AgentIdentity(site=site, agent=agent_id),
+            topic_base=f"{self.topic_root}/events",  # identity: set by `run` from the buffer
             batch_max_events=hub.batch_max_events,
             batch_max_wait_s=hub.batch_max_wait_ms / 1000,
             max_inflight=hub.max_inflight,
