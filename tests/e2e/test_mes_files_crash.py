@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.support.agent_process import AgentProcess
 from tests.support.broker import MosquittoBroker, Subscriber
 from tests.support.events import EVENTS_TOPIC, decode_events, unique_by_id
-from tests.support.mes_files import HEADER, mes_files_agent_config, rows
+from tests.support.mes_files import HEADER, rows, write_mes_files_config
 
 ROWS = 30_000
 RUNNING = "running: 1 source(s)"
@@ -27,15 +27,7 @@ def orders(subscriber: Subscriber) -> tuple[set[str], int]:
 def test_sigkill_mid_file_then_restart_delivers_every_row_once(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        mes_files_agent_config(
-            hub_url=broker.url, state_dir=tmp_path / "state", folder=drop, stable_s=0.2,
-            rows_per_emit=100,
-        )
-    )
+    config, drop = write_mes_files_config(tmp_path, broker.url, stable_s=0.2, rows_per_emit=100)
     agent = AgentProcess(config, tmp_path / "agent.log")
     with Subscriber(broker, EVENTS_TOPIC) as subscriber:
         try:

@@ -14,7 +14,7 @@ from connectors.base import Reading
 from tests.integration.test_first_path import running_agent, until
 from tests.support.broker import MosquittoBroker, Subscriber
 from tests.support.events import EVENTS_TOPIC, decode_events, unique_by_id
-from tests.support.mes_files import HEADER, mes_files_agent_config, rows
+from tests.support.mes_files import HEADER, rows, write_mes_files_config
 
 
 def orders_at_hub(subscriber: Subscriber) -> dict[str, dict]:
@@ -25,14 +25,7 @@ def orders_at_hub(subscriber: Subscriber) -> dict[str, dict]:
 async def test_files_flow_wait_until_complete_and_reject_bad_rows(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        mes_files_agent_config(
-            hub_url=broker.url, state_dir=tmp_path / "state", folder=drop, stable_s=1.0
-        )
-    )
+    config, drop = write_mes_files_config(tmp_path, broker.url, stable_s=1.0)
     with Subscriber(broker, EVENTS_TOPIC) as subscriber:
         async with running_agent(config) as agent:
             # A complete file.
@@ -102,12 +95,7 @@ async def test_files_flow_wait_until_complete_and_reject_bad_rows(
 async def test_emit_returns_a_future_that_completes_on_commit(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        mes_files_agent_config(hub_url=broker.url, state_dir=tmp_path / "state", folder=drop)
-    )
+    config, _ = write_mes_files_config(tmp_path, broker.url)
     async with running_agent(config) as agent:
         from datetime import UTC, datetime
 
@@ -127,13 +115,8 @@ async def test_emit_returns_a_future_that_completes_on_commit(
 async def test_json_files_wait_for_their_marker(tmp_path: Path, broker: MosquittoBroker) -> None:
     """complete = "marker": a JSON file is taken only once FILE.done exists; the marker goes
     with it. A file that is no JSON array is rejected whole with the reason beside it."""
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    config = tmp_path / "agent.toml"
-    text = mes_files_agent_config(
-        hub_url=broker.url, state_dir=tmp_path / "state", folder=drop
-    )
-    text = text.replace('pattern = "*.csv"', 'pattern = "*.json"\nformat = "json"')
+    config, drop = write_mes_files_config(tmp_path, broker.url)
+    text = config.read_text().replace('pattern = "*.csv"', 'pattern = "*.json"\nformat = "json"')
     config.write_text(text.replace('complete = "stable"', 'complete = "marker"'))
     items = [
         {"WO": f"WO-J{n}", "MATERIAL": "M", "GOOD_QTY": n, "SCRAP_QTY": None,

@@ -20,16 +20,12 @@ from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
 EVENTS_TOPIC = "mfg/plant-a/edge-01/events/#"
 
 
-def simulated_agent_config(
-    *,
-    hub_url: str,
-    state_dir: Path,
-    rate_hz: float = 200.0,
-    extra_buffer: str = "",
-    extra_hub: str = "",
-    grace_s: float = 5.0,
+def agent_header(
+    *, hub_url: str, state_dir: Path, grace_s: float = 5.0, extra_hub: str = "",
+    buffer: str = "",
 ) -> str:
-    """A complete agent config: one simulated source, a counter and a sine, at `rate_hz`."""
+    """The [agent], [hub] and [buffer] sections the fault and MES tests share: quick
+    reconnects and batches, no periodic status; `extra_hub` and `buffer` add lines."""
     return f"""
 [agent]
 site = "plant-a"
@@ -52,8 +48,24 @@ status_interval_s = 3600
 retention_s = 3600
 backlog_max_rate = 50000
 backlog_start_delay_max_s = 0.2
-{extra_buffer}
+{buffer}
+"""
 
+
+def simulated_agent_config(
+    *,
+    hub_url: str,
+    state_dir: Path,
+    rate_hz: float = 200.0,
+    extra_buffer: str = "",
+    extra_hub: str = "",
+    grace_s: float = 5.0,
+) -> str:
+    """A complete agent config: one simulated source, a counter and a sine, at `rate_hz`."""
+    return agent_header(
+        hub_url=hub_url, state_dir=state_dir, grace_s=grace_s, extra_hub=extra_hub,
+        buffer=extra_buffer,
+    ) + f"""
 [[sources]]
 name = "sim"
 type = "simulated"

@@ -4,34 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.support.durability import agent_header
+
 HEADER = "WO;MATERIAL;GOOD_QTY;SCRAP_QTY;FINISHED\n"
 
 
-def agent_header(*, hub_url: str, state_dir: Path, buffer: str = "") -> str:
-    """The [agent], [hub] and [buffer] sections the MES tests share: quick reconnects and
-    batches, no periodic status; `buffer` adds lines to [buffer]."""
-    return f"""
-[agent]
-site = "plant-a"
-id = "edge-01"
-state_dir = "{state_dir}"
-shutdown_grace_s = 5
-
-[hub]
-url = "{hub_url}"
-keepalive_s = 5
-connect_timeout_s = 2
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-batch_max_wait_ms = 10
-status_interval_s = 3600
-
-[buffer]
-retention_s = 3600
-backlog_max_rate = 50000
-backlog_start_delay_max_s = 0.2
-{buffer}
-"""
+def write_mes_files_config(
+    tmp_path: Path, hub_url: str, *, stable_s: float = 0.5, rows_per_emit: int = 500
+) -> tuple[Path, Path]:
+    """`tmp_path/agent.toml` (`mes_files_agent_config`) and its drop folder, made:
+    (config file, folder)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    config = tmp_path / "agent.toml"
+    config.write_text(mes_files_agent_config(
+        hub_url=hub_url, state_dir=tmp_path / "state", folder=drop, stable_s=stable_s,
+        rows_per_emit=rows_per_emit,
+    ))
+    return config, drop
 
 
 def mes_files_agent_config(
