@@ -68,7 +68,12 @@ class OpcUaSignalSettings(BaseModel):
     deadband_percent: Annotated[float, Field(gt=0, le=100)] | None = None
     poll_interval_ms: Annotated[float, Field(ge=10, le=86_400_000)] = 1000.0
     backfill: bool = False
-    event_types: list[str] = Field(default_factory=list)
+    event_types: list[str] = Field(
+        default_factory=list,
+        description="mode = \"events\": only events of these types (NodeIds) and their subtypes, "
+        "with their own fields too; default ConditionType. The condition fields (active, "
+        "acknowledged, ...) are selected whatever the types (connectors.opcua.event_filter)",
+    )
 
     @field_validator("node")
     @classmethod

@@ -14,7 +14,9 @@ Per signal, by `mode`:
 - `poll`: one batched Read per poll interval for all signals sharing it; a reading is emitted
   when value, status or source timestamp changed;
 - `events`: an event monitored item on a notifier (Alarms & Conditions); each event becomes a
-  reading whose value is the message and whose attributes carry severity, condition, state.
+  reading whose value is the message and whose attributes carry severity, condition, state
+  (`active`, `acknowledged`): the filter selects each condition field against the type that
+  defines it (`connectors.opcua.event_filter`), so they arrive whatever the event types.
 
 Invariants:
 - One bad signal never stops the others: a signal whose node does not resolve or cannot be
@@ -74,6 +76,7 @@ from connectors.opcua.config import (
     SignalMode,
     TimestampChoice,
 )
+from connectors.opcua.event_filter import event_filter
 from connectors.opcua.history import NoHistory, read_raw
 from connectors.opcua.session import SessionInfo, describe_error, open_session
 
@@ -189,7 +192,7 @@ class OpcUaConnector:
             if signal.mode is SignalMode.SUBSCRIBE:
                 items.append((signal, self._item_request(signal, node_id)))
             elif signal.mode is SignalMode.EVENTS:
-                await self._attach_events(subscription, signal, node_id, plan)
+                await self._attach_events(client, subscription, signal, node_id, plan)
             else:
                 await self._attach_poll(client, signal, node_id, plan)
         if items:
@@ -226,17 +229,17 @@ class OpcUaConnector:
 
     async def _attach_events(
         self,
+        client: Client,
         subscription: Subscription,
         signal: OpcUaSignalSettings,
         node_id: ua.NodeId,
         plan: _Plan,
     ) -> None:
-        resolver_types: list[ua.NodeId] = [
-            ua.NodeId.from_string(text) for text in signal.event_types
-        ] or [ua.NodeId(ua.Int32(ObjectIds.ConditionType))]
         try:
             handle = await subscription.subscribe_events(
-                node_id, resolver_types, queuesize=signal.queue_size
+                node_id,
+                evfilter=await event_filter(client, signal.event_types),
+                queuesize=signal.queue_size,
             )
         except UaStatusCodeError as error:
             plan.failed[signal.node] = ua.StatusCode(error.code).name

@@ -5,11 +5,20 @@ three connect exactly alike. Errors are classified for the caller:
 
 - `SourceUnavailable` (try again later): server unreachable, timeout, the server's certificate
   is not trusted yet (the operator trusts it, the next attempt works), the server does not
-  trust the agent's certificate yet (the OT engineer trusts it on the server).
+  trust the agent's certificate yet (the OT engineer moves it from the server's rejected folder
+  to its trusted one; the message names its SHA-1 thumbprint as servers display it).
 - `SourceConfigError` (fix the config): the endpoint offers no such policy and mode, the
   agent's certificate or key is missing, the password cannot be read, a `credential:NAME`
   setting but no `$CREDENTIALS_DIRECTORY`, the server refused the user (wrong user name or
   password: retrying would only lock the account).
+
+A server that refuses the agent's certificate may answer OpenSecureChannel with a ServiceFault
+(node-opcua does) instead of an OpenSecureChannelResponse. asyncua decodes that answer as a
+response, fails ("Exception raised while parsing message from server", with a traceback) and
+ends in an AssertionError that names nothing. Each session's socket protocol therefore reads
+such a fault first (`_RefusalAwareProtocol`): the connect fails with the fault's status code,
+which `_classify` turns into the message above, and asyncua's own log record of that status
+is dropped (`_ReportedRefusals`): the connector reports it once, in its own words.
 """
 
 from __future__ import annotations
@@ -25,9 +34,13 @@ from pathlib import Path
 
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.client.ua_client import UASocketProtocol
+from asyncua.common.utils import Buffer
 from asyncua.crypto import security_policies
 from asyncua.crypto.uacrypto import CertProperties
+from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
@@ -54,13 +67,21 @@ _USER_REJECTED = {
     StatusCodes.BadIdentityTokenRejected,
     StatusCodes.BadUserSignatureInvalid,
 }
-_AGENT_CERT_REJECTED = {
+# What servers answer when the agent's certificate is not (yet) in their trust list: asyncua
+# and node-opcua servers say BadSecurityChecksFailed (the spec lets them hide the reason).
+_AGENT_CERT_UNTRUSTED = {
     StatusCodes.BadCertificateUntrusted,
     StatusCodes.BadSecurityChecksFailed,
+}
+_AGENT_CERT_REJECTED = _AGENT_CERT_UNTRUSTED | {
     StatusCodes.BadCertificateInvalid,
     StatusCodes.BadCertificateUriInvalid,
     StatusCodes.BadCertificateUseNotAllowed,
 }
+# Marks the errors `_RefusalAwareProtocol` raises, so that asyncua's log record of them is
+# dropped (the connector reports the refusal itself).
+_REFUSAL_NOTE = "the server answered OpenSecureChannel with a ServiceFault"
+_SERVICE_FAULT = ua.FourByteNodeId(ua.Int32(ObjectIds.ServiceFault_Encoding_DefaultBinary))
 
 
 @dataclass(slots=True)
@@ -85,6 +106,7 @@ async def open_session(
         timeout=settings.request_timeout_s,
         watchdog_intervall=settings.watchdog_interval_s,
     )
+    _read_channel_refusals(client)
     client.application_uri = settings.effective_application_uri
     client.name = client.description = "plant-edge-agent"
     client.product_uri = "urn:plant-edge-agent"
@@ -193,6 +215,73 @@ async def _set_identity(client: Client, settings: OpcUaSettings) -> None:
             ) from error
 
 
+class _RefusalAwareProtocol(UASocketProtocol):
+    """asyncua's socket protocol, reading a ServiceFault that answers OpenSecureChannel as the
+    refusal it is (see the module docstring)."""
+
+    def _process_received_message(
+        self, msg: ua.Message | ua.Acknowledge | ua.ErrorMessage | None
+    ) -> None:
+        # asyncua's Message and UaStatusCodeError are untyped.
+        if isinstance(msg, ua.Message) and isinstance(
+            msg.SecurityHeader(), ua.AsymmetricAlgorithmHeader  # type: ignore[no-untyped-call]
+        ):
+            status = _service_fault_status(msg.body())  # type: ignore[no-untyped-call]
+            if status is not None:
+                # asyncua fails the pending OpenSecureChannel with it and closes the socket.
+                error = UaStatusCodeError(status.value)  # type: ignore[no-untyped-call]
+                error.add_note(_REFUSAL_NOTE)
+                raise error
+        super()._process_received_message(msg)
+
+
+def _service_fault_status(body: Buffer) -> ua.StatusCode | None:
+    """The bad status of a ServiceFault message body; None for any other body."""
+    try:
+        if nodeid_from_binary(body) != _SERVICE_FAULT:
+            return None
+        header = struct_from_binary(ua.ResponseHeader, body)
+    except (UaError, ValueError, EOFError):
+        return None
+    status: ua.StatusCode = header.ServiceResult
+    return status if status.is_bad() else None
+
+
+def _read_channel_refusals(client: Client) -> None:
+    """Make every socket protocol of `client` a `_RefusalAwareProtocol`. asyncua builds one per
+    connect (`UaClient._make_protocol`, which also wires its callbacks); it is kept and only the
+    protocol's class is swapped for the subclass, which adds a method and no state."""
+    uaclient = client.uaclient
+    make_protocol = uaclient._make_protocol
+
+    def make_refusal_aware_protocol() -> UASocketProtocol:
+        protocol = make_protocol()
+        protocol.__class__ = _RefusalAwareProtocol
+        return protocol
+
+    uaclient._make_protocol = make_refusal_aware_protocol  # type: ignore[method-assign]
+
+
+class _ReportedRefusals(logging.Filter):
+    """Drops asyncua's record of a refusal that `_RefusalAwareProtocol` raised ("Got error
+    status from server: ..."): the connector reports it once, with what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        arguments = record.args if isinstance(record.args, tuple) else ()
+        return not any(
+            _REFUSAL_NOTE in getattr(argument, "__notes__", ()) for argument in arguments
+        )
+
+
+def _install_refusal_filter() -> None:
+    protocol_log = logging.getLogger(f"{UASocketProtocol.__module__}.UASocketProtocol")
+    if not any(isinstance(existing, _ReportedRefusals) for existing in protocol_log.filters):
+        protocol_log.addFilter(_ReportedRefusals())
+
+
+_install_refusal_filter()
+
+
 def _classify(error: UaStatusCodeError, settings: OpcUaSettings) -> Exception:
     code = error.code
     name = ua.StatusCode(code).name
@@ -205,6 +294,13 @@ def _classify(error: UaStatusCodeError, settings: OpcUaSettings) -> Exception:
     if code in _AGENT_CERT_REJECTED and settings.secured:
         with contextlib.suppress(OSError, ValueError):
             own = describe(load_certificate(settings.certificate)).thumbprint
+            if code in _AGENT_CERT_UNTRUSTED:
+                return SourceUnavailable(
+                    f"{settings.endpoint} does not trust the agent's certificate yet ({name}): "
+                    f"on the server, move the certificate with SHA-1 thumbprint {own} from its "
+                    "rejected folder to its trusted folder (or trust it in the server's "
+                    "certificate settings); the agent keeps retrying and connects by itself"
+                )
             return SourceUnavailable(
                 f"{settings.endpoint} refused the agent's certificate ({name}); trust "
                 f"thumbprint {own} on the server (its rejected list), then it connects"
