@@ -31,14 +31,30 @@ Per connection (`MqttSession.connection_epoch`):
    broker message size limit) on a message of several events makes the forwarder remember
    that size as too large and send everything not acked again in smaller messages; other
    retryable ones (quota exceeded, server busy, unspecified) make the forwarder back off and
-   resend from the oldest unacked; permanent ones (not authorized, topic invalid, payload
-   invalid, a single event too large) move the message's events to dead letters with the
+   resend from the oldest unacked; topic refusals (0x87 not authorized, 0x90 topic name
+   invalid) pause that topic's lane (below); permanent ones (payload invalid, a single event
+   too large, any other code >= 0x80) move the message's events to dead letters with the
    reason, so one bad message never blocks the queue.
    A broker that drops the connection instead (mosquitto's `message_size_limit`) is recognised
    when the connection drops three times in a row within 5 s of connecting with the same
    message in flight: that size is then taken as refused (or the lone event dead-lettered).
 5. The connection drops: in-flight futures fail with `ConnectionLost`; nothing is acked; the
-   forwarder waits for the next connection and starts again at 1.
+   forwarder waits for the next connection and starts again at 1. A path that stops carrying
+   PUBACKs is dropped by the session's PUBACK deadline (`PubAckTimeout`, a `ConnectionLost`
+   that never counts as a poison suspect): the window of in-flight messages can never stay
+   full for good.
+
+Paused lanes (a topic the broker refuses). An ACL that denies an event topic, or a broker that
+calls the topic name invalid, is a fault of the hub's (or this agent's topic) configuration,
+not of the events: every event of that type would be refused the same way. So on PUBACK 0x87
+or 0x90 the forwarder pauses that topic's lane: its events stay pending in the buffer (never
+dead-lettered); what is leased of that type is held back (leased, not sent, so it is leased
+again after the next rewind); the pause is logged once (topic, reason code) and listed in the
+status (`paused_lanes`); other topics keep flowing. One event at a time (the oldest seen of the
+lane) probes the topic again, after `lane_probe_min_s` doubling up to `lane_probe_max_s`
+(+/- 20 % jitter). When a PUBACK on that topic succeeds the lane resumes by itself (logged
+once, with how long it was paused): once the messages in flight settled, the buffer is rewound
+and the held events go out. The probe event can overtake older events of its lane.
 
 Order the consumer gets: within one lane, the events of one type (so of one source and type)
 arrive in `seq` order (first arrivals; repeats after a reconnect can come later). Across lanes and
@@ -56,10 +72,18 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import groupby
 
 from agent.events import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
-from agent.mqtt_session import ConnectionLost, MqttSession, NotConnected, PacketTooLarge, PubAck
+from agent.mqtt_session import (
+    ConnectionLost,
+    MqttSession,
+    NotConnected,
+    PacketTooLarge,
+    PubAck,
+    PubAckTimeout,
+)
 from buffer.base import Buffer, BufferUnavailable, StoredRecord
 from config.schema import Priority
 
@@ -68,6 +92,13 @@ _log = logging.getLogger(__name__)
 # PUBACK reason codes after which sending the same message again can succeed.
 RETRYABLE_REASON_CODES = frozenset({0x80, 0x83, 0x89, 0x97})
 PACKET_TOO_LARGE = 0x95
+# PUBACK reason codes that refuse a topic, not a message: the topic's lane is paused (above).
+TOPIC_REFUSED_REASON_CODES = frozenset({0x87, 0x90})
+_TOPIC_REFUSED_HINTS = {
+    0x87: "check the broker's ACL for this agent",
+    0x90: "check the broker's topic rules and this agent's hub.topic_prefix, site and id",
+}
+_PROBE_JITTER = 0.2
 # Share of each lease per delivery class while several have pending events.
 CLASS_SHARES: dict[int, int] = {Priority.CRITICAL: 8, Priority.BUSINESS: 4, Priority.TELEMETRY: 1}
 BACKLOG_PROPERTY = ("backlog", "true")
@@ -93,7 +124,38 @@ class ForwarderCounters:
     messages_rejected_total: int = 0
     messages_split_total: int = 0
     events_dead_lettered_total: int = 0
+    lanes_paused_total: int = 0
+    lane_probes_total: int = 0
     last_puback_at: float | None = None
+
+
+@dataclass(slots=True)
+class PausedLane:
+    """A topic the broker refuses (0x87, 0x90): its events are held back and probed with."""
+
+    topic: str
+    reason_code: int
+    reason: str
+    since: float  # epoch s, for the status
+    since_monotonic: float
+    backoff_s: float  # until the next probe after a refused one
+    next_probe_at: float  # monotonic
+    probe: StoredRecord | None = None  # the oldest event seen of this lane, sent alone
+    probing: bool = False  # a probe is in flight
+    refusals: int = 1
+
+    def hold(self, record: StoredRecord) -> None:
+        if self.probe is None or record.seq < self.probe.seq:
+            self.probe = record
+
+    def as_status(self) -> dict[str, object]:
+        return {
+            "topic": self.topic,
+            "reason_code": self.reason_code,
+            "reason": f"{self.reason} (0x{self.reason_code:02x})",
+            "since": datetime.fromtimestamp(self.since, UTC).isoformat(),
+            "refusals": self.refusals,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +216,16 @@ class Forwarder:
         max_inflight: int = 16,
         retry_backoff_s: float = 1.0,
         pacing: BacklogPacing | None = None,
+        lane_probe_min_s: float = 1.0,
+        lane_probe_max_s: float = 60.0,
     ) -> None:
         """`identity`: the agent's site and id, spliced into every event stored without them
         (`agent.events.encode_body`), or the buffer's history of them (`identity` can be
         replaced before `run`); None only where every body is stored whole.
-        `pacing`: how fast the backlog lane may go; None: as fast as the broker takes it."""
+        `pacing`: how fast the backlog lane may go; None: as fast as the broker takes it.
+        `lane_probe_min_s`, `lane_probe_max_s`: how often a refused topic is probed again."""
+        if not 0 < lane_probe_min_s <= lane_probe_max_s:
+            raise ValueError("need 0 < lane_probe_min_s <= lane_probe_max_s")
         self._buffer = buffer
         self._session = session
         self._topic_base = topic_base.rstrip("/")
@@ -168,6 +235,9 @@ class Forwarder:
         self._max_inflight = max_inflight
         self._retry_backoff_s = retry_backoff_s
         self._pacing = pacing
+        self._lane_probe_min_s = lane_probe_min_s
+        self._lane_probe_max_s = lane_probe_max_s
+        self._paused: dict[str, PausedLane] = {}
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Future[PubAck]] = set()
         self._slots = asyncio.Semaphore(max_inflight)
@@ -176,6 +246,7 @@ class Forwarder:
         self._acks_flushed = asyncio.Event()
         self._retry_needed = False
         self._resplit_needed = False
+        self._rewind_needed = False  # a paused lane resumed: lease its held events again
         # Payload size the broker refused (0x95): messages are kept below it.
         self._refused_payload_size: int | None = None
         # Messages in flight when the connection dropped, and the suspected poison message.
@@ -197,6 +268,15 @@ class Forwarder:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def paused_topics(self) -> tuple[str, ...]:
+        """The topics whose lane is paused because the broker refuses them."""
+        return tuple(self._paused)
+
+    def paused_lanes(self) -> list[dict[str, object]]:
+        """The paused lanes for the status document: topic, reason code and text, since."""
+        return [lane.as_status() for lane in self._paused.values()]
 
     async def run(self) -> None:
         """Forward until cancelled or drained; `drain()` first for a graceful stop."""
@@ -281,14 +361,18 @@ class Forwarder:
         self._slots = asyncio.Semaphore(min(self._max_inflight, self._session.receive_maximum))
         self._retry_needed = False
         while self._connection_usable(epoch) and not self._stopping:
-            if self._retry_needed or self._resplit_needed:
+            if self._retry_needed or self._resplit_needed or self._rewind_needed:
                 await self._wait_inflight_settled()
+                with contextlib.suppress(BufferUnavailable):  # else the ack loop retries them
+                    await self._flush_acks()  # what was PUBACKed is not leased again
                 if self._retry_needed:
                     await asyncio.sleep(self._retry_backoff_s * (0.5 + random.random()))
                 self._buffer.rewind()
-                self._retry_needed = self._resplit_needed = False
+                self._retry_needed = self._resplit_needed = self._rewind_needed = False
                 self.backlog_done = False
                 continue
+            if not await self._probe_paused_lanes(epoch):
+                return
             if len(self._to_ack) >= _ACK_QUEUE_MAX:
                 # Publishing ran ahead of recording acks: let the acks catch up (bounded
                 # queue; and a drained backlog is measured by what the buffer recorded).
@@ -318,6 +402,7 @@ class Forwarder:
                 self._stopping = True  # everything pending is published
                 return
             wait_s = 1.0 if self.backlog_done else min(1.0, bucket.wait_s())
+            wait_s = min(wait_s, self._next_probe_in())
             if self._draining:
                 wait_s = min(wait_s, 0.05)
             try:
@@ -330,24 +415,61 @@ class Forwarder:
     async def _publish(self, records: list[StoredRecord], epoch: int, *, backlog: bool) -> bool:
         size = self._batch_max_events
         for kind, group in groupby(records, key=lambda record: record.kind):
+            topic = f"{self._topic_base}/{kind}"
             events = list(group)
+            lane = self._paused.get(topic)
+            if lane is not None:
+                # Held back: leased but not sent, so leased again after the next rewind.
+                for record in events:
+                    lane.hold(record)
+                continue
             for start in range(0, len(events), size):
                 if not await self._publish_chunk(
-                    f"{self._topic_base}/{kind}", events[start : start + size], epoch,
-                    backlog=backlog,
+                    topic, events[start : start + size], epoch, backlog=backlog
                 ):
                     return False
         return True
+
+    async def _probe_paused_lanes(self, epoch: int) -> bool:
+        """Send the probe event of each paused lane that is due (one at a time per lane).
+        False when the connection is no longer usable."""
+        now = time.monotonic()
+        for lane in list(self._paused.values()):
+            probe = lane.probe
+            if probe is None or lane.probing or now < lane.next_probe_at:
+                continue
+            boundary = self.backlog_boundary
+            if not await self._publish_chunk(
+                lane.topic, [probe], epoch,
+                backlog=boundary is not None and probe.seq <= boundary, probe=True,
+            ):
+                return False
+        return True
+
+    def _next_probe_in(self) -> float:
+        """Seconds until the next paused lane's probe is due (1 s when none is waiting)."""
+        due = [
+            lane.next_probe_at for lane in self._paused.values()
+            if lane.probe is not None and not lane.probing
+        ]
+        return max(0.0, min(due) - time.monotonic()) if due else 1.0
 
     def _connection_usable(self, epoch: int) -> bool:
         return self._session.connected and self._session.connection_epoch == epoch
 
     async def _publish_chunk(
-        self, topic: str, records: list[StoredRecord], epoch: int, *, backlog: bool
+        self,
+        topic: str,
+        records: list[StoredRecord],
+        epoch: int,
+        *,
+        backlog: bool,
+        probe: bool = False,
     ) -> bool:
         """Publish `records` as one message, halving it while it exceeds the broker's maximum
         packet size (or a size it refused); a single event that cannot fit is dead-lettered.
-        False when the connection is no longer usable."""
+        `probe`: the lone event that asks a paused topic again. False when the connection is no
+        longer usable."""
         payload = encode_batch(records, self.identity)
         refused = self._refused_payload_size
         if refused is not None and len(payload) >= refused:
@@ -364,7 +486,7 @@ class Forwarder:
         if not self._connection_usable(epoch) or self._stopping:
             slots.release()
             return False
-        if self._resplit_needed or self._retry_needed:
+        if self._resplit_needed or self._retry_needed or self._rewind_needed:
             slots.release()
             return True  # not sent: everything not acked is leased again after the rewind
         try:
@@ -385,10 +507,15 @@ class Forwarder:
                 return True
             return await self._split(topic, records, epoch, backlog=backlog)
         self.counters.messages_published_total += 1
+        lane = self._paused.get(topic) if probe else None
+        if lane is not None:
+            lane.probing = True  # until its PUBACK (or the connection's end) settles it
+            self.counters.lane_probes_total += 1
         self._inflight.add(future)
         future.add_done_callback(
             functools.partial(
-                self._settled, records=records, slots=slots, size=len(payload), backlog=backlog
+                self._settled, topic=topic, records=records, slots=slots, size=len(payload),
+                backlog=backlog, probe=probe,
             )
         )
         return True
@@ -406,18 +533,25 @@ class Forwarder:
         self,
         future: asyncio.Future[PubAck],
         *,
+        topic: str,
         records: list[StoredRecord],
         slots: asyncio.Semaphore,
         size: int,
         backlog: bool,
+        probe: bool,
     ) -> None:
         self._inflight.discard(future)
         slots.release()
+        lane = self._paused.get(topic)
+        if probe and lane is not None:
+            lane.probing = False
         if future.cancelled():
             return
         error = future.exception()
         if error is not None:
-            if isinstance(error, ConnectionLost):
+            if isinstance(error, PubAckTimeout):
+                pass  # the path lost PUBACKs, not this message's fault: no poison suspect
+            elif isinstance(error, ConnectionLost):
                 self._lost_messages.append((size, records))
             else:
                 _log.warning("publish failed: %s", error)
@@ -429,8 +563,13 @@ class Forwarder:
             if backlog:
                 self.counters.backlog_events_forwarded_total += len(records)
             self._ack_wake.set()
+            if lane is not None:
+                self._resume_lane(lane)
             return
         self.counters.messages_rejected_total += 1
+        if puback.reason_code in TOPIC_REFUSED_REASON_CODES:
+            self._refused_topic(topic, puback, records, probe=probe)
+            return
         if puback.reason_code == PACKET_TOO_LARGE and len(records) > 1:
             if self._refused_payload_size is None or size < self._refused_payload_size:
                 self._refused_payload_size = size
@@ -452,7 +591,67 @@ class Forwarder:
         self._inflight_tasks.add(task)
         task.add_done_callback(self._inflight_tasks.discard)
 
+    def _refused_topic(
+        self, topic: str, puback: PubAck, records: list[StoredRecord], *, probe: bool
+    ) -> None:
+        """The broker refuses `topic` (0x87, 0x90): pause its lane, or count one more refusal
+        and back off its probe (module docstring). The events stay pending."""
+        now = time.monotonic()
+        lane = self._paused.get(topic)
+        if lane is None:
+            lane = PausedLane(
+                topic=topic,
+                reason_code=puback.reason_code,
+                reason=puback.reason,
+                since=time.time(),
+                since_monotonic=now,
+                backoff_s=self._lane_probe_min_s,
+                next_probe_at=now + self._jittered(self._lane_probe_min_s),
+            )
+            self._paused[topic] = lane
+            self.counters.lanes_paused_total += 1
+            _log.warning(
+                "hub refuses topic %s: %s (0x%02x); its events stay pending (not dead-lettered), "
+                "other topics keep flowing; probing it again with backoff (%s)",
+                topic, puback.reason, puback.reason_code, _TOPIC_REFUSED_HINTS.get(
+                    puback.reason_code, "check the broker's configuration for this topic"
+                ),
+            )
+        else:
+            lane.refusals += 1
+            if probe:
+                lane.backoff_s = min(lane.backoff_s * 2, self._lane_probe_max_s)
+                lane.next_probe_at = now + self._jittered(lane.backoff_s)
+                _log.debug(
+                    "hub still refuses topic %s (0x%02x); next probe in %.1f s",
+                    topic, puback.reason_code, lane.next_probe_at - now,
+                )
+        for record in records:
+            lane.hold(record)
+
+    def _resume_lane(self, lane: PausedLane) -> None:
+        """A PUBACK on a paused topic succeeded: the hub accepts it again."""
+        if self._paused.pop(lane.topic, None) is None:
+            return
+        self._rewind_needed = True  # lease the held events again, once in-flight ones settle
+        self._wake.set()
+        _log.info(
+            "hub accepts topic %s again after %.0f s (%d refusal(s)); sending its held events",
+            lane.topic, time.monotonic() - lane.since_monotonic, lane.refusals,
+        )
+
+    @staticmethod
+    def _jittered(seconds: float) -> float:
+        return seconds * random.uniform(1 - _PROBE_JITTER, 1 + _PROBE_JITTER)
+
     async def _dead_letter(self, records: Sequence[StoredRecord], reason: str) -> None:
+        seqs = {record.seq for record in records}
+        for lane in self._paused.values():
+            if lane.probe is not None and lane.probe.seq in seqs:
+                # A probe that can never be sent (too large): take another of the lane's events
+                # once they are leased again.
+                lane.probe = None
+                self._rewind_needed = True
         _log.error("%d event(s) moved to dead letters: %s", len(records), reason)
         await self._buffer.dead_letter([record.seq for record in records], reason)
         self.counters.events_dead_lettered_total += len(records)

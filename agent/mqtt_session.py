@@ -33,6 +33,16 @@ In-flight publishes on disconnect.
     ``PacketTooLarge`` before anything is sent: a broker drops the whole connection for one
     (mosquitto sends DISCONNECT 0x95), which would fail every other in-flight publish too.
 
+The PUBACK deadline.
+    A path that keeps the connection and its PINGRESPs alive but loses PUBACKs (a broker or
+    proxy fault) would otherwise keep its publishes in flight for ever, and the caller's window
+    of unacknowledged messages with them. When the oldest message still waiting for its PUBACK
+    has waited ``puback_timeout_s``, the session drops the connection (logged once, with the
+    number in flight and the age), every future in flight fails with ``PubAckTimeout`` (a
+    ``ConnectionLost``), and the session connects again by itself; the caller re-sends on the
+    new connection (at-least-once). Checked at least every second on the loop, from the send
+    time of each message in flight (monotonic clock).
+
 Thread boundary.
     Paho's network thread (``loop_start``) runs paho's callbacks. They only hand events to the
     event loop with ``loop.call_soon_threadsafe``, tagged with the client they came from, so late
@@ -58,6 +68,7 @@ Errors
     MqttSessionError
     ├── NotConnected      publish while the link is down: keep the data, wait_connected()
     ├── ConnectionLost    the link dropped before the PUBACK: outcome unknown, re-send
+    │   └── PubAckTimeout the session dropped it: no PUBACK within ``puback_timeout_s``
     ├── PacketTooLarge    (also a ValueError) over the broker's Maximum Packet Size: this message
     │                     can never go to this broker as it is; set it aside (poison record)
     └── SubscribeRefused  SUBACK with a failure reason code for the filter
@@ -93,6 +104,7 @@ __all__ = [
     "NotConnected",
     "PacketTooLarge",
     "PubAck",
+    "PubAckTimeout",
     "SubscribeRefused",
     "WillMessage",
 ]
@@ -102,6 +114,8 @@ _PROTOCOL_MAX_PACKET_SIZE = 1 + 4 + 268_435_455
 _DEFAULT_RECEIVE_MAXIMUM = 65_535
 _PAHO_MAX_INFLIGHT = 65_535
 _CLOSE_TIMEOUT_S = 5.0
+# The PUBACK deadline is checked this often at most (and at least once per second).
+_PUBACK_CHECK_MAX_S = 1.0
 
 OnConnected = Callable[[], Awaitable[None]]
 OnMessage = Callable[[str, bytes, Properties | None], None]
@@ -117,6 +131,11 @@ class NotConnected(MqttSessionError):
 
 class ConnectionLost(MqttSessionError):
     """The connection dropped before this message's PUBACK: the outcome is unknown, re-send."""
+
+
+class PubAckTimeout(ConnectionLost):
+    """The session dropped the connection: a message waited ``puback_timeout_s`` for its PUBACK.
+    The outcome is unknown, re-send (as for any lost connection)."""
 
 
 class PacketTooLarge(MqttSessionError, ValueError):
@@ -233,6 +252,7 @@ class MqttSession:
         session_expiry_s: int = 0,
         will: WillMessage | None = None,
         connect_timeout_s: float = 10.0,
+        puback_timeout_s: float = 30.0,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         on_connected: OnConnected | None = None,
@@ -241,6 +261,8 @@ class MqttSession:
     ) -> None:
         if reconnect_min_s <= 0 or reconnect_max_s < reconnect_min_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+        if puback_timeout_s <= 0:
+            raise ValueError(f"puback_timeout_s must be more than 0, not {puback_timeout_s}")
         self._host = host
         self._port = port
         self._client_id = client_id
@@ -252,6 +274,7 @@ class MqttSession:
         self._resume_session = False  # clean_start=False from the second connection on
         self._will = will
         self._connect_timeout_s = connect_timeout_s
+        self._puback_timeout_s = puback_timeout_s
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._on_connected = on_connected
@@ -270,6 +293,8 @@ class MqttSession:
         self._down.set()
         self._loss_reason = ""
         self._pending: dict[int, asyncio.Future[PubAck]] = {}
+        # When each message of `_pending` was sent (monotonic); in send order, oldest first.
+        self._pending_sent_at: dict[int, float] = {}
         self._pending_subs: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._subscriptions: dict[str, int] = {}
         self._epoch = 0
@@ -283,6 +308,7 @@ class MqttSession:
         self._outage_logged = False
         self.session_present = False  # the broker resumed a stored session at the last CONNACK
         self.last_error: str | None = None  # why the last attempt failed or the link dropped
+        self.puback_timeouts_total = 0  # connections dropped by the PUBACK deadline
 
     # -- public API --------------------------------------------------------------------------
 
@@ -466,6 +492,48 @@ class MqttSession:
         return failure
 
     async def _serve_connection(self) -> None:
+        """Run one established connection until it is lost, under the PUBACK deadline."""
+        client = self._client
+        assert client is not None
+        watchdog = asyncio.create_task(
+            self._enforce_puback_deadline(client, self._lost),
+            name=f"mqtt-puback-deadline[{self._client_id}]",
+        )
+        try:
+            await self._serve_link()
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+
+    async def _enforce_puback_deadline(self, client: mqtt.Client, lost: asyncio.Event) -> None:
+        """Drop `client`'s connection once a message waited `puback_timeout_s` for its PUBACK
+        (module docstring); returns when the connection ends."""
+        check_s = min(_PUBACK_CHECK_MAX_S, self._puback_timeout_s / 4)
+        while not await self._wait_event(lost, check_s):
+            if client is not self._client or not self._link_up or not self._pending_sent_at:
+                continue
+            age_s = time.monotonic() - next(iter(self._pending_sent_at.values()))
+            if age_s >= self._puback_timeout_s:
+                self._drop_stalled(client, lost, len(self._pending_sent_at), age_s)
+                return
+
+    def _drop_stalled(
+        self, client: mqtt.Client, lost: asyncio.Event, inflight: int, age_s: float
+    ) -> None:
+        """The PUBACK deadline passed: end this connection now, failing what is in flight with
+        `PubAckTimeout`; the supervisor connects again (and logs the reason once)."""
+        self.puback_timeouts_total += 1
+        reason = (
+            f"no PUBACK within hub.puback_timeout_s = {self._puback_timeout_s:g} s: "
+            f"{inflight} message(s) in flight, the oldest sent {age_s:.1f} s ago; "
+            "dropped the connection to send them again"
+        )
+        client.disconnect()  # paho's own report of this end comes later and is ignored
+        self._loss_reason = reason
+        self._mark_down(reason, PubAckTimeout)
+        lost.set()
+
+    async def _serve_link(self) -> None:
         """Run one established connection until it is lost."""
         client = self._client
         lost = self._lost
@@ -629,15 +697,16 @@ class MqttSession:
             self._mark_down(reason)
             self._lost.set()
 
-    def _mark_down(self, reason: str) -> None:
-        """Link gone: fail everything in flight, clear the connected state."""
+    def _mark_down(self, reason: str, error: type[ConnectionLost] = ConnectionLost) -> None:
+        """Link gone: fail everything in flight (with `error`), clear the connected state."""
         self._link_up = False
         self._ready.clear()
         self._down.set()
         pending, self._pending = self._pending, {}
+        self._pending_sent_at = {}
         for future in pending.values():
             if not future.done():
-                future.set_exception(ConnectionLost(f"{reason} before PUBACK"))
+                future.set_exception(error(f"{reason} before PUBACK"))
         pending_subs, self._pending_subs = self._pending_subs, {}
         for sub_future in pending_subs.values():
             if not sub_future.done():
@@ -647,6 +716,7 @@ class MqttSession:
         if client is not self._client:
             return
         future = self._pending.pop(mid, None)
+        self._pending_sent_at.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(ack)
 
@@ -715,6 +785,7 @@ class MqttSession:
         else:
             # Same synchronous step as client.publish(): the PUBACK handler runs after this.
             self._pending[info.mid] = future
+            self._pending_sent_at[info.mid] = time.monotonic()
         return future
 
     async def _publish_final(self, final: Sequence[tuple[str, bytes, bool, str | None]]) -> None:

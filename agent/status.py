@@ -6,9 +6,29 @@ What it says
 stale status), per source its state (running, retrying, paused, failed), connected, last value
 time, readings and errors; per buffer class (telemetry, business, critical) pending events,
 evictions and its oldest pending age (and the oldest over all classes); the forwarder:
-connected, last PUBACK, events per second over the last minute; the command server's counters.
-The same topic is the MQTT will (`offline`, reason "connection lost"); a clean stop publishes
-`offline` with reason "stopped".
+connected, last PUBACK, events per second over the last minute, the topics the broker refuses
+(`paused_lanes`: topic, reason code, since) and the connections dropped by the PUBACK deadline;
+the command server's counters. The same topic is the MQTT will (`offline`, reason "connection
+lost"); a clean stop publishes `offline` with reason "stopped".
+
+It always fits the broker
+-------------------------
+A retained message over the broker's Maximum Packet Size (CONNACK) is never published, and the
+hub would never see the agent online. So the publisher sends the largest of these forms that
+fits (`form` says which; `details` names the command topic whose `status` answers in full):
+
+- `full`: everything above (no `form` key).
+- `compact`: what `edge-agent fleet` reads, and little more: state, site, agent, `at`,
+  interval, version, config fingerprint; per source its state and connected; pending and oldest
+  pending age, in all and per buffer class; the forwarder's connected, last PUBACK and paused
+  lanes; backpressure.
+- `summary`: `compact` listing only the sources that are not running and connected (the ones
+  fleet flags), the totals in `sources_summary`.
+- `minimal`: state, site, agent, times, interval, `sources_summary`, forwarder connected: a
+  couple of hundred bytes, under any packet size limit a broker sets in practice.
+
+Every reduced form carries `sources_summary` (total, up, paused). A change of form is logged
+once (sizes and limit), not on every publish.
 
 When it is published (never more than needed)
 ---------------------------------------------
@@ -32,12 +52,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.mqtt_session import PacketTooLarge
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
     from config.schema import AgentConfig
 
 CONTENT_TYPE = "application/json"
+FULL_FORM = "full"
+REDUCED_FORMS = ("compact", "summary", "minimal")
 PRIORITY_NAMES = {0: "telemetry", 1: "business", 2: "critical"}
 _RATE_WINDOW_S = 60.0
 
@@ -109,6 +132,8 @@ async def snapshot(agent: Agent) -> dict[str, Any]:
             "events_dead_lettered_total": agent.forwarder.counters.events_dead_lettered_total,
             "last_puback_at": _iso_ts(agent.forwarder.counters.last_puback_at),
             "events_per_s": agent.status.rate.per_second(),
+            "paused_lanes": agent.forwarder.paused_lanes(),
+            "puback_timeouts_total": agent.session.puback_timeouts_total,
         },
         "commands": agent.commands.counters.as_dict(),
     }
@@ -157,6 +182,62 @@ async def buffer_status(agent: Agent) -> dict[str, Any]:
     }
 
 
+def reduced_status(document: dict[str, Any], form: str, *, details: str) -> dict[str, Any]:
+    """The `form` ("compact", "summary" or "minimal") of a full status `document`; see the
+    module docstring. `details`: the topic that answers `status` in full."""
+    if form not in REDUCED_FORMS:
+        raise ValueError(f"unknown status form {form!r}: expected one of {REDUCED_FORMS}")
+    sources: dict[str, dict[str, Any]] = document.get("sources", {})
+    reduced: dict[str, Any] = {
+        key: document[key] for key in _IDENTITY_KEYS if key in document
+    }
+    reduced.update(form=form, details=details, sources_summary=_sources_summary(sources))
+    forwarder: dict[str, Any] = document.get("forwarder", {})
+    if form == "minimal":
+        reduced["forwarder"] = {"connected": forwarder.get("connected", False)}
+        return reduced
+    listed = {
+        name: {"state": source.get("state"), "connected": source.get("connected")}
+        for name, source in sources.items()
+        if form == "compact" or not _source_healthy(source)
+    }
+    buffer: dict[str, Any] = document.get("buffer", {})
+    classes: dict[str, dict[str, Any]] = buffer.get("classes", {})
+    reduced.update(
+        version=document.get("version"),
+        config_fingerprint=document.get("config_fingerprint"),
+        sources=listed,
+        buffer={
+            "pending": buffer.get("pending"),
+            "oldest_pending_age_s": buffer.get("oldest_pending_age_s"),
+            "classes": {
+                name: {key: entry.get(key) for key in ("pending", "oldest_pending_age_s")}
+                for name, entry in classes.items()
+            },
+        },
+        pipeline={"backpressure": document.get("pipeline", {}).get("backpressure")},
+        forwarder={
+            key: forwarder.get(key) for key in ("connected", "last_puback_at", "paused_lanes")
+        },
+    )
+    return reduced
+
+
+_IDENTITY_KEYS = ("state", "site", "agent", "at", "interval_s")
+
+
+def _source_healthy(source: dict[str, Any]) -> bool:
+    return source.get("state") == "running" and bool(source.get("connected"))
+
+
+def _sources_summary(sources: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {
+        "total": len(sources),
+        "up": sum(1 for source in sources.values() if source.get("connected")),
+        "paused": sum(1 for source in sources.values() if source.get("state") == "paused"),
+    }
+
+
 class StatusPublisher:
     """Publishes the retained status; see the module docstring for when."""
 
@@ -169,23 +250,68 @@ class StatusPublisher:
         self._last_published = float("-inf")
         self.rate = ForwardRate()
         self.published_total = 0
+        self.form = FULL_FORM  # the form of the last status published (module docstring)
+        self.not_published_total = 0  # not even the minimal form fitted the broker
 
     def changed(self) -> None:
         """Something worth telling the hub now happened (e.g. a source was paused)."""
         self._wake.set()
 
     async def publish(self) -> None:
-        """Publish now (also the session's on_connected: the link is usable)."""
+        """Publish now, the largest form that fits the broker (also the session's on_connected:
+        the link is usable)."""
         agent = self._agent
         self._last_signature = self._signature()
         self._last_published = time.monotonic()
-        payload = _encode(await snapshot(agent))
-        future = agent.session.publish(
-            agent.status_topic, payload, qos=1, retain=True, content_type=CONTENT_TYPE
-        )
+        document = await snapshot(agent)
+        full = _encode(document)
+        payload = full
+        form = FULL_FORM
+        forms = iter(REDUCED_FORMS)
+        while True:
+            try:
+                future = agent.session.publish(
+                    agent.status_topic, payload, qos=1, retain=True, content_type=CONTENT_TYPE
+                )
+                break
+            except PacketTooLarge as error:
+                form = next(forms, "")
+                if not form:
+                    self._not_published(len(full), len(payload), error.max_packet_size)
+                    return
+                payload = _encode(
+                    reduced_status(document, form, details=f"{agent.topic_root}/cmd/status")
+                )
+        self._note_form(form, len(full), len(payload), agent.session.max_packet_size)
         self.published_total += 1
         with contextlib.suppress(Exception):
             await asyncio.wait_for(future, timeout=5.0)
+
+    def _note_form(self, form: str, full_size: int, size: int, limit: int | None) -> None:
+        """Log a change of the form published, once."""
+        if form == self.form:
+            return
+        self.form = form
+        if form == FULL_FORM:
+            _log.info("status fits the broker's maximum packet size again: full form (%d bytes)",
+                      size)
+        else:
+            _log.warning(
+                "status (%d bytes) is over the broker's maximum packet size (%s bytes): "
+                "publishing its %s form (%d bytes); ask the agent for the rest (`edge-agent "
+                "remote status`, or the smaller `remote sources` and `remote buffer`)",
+                full_size, limit, form, size,
+            )
+
+    def _not_published(self, full_size: int, size: int, limit: int) -> None:
+        self.not_published_total += 1
+        if self.form == "":
+            return
+        self.form = ""
+        _log.error(
+            "status not published: the broker's maximum packet size (%d bytes) is too small "
+            "even for its minimal form (%d bytes; full %d bytes)", limit, size, full_size,
+        )
 
     async def run(self) -> None:
         while True:
@@ -211,6 +337,7 @@ class StatusPublisher:
         agent = self._agent
         return (
             agent.session.connected,
+            agent.forwarder.paused_topics,
             tuple(
                 (runner.state, runner.connector.health.connected,
                  runner.connector.health.last_error)

@@ -226,6 +226,23 @@ class MosquittoBroker:
             raise BrokerError("broker not running")
         self._process.send_signal(signal.SIGCONT)
 
+    def write_file(self, name: str, text: str) -> None:
+        """(Re)write one of the broker's `files` (e.g. its ACL file), world-readable; it takes
+        effect on the next `reload()` or start."""
+        self._files[name] = text
+        path = self.workdir / name
+        path.write_text(text)
+        path.chmod(0o644)
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reloads its configuration, ACL and password files included, and
+        keeps every connection. Returns at once; the reload happens in the broker's next loop
+        turn (wait on what it changes, bounded)."""
+        if not self.running:
+            raise BrokerError("broker not running")
+        assert self._process is not None
+        self._process.send_signal(signal.SIGHUP)
+
     def restart(self, timeout: float = _START_TIMEOUT_S) -> None:
         """Stop (if running) and start again on the same port."""
         self.stop()
