@@ -22,8 +22,13 @@ Invariants
 - Every refusal is answered (when the request has a Response Topic) with a reason code and a
   message saying what was wrong, counted per reason, and logged at most once per reason per
   minute. A request without a Response Topic is counted (``no_response_topic``) and not run.
-- A response never goes to a topic with wildcards, to a `$` topic, or to this agent's own
-  events, status or command topics.
+- A response never goes to a topic with wildcards, to a `$` topic, or under any agent's
+  events, status or command topics (`{prefix}/+/+/events|status|cmd`, compared with empty
+  levels dropped: `response_topic_problem`). Such a request is counted and logged
+  (``bad_response_topic``) and answered nowhere: there is no safe place to answer.
+- `parse_request` is the parse boundary: any payload gives a bounded JSON object or
+  ``malformed`` with a short reason (not UTF-8, not JSON, a number of more than 40 digits, NaN
+  or infinity, nesting deeper than 32 levels); never a traceback.
 - A command that raises is a bug: logged with its traceback, answered ``internal_error``; the
   worker goes on. Each command runs within ``_COMMAND_TIMEOUT_S``.
 """
@@ -34,6 +39,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,6 +77,10 @@ CONTENT_TYPE = "application/json"
 _COMMAND_TIMEOUT_S = 30.0
 _LOG_EVERY_S = 60.0
 _MAX_RESPONSE_TOPIC = 512
+_MAX_NUMBER_DIGITS = 40  # a Unix time has 10; Python's int() would take 4,300 (slowly)
+_MAX_NESTING = 32  # levels of arrays and objects in a request; commands need 3
+# The level after `{prefix}/{site}/{agent}/` that starts a stream consumers decode.
+_STREAM_LEVELS = frozenset({"events", "status", "cmd"})
 _REQUEST_FIELDS = frozenset({"args", "ts", "nonce", "key_id", "sig"})
 _SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|private|credential", re.IGNORECASE)
 
@@ -294,14 +304,7 @@ class CommandServer:
             ) from error
 
     def _response_topic_problem(self, topic: str) -> str | None:
-        if not topic or len(topic) > _MAX_RESPONSE_TOPIC:
-            return f"response topic must be 1 to {_MAX_RESPONSE_TOPIC} characters"
-        if "+" in topic or "#" in topic or topic.startswith("$") or "\x00" in topic:
-            return "response topic must not hold wildcards, start with $ or hold NUL"
-        root = self._root
-        if topic == f"{root}/status" or topic.startswith((f"{root}/events/", f"{root}/cmd/")):
-            return "response topic must not be this agent's events, status or command topic"
-        return None
+        return response_topic_problem(topic, self._agent.config.hub.topic_prefix)
 
     def _respond(self, request: _Request, body: dict[str, Any]) -> None:
         assert request.response_topic is not None
@@ -399,8 +402,40 @@ class CommandServer:
         raise Refused("bad_args", f"no source {name!r}; sources: {names}")
 
 
+def response_topic_problem(topic: str, topic_prefix: str) -> str | None:
+    """Why an answer must not go to `topic`, or None if it may.
+
+    An answer may go only where it cannot land in a stream that consumers decode: never on a
+    topic with wildcards, NUL or a `$` level, and never on any agent's events (and below),
+    status (and below) or command topics under `topic_prefix`. The topic is compared as a
+    subscriber filter would see it, with empty levels dropped (`{root}//events/x` and
+    `{root}/events/` are refused like `{root}/events/x`) and case kept (MQTT compares exactly).
+    """
+    if not topic or len(topic) > _MAX_RESPONSE_TOPIC:
+        return f"response topic must be 1 to {_MAX_RESPONSE_TOPIC} characters"
+    if "+" in topic or "#" in topic or "\x00" in topic:
+        return "response topic must not hold wildcards (+, #) or NUL"
+    levels = [level for level in topic.split("/") if level]
+    if not levels or topic.startswith("$") or levels[0].startswith("$"):
+        return "response topic must not start with $ or be only slashes"
+    prefix = topic_prefix.split("/")
+    under_prefix = levels[: len(prefix)] == prefix
+    stream = len(levels) > len(prefix) + 2 and levels[len(prefix) + 2] in _STREAM_LEVELS
+    if under_prefix and stream:
+        return (
+            f"response topic must not be under an agent's events, status or cmd topics "
+            f"({topic_prefix}/+/+/events, .../status, .../cmd)"
+        )
+    return None
+
+
 def parse_request(payload: bytes) -> dict[str, Any]:
-    """The request object; an empty payload is `{}`. Refused("malformed") says what is wrong."""
+    """The request object; an empty payload is `{}`. Refused("malformed") says what is wrong.
+
+    This is the parse boundary: whatever the bytes, it returns a plain JSON object of bounded
+    shape (no number over `_MAX_NUMBER_DIGITS` digits, no NaN or infinity, at most
+    `_MAX_NESTING` levels of arrays and objects) or raises `Refused`, never anything else.
+    """
     if not payload.strip():
         return {}
     try:
@@ -410,7 +445,9 @@ def parse_request(payload: bytes) -> dict[str, Any]:
             "malformed", f"payload is not UTF-8 JSON (invalid byte at offset {error.start})"
         ) from error
     try:
-        document = json.loads(text)
+        document = json.loads(
+            text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+        )
     except json.JSONDecodeError as error:
         raise Refused(
             "malformed",
@@ -418,6 +455,9 @@ def parse_request(payload: bytes) -> dict[str, Any]:
         ) from error
     except RecursionError as error:
         raise Refused("malformed", "payload JSON is nested too deeply") from error
+    except ValueError as error:  # no other ValueError is expected; never a traceback per request
+        raise Refused("malformed", f"payload is not usable JSON: {str(error)[:80]}") from error
+    _check_nesting(document)
     if not isinstance(document, dict):
         raise Refused(
             "malformed", f"payload must be a JSON object, got {_json_type(document)}"
@@ -433,6 +473,43 @@ def parse_request(payload: bytes) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise Refused("malformed", f"args must be a JSON object, got {_json_type(args)}")
     return document
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_NUMBER_DIGITS:
+        raise Refused(
+            "malformed",
+            f"a number in the payload has {len(text.lstrip('-'))} digits; at most "
+            f"{_MAX_NUMBER_DIGITS} are accepted",
+        )
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise Refused("malformed", f"a number in the payload is too large ({text[:20]}...)")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise Refused("malformed", f"{text} is not a JSON number")
+
+
+def _check_nesting(document: Any) -> None:
+    """Refuse arrays and objects nested deeper than `_MAX_NESTING` (iteratively: the check
+    itself must not recurse)."""
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if isinstance(document, dict | list):
+        pending.append((document, 1))
+    while pending:
+        container, depth = pending.pop()
+        if depth > _MAX_NESTING:
+            raise Refused(
+                "malformed", f"payload JSON is nested more than {_MAX_NESTING} levels deep"
+            )
+        children = container.values() if isinstance(container, dict) else container
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 _ArgsModel = TypeVar("_ArgsModel", bound=BaseModel)

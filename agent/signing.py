@@ -57,6 +57,7 @@ DOMAIN = b"edge-agent-command-v1\n"
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SIGNATURE_FIELDS = ("ts", "nonce", "key_id", "sig")
+_TS_MIN, _TS_MAX = -(2**63), 2**63 - 1
 
 
 class Refused(Exception):
@@ -235,6 +236,8 @@ class RequestVerifier:
             raise Refused("malformed", f"args must be an object, got {type(args).__name__}")
         if isinstance(ts, bool) or not isinstance(ts, int):
             raise Refused("malformed", f"ts must be an integer (Unix seconds), got {ts!r:.40}")
+        if not _TS_MIN <= ts <= _TS_MAX:  # before `now - ts`: a huge int overflows a float
+            raise Refused("malformed", "ts must be Unix seconds (a 64-bit integer)")
         if not isinstance(nonce, str) or not _NONCE.match(nonce):
             raise Refused("malformed", "nonce must be 16 to 64 characters of [A-Za-z0-9_-]")
         if not isinstance(key_id, str) or not _KEY_ID.match(key_id):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -72,10 +73,7 @@ def load_config(path: Path) -> AgentConfig:
     path. Raises `ConfigError` listing every problem found.
     """
     text = _read_text(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError([_syntax_problem(path, error)]) from error
+    data = _parse(path, text)
     try:
         # config_dir: lookup CSV files are named relative to the config file (config.mapping).
         config = AgentConfig.model_validate(data, context={"config_dir": path.absolute().parent})
@@ -146,6 +144,53 @@ def _read_text(path: Path) -> str:
             f"not UTF-8 text (invalid byte 0x{raw[error.start]:02x} on line {line}); "
             "save the file as UTF-8"
         ) from error
+
+
+def _parse(path: Path, text: str) -> dict[str, typing.Any]:
+    """`tomllib.loads`, with the two failures it lets through as other exceptions turned into
+    located problems: nesting deeper than its recursion allows (RecursionError) and an integer
+    longer than Python converts (ValueError from `int`)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([_syntax_problem(path, error)]) from error
+    except RecursionError as error:
+        raise ConfigError([_too_deep_problem(path, text)]) from error
+    except ValueError as error:
+        raise ConfigError([_number_problem(path, text, error)]) from error
+
+
+def _too_deep_problem(path: Path, text: str) -> ConfigProblem:
+    """Where the deepest nested value starts; tomllib ran out of recursion inside it."""
+    locator = TomlKeyLocator(text)
+    deepest = locator.deepest_value()
+    message = "invalid TOML: arrays or inline tables nested too deeply"
+    if deepest is None:
+        return ConfigProblem(path, None, "", f"{message}; expected a few levels at most")
+    key_path, line, depth = deepest
+    return ConfigProblem(
+        path, line, format_key(key_path),
+        f"{message} ({depth} levels); expected a few levels at most",
+    )
+
+
+_NUMBER = re.compile(r"[0-9][0-9_]*")
+
+
+def _number_problem(path: Path, text: str, error: ValueError) -> ConfigProblem:
+    """An integer with more digits than `int` converts (`sys.get_int_max_str_digits()`)."""
+    limit = sys.get_int_max_str_digits()
+    for number, line in enumerate(text.split("\n"), start=1):
+        for match in _NUMBER.finditer(line):
+            digits = len(match.group().replace("_", ""))
+            if limit and digits > limit:
+                key_path = TomlKeyLocator(text).key_at(number)
+                return ConfigProblem(
+                    path, number, format_key(key_path or ()),
+                    f"invalid TOML: a number of {digits} digits; expected a number of at most "
+                    "19 digits (TOML integers are 64-bit)",
+                )
+    return ConfigProblem(path, None, "", f"invalid TOML: {str(error)[:200]}")
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
@@ -426,17 +471,35 @@ class TomlKeyLocator:
     - a key absent from an existing table (a missing key): the line of that table's header;
     - otherwise (the table itself is absent): None.
 
+    `key_at(line)` is the path of the value on (or continuing over) a line, and `deepest_value()`
+    the value with the most nested brackets: they locate what tomllib fails on without a
+    position (a nesting too deep for its recursion, a number too long for `int`), so for them
+    the scanner also runs on text tomllib refused.
+
     Not handled, because hand-written agent configs do not need it: keys inside inline tables and
     arrays of inline tables get the line of the enclosing key, not their own; a value continuing
     on later lines is located at its first line; the scanner assumes valid TOML (it runs only on
-    text `tomllib` accepted) and does not detect redefinitions.
+    text `tomllib` accepted, or that failed as above) and does not detect redefinitions.
     """
 
     def __init__(self, text: str) -> None:
         self._lines: dict[KeyPath, int] = {}
         self._values: set[KeyPath] = set()  # paths set by `key = value` (not headers)
         self._array_sizes: dict[KeyPath, int] = {}  # array-of-tables path -> elements so far
+        self._spans: list[tuple[int, int, KeyPath]] = []  # first line, last line, value path
+        self._deepest: tuple[KeyPath, int, int] | None = None  # path, line, nesting depth
         self._scan(text)
+
+    def key_at(self, line: int) -> KeyPath | None:
+        """The path of the `key = value` whose value is on `line`, or None."""
+        for first, last, path in self._spans:
+            if first <= line <= last:
+                return path
+        return None
+
+    def deepest_value(self) -> tuple[KeyPath, int, int] | None:
+        """(path, line, depth) of the value with the most nested `[`/`{`, or None if none."""
+        return self._deepest
 
     def line_of(self, path: Sequence[KeyPart]) -> int | None:
         """The 1-based line for `path` (e.g. `("sources", 0, "signals", 1, "event")`), or None."""
@@ -458,6 +521,7 @@ class TomlKeyLocator:
         for number, line in enumerate(text.split("\n"), start=1):
             if value.is_open:
                 value.feed(line, 0)
+                self._value_continues(number, value.max_depth)
                 continue
             start = len(line) - len(line.lstrip())
             if start == len(line) or line[start] == "#":
@@ -477,7 +541,19 @@ class TomlKeyLocator:
                 self._lines.setdefault(full[:size], number)
             self._values.add(full)
             equals = line.find("=", end)
+            value.max_depth = 0
             value.feed(line, equals + 1)
+            self._spans.append((number, number, full))
+            self._value_continues(number, value.max_depth)
+
+    def _value_continues(self, number: int, depth: int) -> None:
+        """The latest value reaches line `number` with nesting `depth` so far."""
+        if not self._spans:
+            return
+        first, _, path = self._spans[-1]
+        self._spans[-1] = (first, number, path)
+        if depth and (self._deepest is None or depth > self._deepest[2]):
+            self._deepest = (path, first, depth)
 
     def _open_table(self, keys: list[str], is_array: bool, number: int) -> KeyPath:
         path: KeyPath = ()
@@ -510,7 +586,10 @@ def _parse_key(line: str, start: int) -> tuple[list[str], int] | None:
             end = _end_of_basic_string(line, position + 1)
             if end is None:
                 return None
-            parts.append(tomllib.loads(f"k = {line[position:end]}")["k"])  # decodes escapes
+            try:  # decodes escapes; text tomllib refused elsewhere may hold a bad one here
+                parts.append(tomllib.loads(f"k = {line[position:end]}")["k"])
+            except tomllib.TOMLDecodeError:
+                return None
             position = end
         elif char == "'":
             end = line.find("'", position + 1)
@@ -549,6 +628,7 @@ class _ValueScanner:
 
     def __init__(self) -> None:
         self._depth = 0  # open `[` and `{`
+        self.max_depth = 0  # the most `[` and `{` open at once since it was last set to 0
         self._string: str | None = None  # the delimiter of an open multi-line string
 
     @property
@@ -575,6 +655,7 @@ class _ValueScanner:
             else:
                 if char in "[{":
                     self._depth += 1
+                    self.max_depth = max(self.max_depth, self._depth)
                 elif char in "]}":
                     self._depth = max(0, self._depth - 1)
                 position += 1

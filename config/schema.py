@@ -127,6 +127,9 @@ class HubSection(_Strict):
     batch_max_events: Annotated[int, Field(ge=1, le=10_000)] = 500
     batch_max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 50.0
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 16
+    # Seconds a published message may wait for its PUBACK before the connection is dropped and
+    # everything unacknowledged is sent again on the next one (a path that lost its PUBACKs).
+    puback_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     status_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 30.0
     # Seconds the broker keeps this agent's MQTT session (its subscriptions and the QoS 1
     # messages queued for it) after a connection drops; 0: forget it at once.
@@ -203,19 +206,22 @@ _SIZE_UNITS = {
     "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_MAX_BYTE_SIZE = 2**63 - 1  # what SQLite's INTEGER holds
 
 
 def parse_byte_size(value: object) -> int:
-    """`2 GiB`, `500 MB`, `64MiB`, `1.5 GB` or a plain number of bytes, as an int of bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """`2 GiB`, `500 MB`, `64MiB`, `1.5 GB` or a plain number of bytes, as an int of bytes
+    (at most 2**63 - 1)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_BYTE_SIZE:
         return value
     if isinstance(value, str) and (match := _SIZE.match(value)):
         unit = _SIZE_UNITS.get(match.group(2).lower())
-        if unit is not None:
-            return int(float(match.group(1)) * unit)
+        size = float(match.group(1)) * unit if unit is not None else None
+        if size is not None and size < 2.0**63:  # not inf (too many digits), fits SQLite
+            return int(size)
     raise ValueError(
-        f'expected a size like "2 GiB", "500 MB" or a number of bytes, got {value!r} '
-        "(units: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        f'expected a size like "2 GiB", "500 MB" or a number of bytes up to 2**63 - 1, got '
+        f"{value!r:.60} (units: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
     )
 
 

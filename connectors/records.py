@@ -219,6 +219,7 @@ def _time(value: object, column: str, fmt: str, zone: ZoneInfo) -> datetime:
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError(f"unknown time zone {name!r} (an IANA name, e.g. Europe/Berlin)") \
+    # OSError: a name the tz database opens as a file, e.g. a folder ("Europe") or too long.
+    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
+        raise ValueError(f"unknown time zone {name[:64]!r} (an IANA name, e.g. Europe/Berlin)") \
             from error

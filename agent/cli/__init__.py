@@ -5,11 +5,17 @@ subcommands and sets `handler` (a function of the parsed arguments returning the
 Add a group by adding its module to `_GROUPS`.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid input (config, arguments).
+
+Output piped into a reader that stops early (`edge-agent remote status ... | head`) ends the
+command quietly with exit code 1, as the Python docs recommend for SIGPIPE: no
+BrokenPipeError traceback, for every command, handled here once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from agent import __version__
@@ -21,6 +27,20 @@ _GROUPS = [core, remote, mapping, service, buffer, opcua]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here at the latest, not at exit
+    except BrokenPipeError:
+        # The reader went away (https://docs.python.org/3/library/signal.html#note-on-sigpipe):
+        # point stdout at devnull so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Plant edge agent: plant signals to canonical events, store-and-forward "

@@ -509,11 +509,20 @@ async def _tail_events(args: argparse.Namespace) -> int:
     printed = 0
     done = asyncio.Event()
     wanted = args.type
+    reader_gone = False  # stdout's reader closed early (`... | head`): stop, as `main` says
 
     def on_message(topic: str, payload: bytes, _properties: Any) -> None:
-        nonlocal printed
+        nonlocal reader_gone
         if done.is_set():
             return
+        try:
+            print_events(topic, payload)
+        except BrokenPipeError:  # raised in a session callback, which would only log it
+            reader_gone = True
+            done.set()
+
+    def print_events(topic: str, payload: bytes) -> None:
+        nonlocal printed
         try:
             events = decode_batch(payload)
         except Exception as error:  # a consumer tool: say what could not be read, go on
@@ -536,6 +545,8 @@ async def _tail_events(args: argparse.Namespace) -> int:
             await asyncio.wait_for(done.wait(), args.duration)
         except TimeoutError:
             pass
+    if reader_gone:
+        raise BrokenPipeError("stdout closed by its reader")
     if args.count is not None and printed < args.count:
         print(f"edge-agent: {printed} of {args.count} event(s) seen", file=sys.stderr)
         return EXIT_FAILURE

@@ -3,16 +3,25 @@
     edge-agent status -c CONFIG [--json]   sources, buffer, hub connection and last errors, from
                                            the state dir (works while the agent is down)
 
-Exit codes follow `systemctl status`: 0 the agent is running, 3 it is not, 2 invalid config,
-1 the state dir cannot be read.
+Exit codes follow `systemctl status`: 0 the agent is running, 3 it is not, 1 the state dir
+cannot be read.
+
+An invalid config file does not hide the status: someone mid-edit needs it most. The problems
+are printed (as `check-config` prints them) with a line saying the file is invalid, and the
+state dir is found as well as the file allows: its `agent.state_dir` if the TOML (or at least
+its `[agent]` table) parses, else the default; relative to the config file's folder as the
+loader takes it. The exit code then still says whether the agent runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+import tomllib
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,16 +39,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.cli.core import _load
-    from agent.runtime import buffer_path
+    from agent.runtime import BUFFER_FILE
     from agent.status_file import StatusUnreadable, process_alive, read_buffer_stats, read_status
-    from config.schema import AgentConfig
+    from config.loader import ConfigError, load_config
 
-    config = _load(args.config)
-    if config is None:
-        return EXIT_INVALID
-    assert isinstance(config, AgentConfig)
-    state_dir = config.agent.state_dir
+    config_problems: list[str] = []
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        config_problems = [problem.format() for problem in error.problems]
+        target = _target_of_invalid(args.config)
+        print(
+            f"edge-agent status: {args.config} is invalid ({len(config_problems)} problem(s)); "
+            f"showing the status from the state dir {target.state_dir} ({target.found}):",
+            file=sys.stderr,
+        )
+        for line in config_problems:
+            print(f"  {line}", file=sys.stderr)
+    else:
+        target = _Target(config.agent.state_dir, config.agent.site, config.agent.id, "")
+    state_dir = target.state_dir
     try:
         snapshot = read_status(state_dir)
     except StatusUnreadable as error:
@@ -48,18 +67,94 @@ def _status(args: argparse.Namespace) -> int:
     running = snapshot is not None and snapshot.get("state") != "stopped" and process_alive(
         snapshot.get("pid")
     )
-    buffer = read_buffer_stats(buffer_path(config))
-    report = {
+    buffer = read_buffer_stats(state_dir / BUFFER_FILE)
+    report: dict[str, Any] = {
         "running": running,
         "state_dir": str(state_dir),
         "snapshot": snapshot,
         "buffer": buffer,
     }
+    if config_problems:
+        report["config_invalid"] = config_problems
+    site = target.site or _text_field(snapshot, "site")
+    agent_id = target.agent_id or _text_field(snapshot, "agent")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(_text(config.agent.site, config.agent.id, report))
+        print(_text(site, agent_id, report))
+        if config_problems:
+            print(f"  config: {args.config} is INVALID ({len(config_problems)} problem(s), see "
+                  "above); the agent would refuse it on start or reload")
     return EXIT_RUNNING if running else EXIT_NOT_RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the status of a config's agent is: its state dir, and its site and id ("" when
+    unknown). `found` says how the state dir was found (for a config that did not validate)."""
+
+    state_dir: Path
+    site: str
+    agent_id: str
+    found: str
+
+
+_SECTION_HEADER = re.compile(r"^\s*\[")
+
+
+def _target_of_invalid(path: Path) -> _Target:
+    """The state dir (and site, id) of a config file that did not validate, as well as the
+    file allows: the whole TOML, else its `[agent]` table alone, else the schema's default."""
+    from config.schema import AgentSection
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    agent = _raw_agent_table(text)
+    raw_dir = agent.get("state_dir")
+    if isinstance(raw_dir, str) and raw_dir and "\x00" not in raw_dir:
+        state_dir, found = Path(raw_dir), "agent.state_dir in the file"
+    else:
+        state_dir = Path(AgentSection.model_fields["state_dir"].default)
+        found = "the default state_dir"
+    if not state_dir.is_absolute():
+        state_dir = path.absolute().parent / state_dir
+    site, agent_id = agent.get("site"), agent.get("id")
+    return _Target(
+        state_dir,
+        site if isinstance(site, str) else "",
+        agent_id if isinstance(agent_id, str) else "",
+        found,
+    )
+
+
+def _raw_agent_table(text: str) -> dict[str, Any]:
+    """The `[agent]` table of TOML text, unvalidated: from the whole text if it parses, else
+    from the `[agent]` section's own lines (the typo is often elsewhere); {} if neither does."""
+    candidates = [text]
+    lines = text.split("\n")
+    starts = [index for index, line in enumerate(lines) if line.strip().startswith("[agent]")]
+    if starts:
+        end = next(
+            (index for index in range(starts[0] + 1, len(lines))
+             if _SECTION_HEADER.match(lines[index])),
+            len(lines),
+        )
+        candidates.append("\n".join(lines[starts[0]:end]))
+    for candidate in candidates:
+        try:
+            agent = tomllib.loads(candidate).get("agent")
+        except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+            continue
+        if isinstance(agent, dict):
+            return agent
+    return {}
+
+
+def _text_field(snapshot: dict[str, Any] | None, key: str) -> str:
+    value = snapshot.get(key) if snapshot is not None else None
+    return value if isinstance(value, str) else "?"
 
 
 def _text(site: str, agent_id: str, report: dict[str, Any]) -> str:
