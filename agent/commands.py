@@ -42,7 +42,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import groupby
@@ -55,9 +55,16 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from agent.events import CONTENT_TYPE as EVENTS_CONTENT_TYPE
 from agent.events import AgentIdentity, IdentityHistory, encode_batch
 from agent.forwarder import REPLAY_PROPERTY
-from agent.mqtt_session import MqttSession, MqttSessionError, PubAck
+from agent.mqtt_session import MqttSession, MqttSessionError, PacketTooLarge, PubAck
 from agent.signing import Refused, RequestVerifier
-from agent.status import buffer_status, config_fingerprint, snapshot, sources_status
+from agent.status import (
+    REDUCED_FORMS,
+    buffer_status,
+    config_fingerprint,
+    reduced_status,
+    snapshot,
+    sources_status,
+)
 from config.loader import ConfigError, load_config
 from config.schema import (
     MUTATING_COMMANDS,
@@ -315,20 +322,26 @@ class CommandServer:
             "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             **{key: value for key, value in body.items() if key != "ok"},
         }
-        payload = json.dumps(document, separators=(",", ":"), default=str).encode()
-        try:
-            future = self._agent.session.publish(
-                request.response_topic,
-                payload,
-                qos=1,
-                content_type=CONTENT_TYPE,
-                correlation_data=request.correlation_data,
-            )
-        except MqttSessionError as error:
-            self.counters.refused_total["response_not_sent"] += 1
-            _log.debug("response to %s not sent: %s", request.command[:64], error)
+        for answer in _answers_smallest_last(document, self._agent.topic_root):
+            payload = json.dumps(answer, separators=(",", ":"), default=str).encode()
+            try:
+                future = self._agent.session.publish(
+                    request.response_topic,
+                    payload,
+                    qos=1,
+                    content_type=CONTENT_TYPE,
+                    correlation_data=request.correlation_data,
+                )
+            except PacketTooLarge:
+                continue  # the next, smaller answer
+            except MqttSessionError as error:
+                self.counters.refused_total["response_not_sent"] += 1
+                _log.debug("response to %s not sent: %s", request.command[:64], error)
+                return
+            future.add_done_callback(_ignore_outcome)
             return
-        future.add_done_callback(_ignore_outcome)
+        self.counters.refused_total["response_not_sent"] += 1
+        _log.debug("response to %s not sent: too large even as a refusal", request.command[:64])
 
     def _count_refusal(self, command: str, refused: Refused) -> None:
         self.counters.refused_total[refused.reason] += 1
@@ -684,3 +697,25 @@ async def replay_retained(
     if total:
         _log.info("replayed %d delivered event(s) on request", total)
     return total
+
+
+def _answers_smallest_last(document: dict[str, Any], topic_root: str) -> Iterator[dict[str, Any]]:
+    """The answer, then smaller ones for a broker whose Maximum Packet Size it exceeds: a
+    `status` result in its reduced forms (`agent.status.reduced_status`), and last a refusal
+    that says why and what to ask for instead."""
+    yield document
+    result = document.get("result")
+    if document.get("ok") and document.get("command") == "status" and isinstance(result, dict):
+        for form in REDUCED_FORMS:
+            reduced = reduced_status(result, form, details=f"{topic_root}/cmd/sources")
+            yield {**document, "result": reduced}
+    yield {
+        key: document[key] for key in ("command", "agent", "at") if key in document
+    } | {
+        "ok": False,
+        "error": {
+            "reason": "too_large",
+            "message": "the answer exceeds the broker's maximum packet size; ask for "
+            "'sources' or 'buffer' on their own",
+        },
+    }

@@ -421,8 +421,14 @@ def fleet_rows(
             yield row
             continue
         sources = status.get("sources", {})
-        up = sum(1 for source in sources.values() if source.get("connected"))
-        paused = sum(1 for source in sources.values() if source.get("state") == "paused")
+        # A reduced retained status (agent.status) lists only some sources: count from its
+        # summary.
+        summary = status.get("sources_summary") or {}
+        up = int(summary.get("up", sum(1 for s in sources.values() if s.get("connected"))))
+        paused = int(
+            summary.get("paused", sum(1 for s in sources.values() if s.get("state") == "paused"))
+        )
+        total = int(summary.get("total", len(sources)))
         buffer = status.get("buffer", {})
         classes = buffer.get("classes", {})
         oldest = buffer.get("oldest_pending_age_s")
@@ -431,7 +437,7 @@ def fleet_rows(
         at = _timestamp(status.get("at"))
         age = now - at if at is not None else None
         row.update(
-            sources_up=up, sources_total=len(sources), sources_paused=paused,
+            sources_up=up, sources_total=total, sources_paused=paused,
             backlog={name: entry.get("pending", 0) for name, entry in classes.items()},
             oldest_pending_age_s=oldest,
             oldest_pending_age_s_by_class={
@@ -443,12 +449,14 @@ def fleet_rows(
             flags.append("STALE")
         if oldest is not None and oldest > behind_s:
             flags.append("BEHIND")
-        if up < len(sources) - paused:
+        if up < total - paused:
             flags.append("SOURCE DOWN")
         if paused:
             flags.append("PAUSED")
         if not forwarder.get("connected", False):
             flags.append("HUB DOWN")
+        if forwarder.get("paused_lanes"):
+            flags.append("TOPIC REFUSED")
         yield row
 
 

@@ -22,6 +22,7 @@ from agent.runtime import Agent
 from agent.status import REDUCED_FORMS, reduced_status, snapshot
 from config.loader import load_config
 from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from tests.support.commands import Requester
 from tests.support.durability import agent_header
 
 STATUS_TOPIC = "mfg/plant-a/edge-01/status"
@@ -86,9 +87,15 @@ async def test_a_status_over_the_broker_packet_size_is_published_compact_and_fle
                 with Subscriber(broker, STATUS_TOPIC) as subscriber:
                     [message] = await subscriber.wait_for_async(retained_online, WAIT_S)
                 assert agent.session.max_packet_size == MAX_PACKET_SIZE
+                # Asked for its status, the agent answers in a form that fits too.
+                with Requester(broker) as hub:
+                    answer = await hub.ask_async("status")
             finally:
                 stop.set()
                 await asyncio.wait_for(task, timeout=WAIT_S)
+    assert answer["ok"] is True, answer
+    assert answer["result"]["form"] in REDUCED_FORMS
+    assert answer["result"]["sources_summary"]["total"] == SOURCES
     assert full_size > MAX_PACKET_SIZE, "the full status would not fit: the case is real"
     document = json.loads(message.payload)
     assert document["form"] in REDUCED_FORMS
@@ -146,8 +153,9 @@ def test_every_reduced_form_keeps_what_fleet_reads(form: str) -> None:
     assert "HUB DOWN" not in row["flags"] and "STALE" not in row["flags"], row
     assert reduced["sources_summary"] == {"total": 200, "up": 197, "paused": 0}
     size = len(json.dumps(reduced, separators=(",", ":")))
-    if form == "compact":
-        assert (row["sources_up"], row["sources_total"]) == (197, 200)
+    # fleet counts from the summary, whatever the form lists.
+    assert (row["sources_up"], row["sources_total"]) == (197, 200)
+    assert "SOURCE DOWN" in row["flags"]
     if form == "summary":  # only the sources fleet must flag
         assert set(reduced["sources"]) == {f"source-with-a-long-name-{n:04d}" for n in range(3)}
         assert "SOURCE DOWN" in row["flags"]
