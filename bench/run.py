@@ -8,7 +8,9 @@
    source while the broker is down (buffer bytes on disk per event); then the agent with 10,000
    OPC UA items on that state dir, still without a broker (its RSS); then the broker starts and
    the backlog drains while 200 live events/s go out beside it (drain rate, live latency).
-3. The targets of issue 8, each with its measured figure and pass/fail.
+3. A large MES file (`bench.large_file`): the real agent process ingesting one 2,000,000-row
+   CSV from its file drop (rows/s committed, the agent's peak RSS; issue 13, item 9).
+4. The targets of issues 8 and 13, each with its measured figure and pass/fail.
 
 Prints a table and writes everything as JSON (`bench/results.json`, or `--out`). Children (the
 server, the agents, mosquitto, the bare client) are always ended, also on SIGTERM. Only
@@ -38,6 +40,7 @@ from typing import Any
 
 from bench.backlog_drain import drain, fill
 from bench.ingest import Phase, footprint, run_ingest
+from bench.large_file import run_large_file
 from config.schema import BufferSection
 from tests.support.broker import MosquittoBroker
 from tests.support.durability import TimedSubscriber
@@ -56,12 +59,13 @@ class Scale:
     backlog: int
     footprint_items: int
     footprint_s: float
+    large_file_rows: int
 
 
 FULL = Scale(items=(1000, 10000), moderate_s=10, max_s=15, backlog=1_000_000,
-             footprint_items=10000, footprint_s=5)
+             footprint_items=10000, footprint_s=5, large_file_rows=2_000_000)
 QUICK = Scale(items=(100, 1000), moderate_s=2, max_s=3, backlog=20_000,
-              footprint_items=1000, footprint_s=2)
+              footprint_items=1000, footprint_s=2, large_file_rows=50_000)
 
 
 def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
@@ -89,6 +93,8 @@ def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
             subscriber.stop()
     results["backlog"] = {"fill": filled, "footprint": {**held, "buffered": filled["events"]},
                           "drain": drained}
+    print(f"large file: {scale.large_file_rows:,} rows ...", file=sys.stderr, flush=True)
+    results["large_file"] = run_large_file(scale.large_file_rows, work / "large_file")
     return results
 
 
@@ -125,6 +131,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
           held["peak_rss_mib"] * MIB_IN_MB, 120, "MB")
     check("buffer bytes on disk per telemetry event", results["backlog"]["fill"]["bytes_per_event"],
           250, "bytes")
+    large = results["large_file"]
+    check(f"peak RSS, a {large['rows']:,}-row MES CSV file ingested (issue 13)",
+          large["peak_rss_mib"] * MIB_IN_MB, 150, "MB")
+    check(f"rows of the {large['rows']:,}-row file not accepted exactly once",
+          abs(large["rows"] - large["accepted"]), 0, "rows")
     first = [run for run in results["ingest"] if run["items"] == 1000]
     if first:
         check("start to first forwarded event, 1000 items", first[0]["start_to_first_event_s"],
@@ -171,7 +182,12 @@ def print_table(results: dict[str, Any]) -> None:
           f"{drained['live_events']:,}, p50 {drained['live_p50_s'] * 1e3:.0f} ms, "
           f"p99 {drained['live_p99_s'] * 1e3:.0f} ms; agent peak RSS "
           f"{drained['peak_rss_mib']:.0f} MiB")
-    print("\nTargets (issue 8)" + (" — quick run: small counts, not the targets' conditions"
+    large = results["large_file"]
+    print("\nLarge MES file: one CSV renamed into the file drop of the edge-agent process")
+    print(f"{large['rows']:,} rows ({large['file_bytes'] / 2**20:,.0f} MiB) committed in "
+          f"{large['seconds']:.1f} s = {large['rows_per_s']:,.0f} rows/s; "
+          f"{large['accepted']:,} accepted; agent peak RSS {large['peak_rss_mib']:.0f} MiB")
+    print("\nTargets (issues 8 and 13)" + (" — quick run: small counts, not the targets' conditions"
                                    if results["mode"] == "quick" else ""))
     width = max(len(row["target"]) for row in results["targets"])
     for row in results["targets"]:

@@ -23,10 +23,16 @@ time_zone = "Europe/Berlin"         # for times without an offset
   scrap = { column = "SCRAP_QTY", type = "float", required = false }
 ```
 
-Files are taken in name order. A complete file's rows go to the pipeline; once every row is
-committed to the buffer the file moves to `processed/`. Rows that cannot be read go, with
-their line number and reason, to `rejected/<file>.rejects.csv` (the good rows still flow); a
-file that cannot be read at all moves to `rejected/` with a `<file>.reject.txt` beside it.
+Files are taken in name order; only regular files are read (a symbolic link, FIFO, socket or
+device matching the pattern moves to `rejected/` unread, a folder is left alone). A complete
+file's rows go to the pipeline in chunks of `rows_per_emit`, each committed with the file's
+position, so a restart resumes after the last committed chunk; once every row is committed to
+the buffer the file moves to `processed/`. A CSV file is read row by row whatever its size
+(up to `max_file_bytes`); a JSON array is parsed whole and is bounded by `max_json_bytes`.
+Rows that cannot be read go, with their line number and reason (never the cell's content), to
+`rejected/<file>.rejects.csv` (the good rows still flow); a file that cannot be read at all
+(as configured, or by the OS: EIO, EACCES) moves to `rejected/` with a `<file>.reject.txt`
+beside it, or, when it cannot be moved either, is skipped until the agent restarts.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class MesFilesSettings(RecordSettings):
     marker_suffix: Annotated[str, Field(min_length=1, max_length=32)] = ".done"
     poll_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     max_file_bytes: Annotated[int, Field(ge=1, le=2**31)] = 64 * 2**20
+    # A JSON document is parsed whole (CSV is read row by row): this bounds its memory.
+    max_json_bytes: Annotated[int, Field(ge=1, le=2**28)] = 16 * 2**20
     rows_per_emit: Annotated[int, Field(ge=1, le=10_000)] = 500
     reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0

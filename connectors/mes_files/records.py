@@ -1,11 +1,20 @@
-"""Reading one MES file into records: pure code, no I/O beyond the bytes it is given.
+"""Reading one MES file into records: pure code, no I/O beyond reading the file it is given.
 
 A file is identified by the SHA-256 of its content; a record by that digest and its line
 number (`record_key`), so the same file read again (after a crash) yields the same keys and
-the same event ids downstream. A row that cannot be read (a required cell empty, a number or
-time that does not parse) is a `RowReject` with its line number and reason; the other rows
-are unaffected. A file that cannot be read at all (not valid text, a missing column, JSON that
-is not an array of objects) raises `FileUnreadable`.
+the same event ids downstream.
+
+Streaming, in two passes over the open file, each holding a bounded amount of it in memory
+whatever its size: `check_file` reads it whole once (digest; every byte decodes, every CSV row
+tokenises, the header has the columns) so that a file that cannot be read at all raises
+`FileUnreadable` before any of its rows is sent; `read_chunks` reads it again from the start
+and yields its records in `Chunk`s of at most `rows_per_emit` rows. A JSON document (an array
+of objects) cannot be streamed: it is parsed whole, so it is bounded by `max_json_bytes`.
+
+A row that cannot be read (a required cell empty, a number or time that does not parse) is a
+`RowReject` with its line number and reason; the other rows are unaffected. A reason names
+the line, the column and what was expected, and never quotes the file's content (a file may
+hold anything: reasons go to logs and reports).
 """
 
 from __future__ import annotations
@@ -14,16 +23,23 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, BinaryIO
 
 from connectors.base import Value
 from connectors.mes_files.config import MesFilesSettings
 from connectors.records import RowError, read_record
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+_READ_BYTES = 2**20  # what one read takes from the file
+
 
 class FileUnreadable(ValueError):
-    """The whole file cannot be read as configured; the message says why."""
+    """The whole file cannot be read as configured; the message says why (never quoting it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +57,15 @@ class RowReject:
 
 
 @dataclass(frozen=True, slots=True)
+class Chunk:
+    """The next rows of a file, in line order: at most `rows_per_emit` records, and the
+    rejects among the same lines."""
+
+    records: list[Record]
+    rejects: list[RowReject]
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedFile:
     digest: str  # SHA-256 of the content, hex
     records: list[Record]
@@ -53,73 +78,238 @@ def record_key(digest: str, line: int) -> str:
 
 
 def parse_file(data: bytes, settings: MesFilesSettings, modified_at: datetime) -> ParsedFile:
-    """`modified_at`: the file's mtime, the time of its rows when there is no time column."""
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        text = data.decode(settings.encoding)
-    except UnicodeDecodeError as error:
-        raise FileUnreadable(f"not {settings.encoding} text: {error}") from error
-    rows = _csv_rows(text, settings) if settings.format == "csv" else _json_rows(text)
+    """A whole file's content at once (small inputs, tests): both passes over `data`."""
+    file = io.BytesIO(data)
+    digest = check_file(file, settings)
     records: list[Record] = []
     rejects: list[RowReject] = []
-    for line, row, raw in rows:
-        try:
-            if "\x00" in row:
-                raise RowError(str(row["\x00"]), "row")
-            record = read_record(row, settings, received_at=modified_at)
-        except RowError as error:
-            rejects.append(RowReject(line, str(error), raw))
-        else:
-            records.append(Record(line, record.timestamp, record.fields))
+    for chunk in read_chunks(file, settings, modified_at):
+        records.extend(chunk.records)
+        rejects.extend(chunk.rejects)
     return ParsedFile(digest, records, rejects)
 
 
+def check_file(file: BinaryIO, settings: MesFilesSettings) -> str:
+    """The first pass, from the start: the content's SHA-256 (hex), or `FileUnreadable`."""
+    reader = _HashingReader(file)
+    if settings.format == "json":
+        _json_items(reader, settings)
+    else:
+        with _text(reader, settings) as text:
+            _, rows = _csv_rows(text, settings)
+            for _ in rows:
+                pass
+    reader.drain()
+    return reader.hash.hexdigest()
+
+
+def read_chunks(
+    file: BinaryIO, settings: MesFilesSettings, modified_at: datetime
+) -> Generator[Chunk, None, None]:
+    """The second pass, from the start. `modified_at`: the file's mtime, the time of its rows
+    when there is no time column. `FileUnreadable` only if the file changed since
+    `check_file`."""
+    reader = _HashingReader(file)
+    if settings.format == "json":
+        yield from _chunks(_json_rows(_json_items(reader, settings)), settings, modified_at)
+        return
+    with _text(reader, settings) as text:
+        header, rows = _csv_rows(text, settings)
+        yield from _chunks(_csv_cells(header, rows, settings), settings, modified_at)
+
+
+# A row as the two formats give it: its line, its cells by column (or why it has none), raw.
+_Row = tuple[int, Mapping[str, object] | str, str]
+
+
+def _chunks(rows: Iterator[_Row], settings: MesFilesSettings, at: datetime) -> Iterator[Chunk]:
+    step = settings.rows_per_emit
+    records: list[Record] = []
+    rejects: list[RowReject] = []
+    for line, row, raw in rows:
+        if isinstance(row, str):
+            rejects.append(RowReject(line, row, raw))
+        else:
+            try:
+                record = read_record(row, settings, received_at=at)
+            except RowError as error:
+                rejects.append(RowReject(line, _reason(error, row, settings), raw))
+            else:
+                records.append(Record(line, record.timestamp, record.fields))
+        if len(records) >= step or len(rejects) >= step:
+            yield Chunk(records, rejects)
+            records, rejects = [], []
+    if records or rejects:
+        yield Chunk(records, rejects)
+
+
+def _reason(error: RowError, row: Mapping[str, object], settings: MesFilesSettings) -> str:
+    """Why a row is refused, from the column and what it expects: never the cell itself."""
+    column = error.column
+    is_time = column == settings.time_column
+    name = f"{'time column' if is_time else 'column'} {column!r}"
+    if _blank(_cell(row, column)):
+        return f"{name} is empty"
+    if is_time:
+        return f"{name}: expected {_a_time(settings.time_format)}"
+    for spec in settings.columns.values():
+        if spec.column == column:
+            expected = {
+                "str": "text", "int": "a whole number", "float": "a finite number",
+                "time": _a_time(spec.format or settings.time_format),
+            }[spec.type]
+            return f"{name}: expected {expected}"
+    return f"{name}: {type(error).__name__}"  # not a configured column: cannot happen
+
+
+def _a_time(fmt: str) -> str:
+    return "an ISO 8601 time" if fmt == "iso" else f"a time in {fmt!r}"
+
+
+def _cell(row: Mapping[str, object], column: str) -> object:
+    """The value at `column` (a key, or a dotted path into JSON); None when missing."""
+    if column in row:
+        return row[column]
+    value: object = row
+    for part in column.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+# -- CSV ------------------------------------------------------------------------------------
+
+
+def _text(reader: _HashingReader, settings: MesFilesSettings) -> io.TextIOWrapper:
+    buffered = io.BufferedReader(reader, _READ_BYTES)
+    return io.TextIOWrapper(buffered, encoding=settings.encoding, newline="")
+
+
 def _csv_rows(
-    text: str, settings: MesFilesSettings
-) -> list[tuple[int, dict[str, object], str]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=settings.delimiter)
+    text: io.TextIOWrapper, settings: MesFilesSettings
+) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header (checked against the columns) and an iterator of (line, cells) after it,
+    blank lines left out."""
+    reader = csv.reader(text, delimiter=settings.delimiter)
     try:
-        header = next(reader)
+        header = [name.strip() for name in next(reader)]
     except StopIteration:
         raise FileUnreadable("empty file: no header row") from None
     except csv.Error as error:
         raise FileUnreadable(f"line 1: {error}") from error
-    header = [name.strip() for name in header]
+    except UnicodeDecodeError as error:
+        raise FileUnreadable(f"line 1: not {settings.encoding} text ({error.reason})") from None
     missing = [name for name in settings.column_names() if name not in header]
     if missing:
         raise FileUnreadable(
             f"column(s) {', '.join(map(repr, missing))} not in the header "
-            f"({', '.join(map(repr, header))})"
+            f"(line 1, {len(header)} column(s))"
         )
-    rows: list[tuple[int, dict[str, object], str]] = []
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as error:
-            raise FileUnreadable(f"line {reader.line_num}: {error}") from error
-        if not any(cell.strip() for cell in cells):
-            continue  # blank line
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise FileUnreadable(f"line {reader.line_num}: {error}") from error
+            except UnicodeDecodeError as error:
+                raise FileUnreadable(
+                    f"not {settings.encoding} text ({error.reason}) after line {reader.line_num}"
+                ) from None
+            if any(cell.strip() for cell in cells):  # else a blank line
+                yield reader.line_num, cells
+
+    return header, rows()
+
+
+def _csv_cells(
+    header: list[str], rows: Iterator[tuple[int, list[str]]], settings: MesFilesSettings
+) -> Iterator[_Row]:
+    for line, cells in rows:
         raw = settings.delimiter.join(cells)
         if len(cells) != len(header):
-            row: dict[str, object] = {"\x00": f"{len(cells)} cells, header has {len(header)}"}
+            yield line, f"{len(cells)} cells, header has {len(header)}", raw
         else:
-            row = dict(zip(header, cells, strict=True))
-        rows.append((reader.line_num, row, raw))
-    return rows
+            yield line, dict(zip(header, cells, strict=True)), raw
 
 
-def _json_rows(text: str) -> list[tuple[int, dict[str, object], str]]:
+# -- JSON -----------------------------------------------------------------------------------
+
+
+def _json_items(reader: _HashingReader, settings: MesFilesSettings) -> list[object]:
+    limit = settings.max_json_bytes
+    data = reader.read_at_most(limit + 1)
+    if len(data) > limit:
+        raise FileUnreadable(
+            f"above max_json_bytes = {limit}: a JSON document is parsed whole, in memory "
+            "(export larger batches as CSV, which is read row by row)"
+        )
+    try:
+        text = data.decode(settings.encoding)
+    except UnicodeDecodeError as error:
+        raise FileUnreadable(
+            f"not {settings.encoding} text ({error.reason}) at byte {error.start}"
+        ) from None
     try:
         items = json.loads(text)
     except json.JSONDecodeError as error:
-        raise FileUnreadable(f"not JSON: {error}") from error
+        raise FileUnreadable(
+            f"not JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
     if not isinstance(items, list):
         raise FileUnreadable("expected a JSON array of objects")
-    rows: list[tuple[int, dict[str, object], str]] = []
+    return items
+
+
+def _json_rows(items: list[object]) -> Iterator[_Row]:
     for number, item in enumerate(items, start=1):
         raw = json.dumps(item, ensure_ascii=False)
-        row = item if isinstance(item, dict) else {"\x00": "item is not an object"}
-        rows.append((number, row, raw))
-    return rows
+        if isinstance(item, dict):
+            yield number, item, raw
+        else:
+            yield number, "item is not an object", raw
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads `file` from its start, hashing what passes; closing it leaves `file` open."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        super().__init__()
+        file.seek(0)
+        self._file = file
+        self.hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._file.read(len(view))
+        view[: len(data)] = data
+        self.hash.update(data)
+        return len(data)
+
+    def read_at_most(self, size: int) -> bytes:
+        """Up to `size` bytes (fewer only at the end of the file)."""
+        parts: list[bytes] = []
+        wanted = size
+        while wanted > 0:  # bounded: each round reads at least one byte or ends
+            data = self._file.read(min(wanted, _READ_BYTES))
+            if not data:
+                break
+            self.hash.update(data)
+            parts.append(data)
+            wanted -= len(data)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        """Hash the rest of the file (what the format's reader left unread)."""
+        while data := self._file.read(_READ_BYTES):  # bounded by the file's size
+            self.hash.update(data)

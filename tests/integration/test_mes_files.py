@@ -74,14 +74,16 @@ async def test_files_flow_wait_until_complete_and_reject_bad_rows(
             with (drop / "rejected" / "c.csv.rejects.csv").open(newline="") as file:
                 report = list(csv.DictReader(file))
             assert [(r["line"], r["reason"]) for r in report] == [
-                ("3", "column 'GOOD_QTY': '-' is not a number"),
+                ("3", "column 'GOOD_QTY': expected a whole number"),  # never the cell itself
                 ("5", "column 'WO' is empty"),
-                ("6", "time column 'FINISHED': 'yesterday' does not match '%d.%m.%Y %H:%M:%S'"),
+                ("6", "time column 'FINISHED': expected a time in '%d.%m.%Y %H:%M:%S'"),
             ]
             assert report[0]["row"] == "WO-201;M;-;0;26.11.2026 09:01:00"
             await asyncio.sleep(0.5)
             assert sources_status(agent)["mes-drop"]["counters"] == {
                 "files_processed_total": 3, "files_rejected_total": 0, "rows_rejected_total": 3,
+                "files_unreadable_total": 0, "entries_refused_total": 0,
+                "files_skipped_total": 0, "disk_pauses_total": 0,
             }
         expected = {f"WO-{n}" for n in [*range(5), 100, 101, 102, 200, 202, 206]}
         assert set(orders_at_hub(subscriber)) == expected

@@ -53,8 +53,8 @@ def test_good_and_bad_rows_with_line_numbers(tmp_path: Path) -> None:
     assert dict(parsed.records[1].fields)["scrap"] is None
     assert [(r.line, r.reason) for r in parsed.rejects] == [
         (3, "column 'WO' is empty"),
-        (4, "column 'GOOD_QTY': 'ten' is not a number"),
-        (6, "time column 'FINISHED': '2026-11-26 08:03' does not match '%d.%m.%Y %H:%M:%S'"),
+        (4, "column 'GOOD_QTY': expected a whole number"),  # never the cell itself
+        (6, "time column 'FINISHED': expected a time in '%d.%m.%Y %H:%M:%S'"),
     ]
     # Same content, same digest: a re-read after a crash yields the same record keys.
     assert parse_file(text.encode(), source, MTIME).digest == parsed.digest
@@ -113,3 +113,59 @@ def test_mapper_turns_records_into_events_with_stable_ids(tmp_path: Path) -> Non
         "signal": "record", "order": "WO-1", "product": "MAT-1", "good": 10, "scrap": 1,
         "unit": "1",
     }
+
+
+def test_a_file_is_read_in_bounded_chunks_with_the_whole_content_digest(tmp_path: Path) -> None:
+    """Streaming (issue 13, item 9): chunks of at most `rows_per_emit` records, in line order,
+    and the digest is the SHA-256 of the whole content, as when the file was read at once (so
+    ids do not change for a file half-done by an older agent)."""
+    import hashlib
+    import io
+
+    from connectors.mes_files.records import check_file, read_chunks
+
+    _, source = settings(tmp_path)
+    source = source.model_copy(update={"rows_per_emit": 7})
+    data = (HEADER + "".join(
+        f"WO-{n};M;{n};0;26.11.2026 08:00:00\n" if n % 10 else f"WO-{n};M;x;0;bad\n"
+        for n in range(100)
+    )).encode()
+    file = io.BytesIO(data)
+    assert check_file(file, source) == hashlib.sha256(data).hexdigest()
+    chunks = list(read_chunks(file, source, MTIME))
+    assert all(len(c.records) <= 7 and len(c.rejects) <= 7 for c in chunks)
+    lines = [r.line for c in chunks for r in c.records]
+    assert lines == [n + 2 for n in range(100) if n % 10]
+    assert [r.line for c in chunks for r in c.rejects] == [n + 2 for n in range(0, 100, 10)]
+
+
+def test_an_unreadable_file_is_found_before_any_row_goes_out(tmp_path: Path) -> None:
+    """A bad byte on the last line fails the first pass (nothing is emitted from a file that
+    cannot be read), and no reason quotes the file: not the header, not a byte's value."""
+    import io
+
+    from connectors.mes_files.records import check_file
+
+    _, source = settings(tmp_path)
+    data = (HEADER + "WO-1;M;1;0;26.11.2026 08:00:00\n" * 3000).encode() + b"WO-\xff;M;1;0;x\n"
+    with pytest.raises(FileUnreadable) as failed:
+        check_file(io.BytesIO(data), source)
+    assert str(failed.value).startswith("not utf-8-sig text (invalid start byte) after line ")
+    assert "xff" not in str(failed.value)
+    with pytest.raises(FileUnreadable) as failed:
+        check_file(io.BytesIO(b"root:$6$hash:19700::\n"), source)
+    assert "$6$hash" not in str(failed.value)
+
+
+def test_a_json_document_is_bounded_by_max_json_bytes(tmp_path: Path) -> None:
+    """A JSON array is parsed whole: above `max_json_bytes` it is refused before parsing."""
+    import io
+
+    from connectors.mes_files.records import check_file
+
+    _, source = settings(tmp_path)
+    source = source.model_copy(update={"format": "json", "max_json_bytes": 1000})
+    small = b'[{"WO": "1"}]'
+    assert check_file(io.BytesIO(small), source)
+    with pytest.raises(FileUnreadable, match="above max_json_bytes = 1000"):
+        check_file(io.BytesIO(b"[" + b'{"WO": "1"},' * 200 + b"{}]"), source)
