@@ -20,12 +20,15 @@ never asserted (the tests assert the guarantees).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import random
 import tempfile
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.agent_process import AgentProcess
@@ -39,6 +42,7 @@ from tests.support.durability import (
     last_seq,
     simulated_agent_config,
 )
+from tests.support.mqtt_proxy import MqttProxy
 
 SIGNALS = 2
 RUNNING = "running: 1 source(s)"
@@ -55,9 +59,11 @@ class Faults:
     def __init__(
         self, agent: AgentProcess, broker: MosquittoBroker, proxy: TcpProxy,
         subscriber: TimedSubscriber, rng: random.Random, root: Path,
+        mqtt_proxy: MqttProxy | None = None,
     ) -> None:
         self.agent, self.broker, self.proxy = agent, broker, proxy
         self.subscriber, self.rng, self.root = subscriber, rng, root
+        self.mqtt_proxy = mqtt_proxy
         self.calls = 0
 
 
@@ -65,30 +71,57 @@ class Faults:
 class Scenario:
     fault: Callable[[Faults], None]
     broker_options: tuple[str, ...] = ()
-    # The [buffer] lines of the config, given the work dir (for a disk-free reserve).
+    broker_files: Mapping[str, str] = field(default_factory=dict)
+    # The [buffer] and [hub] lines of the config, given the work dir (for a disk-free reserve).
     extra_buffer: Callable[[Path], str] = lambda _root: ""
+    extra_hub: str = ""
+    # An MQTT-aware proxy between the agent's link and the broker (it can swallow PUBACKs).
+    mqtt_proxy: bool = False
+
+
+@contextlib.contextmanager
+def threaded_mqtt_proxy(target_port: int) -> Iterator[MqttProxy]:
+    """`MqttProxy` (asyncio) on a loop of its own thread, for this synchronous runner; its
+    `swallow_pubacks` flag is a plain attribute that the proxy reads per packet."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="mqtt-proxy", daemon=True)
+    thread.start()
+    proxy = MqttProxy(target_port)
+    try:
+        asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
+        yield proxy
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) -> list[str]:
     rng = random.Random(7)
     with (
         tempfile.TemporaryDirectory() as work,
-        MosquittoBroker(list(scenario.broker_options)) as broker,
+        MosquittoBroker(list(scenario.broker_options), files=scenario.broker_files) as broker,
+        contextlib.ExitStack() as stack,
     ):
         root = Path(work)
-        with TcpProxy(broker.port) as proxy:
+        mqtt_proxy = (
+            stack.enter_context(threaded_mqtt_proxy(broker.port)) if scenario.mqtt_proxy else None
+        )
+        upstream = mqtt_proxy.port if mqtt_proxy is not None else broker.port
+        with TcpProxy(upstream) as proxy:
             subscriber = TimedSubscriber(broker).start()
             config = root / "agent.toml"
             config.write_text(
                 simulated_agent_config(
                     hub_url=proxy.url, state_dir=root / "state", rate_hz=rate_hz,
-                    extra_buffer=scenario.extra_buffer(root),
+                    extra_buffer=scenario.extra_buffer(root), extra_hub=scenario.extra_hub,
                 )
             )
             agent = AgentProcess(config, root / "agent.log").start()
             try:
                 agent.wait_log(RUNNING, timeout=30)
-                faults = Faults(agent, broker, proxy, subscriber, rng, root)
+                faults = Faults(agent, broker, proxy, subscriber, rng, root, mqtt_proxy)
                 deadline = time.monotonic() + seconds
                 while time.monotonic() < deadline:
                     scenario.fault(faults)
@@ -206,6 +239,37 @@ def second_agent(f: Faults) -> None:
         other.ensure_stopped()
 
 
+def puback_stall(f: Faults) -> None:
+    """The path keeps the connection and its keepalive but loses every PUBACK for longer than
+    the PUBACK deadline (`STALL_HUB`), then carries them again."""
+    assert f.mqtt_proxy is not None
+    time.sleep(f.rng.uniform(1.0, 2.0))
+    f.mqtt_proxy.swallow_pubacks = True
+    try:
+        time.sleep(f.rng.uniform(6.0, 9.0))
+    finally:
+        f.mqtt_proxy.swallow_pubacks = False
+
+
+STALL_HUB = "puback_timeout_s = 3"
+COUNT_TOPIC = "mfg/plant-a/edge-01/events/production.count.v1"
+ACL_DENY_COUNT = f"topic deny {COUNT_TOPIC}\ntopic readwrite #\n"
+ACL_ALLOW_ALL = "topic readwrite #\n"
+
+
+def acl_denial(f: Faults) -> None:
+    """The broker's ACL denies the business event topic (PUBACK 0x87) for a while, then is
+    fixed and reloaded (SIGHUP): the agent must hold those events and resume by itself."""
+    time.sleep(f.rng.uniform(0.5, 1.5))
+    f.broker.write_file("acl", ACL_DENY_COUNT)
+    f.broker.reload()
+    try:
+        time.sleep(f.rng.uniform(3.0, 5.0))
+    finally:
+        f.broker.write_file("acl", ACL_ALLOW_ALL)
+        f.broker.reload()
+
+
 SIZE_LIMITS = ("max_packet_size 20000", "message_size_limit 4000")
 
 SCENARIOS = {
@@ -220,6 +284,13 @@ SCENARIOS = {
     "second agent on the same state dir, repeated": Scenario(second_agent),
     "broker max_packet_size 20000 + message_size_limit 4000": Scenario(
         steady, broker_options=SIZE_LIMITS
+    ),
+    "PUBACK stall (connection and keepalive alive, PUBACKs lost), repeated": Scenario(
+        puback_stall, extra_hub=STALL_HUB, mqtt_proxy=True
+    ),
+    "broker ACL denies the business topic (0x87), then fixed (SIGHUP), repeated": Scenario(
+        acl_denial, broker_options=("acl_file {workdir}/acl",),
+        broker_files={"acl": ACL_ALLOW_ALL},
     ),
 }
 
