@@ -22,6 +22,16 @@ count that batch twice; using the pending value could skip parts. So it gets no 
 its first count after the restart has a null increment (reported as unknown, never invented),
 and the restore logs which counters that concerns. A counter is never counted twice.
 
+When a write fails (a full disk, a read-only remount, no descriptors left: the short-disk
+condition of `connectors.base.is_short_disk`, or any other `OSError`), the protocol keeps its
+guarantee:
+- step 1 fails: `before_commit` raises the `OSError` and the batch must not commit (the
+  pipeline holds it and calls `before_commit` again until it succeeds, see `agent.pipeline`);
+  the file says what it said before (the write goes to a temporary file that is removed);
+- step 3 fails: the batch is committed and the file still says `pending`, the safe reading.
+  `after_commit` does not raise; the file is marked stale and the next `before_commit`
+  rewrites it even when no count changed, so a later restart loses no baseline needlessly.
+
 The file is written on a thread (`asyncio.to_thread`), never on the event loop. An unreadable
 or malformed file is treated like a missing one (logged, no baselines).
 """
@@ -29,6 +39,7 @@ or malformed file is treated like a missing one (logged, no baselines).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -49,6 +60,8 @@ class CounterBaselines:
         self._mapper = mapper
         self._committed: dict[str, int] = {}
         self._pending: dict[str, int] | None = None
+        # The file lags behind `_committed` (an `after_commit` write failed): rewrite it.
+        self._stale = False
 
     def restore(self) -> int:
         """Load the file and give the mapper the baselines that are safe to use; returns how
@@ -65,20 +78,34 @@ class CounterBaselines:
         return self._mapper.restore_counter_baselines(usable)
 
     async def before_commit(self) -> None:
+        """Step 1: write the batch's baselines as pending, durably. Raises the `OSError` of a
+        failed write: then the batch must not commit (call again before committing it)."""
         current = self._mapper.counter_baselines()
         changed = {k: count for k, count in current.items() if self._committed.get(k) != count}
-        if not changed:
+        if not changed and not self._stale:
             self._pending = None
             return
-        self._pending = changed
-        await asyncio.to_thread(_write, self.path, self._committed, changed, True)
+        self._pending = changed or None
+        await asyncio.to_thread(_write, self.path, self._committed, self._pending, True)
+        self._stale = False
 
     async def after_commit(self) -> None:
+        """Step 3: fold pending into committed. Never raises: a failed write leaves the file
+        saying pending (safe), and the next `before_commit` rewrites it."""
         if self._pending is None:
             return
         self._committed = {**self._committed, **self._pending}
         self._pending = None
-        await asyncio.to_thread(_write, self.path, self._committed, None, False)
+        try:
+            await asyncio.to_thread(_write, self.path, self._committed, None, False)
+        except OSError as error:
+            if not self._stale:
+                _log.warning(
+                    "counter baselines %s not updated after a commit (%s); the file says "
+                    "pending (safe) and is rewritten with the next commit",
+                    self.path, error.strerror or error,
+                )
+            self._stale = True
 
 
 def _read(path: Path) -> tuple[dict[str, int], dict[str, int] | None]:
@@ -104,12 +131,18 @@ def _write(
 ) -> None:
     text = json.dumps({"version": 1, "committed": committed, "pending": pending})
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-        if durable:
-            file.flush()
-            os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        # A half-written temporary file holds space the disk is short of; the old file stays.
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     if durable:
         directory = os.open(path.parent, os.O_RDONLY)
         try:

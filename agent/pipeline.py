@@ -19,6 +19,12 @@ meanwhile the queue fills and `emit` blocks, so the sources pause (backpressure)
   Logged once as an error, shown in status (`backpressure`) until a batch goes in again.
 - `BufferUnavailable` (I/O error, busy): logged once, retried the same way.
 - `BufferCorrupt`: propagates; the agent stops (the next start moves the file aside).
+- The counter baselines' pending write (`agent.mapping_state`, before the commit) fails with
+  the short-disk condition (`connectors.base.is_short_disk`: disk or quota full, read-only
+  remount, I/O error, no descriptors left): the batch is held and does not commit (the
+  baselines protocol needs that write first), `disk_short` shows in status, it is logged once
+  when it starts and once when it ends, and the write is retried with the same capped backoff.
+  Any other `OSError` there is not the disk's state but a fault (permissions): it propagates.
 
 Whatever the buffer gave up for room (`AppendResult.overflow`) is counted per class and type
 and becomes `agent.buffer.overflow.v1` events (critical by default) appended right after, so the
@@ -61,7 +67,7 @@ from agent.mapping import Mapper
 from agent.mapping_state import CounterBaselines
 from buffer.base import Buffer, BufferFull, BufferUnavailable, Overflow, Record
 from config.schema import Priority
-from connectors.base import Reading
+from connectors.base import Reading, is_short_disk
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +96,10 @@ class PipelineCounters:
     backpressure_since: float | None = None
     backpressure_total: int = 0
     buffer_errors_total: int = 0
+    # A state file next to the buffer cannot be written (the short-disk condition).
+    disk_short: bool = False
+    disk_short_since: float | None = None
+    disk_short_total: int = 0
 
 
 class Pipeline:
@@ -160,10 +170,13 @@ class Pipeline:
         return self._queue.qsize()
 
     def backpressure(self) -> bool:
-        """The buffer holds readings back, or the queue is nine tenths full: an emitter that
-        must answer at once (a webhook) says "busy" instead of waiting."""
+        """The buffer (or a short disk) holds readings back, or the queue is nine tenths full:
+        an emitter that must answer at once (a webhook) says "busy" instead of waiting."""
         queue = self._queue
-        return self.counters.backpressure or queue.qsize() * 10 >= queue.maxsize * 9
+        counters = self.counters
+        return (
+            counters.backpressure or counters.disk_short or queue.qsize() * 10 >= queue.maxsize * 9
+        )
 
     @property
     def overflow_unreported(self) -> int:
@@ -242,7 +255,7 @@ class Pipeline:
             for event in events
         ]
         if self._baselines is not None:
-            await self._baselines.before_commit()
+            await self._before_commit(self._baselines)
         await self._append(records, state=state)
         if self._baselines is not None:
             await self._baselines.after_commit()
@@ -250,6 +263,42 @@ class Pipeline:
         for _ in range(_OVERFLOW_REPORT_ROUNDS):
             if not self._overflow_reports or not await self._report_overflow():
                 break
+
+    async def _before_commit(self, baselines: CounterBaselines) -> None:
+        """The baselines' pending write, held and retried while the disk is short (module
+        docstring); the batch waits for it, so nothing accepted outruns its baselines."""
+        delay = _RETRY_MIN_S
+        while True:
+            try:
+                await baselines.before_commit()
+                break
+            except OSError as error:
+                if not is_short_disk(error):
+                    raise
+                self.counters.buffer_errors_total += 1
+                if self._stopping:
+                    raise BufferUnavailable(
+                        f"stopping while {baselines.path} cannot be written: {error}"
+                    ) from error
+                if not self.counters.disk_short:
+                    self.counters.disk_short = True
+                    self.counters.disk_short_since = time.time()
+                    self.counters.disk_short_total += 1
+                    _log.error(
+                        "DISK SHORT: cannot write %s (%s); sources paused, retrying until "
+                        "it can be written",
+                        baselines.path, error.strerror or error,
+                    )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+        if self.counters.disk_short:
+            since = self.counters.disk_short_since or time.time()
+            _log.warning(
+                "%s written again: sources resumed after %.0f s", baselines.path,
+                time.time() - since,
+            )
+            self.counters.disk_short = False
+            self.counters.disk_short_since = None
 
     async def _set_aside(self, rejected: list[tuple[Reading, str]]) -> None:
         """Store the unmappable readings in the dead-letter table, one call per reason; held

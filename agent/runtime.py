@@ -1,7 +1,10 @@
 """Runtime: wires sources → pipeline → buffer → forwarder → hub, and owns their lifecycle.
 
 Start order (sinks first, sources last, like Telegraf): open the buffer (a corrupt or locked
-buffer stops the agent before anything connects), start the MQTT session (its connection is
+buffer stops the agent before anything connects; a state dir that is full, read-only or out of
+descriptors, the short-disk condition of `connectors.base.is_short_disk`, or a buffer that is
+unavailable is waited for: logged once, retried with capped backoff, the start goes on by
+itself once it clears), start the MQTT session (its connection is
 kept up in the background; the hub may be down and the agent still runs), start the forwarder,
 the pipeline, the status publisher, then the sources.
 
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from paho.mqtt.properties import Properties
 
-from agent import store
+from agent import descriptors, store
 from agent.commands import (
     CommandServer,
     ReloadOutcome,
@@ -52,6 +55,7 @@ from agent.mqtt_session import MqttSession, WillMessage
 from agent.pipeline import Pipeline
 from agent.status import CONTENT_TYPE as STATUS_CONTENT_TYPE
 from agent.status import StatusPublisher, config_fingerprint, offline_payload
+from buffer.base import BufferUnavailable
 from buffer.sqlite import SqliteBuffer
 from config.schema import (
     AgentConfig,
@@ -68,12 +72,16 @@ from connectors.base import (
     SourceConfigError,
     SourceHost,
     SourceUnavailable,
+    is_short_disk,
 )
 
 _log = logging.getLogger(__name__)
 
 BUFFER_FILE = "buffer.sqlite"
 HOUSEKEEPING_INTERVAL_S = 60.0
+# Waiting at start for a state dir that cannot be written (see the module docstring).
+_STORE_RETRY_MIN_S = 0.5
+_STORE_RETRY_MAX_S = 5.0
 
 
 def buffer_path(config: AgentConfig) -> Path:
@@ -118,7 +126,7 @@ def build_connector(source: Source, host: SourceHost) -> Connector:
     if isinstance(source, MesFilesSource):
         from connectors.mes_files import MesFilesConnector
 
-        return MesFilesConnector(source.name, source)
+        return MesFilesConnector(source.name, source, host)
     if isinstance(source, SimulatedSource):
         from connectors.simulated import SimulatedConnector
 
@@ -126,6 +134,20 @@ def build_connector(source: Source, host: SourceHost) -> Connector:
     from connectors.opcua import OpcUaConnector
 
     return OpcUaConnector(source.name, source, source.signals)
+
+
+def _within_descriptor_limit(sources: Sequence[Source]) -> list[Source]:
+    """The sources, the webhooks' `max_connections` lowered to fit the descriptor limit
+    (raised to the hard limit first; `agent.descriptors`)."""
+    soft_limit = descriptors.raise_soft_limit()
+    wanted = {s.name: s.max_connections for s in sources if isinstance(s, MesHttpSource)}
+    caps = descriptors.connection_caps(wanted, soft_limit)
+    return [
+        source.model_copy(update={"max_connections": caps[source.name]})
+        if isinstance(source, MesHttpSource) and caps[source.name] != source.max_connections
+        else source
+        for source in sources
+    ]
 
 
 class SourceRunner:
@@ -264,6 +286,7 @@ class Agent:
                 content_type=STATUS_CONTENT_TYPE,
             ),
             connect_timeout_s=hub.connect_timeout_s,
+            puback_timeout_s=hub.puback_timeout_s,
             reconnect_min_s=hub.reconnect_min_s,
             reconnect_max_s=hub.reconnect_max_s,
             on_connected=self._publish_status,
@@ -298,7 +321,7 @@ class Agent:
                 backoff_min_s=source.reconnect_min_s,
                 backoff_max_s=source.reconnect_max_s,
             )
-            for source in config.sources
+            for source in _within_descriptor_limit(config.sources)
         ]
         # Remote status and commands (agent.status, agent.commands).
         self.config_path = config_path
@@ -312,10 +335,17 @@ class Agent:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, config: AgentConfig, config_path: Path | None = None
+        cls,
+        config: AgentConfig,
+        config_path: Path | None = None,
+        *,
+        on_wait: Callable[[str], None] = lambda reason: None,
     ) -> AsyncIterator[Agent]:
+        """Hold the state dir, open the buffer and build the first generation. While the state
+        dir cannot be written (module docstring) it waits, calling `on_wait(reason)` before
+        each retry (the service tells systemd)."""
         # The state dir lock first: a second agent is refused before it touches the buffer.
-        async with store.open_store(config) as buffer:
+        async with _store_when_usable(config, on_wait) as buffer:
             yield cls(config, buffer, config_path)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -323,9 +353,10 @@ class Agent:
         grace = self.config.agent.shutdown_grace_s
         # Before anything is accepted (and after the previous generation stopped accepting):
         # from here on, records are this site's and agent's; older ones keep theirs.
-        self.forwarder.identity = IdentityHistory.of(
-            await self.buffer.note_identity(self.config.agent.site, self.config.agent.id)
-        )
+        identities = await self._note_identity(stop)
+        if identities is None:
+            return  # stopped while the buffer could not record it: nothing was started
+        self.forwarder.identity = IdentityHistory.of(identities)
         async with self.session, asyncio.TaskGroup() as group:
             forwarder = group.create_task(self.forwarder.run(), name="forwarder")
             pipeline = group.create_task(self.pipeline.run(), name="pipeline")
@@ -363,6 +394,23 @@ class Agent:
                 ]
             )
         _log.info("stopped")
+
+    async def _note_identity(self, stop: asyncio.Event) -> list[tuple[int, str, str]] | None:
+        """`note_identity`, retried while the buffer cannot write (a short disk at start);
+        None if `stop` is set first."""
+        delay = _STORE_RETRY_MIN_S
+        while not stop.is_set():
+            try:
+                return await self.buffer.note_identity(
+                    self.config.agent.site, self.config.agent.id
+                )
+            except BufferUnavailable as error:
+                if delay == _STORE_RETRY_MIN_S:
+                    _log.error("cannot record the agent identity yet: %s; retrying", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, _STORE_RETRY_MAX_S)
+        return None
 
     async def _publish_status(self) -> None:
         await self.status.publish()
@@ -407,6 +455,41 @@ class Agent:
                 continue
             if purged:
                 _log.debug("purged %d delivered event(s) past retention", purged)
+
+
+@contextlib.asynccontextmanager
+async def _store_when_usable(
+    config: AgentConfig, on_wait: Callable[[str], None]
+) -> AsyncIterator[SqliteBuffer]:
+    """`store.open_store`, retried while the state dir is short (full, read-only, out of
+    descriptors) or the buffer unavailable; a locked or corrupt buffer still fails at once."""
+    state_dir = config.agent.state_dir
+    delay, waiting_since = _STORE_RETRY_MIN_S, None
+    while True:
+        stack = contextlib.AsyncExitStack()
+        try:
+            buffer = await stack.enter_async_context(store.open_store(config))
+            break
+        except (BufferUnavailable, OSError) as error:
+            if isinstance(error, OSError) and not is_short_disk(error):
+                raise
+            reason = (error.strerror or str(error)) if isinstance(error, OSError) else str(error)
+        if waiting_since is None:
+            waiting_since = time.monotonic()
+            _log.error(
+                "STATE DIR UNUSABLE: cannot open the buffer in %s (%s); waiting for it, "
+                "retrying with backoff", state_dir, reason,
+            )
+        on_wait(f"waiting for the state dir {state_dir}: {reason}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _STORE_RETRY_MAX_S)
+    if waiting_since is not None:
+        _log.warning(
+            "state dir %s usable again after %.0f s: starting", state_dir,
+            time.monotonic() - waiting_since,
+        )
+    async with stack:
+        yield buffer
 
 
 async def _cancel(tasks: list[asyncio.Task[None]], grace: float) -> None:

@@ -5,7 +5,8 @@ Lifecycle
 ---------
 1. The caller loaded and validated the config. `Agent.open` opens the buffer (and holds the
    state dir) and builds the first generation: secrets read, TLS context built, mapping made.
-   Only then `READY=1`: a bad config, secret or buffer fails the start instead.
+   Only then `READY=1`: a bad config, secret or buffer fails the start instead. A state dir
+   that is full or read-only is waited for (`STATUS=` says so, the start timeout is extended).
 2. A generation (`Agent.run`) runs until SIGTERM/SIGINT (`stop`) or a reload is applied.
 3. SIGHUP (`systemctl reload`), or `request_reload()`: `RELOADING=1`; the config file is read
    and validated on a worker thread and a new `Agent` is built on the same open buffer. Nothing
@@ -36,12 +37,15 @@ from typing import Any
 from agent import __version__, logs
 from agent.credentials import CredentialError
 from agent.runtime import Agent
-from agent.status_file import ProblemLog, iso, write_status
+from agent.status_file import ProblemLog, StatusFile, iso
 from agent.systemd import SystemdNotifier
 from config.loader import ConfigError, load_config
 from config.schema import AgentConfig
 
 _log = logging.getLogger(__name__)
+
+# While the start waits for its state dir, each retry extends systemd's start timeout by this.
+_WAIT_EXTEND_USEC = 30_000_000
 
 
 class AgentService:
@@ -57,6 +61,7 @@ class AgentService:
         self.config_path = config_path
         self.notifier = notifier or SystemdNotifier.from_environment()
         self.problems = ProblemLog()
+        self.status_file = StatusFile(config.agent.state_dir)
         self.started_at = time.time()
         self.last_reload: dict[str, Any] | None = None
         self._reload = asyncio.Event()
@@ -74,11 +79,18 @@ class AgentService:
         root = logging.getLogger()
         root.addHandler(self.problems)
         try:
-            async with Agent.open(self.config, self.config_path) as first:
+            async with Agent.open(self.config, self.config_path, on_wait=self._waiting) as first:
                 await self._serve(first, stop)
         finally:
             root.removeHandler(self.problems)
             self.notifier.close()
+
+    def _waiting(self, reason: str) -> None:
+        """The state dir cannot be written yet and the start waits for it (`Agent.open`): say
+        so in STATUS= and keep systemd's start timeout and watchdog from ending the wait."""
+        self.notifier.notify(
+            status=reason, extend_timeout_usec=_WAIT_EXTEND_USEC, watchdog=1
+        )
 
     async def _serve(self, agent: Agent, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
@@ -215,10 +227,10 @@ class AgentService:
         agent)."""
         try:
             document = await self._document()
-            await asyncio.to_thread(write_status, self.config.agent.state_dir, document)
         except Exception as error:
-            _log.warning("cannot write the status file in %s: %s", self.config.agent.state_dir,
-                         error)
+            _log.warning("cannot make the status snapshot: %s", error)
+            return
+        await asyncio.to_thread(self.status_file.write, document)  # best-effort, logs once
 
     async def _document(self) -> dict[str, Any]:
         agent = self._agent

@@ -52,9 +52,13 @@ class StateDirLock:
                 f"state dir {self.state_dir} is in use by {other}; stop it first, or give "
                 "this agent its own agent.state_dir"
             )
-        os.ftruncate(fd, 0)
-        command = " ".join(sys.argv) or "python"
-        os.write(fd, f"{os.getpid()}\n{self._role}: {command}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            command = " ".join(sys.argv) or "python"
+            os.write(fd, f"{os.getpid()}\n{self._role}: {command}\n".encode())
+        except BaseException:
+            os.close(fd)  # a full disk: drop the lock with the descriptor, so a retry can take it
+            raise
         self._fd = fd
 
     def release(self) -> None:

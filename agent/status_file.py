@@ -10,6 +10,10 @@ Invariants
   to a temporary file in the same directory, is flushed, then renamed over the old one: a
   reader sees the previous snapshot or the new one, never half of one, even after a crash.
 - A snapshot holds no secret and no payload: states, counters, times and error messages.
+- Writing it is best-effort (`StatusFile`): a failed write (a full disk, a read-only remount,
+  no descriptors left) never stops the agent and leaves the previous snapshot in place; it is
+  logged once when writes start failing and once when one succeeds again, and the next cycle
+  simply tries again.
 - `read_buffer_stats` opens the buffer file read-only (`mode=ro`) with plain `sqlite3` and only
   reads: it never creates, migrates or locks the file for writing, so it is safe next to the
   running agent (WAL readers do not block the writer). It reads the schema version 1 tables of
@@ -90,6 +94,37 @@ def write_status(state_dir: Path, document: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+class StatusFile:
+    """The best-effort writer of `state_dir/status.json` (module docstring): `write` never
+    raises an `OSError`; it says whether the snapshot reached the disk."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.failures_total = 0
+        self._failing = False
+
+    def write(self, document: dict[str, Any]) -> bool:
+        """Replace the snapshot (blocking: call it on a worker thread); False if it failed."""
+        try:
+            write_status(self.state_dir, document)
+        except OSError as error:
+            self.failures_total += 1
+            if not self._failing:
+                self._failing = True
+                _log.warning(
+                    "cannot write the status file %s: %s; the previous one stays, retrying "
+                    "every status cycle", self.state_dir / STATUS_FILE, error.strerror or error,
+                )
+            return False
+        if self._failing:
+            self._failing = False
+            _log.info(
+                "status file %s written again (%d failed write(s) before)",
+                self.state_dir / STATUS_FILE, self.failures_total,
+            )
+        return True
 
 
 class StatusUnreadable(Exception):

@@ -375,6 +375,8 @@ class SqliteBuffer:
         self._sampled: dict[int, int] = defaultdict(int)
         self._disk_checked_at = -_DISK_CHECK_INTERVAL_S
         self._disk_short = False
+        # "disk full" was logged and no append has succeeded since (log it once per episode).
+        self._disk_full_said = False
 
     @classmethod
     @asynccontextmanager
@@ -565,17 +567,23 @@ class SqliteBuffer:
         if await self._disk_is_short():
             # Delivered rows go first, in their own transaction: freed pages stay free.
             disk_short = await self._drop_retained_now(incoming * slack) < incoming
-        for attempt in range(_DISK_FULL_ATTEMPTS):
+        for _attempt in range(_DISK_FULL_ATTEMPTS):
             try:
-                return await self._append(
+                result = await self._append(
                     batch, len(records), state or {}, disk_short=disk_short, slack=slack
                 )
             except _DiskFull as error:
-                if attempt == 0:
+                if not self._disk_full_said:  # once per episode; the caller counts retries
+                    self._disk_full_said = True
                     log.warning("buffer %s: disk full (%s); making room", self.path, error)
                 if await self._drop_retained_now(incoming * slack) < incoming:
                     disk_short = True  # pending records must make the room
                 slack *= 2  # freed rows and new rows do not map to pages one to one
+                continue
+            if self._disk_full_said:
+                self._disk_full_said = False
+                log.warning("buffer %s: the disk has room again", self.path)
+            return result
         raise BufferFull(f"{self.path}: the disk is full and nothing more may be evicted")
 
     async def _drop_retained_now(self, target: int) -> int:

@@ -33,6 +33,7 @@ are derived from it and duplicates are dropped by id downstream.
 from __future__ import annotations
 
 import enum
+import errno
 from asyncio import Future
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,19 @@ from datetime import datetime
 from typing import Protocol
 
 Value = bool | int | float | str | None
+
+# The errors of a write that a person can clear without touching the agent: the disk (or the
+# quota) is full, the process ran out of descriptors, the device failed or was remounted
+# read-only. Whoever writes treats them as the short-disk condition: pause that write, say so
+# once, retry with backoff, resume by itself. Anything else from the OS keeps its own meaning.
+SHORT_DISK_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EROFS}
+)
+
+
+def is_short_disk(error: BaseException) -> bool:
+    """Whether `error` is the short-disk condition (`SHORT_DISK_ERRNOS`)."""
+    return isinstance(error, OSError) and error.errno in SHORT_DISK_ERRNOS
 
 
 class Quality(enum.StrEnum):

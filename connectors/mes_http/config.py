@@ -19,6 +19,13 @@ idempotency_field = "messageId"   # payload field used as the idempotency key wh
                                   # sends no `Idempotency-Key` header (single objects only)
 commit_timeout_s = 10.0        # how long a POST waits for its records to be committed
 idempotency_ttl_s = 604800     # how long an answered idempotency key is remembered (7 days)
+max_connections = 256          # connections served at once; one more is answered 503 and
+                               # closed (lowered at start so that the agent keeps 64 file
+                               # descriptors for its buffer and hub link: see the log)
+header_timeout_s = 10.0        # a connection that has not sent its request headers this long
+                               # after it opened (or after its last answer) is closed
+body_timeout_s = 30.0          # a body that has not fully arrived this long after the
+                               # headers is answered 408 and the connection closed
 
   [[sources.routes]]           # one per endpoint the MES posts to (POST only)
   path = "/mes/completions"
@@ -82,6 +89,11 @@ class MesHttpSettings(BaseModel):
     idempotency_field: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     commit_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     idempotency_ttl_s: Annotated[float, Field(ge=60, le=90 * 86400)] = 7 * 86400
+    # Hostile or broken clients (`connectors.mes_http.connections`): connections at once, and
+    # how long headers and body may take to arrive.
+    max_connections: Annotated[int, Field(ge=1, le=65_536)] = 256
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     routes: Annotated[list[RouteSettings], Field(min_length=1)]

@@ -23,6 +23,11 @@ sees a request that failed one:
    409 (the key was used before with a different body), `Busy` 503 with `Retry-After`. A
    handler that raises answers 500 and is logged with its traceback: a bug, not the client's.
 
+Before any of that, the connection itself (`connectors.mes_http.connections`): beyond
+`max_connections` open at once a new one is answered 503 and closed at once; one that has not
+sent its request headers within `header_timeout_s` is closed; a body that has not fully arrived
+`body_timeout_s` after the headers is answered 408 and its connection closed.
+
 Every error body is JSON `{"error": "<what was wrong and where>"}`. Each 4xx is logged once at
 info with the method, path and reason; the access log is off; tokens and payloads are never
 logged. The handler bounds its own wait for the commit (`commit_timeout_s`, answering `Busy`);
@@ -31,6 +36,7 @@ logged. The handler bounds its own wait for the commit (`commit_timeout_s`, answ
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -48,6 +54,7 @@ from aiohttp.typedefs import Handler as NextHandler
 
 from connectors.base import SourceConfigError
 from connectors.mes_http.config import HEALTH_PATH, MesHttpSettings, RouteSettings
+from connectors.mes_http.connections import ConnectionGate
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +134,19 @@ class WebhookServer:
             log.warning("%s: no authentication on %s (auth = \"none\")", self._name,
                         settings.listen)
         tls = _tls_context(settings.tls_cert, settings.tls_key)
+        gate = ConnectionGate(
+            max_connections=settings.max_connections,
+            header_timeout_s=settings.header_timeout_s,
+            name=self._name,
+            counters=self.counters,
+        )
         app = webhook_app(settings, self._handler, tokens, name=self._name,
-                          counters=self.counters)
+                          counters=self.counters, gate=gate)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=settings.commit_timeout_s
         )
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
+        site = _GatedSite(runner, settings.host, settings.port, ssl_context=tls, gate=gate)
         try:
             await site.start()
         except OSError as error:
@@ -170,6 +183,43 @@ class WebhookServer:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class _GatedSite(web.TCPSite):
+    """aiohttp's TCP site with every accepted connection behind the `ConnectionGate`."""
+
+    __slots__ = ("_gate",)
+
+    # A burst of accepts is bounded by this (asyncio accepts up to `backlog` connections per
+    # loop iteration), so one burst cannot take the descriptors kept in reserve.
+    ACCEPT_BACKLOG = 32
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        gate: ConnectionGate,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context,
+                         backlog=self.ACCEPT_BACKLOG)
+        self._gate = gate
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._gate.protocol_factory(server),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._gate.header_timeout_s if self._ssl_context else None,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 class BearerTokens:
@@ -244,9 +294,13 @@ def webhook_app(
     *,
     name: str = "mes-http",
     counters: dict[str, int] | None = None,
+    gate: ConnectionGate | None = None,
 ) -> web.Application:
-    """The aiohttp application: one POST route per configured route, and /healthz."""
-    endpoint = _Endpoint(settings, handler, tokens, name, counters if counters is not None else {})
+    """The aiohttp application: one POST route per configured route, and /healthz. `gate`:
+    the connection limits the requests report to (None: an app served some other way)."""
+    endpoint = _Endpoint(
+        settings, handler, tokens, name, counters if counters is not None else {}, gate
+    )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[endpoint.answer_errors, endpoint.authenticate],
@@ -270,6 +324,7 @@ class _Refused(Exception):
     headers: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
     by_handler: bool = False  # the handler's own outcome, which the handler counted
+    close: bool = False  # close the connection after the answer (what is left of it is junk)
 
 
 @dataclass(frozen=True)
@@ -282,11 +337,24 @@ class _Endpoint:
     tokens: BearerTokens | None
     name: str
     counters: dict[str, int]
+    gate: ConnectionGate | None = None
 
     @web.middleware
     async def answer_errors(
         self, request: web.Request, handler: NextHandler
     ) -> web.StreamResponse:
+        if self.gate is None:
+            return await self._answer(request, handler)
+        self.gate.request_started(request.transport)
+        closing = True
+        try:
+            response = await self._answer(request, handler)
+            closing = response.keep_alive is False  # force_close(): None until prepared
+            return response
+        finally:
+            self.gate.request_finished(request.transport, closing=closing)
+
+    async def _answer(self, request: web.Request, handler: NextHandler) -> web.StreamResponse:
         try:
             return await handler(request)
         except _Refused as refused:
@@ -315,11 +383,14 @@ class _Endpoint:
         level = logging.INFO if refused.status < 500 else logging.DEBUG
         log.log(level, "%s: %s %r refused with %d: %s", self.name, request.method,
                 request.path[:200], refused.status, refused.message)
-        return web.json_response(
+        response = web.json_response(
             {"error": refused.message, **refused.extra},
             status=refused.status,
             headers=refused.headers,
         )
+        if refused.close:
+            response.force_close()
+        return response
 
     @web.middleware
     async def authenticate(
@@ -350,10 +421,16 @@ class _Endpoint:
         limit = self.settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise _Refused(413, f"body of {request.content_length} bytes exceeds {limit} bytes")
+        timeout = self.settings.body_timeout_s
         try:
-            body = await request.read()
+            async with asyncio.timeout(timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge as error:
             raise _Refused(413, f"body exceeds {limit} bytes") from error
+        except TimeoutError as error:
+            raise _Refused(
+                408, f"body not received within {timeout:g} s (body_timeout_s)", close=True
+            ) from error
         items = parse_objects(body)
         key = idempotency_key(request.headers.get("Idempotency-Key"), items,
                               self.settings.idempotency_field)
