@@ -99,6 +99,9 @@ _TOPIC_REFUSED_HINTS = {
     0x90: "check the broker's topic rules and this agent's hub.topic_prefix, site and id",
 }
 _PROBE_JITTER = 0.2
+# While the buffer cannot record acks (a short disk), retry with this capped backoff.
+_ACK_RETRY_MIN_S = 0.5
+_ACK_RETRY_MAX_S = 5.0
 # Share of each lease per delivery class while several have pending events.
 CLASS_SHARES: dict[int, int] = {Priority.CRITICAL: 8, Priority.BUSINESS: 4, Priority.TELEMETRY: 1}
 BACKLOG_PROPERTY = ("backlog", "true")
@@ -661,6 +664,8 @@ class Forwarder:
             await asyncio.wait(set(self._inflight))
 
     async def _ack_loop(self) -> None:
+        failing_since: float | None = None  # the buffer refuses acks: said once, then again
+        delay = _ACK_RETRY_MIN_S  # when it takes them
         while True:
             await self._ack_wake.wait()
             if len(self._to_ack) < _ACK_BATCH_EVENTS:
@@ -673,9 +678,20 @@ class Forwarder:
                 await self._flush_acks()
             except BufferUnavailable as error:
                 # The seqs stay queued; if the agent stops first they are sent again next time.
-                _log.warning("could not record %d ack(s) yet: %s", len(self._to_ack), error)
-                await asyncio.sleep(0.5)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    _log.warning(
+                        "could not record %d ack(s) yet, retrying: %s", len(self._to_ack), error
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _ACK_RETRY_MAX_S)
                 self._ack_wake.set()
+                continue
+            if failing_since is not None:
+                _log.warning(
+                    "acks recorded again after %.0f s", time.monotonic() - failing_since
+                )
+                failing_since, delay = None, _ACK_RETRY_MIN_S
 
     async def _flush_acks(self) -> None:
         if not self._to_ack:

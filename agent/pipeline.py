@@ -380,7 +380,7 @@ class Pipeline:
                     self.counters.backpressure_total += 1
                     _log.error(
                         "BUFFER FULL: sources paused (backpressure) until the hub takes "
-                        "events: %s",
+                        "events or disk space is freed: %s",
                         error,
                     )
             except BufferUnavailable as error:

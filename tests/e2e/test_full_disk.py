@@ -105,7 +105,7 @@ def stay_up(agent: AgentProcess, seconds: float, filler: Filler | None = None) -
 
 
 # What the agent says when a short disk pauses it: the counters file or the buffer.
-PAUSE_LINES = ("DISK SHORT", "BUFFER FULL", "disk full (")
+PAUSE_LINES = ("DISK SHORT", "BUFFER FULL", "disk full (", "could not record")
 
 
 def wait_paused(agent: AgentProcess, offset: int, filler: Filler, limit_s: float = 20.0) -> None:
