@@ -9,7 +9,8 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install install-test demo test lint bench clean mosquitto-binary packaging-tools deb
+.PHONY: install install-test demo test lint bench clean mosquitto-binary packaging-tools deb \
+        node-opcua
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"' || \
@@ -45,19 +46,45 @@ mosquitto-binary:
 	    echo "the tests need mosquitto; run: sudo apt-get install -y mosquitto"; exit 1; \
 	  fi; }
 
-# What tests/e2e/test_packaging.py needs: Debian's python3 with venv (packaging/build-deb),
-# systemd-analyze (verify and score the unit) and /bin/kill (the unit's ExecReload).
+# What tests/e2e/test_packaging.py needs: Debian's python3 with venv, dpkg-shlibdeps and strip
+# (packaging/build-deb), lintian (checks the .deb), systemd-analyze (verify and score the
+# unit), /bin/kill (the unit's ExecReload), useradd, unshare and setpriv (the agent as the
+# service user under a read-only system, as the unit runs it).
 packaging-tools:
 	@[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && \
-	  command -v systemd-analyze >/dev/null && [ -x /bin/kill ] || { \
+	  command -v systemd-analyze >/dev/null && [ -x /bin/kill ] && \
+	  command -v dpkg-shlibdeps >/dev/null && command -v strip >/dev/null && \
+	  command -v lintian >/dev/null && command -v useradd >/dev/null && \
+	  command -v unshare >/dev/null && command -v setpriv >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing python3-venv systemd procps (apt-get)"; \
+	    echo "installing python3-venv systemd procps dpkg-dev binutils lintian passwd" \
+	      "util-linux (apt-get)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      python3-venv systemd procps >/dev/null; \
+	      python3-venv systemd procps dpkg-dev binutils lintian passwd util-linux >/dev/null; \
 	  else \
-	    echo "the packaging tests need: sudo apt-get install -y python3-venv systemd procps"; \
+	    echo "the packaging tests need: sudo apt-get install -y python3-venv systemd procps" \
+	      "dpkg-dev binutils lintian passwd util-linux"; \
 	    exit 1; \
 	  fi; }
+
+# node-opcua, a second OPC UA stack for tests/integration/test_node_opcua.py, from the npm
+# registry into tests/support/node_opcua/node_modules/ (git ignores it), exactly as
+# package-lock.json pins it: about 15-20 s and 71 MB. node-opcua 2.182 runs on Node 18 or newer
+# (Debian's nodejs is enough).
+NODE_OPCUA := tests/support/node_opcua
+node-opcua: $(NODE_OPCUA)/node_modules/.installed
+
+$(NODE_OPCUA)/node_modules/.installed: $(NODE_OPCUA)/package.json $(NODE_OPCUA)/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing nodejs npm (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else \
+	    echo "the node-opcua tests need node and npm; run: sudo apt-get install -y nodejs npm"; \
+	    exit 1; \
+	  fi; }
+	cd $(NODE_OPCUA) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # The .deb in dist/ (see packaging/build-deb).
 deb:
@@ -67,7 +94,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check agent connectors buffer config tests bench
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-test mosquitto-binary packaging-tools lint
+test: $(VENV)/.installed-test mosquitto-binary packaging-tools node-opcua lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Starts a local mosquitto on 1883 for the demo when the binary exists and nothing listens there.
@@ -86,4 +113,4 @@ bench: $(VENV)/.installed-test mosquitto-binary
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache $(NODE_OPCUA)/node_modules

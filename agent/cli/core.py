@@ -70,6 +70,13 @@ def _check_config(args: argparse.Namespace) -> int:
     from config.schema import AgentConfig
 
     assert isinstance(config, AgentConfig)
+    from agent.cli.opcua import pki_problems
+
+    if problems := pki_problems(config, path):  # OPC UA files: there, and usable by the agent
+        print(f"{path}: {len(problems)} problem(s) with OPC UA files:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
     signals = sum(len(source.signals) for source in config.sources)
     print(
         f"{path}: OK: site {config.agent.site}, agent {config.agent.id}, "

@@ -2,24 +2,38 @@
 
     edge-agent opcua browse ENDPOINT [--path Objects/Line1] [--depth N]   the address space
     edge-agent opcua read ENDPOINT NODE                                    one value
-    edge-agent certs create -c CONFIG [--days N] [--force]   the agent's certificate and key
+    edge-agent certs create -c CONFIG [--days N] [--force] [--owner USER]
+                                                             the agent's certificate and key
     edge-agent certs trust THUMBPRINT -c CONFIG              trust a rejected server cert
     edge-agent certs list -c CONFIG                          trusted and rejected certs
 
 `browse` and `read` take the same security options as a source in the config (or
 `-c CONFIG --source NAME` to use that source's settings). Addresses are the config's: NodeId,
 `nsu=URI;s=...` or a browse path `Objects/...`, so what browse prints can be pasted.
+
+Under the package the agent runs as `SERVICE_USER` while root runs these commands. Run as root
+for the service's config (its group is the service user's, as the package installs it),
+`certs create` gives the files and the trust folders it makes to that user (`--owner USER`
+for another one), and `check-config` (`pki_problems`) checks each OPC UA file and folder against
+that user's access; run as any other user, against that user's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from connectors.opcua.pki_access import FileOwner, access_problem, missing
+
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+# The user the packaged agent runs as: the unit's User= (packaging/systemd/edge-agent.service;
+# tests/e2e/test_packaging.py checks that they agree).
+SERVICE_USER = "edge-agent"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +57,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     create.add_argument("-c", "--config", type=Path, required=True)
     create.add_argument("--days", type=int, default=730, help="validity (default 730)")
     create.add_argument("--force", action="store_true", help="replace an existing one")
+    create.add_argument(
+        "--owner", metavar="USER",
+        help=f"give the files to USER (as root, default: {SERVICE_USER} for the packaged "
+        f"config, i.e. one whose group is {SERVICE_USER}'s)",
+    )
     create.set_defaults(handler=_certs_create)
     trust = actions.add_parser("trust", help="trust a rejected server certificate")
     trust.add_argument("thumbprint")
@@ -159,9 +178,15 @@ def _opcua_sources(path: Path) -> list[Any] | None:
 
 def _certs_create(args: argparse.Namespace) -> int:
     from connectors.opcua.certificates import CertificateExists, create_application_certificate
+    from connectors.opcua.trust import TrustStore
 
     sources = _opcua_sources(args.config)
     if sources is None:
+        return EXIT_INVALID
+    try:
+        owner = _owner_of_new_files(args)
+    except ValueError as error:
+        print(f"edge-agent: --owner {args.owner}: {error}", file=sys.stderr)
         return EXIT_INVALID
     made: set[Path] = set()
     for source in sources:
@@ -187,16 +212,109 @@ def _certs_create(args: argparse.Namespace) -> int:
                 application_uri=source.effective_application_uri,
                 days=args.days,
                 overwrite=args.force,
+                owner=owner,
             )
+            TrustStore(source.pki_dir).prepare(owner)
         except CertificateExists as error:
             print(f"edge-agent: {error}", file=sys.stderr)
             return EXIT_FAILURE
+        owned = f", owner {owner.name}" if owner is not None else ""
         print(f"certificate  {source.certificate}")
-        print(f"private key  {source.private_key} (mode 0600)")
+        print(f"private key  {source.private_key} (mode 0600{owned})")
         print(f"ApplicationUri {info.application_uri}, valid until {info.not_after:%Y-%m-%d}")
         print(f"thumbprint   {info.thumbprint}")
         print("Trust this thumbprint on the OPC UA server (its rejected/trusted certificates).")
+    if owner is None and os.geteuid() == 0:
+        print(f"The files belong to root. If the agent runs as another user, run this again "
+              f"with --force --owner USER (the package's user is {SERVICE_USER}).")
+    if owner is not None:
+        problems = [
+            problem for source in sources
+            for problem in _source_file_problems(source, owner, own_certificate_only=True)
+        ]
+        for problem in problems:
+            print(f"edge-agent: {problem}", file=sys.stderr)
+        if problems:
+            return EXIT_FAILURE
     return EXIT_OK
+
+
+def _owner_of_new_files(args: argparse.Namespace) -> FileOwner | None:
+    """Whom `certs create` gives its files to (None: whoever runs it); ValueError says why
+    `--owner` cannot be."""
+    if args.owner is None:
+        return service_owner(args.config) if os.geteuid() == 0 else None
+    owner = FileOwner.named(args.owner)
+    if owner is None:
+        raise ValueError("no such user")
+    if os.geteuid() not in (0, owner.uid):
+        raise ValueError("only root can give files to another user")
+    return owner
+
+
+def service_owner(config_path: Path) -> FileOwner | None:
+    """The service user when `config_path` is the service's config: the user exists and owns
+    the file's group (the package installs agent.toml as root:edge-agent 0640)."""
+    owner = FileOwner.named(SERVICE_USER)
+    if owner is None:
+        return None
+    try:
+        group = config_path.stat().st_gid
+    except OSError:
+        return None
+    return owner if group == owner.gid else None
+
+
+def pki_problems(config: Any, config_path: Path) -> list[str]:
+    """check-config: every OPC UA file a source needs exists, and the user the agent runs as
+    (see module docstring) can read it and can file refused server certificates."""
+    if os.geteuid() == 0:
+        owner = service_owner(config_path)
+    else:
+        owner = FileOwner.current()
+    return [
+        problem
+        for source in config.sources
+        if getattr(source, "type", "") == "opcua"
+        for problem in _source_file_problems(source, owner)
+    ]
+
+
+def _source_file_problems(
+    source: Any, owner: FileOwner | None, *, own_certificate_only: bool = False
+) -> list[str]:
+    """The files of one OPC UA source that are missing, or that `owner` (None: root) cannot
+    use; with `own_certificate_only`, only the agent's certificate, key and trust folders.
+    `credential:NAME` settings are systemd's to read, as root, and are not looked at."""
+    from connectors.opcua import credentials
+
+    needed: list[tuple[str, Path]] = []
+    if source.secured or own_certificate_only:
+        needed += [("certificate", source.certificate), ("private_key", source.private_key)]
+    for setting in ("user_certificate", "user_private_key", "password_file"):
+        if getattr(source, setting) is not None and not own_certificate_only:
+            needed.append((setting, getattr(source, setting)))
+    problems: list[str] = []
+    for setting, path in needed:
+        if credentials.is_credential(path):
+            continue
+        where = f"source {source.name}: {setting} {path}"
+        if missing(path):
+            advice = (
+                "; create it with: edge-agent certs create -c CONFIG"
+                if setting in ("certificate", "private_key") else ""
+            )
+            problems.append(f"{where} does not exist{advice}")
+        elif owner is not None and (problem := access_problem(path, owner)) is not None:
+            problems.append(f"{where}: {problem}")
+    if (source.secured or own_certificate_only) and owner is not None:
+        problem = access_problem(source.rejected_dir, owner, write=True)
+        if problem is not None:
+            problems.append(
+                f"source {source.name}: pki_dir {source.pki_dir} (the agent files refused server "
+                f"certificates in rejected/): {problem}"
+            )
+    return problems
 
 
 def _certs_trust(args: argparse.Namespace) -> int:

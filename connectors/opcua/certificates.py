@@ -9,11 +9,16 @@ authority key identifiers.
 
 Files: the certificate as DER (what servers show and trust lists hold), mode 0644; the private
 key as PEM (PKCS#8, unencrypted: the agent runs unattended), mode 0600 in a folder with mode
-0700. The thumbprint is the SHA-1 of the DER, in upper-case hex, as OPC UA tools show it.
+0700. With an `owner` (the service user, when root makes them for a packaged agent), both
+files and every folder this creates for them belong to that user and its group before they
+get their final name, so the agent never meets a key it cannot read; folders that existed keep
+their owner (`pki_access.access_problem` tells whether they let the owner through). The
+thumbprint is the SHA-1 of the DER, in upper-case hex, as OPC UA tools show it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -25,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from connectors.opcua.pki_access import FileOwner
 
 
 class CertificateExists(FileExistsError):
@@ -80,8 +87,10 @@ def create_application_certificate(
     days: int = 730,
     key_bits: int = 2048,
     overwrite: bool = False,
+    owner: FileOwner | None = None,
 ) -> CertificateInfo:
-    """Make a self-signed application instance certificate and its key; see module docstring."""
+    """Make a self-signed application instance certificate and its key; see module docstring.
+    `owner`: the user the files and the folders made for them are given to (needs root)."""
     if not overwrite:
         for path in (certificate_path, key_path):
             if path.exists():
@@ -144,25 +153,51 @@ def create_application_certificate(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write(key_path, key_pem, mode=0o600, folder_mode=0o700)
+    _write(key_path, key_pem, mode=0o600, folder_mode=0o700, owner=owner)
     _write(
         certificate_path,
         certificate.public_bytes(serialization.Encoding.DER),
         mode=0o644,
         folder_mode=0o755,
+        owner=owner,
     )
     return describe(certificate)
 
 
-def _write(path: Path, data: bytes, *, mode: int, folder_mode: int) -> None:
-    """Write `data` so that it is never readable with wider permissions than `mode`."""
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=folder_mode)
+def _write(
+    path: Path, data: bytes, *, mode: int, folder_mode: int, owner: FileOwner | None
+) -> None:
+    """Write `data` so that it is never readable with wider permissions than `mode`, nor by
+    anyone but its final owner."""
+    make_folders(path.parent, innermost_mode=folder_mode, owner=owner)
     temporary = path.with_name(path.name + ".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    os.fchmod(descriptor, mode)  # the umask may have narrowed it; never widened
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        os.fchmod(descriptor, mode)  # the umask may have narrowed it; never widened
+        if owner is not None:
+            os.fchown(descriptor, owner.uid, owner.gid)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        # A short disk (or any failure): no half-written key or certificate stays behind, and
+        # the space it took is given back; the caller reports the error.
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def make_folders(folder: Path, *, innermost_mode: int, owner: FileOwner | None) -> None:
+    """Create `folder` and its missing parents (the innermost with `innermost_mode`, the others
+    0755, both narrowed by the umask) and give each one created to `owner`."""
+    absent: list[Path] = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        absent.append(current)
+        current = current.parent
+    for created in reversed(absent):
+        created.mkdir(mode=innermost_mode if created == folder else 0o755, exist_ok=True)
+        if owner is not None:
+            owner.chown(created)

@@ -14,10 +14,15 @@ Rules:
   trusted and logged; a different one later is refused like any unknown certificate.
 - The folder is read on every check, so trusting a certificate takes effect at the next
   connection attempt without a restart.
+- Certificates are public: a trusted one is mode 0644 whoever moved it there, so the agent
+  (the service user) can read what root trusted. The agent itself writes into `rejected/`
+  (and `trusted/` on first use), so `prepare(owner)` gives both folders to the service user;
+  under the packaged unit the pki dir is a `ReadWritePaths=` (packaging/README.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -26,7 +31,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from connectors.opcua.certificates import CertificateInfo, describe, load_certificate, thumbprint
+from connectors.base import SourceUnavailable, is_short_disk
+from connectors.opcua.certificates import (
+    CertificateInfo,
+    describe,
+    load_certificate,
+    make_folders,
+    thumbprint,
+)
+from connectors.opcua.pki_access import FileOwner
 
 _log = logging.getLogger(__name__)
 
@@ -62,16 +75,32 @@ class TrustStore:
         if any(stored.info.thumbprint == info.thumbprint for stored in trusted):
             return info
         if self.trust_on_first_use and not trusted:
-            self._store(self.trusted_dir, info.thumbprint, der)
+            try:
+                self._store(self.trusted_dir, info.thumbprint, der)
+            except OSError as error:
+                if not is_short_disk(error):
+                    raise
+                # Never trust what could not be kept: the next attempt tries again.
+                raise SourceUnavailable(
+                    f"cannot save the certificate of {server} to {self.trusted_dir} "
+                    f"(trust on first use): {error.strerror or error}; retrying"
+                ) from error
             _log.warning(
                 "trust on first use: trusted the certificate of %s (thumbprint %s, %s)",
                 server, info.thumbprint, info.subject,
             )
             return info
-        self._store(self.rejected_dir, info.thumbprint, der)
+        try:
+            self._store(self.rejected_dir, info.thumbprint, der)
+            saved = f"it was saved to {self.rejected_dir}"
+        except OSError as error:
+            if not is_short_disk(error):
+                raise
+            # A short disk: the refusal stands; the next attempt saves it again.
+            saved = f"it could not be saved to {self.rejected_dir} ({error.strerror or error})"
         raise UntrustedCertificate(
             f"the certificate of {server} is not trusted (thumbprint {info.thumbprint}, "
-            f"subject {info.subject}); it was saved to {self.rejected_dir}; if it is the right "
+            f"subject {info.subject}); {saved}; if it is the right "
             f"server, trust it with: edge-agent certs trust {info.thumbprint} -c CONFIG",
             info,
         )
@@ -92,7 +121,14 @@ class TrustStore:
         target = self.trusted_dir / f"{stored.info.thumbprint}.der"
         self.trusted_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(stored.path, target)
+        target.chmod(0o644)  # the agent reads it, whoever saved it with whatever umask
         return StoredCertificate(target, stored.info)
+
+    def prepare(self, owner: FileOwner | None) -> None:
+        """Create `trusted/` and `rejected/` (and the pki dir) where missing, given to `owner`
+        (the user the agent runs as), so that the agent can file what it refuses."""
+        for folder in (self.trusted_dir, self.rejected_dir):
+            make_folders(folder, innermost_mode=0o750, owner=owner)
 
     def add_trusted(self, certificate_file: Path) -> StoredCertificate:
         """Trust a certificate file given directly (DER or PEM)."""
@@ -111,7 +147,12 @@ class TrustStore:
     def _store(folder: Path, name: str, der: bytes) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.der"
-        path.write_bytes(der)
+        try:
+            path.write_bytes(der)
+        except OSError:
+            with contextlib.suppress(OSError):  # a short disk left it empty or cut
+                path.unlink()
+            raise
         return path
 
 
