@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import http.client
+import json
 import os
 import random
+import socket
 import tempfile
 import threading
 import time
@@ -31,9 +35,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.support.agent_process import AgentProcess
 from tests.support.blackhole import TcpProxy
-from tests.support.broker import MosquittoBroker
+from tests.support.broker import MosquittoBroker, free_loopback_port
 from tests.support.durability import (
     TimedSubscriber,
     accepted,
@@ -43,6 +49,7 @@ from tests.support.durability import (
     simulated_agent_config,
 )
 from tests.support.mqtt_proxy import MqttProxy
+from tests.support.short_disk import Filler, small_tmpfs
 
 SIGNALS = 2
 RUNNING = "running: 1 source(s)"
@@ -64,6 +71,8 @@ class Faults:
         self.agent, self.broker, self.proxy = agent, broker, proxy
         self.subscriber, self.rng, self.root = subscriber, rng, root
         self.mqtt_proxy = mqtt_proxy
+        self.webhook_port = 0
+        self.webhook_answers: list[int] = []  # legitimate posts during a fault: HTTP statuses
         self.calls = 0
 
 
@@ -77,6 +86,11 @@ class Scenario:
     extra_hub: str = ""
     # An MQTT-aware proxy between the agent's link and the broker (it can swallow PUBACKs).
     mqtt_proxy: bool = False
+    # The state dir on a tmpfs of this many bytes (as root), to fill to the last byte.
+    state_tmpfs_bytes: int | None = None
+    # A webhook source beside the simulated one (its port), and the agent's RLIMIT_NOFILE.
+    webhook: bool = False
+    nofile: int | None = None
 
 
 @contextlib.contextmanager
@@ -105,6 +119,8 @@ def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) 
         contextlib.ExitStack() as stack,
     ):
         root = Path(work)
+        if scenario.state_tmpfs_bytes is not None:
+            stack.enter_context(small_tmpfs(root / "state", scenario.state_tmpfs_bytes))
         mqtt_proxy = (
             stack.enter_context(threaded_mqtt_proxy(broker.port)) if scenario.mqtt_proxy else None
         )
@@ -112,16 +128,20 @@ def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) 
         with TcpProxy(upstream) as proxy:
             subscriber = TimedSubscriber(broker).start()
             config = root / "agent.toml"
+            webhook_port = free_loopback_port()
             config.write_text(
                 simulated_agent_config(
                     hub_url=proxy.url, state_dir=root / "state", rate_hz=rate_hz,
                     extra_buffer=scenario.extra_buffer(root), extra_hub=scenario.extra_hub,
                 )
+                + (webhook_source(root, webhook_port) if scenario.webhook else "")
             )
-            agent = AgentProcess(config, root / "agent.log").start()
+            agent = AgentProcess(config, root / "agent.log", nofile=scenario.nofile).start()
             try:
-                agent.wait_log(RUNNING, timeout=30)
+                agent.wait_log(RUNNING if not scenario.webhook else "running: 2 source(s)",
+                               timeout=30)
                 faults = Faults(agent, broker, proxy, subscriber, rng, root, mqtt_proxy)
+                faults.webhook_port = webhook_port
                 deadline = time.monotonic() + seconds
                 while time.monotonic() < deadline:
                     scenario.fault(faults)
@@ -136,6 +156,7 @@ def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) 
                         break
                     time.sleep(0.5)
                 agent.terminate()
+                answers = faults.webhook_answers
             finally:
                 agent.ensure_stopped()
             messages, received_at = subscriber.snapshot()
@@ -156,6 +177,11 @@ def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) 
         silent = [seq for seq in report.seq_gaps if seq not in reported]
         evicted = len(reported & set(report.seq_gaps))
     lost = str(len(silent)) + (f" (+{evicted} evicted, reported)" if evicted else "")
+    if answers:
+        tally = collections.Counter(answers)
+        name += " (webhook posts meanwhile: " + ", ".join(
+            f"{status or 'no answer'} x{n}" for status, n in sorted(tally.items())
+        ) + ")"
     return [
         name, str(made), str(top), str(report.delivered), lost,
         str(report.duplicated), f"{report.max_delay_s:.2f} s",
@@ -201,6 +227,20 @@ def disk_short(f: Faults) -> None:
         time.sleep(f.rng.uniform(2.0, 4.0))
     finally:
         filler.unlink()
+
+
+def disk_full(f: Faults) -> None:
+    """The state dir's file system (a small tmpfs) filled to the last byte by a real file,
+    kept full for a while, then freed."""
+    time.sleep(f.rng.uniform(0.5, 1.5))
+    filler = Filler(f.root / "state")
+    try:
+        deadline = time.monotonic() + f.rng.uniform(2.0, 4.0)
+        while time.monotonic() < deadline:
+            filler.top_up()  # the agent frees a page now and then: take it too
+            time.sleep(0.05)
+    finally:
+        filler.remove()
 
 
 def reserve_below_free_space(root: Path) -> str:
@@ -270,6 +310,66 @@ def acl_denial(f: Faults) -> None:
         f.broker.reload()
 
 
+WEBHOOK_TOKEN = "bench-webhook-token"
+IDLE_CONNECTIONS = 1100  # more than the agent's whole descriptor limit (`NOFILE`)
+NOFILE = 1024  # what systemd gives a unit without LimitNOFILE=
+
+
+def webhook_source(root: Path, port: int) -> str:
+    tokens = root / "tokens"
+    tokens.write_text(WEBHOOK_TOKEN + "\n")
+    return f"""
+[[sources]]
+name = "mes-webhook"
+type = "mes-http"
+listen = "127.0.0.1:{port}"
+tokens_file = "{tokens}"
+header_timeout_s = 2.0
+
+  [[sources.routes]]
+  path = "/mes/completions"
+  event = "workorder.completed"
+  asset = "line1"
+    [sources.routes.columns]
+    order = {{ column = "orderId" }}
+    good = {{ column = "good", type = "float", unit = "kg" }}
+"""
+
+
+def post_completion(port: int, order: str) -> int:
+    """One authenticated POST on a fresh connection: its HTTP status, 0 if none came."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "POST", "/mes/completions", body=json.dumps({"orderId": order, "good": 5}),
+            headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}",
+                     "Content-Type": "application/json"},
+        )
+        return connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        connection.close()
+
+
+def descriptor_flood(f: Faults) -> None:
+    """More idle TCP connections to the webhook than the agent has descriptors, held for a
+    while (a legitimate post is tried meanwhile), then closed."""
+    time.sleep(f.rng.uniform(0.5, 1.0))
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(IDLE_CONNECTIONS):  # bounded; a refused connect counts as tried
+            with contextlib.suppress(OSError):
+                idle.append(socket.create_connection(("127.0.0.1", f.webhook_port), timeout=2))
+        f.webhook_answers.append(post_completion(f.webhook_port, f"WO-{f.calls}"))
+        time.sleep(f.rng.uniform(1.0, 2.0))
+    finally:
+        for connection in idle:
+            connection.close()
+    if f.agent.exit_code() is not None:
+        raise RuntimeError(f"the agent died of the flood:\n{f.agent.log_text()[-3000:]}")
+
+
 SIZE_LIMITS = ("max_packet_size 20000", "message_size_limit 4000")
 
 SCENARIOS = {
@@ -280,6 +380,12 @@ SCENARIOS = {
     "disk short (free space below the reserve), repeated": Scenario(
         disk_short, extra_buffer=reserve_below_free_space
     ),
+    "state dir file system filled to the last byte, repeated": Scenario(
+        disk_full, extra_buffer=lambda _root: "disk_free_reserve = 0",
+        state_tmpfs_bytes=64 * 2**20,
+    ),
+    "descriptor exhaustion (1,100 idle webhook connections, RLIMIT_NOFILE 1024)":
+        Scenario(descriptor_flood, webhook=True, nofile=NOFILE),
     "corrupt buffer file at start": Scenario(corrupt_at_start),
     "second agent on the same state dir, repeated": Scenario(second_agent),
     "broker max_packet_size 20000 + message_size_limit 4000": Scenario(
@@ -307,8 +413,12 @@ def main() -> None:
         name: scenario for name, scenario in SCENARIOS.items()
         if not args.only or any(word in name for word in args.only)
     }
-    rows = [run_scenario(name, args.seconds, args.rate, scenario)
-            for name, scenario in chosen.items()]
+    rows = []
+    for name, scenario in chosen.items():
+        try:
+            rows.append(run_scenario(name, args.seconds, args.rate, scenario))
+        except pytest.skip.Exception as skipped:  # small_tmpfs: not root, or no mount here
+            rows.append([name, f"skipped: {skipped.msg}", *("-" for _ in header[2:])])
     print(f"| {' | '.join(header)} |")
     print(f"|{'|'.join('---' for _ in header)}|")
     for row in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -15,10 +16,19 @@ REPO = Path(__file__).resolve().parents[2]
 class AgentProcess:
     """`python -m agent run -c CONFIG` with its stderr in a log file."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        nofile: int | None = None,
+    ) -> None:
+        """`nofile`: RLIMIT_NOFILE (soft and hard) for the agent, as a unit's LimitNOFILE=."""
         self.config = config
         self.log = log
         self.env = dict(env or {})  # added to the test's environment (e.g. NOTIFY_SOCKET)
+        self.nofile = nofile
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
@@ -31,8 +41,13 @@ class AgentProcess:
                 env={
                     **os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **self.env
                 },
+                preexec_fn=None if self.nofile is None else self._limit_descriptors,
             )
         return self
+
+    def _limit_descriptors(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     @property
     def pid(self) -> int:
@@ -53,6 +68,11 @@ class AgentProcess:
                 raise AssertionError(f"no {needle!r} in agent log within {timeout} s:\n"
                                      f"{self.log_text()[-3000:]}")
             time.sleep(0.05)
+
+    def exit_code(self) -> int | None:
+        """The exit code if the process has exited, else None (it runs)."""
+        assert self._process is not None
+        return self._process.poll()
 
     def wait_exit(self, timeout: float) -> int:
         """Wait (bounded) for the process to exit by itself; its exit code."""
