@@ -68,10 +68,10 @@ packaging-tools:
 	  fi; }
 
 # node-opcua, a second OPC UA stack for tests/integration/test_node_opcua.py, from the npm
-# registry into tests/support/node_opcua/node_modules/ (git ignores it), exactly as
+# registry into testkit/node_opcua/node_modules/ (git ignores it), exactly as
 # package-lock.json pins it: about 15-20 s and 71 MB. node-opcua 2.182 runs on Node 18 or newer
 # (Debian's nodejs is enough).
-NODE_OPCUA := tests/support/node_opcua
+NODE_OPCUA := testkit/node_opcua
 node-opcua: $(NODE_OPCUA)/node_modules/.installed
 
 $(NODE_OPCUA)/node_modules/.installed: $(NODE_OPCUA)/package.json $(NODE_OPCUA)/package-lock.json
@@ -91,7 +91,7 @@ deb:
 	packaging/build-deb --out dist
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check agent connectors buffer config tests bench
+	$(BIN)/ruff check agent connectors buffer config events tests bench testkit
 	$(BIN)/mypy
 
 test: $(VENV)/.installed-test mosquitto-binary packaging-tools node-opcua lint

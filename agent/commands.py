@@ -52,8 +52,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from paho.mqtt.properties import Properties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from agent.events import CONTENT_TYPE as EVENTS_CONTENT_TYPE
-from agent.events import AgentIdentity, IdentityHistory, encode_batch
 from agent.forwarder import REPLAY_PROPERTY
 from agent.mqtt_session import MqttSession, MqttSessionError, PacketTooLarge, PubAck
 from agent.signing import Refused, RequestVerifier
@@ -75,6 +73,8 @@ from config.schema import (
     raw_public_key,
     read_public_key_file,
 )
+from events.wire import CONTENT_TYPE as EVENTS_CONTENT_TYPE
+from events.wire import AgentIdentity, IdentityHistory, encode_batch
 
 if TYPE_CHECKING:
     from agent.runtime import Agent

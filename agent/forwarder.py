@@ -24,7 +24,7 @@ Per connection (`MqttSession.connection_epoch`):
    Packet Size or the message size the broker was seen to refuse (a single event that cannot
    fit is dead-lettered), publish QoS 1 with at most min(`max_inflight`, broker's Receive
    Maximum) messages unacknowledged. Each message's events are spliced back into whole
-   envelopes (`agent.events.encode_batch`: seq, id, type and the agent's `identity`).
+   envelopes (`events.wire.encode_batch`: seq, id, type and the agent's `identity`).
 4. On PUBACK success, queue the seqs for `buffer.ack` (acks are committed in batches by one
    task, which lets 10 ms of PUBACKs gather first; at most 16,000 queued seqs, then publishing
    waits for them to be recorded). On a failure reason code: 0x95 (packet too large, e.g. a
@@ -75,7 +75,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby
 
-from agent.events import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
 from agent.mqtt_session import (
     ConnectionLost,
     MqttSession,
@@ -85,7 +84,8 @@ from agent.mqtt_session import (
     PubAckTimeout,
 )
 from buffer.base import Buffer, BufferUnavailable, StoredRecord
-from config.schema import Priority
+from events.kinds import Priority
+from events.wire import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
 
 _log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class Forwarder:
         lane_probe_max_s: float = 60.0,
     ) -> None:
         """`identity`: the agent's site and id, spliced into every event stored without them
-        (`agent.events.encode_body`), or the buffer's history of them (`identity` can be
+        (`events.wire.encode_body`), or the buffer's history of them (`identity` can be
         replaced before `run`); None only where every body is stored whole.
         `pacing`: how fast the backlog lane may go; None: as fast as the broker takes it.
         `lane_probe_min_s`, `lane_probe_max_s`: how often a refused topic is probed again."""

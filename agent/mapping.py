@@ -46,11 +46,8 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from agent.events import EVENT_TYPES, Event, EventType, event_id, record_id, rfc3339
 from config.mapping import (
-    EventKind,
     LookupTable,
-    MachineState,
     SignalMapping,
     UnitsSection,
     resolve_asset_path,
@@ -60,6 +57,9 @@ from config.masterdata import code_text
 from config.schema import RECORD_SOURCES, AgentConfig
 from config.units import Conversion, conversion
 from connectors.base import Quality, Reading, Value
+from events.ids import event_id, record_id, rfc3339
+from events.kinds import EventKind, MachineState
+from events.models import EVENT_TYPES, Event, EventType
 
 CLAMPED_STATUS = "UncertainEngineeringUnitsExceeded"
 _TYPE_NAMES = {kind: event_type.name for kind, event_type in EVENT_TYPES.items()}

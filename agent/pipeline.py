@@ -56,18 +56,13 @@ from datetime import UTC, datetime
 
 import msgpack
 
-from agent.events import (
-    BUFFER_OVERFLOW_TYPE,
-    BufferOverflowV1,
-    Event,
-    encode_agent_event,
-    encode_body,
-)
 from agent.mapping import Mapper
 from agent.mapping_state import CounterBaselines
 from buffer.base import Buffer, BufferFull, BufferUnavailable, Overflow, Record
-from config.schema import Priority
 from connectors.base import Reading, is_short_disk
+from events.kinds import Priority
+from events.models import BUFFER_OVERFLOW_TYPE, BufferOverflowV1, Event
+from events.wire import encode_agent_event, encode_body
 
 _log = logging.getLogger(__name__)
 

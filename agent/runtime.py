@@ -47,7 +47,6 @@ from agent.commands import (
     replay_retained,
 )
 from agent.credentials import hub_credentials
-from agent.events import IdentityHistory
 from agent.forwarder import Forwarder
 from agent.mapping import Mapper
 from agent.mapping_state import COUNTERS_FILE, CounterBaselines
@@ -74,6 +73,7 @@ from connectors.base import (
     SourceUnavailable,
     is_short_disk,
 )
+from events.wire import IdentityHistory
 
 _log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ class AgentService:
         self._reload.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set. Raises what `Agent.open` raises (BufferError,
+        """Run until `stop` is set. Raises what `Agent.open` raises (BufferFailure,
         CredentialError) before anything runs."""
         root = logging.getLogger()
         root.addHandler(self.problems)

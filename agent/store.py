@@ -17,7 +17,8 @@ from agent.forwarder import BacklogPacing
 from agent.statelock import StateDirLock
 from buffer.base import Capacity, OverflowPolicy
 from buffer.sqlite import SqliteBuffer
-from config.schema import AGENT_EVENT_KINDS, AgentConfig, Priority
+from config.schema import AgentConfig
+from events.kinds import AGENT_EVENT_KINDS, Priority
 
 BUFFER_FILE = "buffer.sqlite"
 

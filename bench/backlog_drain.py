@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.events import decode_batch
-from tests.support.agent_process import AgentProcess
-from tests.support.broker import MosquittoBroker, free_loopback_port
-from tests.support.durability import TimedSubscriber, simulated_agent_config, user_property
+from events.wire import decode_batch
+from testkit.agent_process import AgentProcess
+from testkit.broker import MosquittoBroker, free_loopback_port
+from testkit.durability import TimedSubscriber, simulated_agent_config, user_property
 
 RUNNING = "running: 1 source(s)"
 _SIGNAL = "  [[sources.signals]]\n"

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from agent.demo.run import _free_port, _wait_port
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, decode_events
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, decode_events
 
 REPO = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_process import AgentProcess
-from tests.support.blackhole import TcpProxy
-from tests.support.broker import MosquittoBroker, free_loopback_port
-from tests.support.durability import (
+from testkit.agent_process import AgentProcess
+from testkit.blackhole import TcpProxy
+from testkit.broker import MosquittoBroker, free_loopback_port
+from testkit.durability import (
     TimedSubscriber,
     accepted,
     arrivals,
@@ -48,8 +48,8 @@ from tests.support.durability import (
     last_seq,
     simulated_agent_config,
 )
-from tests.support.mqtt_proxy import MqttProxy
-from tests.support.short_disk import Filler, small_tmpfs
+from testkit.mqtt_proxy import MqttProxy
+from testkit.short_disk import Filler, small_tmpfs
 
 SIGNALS = 2
 RUNNING = "running: 1 source(s)"

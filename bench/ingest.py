@@ -37,13 +37,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.events import decode_batch
 from bench.backlog_drain import percentile
 from bench.demo_path import cpu_seconds, peak_rss_mb
 from bench.opcua_subscription import NAMESPACE, LineChild
-from tests.support.agent_process import AgentProcess
-from tests.support.broker import MosquittoBroker, free_loopback_port
-from tests.support.durability import TimedSubscriber
+from events.wire import decode_batch
+from testkit.agent_process import AgentProcess
+from testkit.broker import MosquittoBroker, free_loopback_port
+from testkit.durability import TimedSubscriber
 
 RUNNING = "running: 1 source(s)"
 # Every wait for arrivals ends when nothing new arrived for this long.

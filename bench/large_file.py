@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.demo_path import peak_rss_mb
-from tests.support.agent_process import AgentProcess
-from tests.support.broker import MosquittoBroker
+from testkit.agent_process import AgentProcess
+from testkit.broker import MosquittoBroker
 
 RUNNING = "running: 1 source(s)"
 FULL_ROWS = 2_000_000

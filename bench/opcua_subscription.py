@@ -259,7 +259,7 @@ def _config(items: int, port: int, state_dir: Path) -> Any:
 
 def measure(items: int, rate: float, seconds: float, warmup: float) -> dict[str, float]:
     """Start the server process, measure against it, stop it."""
-    from tests.support.broker import free_loopback_port
+    from testkit.broker import free_loopback_port
 
     port = free_loopback_port()
     server = subprocess.Popen(

@@ -42,8 +42,8 @@ from bench.backlog_drain import drain, fill
 from bench.ingest import Phase, footprint, run_ingest
 from bench.large_file import run_large_file
 from config.schema import BufferSection
-from tests.support.broker import MosquittoBroker
-from tests.support.durability import TimedSubscriber
+from testkit.broker import MosquittoBroker
+from testkit.durability import TimedSubscriber
 
 REPO = Path(__file__).resolve().parents[1]
 MODERATE = 2000.0

@@ -124,19 +124,20 @@ class BufferStats:
     oldest_pending_by_priority: dict[int, float] = field(default_factory=dict)
 
 
-class BufferError(Exception):
-    """Base of the buffer's errors."""
+class BufferFailure(Exception):
+    """Base of the buffer's errors: the buffer could not do what was asked. Its subclasses say
+    what the caller must do. (Not `BufferError`: that name is a Python built-in.)"""
 
 
-class BufferCorrupt(BufferError):
+class BufferCorrupt(BufferFailure):
     """The buffer file is not a usable buffer (not SQLite, failed integrity check, wrong schema)."""
 
 
-class BufferLocked(BufferError):
+class BufferLocked(BufferFailure):
     """Another process holds this state dir."""
 
 
-class BufferUnavailable(BufferError):
+class BufferUnavailable(BufferFailure):
     """The operation failed and changed nothing (disk full, I/O error, busy): retry with backoff."""
 
 

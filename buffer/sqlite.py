@@ -54,13 +54,13 @@ source_state  key TEXT PRIMARY KEY, value TEXT, updated_at REAL   (schema versio
 identities    from_seq INTEGER PRIMARY KEY, site TEXT, agent TEXT  (schema version 5)
 ```
 
-An id that is a UUID in canonical text form (what `agent.events` makes) is stored as its 16
+An id that is a UUID in canonical text form (what `events.ids` makes) is stored as its 16
 bytes (`stored_id`), anything else as text: that halves the id in the row and in its UNIQUE
 index (about 45 bytes a row). SQLite keeps a BLOB as a BLOB in a TEXT column, so this needs no
 schema change; rows written before hold the text form, and `append` looks a UUID id up in both
 forms, so a file from before still recognises its ids (until its old rows are purged). Readers
 turn the column back into text with `id_text` or the SQL expression `ID_TEXT_SQL`. The body is
-opaque here; `agent.events` stores it without what the row or the agent already holds.
+opaque here; `events.wire` stores it without what the row or the agent already holds.
 
 `source_state` is what a source must remember together with the events it produced: a
 database cursor, an idempotency key it answered. `append(records, state=...)` writes it in the
@@ -69,7 +69,7 @@ ahead of (or behind) the events of the rows it passed.
 
 `identities` says under which site and agent id the records from `from_seq` on were accepted
 (`note_identity`, called by each agent generation before it accepts anything). Stored bodies
-leave the site and agent out (`agent.events`); whoever publishes them splices them back in from
+leave the site and agent out (`events.wire`); whoever publishes them splices them back in from
 this history, so renaming a site or an agent relabels only what is accepted after the rename.
 
 A dead letter with a `seq` was accepted and then given up (`dead_letter`): its seq is a gap the
@@ -1398,7 +1398,7 @@ def _ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
 
 def stored_id(record_id: str) -> str | bytes:
     """The id as the `id` columns store it: a UUID in its canonical text form (lower case,
-    hyphens: what `agent.events` makes) as its 16 bytes, anything else as the text itself.
+    hyphens: what `events.ids` makes) as its 16 bytes, anything else as the text itself.
     Text and bytes never compare equal in SQLite, so the two kinds cannot collide."""
     if len(record_id) == 36:
         try:

@@ -27,7 +27,6 @@ Invariants:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,36 +44,12 @@ from pydantic import (
 
 from config import units
 from config.masterdata import CsvTableError, read_csv_table
+from events.kinds import EventKind, MachineState
 
 AssetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
 LookupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 SignalRef = Annotated[str, Field(min_length=1, max_length=200)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class EventKind(enum.StrEnum):
-    """The canonical event types a signal can feed (unversioned names, as written in config)."""
-
-    TELEMETRY = "telemetry"
-    MACHINE_STATE = "machine.state"
-    PRODUCTION_COUNT = "production.count"
-    QUALITY_ALERT = "quality.alert"
-    MACHINE_DOWNTIME = "machine.downtime"
-    WORKORDER_COMPLETED = "workorder.completed"
-    # An OPC UA Alarms & Conditions event (a signal with mode = "events"; issue 9).
-    MACHINE_ALARM = "machine.alarm"
-    # Business events from MES records (file drop, webhook, interface table; issue 4).
-    WORKORDER_RELEASED = "workorder.released"
-    QUALITY_HOLD = "quality.hold"
-    INVENTORY_ADJUSTED = "inventory.adjusted"
-    MATERIAL_CONSUMED = "material.consumed"
-
-
-class MachineState(enum.StrEnum):
-    RUNNING = "running"
-    IDLE = "idle"
-    DOWN = "down"
-    FAULT = "fault"
 
 
 RECORD_ONLY_EVENTS = (

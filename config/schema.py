@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,8 +36,6 @@ from config.mapping import (  # the mapping part of the schema lives in config/m
     cross_check,
     raise_problems,
 )
-from config.mapping import EventKind as EventKind
-from config.mapping import MachineState as MachineState
 from config.mapping import SignalMapping as SignalMapping
 from connectors.mes_files.config import MesFilesSettings
 from connectors.mes_http.config import MesHttpSettings, RouteSettings
@@ -46,18 +43,11 @@ from connectors.mes_sql.config import MesSqlSettings
 from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings
 from connectors.records import UNIT_FIELD, FieldSettings, RecordSettings
 from connectors.simulated.config import SimulatedSettings, SimulatedSignalSettings
+from events.kinds import AGENT_EVENT_KINDS, EventKind, Priority, PriorityClass
 
 # A name that is safe as one MQTT topic level and in a CloudEvents source.
 TopicLevel = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 AssetPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
-
-
-class Priority(enum.IntEnum):
-    """Delivery class: higher drains first after an outage."""
-
-    TELEMETRY = 0
-    BUSINESS = 1
-    CRITICAL = 2
 
 
 class _Strict(BaseModel):
@@ -226,9 +216,6 @@ def parse_byte_size(value: object) -> int:
 
 
 ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
-PriorityClass = Literal["critical", "business", "telemetry"]
-# Event types the agent itself produces (not fed by a signal), by unversioned name.
-AGENT_EVENT_KINDS = ("agent.buffer.overflow",)
 
 
 class BufferSection(_Strict):
@@ -401,7 +388,7 @@ class SimulatedSource(SimulatedSettings):
 
 
 # Event types an MES record can become, with the fields a record may fill: required and
-# optional (the `agent.events` models, less what the agent derives; a test checks they agree).
+# optional (the `events.models` models, less what the agent derives; a test checks they agree).
 RECORD_FIELDS: dict[EventKind, tuple[frozenset[str], frozenset[str]]] = {
     EventKind.WORKORDER_RELEASED: (
         frozenset({"order"}), frozenset({"product", "quantity", "unit", "due_at"})

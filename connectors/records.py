@@ -9,7 +9,7 @@ read in `time_zone` when it has no offset; without a `time_column` it is when th
 the record.
 
 Pure code: a row (a mapping of column to value) in, a `Record` out, or `RowError` saying
-which column was wrong and why. The event model itself (`agent.events`) validates the fields
+which column was wrong and why. The event model itself (`events.models`) validates the fields
 afterwards; this module only reads and types them.
 
     [sources.columns]                          # event field = where it comes from

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Keep this file thin: the logic lives in tests/support/."""
+"""Shared pytest fixtures. Keep this file thin: the logic lives in testkit/."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from agent.demo.plant import FillingLinePlant, serve_plant
-from tests.support.broker import MosquittoBroker, free_loopback_port
-from tests.support.postgres import postgres_url  # noqa: F401  (the fixture)
+from testkit.broker import MosquittoBroker, free_loopback_port
+from testkit.postgres import postgres_url  # noqa: F401  (the fixture)
 
 
 @pytest.fixture

@@ -93,7 +93,7 @@ def _config(path: Path) -> Any:
 def _stats(args: argparse.Namespace) -> int:
     from agent import store
     from agent.statelock import holder
-    from buffer.base import BufferError
+    from buffer.base import BufferFailure
     from buffer.sqlite import SqliteBuffer
 
     config = _config(args.config)
@@ -131,7 +131,7 @@ def _stats(args: argparse.Namespace) -> int:
 
     try:
         document = asyncio.run(read())
-    except BufferError as error:
+    except BufferFailure as error:
         print(f"edge-agent buffer stats: {error}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
@@ -146,7 +146,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from buffer.base import BufferError, BufferLocked
+    from buffer.base import BufferFailure, BufferLocked
 
     try:
         since = parse_time(args.since)
@@ -169,7 +169,7 @@ def _replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    except (BufferError, TimeoutError) as error:
+    except (BufferFailure, TimeoutError) as error:
         print(f"edge-agent buffer replay: {error}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"replayed {sent} event(s)" + (f"; {refused} refused by the broker" if refused else ""))
@@ -181,9 +181,9 @@ async def _replay_async(
 ) -> tuple[int, int]:
     from agent import store
     from agent.credentials import hub_credentials
-    from agent.events import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
     from agent.forwarder import REPLAY_PROPERTY
     from agent.mqtt_session import MqttSession, PacketTooLarge, PubAck
+    from events.wire import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
 
     hub = config.hub
     topic_base = f"{hub.topic_prefix}/{config.agent.site}/{config.agent.id}/events"
@@ -256,7 +256,7 @@ async def _replay_async(
 
 def _dead_letters(args: argparse.Namespace) -> int:
     from agent import store
-    from buffer.base import BufferError, BufferLocked
+    from buffer.base import BufferFailure, BufferLocked
     from buffer.sqlite import SqliteBuffer
 
     config = _config(args.config)
@@ -283,7 +283,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
     except BufferLocked as error:
         print(f"edge-agent buffer dead-letters --retry: refused: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except BufferError as error:
+    except BufferFailure as error:
         print(f"edge-agent buffer dead-letters: {error}", file=sys.stderr)
         return EXIT_FAILURE
     if not letters:

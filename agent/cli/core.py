@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.credentials import CredentialError
     from agent.memory import limit_malloc_arenas
     from agent.service import AgentService
-    from buffer.base import BufferError
+    from buffer.base import BufferFailure
     from config.schema import AgentConfig
 
     config = _load(args.config)
@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except BufferError as error:
+    except BufferFailure as error:
         logging.getLogger("agent").error("cannot open the buffer: %s", error)
         return EXIT_FAILURE
     except CredentialError as error:
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from agent.events import json_schemas
+    from events.models import json_schemas
 
     schemas = json_schemas()
     if args.type is not None:

@@ -55,10 +55,10 @@ def parse_value(text: str) -> bool | int | float | str | None:
 
 def _try(args: argparse.Namespace) -> int:
     from agent.cli.core import _load
-    from agent.events import envelope
     from agent.mapping import Mapper, SignalMapper
     from config.schema import AgentConfig
     from connectors.base import Quality, Reading
+    from events.wire import envelope
 
     config = _load(args.config)
     if config is None:

@@ -512,7 +512,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 async def _tail_events(args: argparse.Namespace) -> int:
-    from agent.events import decode_batch
+    from events.wire import decode_batch
 
     printed = 0
     done = asyncio.Event()

@@ -32,10 +32,10 @@ from agent.demo.plant import (
     STATE,
     TANK_TEMPERATURE,
 )
-from agent.events import decode_batch
 from agent.mqtt_session import MqttSession
 from agent.runtime import Agent
 from config.schema import AgentConfig
+from events.wire import decode_batch
 
 SITE, AGENT_ID, PREFIX = "plant-a", "edge-01", "mfg"
 

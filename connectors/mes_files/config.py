@@ -1,27 +1,7 @@
 """Settings of the file-drop connector: `[[sources]]` with `type = "mes-files"`.
 
-```toml
-[[sources]]
-name = "mes-drop"
-type = "mes-files"
-folder = "/var/lib/edge-agent/mes-drop"   # relative paths: from the config file's folder
-pattern = "*.csv"            # glob of the files to take; others (e.g. *.tmp) are left alone
-format = "csv"               # csv (header row) | json (an array of objects)
-event = "workorder.completed"
-asset = "line1"
-complete = "stable"          # stable: size and mtime unchanged for `stable_s` seconds
-stable_s = 2.0               # marker: wait for FILE + `marker_suffix` (e.g. orders.csv.done)
-                             # rename: the writer renames the file in; present = complete
-time_column = "finished_at"
-time_format = "%Y-%m-%d %H:%M:%S"   # strptime; "iso" for ISO 8601
-time_zone = "Europe/Berlin"         # for times without an offset
-
-  [sources.columns]          # event field = the column that feeds it (connectors.records)
-  order = { column = "WO" }
-  product = { column = "MATERIAL" }
-  good = { column = "GOOD_QTY", type = "float", unit = "kg" }
-  scrap = { column = "SCRAP_QTY", type = "float", required = false }
-```
+Every key, with its default and what it does: `connectors/mes_files/sample.toml` (loaded by
+tests/unit/test_samples.py).
 
 Files are taken in name order; only regular files are read (a symbolic link, FIFO, socket or
 device matching the pattern moves to `rejected/` unread, a folder is left alone). A complete

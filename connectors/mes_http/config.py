@@ -1,42 +1,7 @@
 """Settings of the webhook connector: `[[sources]]` with `type = "mes-http"`.
 
-```toml
-[[sources]]
-name = "mes-webhook"
-type = "mes-http"
-listen = "127.0.0.1:8088"      # HOST:PORT ([::1]:8088 for IPv6); 0.0.0.0 to serve the plant net
-auth = "bearer"                # bearer: every POST needs `Authorization: Bearer <token>`
-                               # none: no authentication (loopback or a trusted proxy only)
-tokens_file = "mes-tokens"     # one token per line, `#` comments; relative paths: from the
-                               # config file's folder; re-read when it changes (rotation
-                               # without restart); a systemd credential works:
-                               # "/run/credentials/edge-agent.service/mes-tokens"
-token_env = "MES_WEBHOOK_TOKEN"   # and/or: an environment variable holding one token
-max_body_bytes = 1048576       # larger bodies are refused with 413
-tls_cert = "tls/webhook.pem"   # both or neither: HTTPS with this certificate chain and key
-tls_key = "tls/webhook.key"
-idempotency_field = "messageId"   # payload field used as the idempotency key when the MES
-                                  # sends no `Idempotency-Key` header (single objects only)
-commit_timeout_s = 10.0        # how long a POST waits for its records to be committed
-idempotency_ttl_s = 604800     # how long an answered idempotency key is remembered (7 days)
-max_connections = 256          # connections served at once; one more is answered 503 and
-                               # closed (lowered at start so that the agent keeps 64 file
-                               # descriptors for its buffer and hub link: see the log)
-header_timeout_s = 10.0        # a connection that has not sent its request headers this long
-                               # after it opened (or after its last answer) is closed
-body_timeout_s = 30.0          # a body that has not fully arrived this long after the
-                               # headers is answered 408 and the connection closed
-
-  [[sources.routes]]           # one per endpoint the MES posts to (POST only)
-  path = "/mes/completions"
-  event = "workorder.completed"
-  asset = "line1"
-  time_column = "finishedAt"   # ISO 8601 by default (time_format); none: the time received
-    [sources.routes.columns]   # event field = the JSON key (or dotted path) that feeds it
-    order = { column = "orderId" }
-    good = { column = "good", type = "float", unit = "1" }
-    scrap = { column = "scrap", type = "float", required = false }
-```
+Every key, with its default and what it does: `connectors/mes_http/sample.toml` (loaded by
+tests/unit/test_samples.py).
 """
 
 from __future__ import annotations

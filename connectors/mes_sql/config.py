@@ -1,24 +1,7 @@
 """Settings of the interface-table connector: `[[sources]]` with `type = "mes-sql"`.
 
-```toml
-[[sources]]
-name = "mes-table"
-type = "mes-sql"
-url = "postgresql://edge@mes-db.plant.local:5432/mes"   # no password in the URL
-password_env = "MES_DB_PASSWORD"     # or password_file (a systemd credential works:
-                                     # "/run/credentials/edge-agent.service/mes-db");
-                                     # neither: PGPASSWORD / ~/.pgpass, or trust auth
-# url = "sqlite:///mes/interface.db"  # relative to the config file's folder;
-                                      # sqlite:////var/lib/mes/interface.db is absolute
-table = "mes.completions"            # schema.table or table ...
-# query = "SELECT c.*, o.product FROM completions c JOIN orders o USING (order_id)"
-                                     # ... or a SELECT: exactly one of table and query
-cursor = ["updated_at", "id"]        # 1 or 2 columns, increasing as rows are written
-batch_rows = 500                     # rows per fetch
-poll_s = 2.0                         # pause when a fetch found no new rows
-lag_s = 5.0                          # read rows once their updated_at is this old (below)
-timeout_s = 10.0                     # connect and query timeout
-```
+Every key, with its default and what it does: `connectors/mes_sql/sample.toml` (loaded by
+tests/unit/test_samples.py).
 
 Names (table, schema, cursor columns) are plain SQL names (letters, digits, `_`), quoted as
 written, so they match case-sensitively: PostgreSQL stores an unquoted `CREATE TABLE Orders`

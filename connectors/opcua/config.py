@@ -1,5 +1,8 @@
 """Settings of the OPC UA connector: what OT staff write under `[[sources]]`, `type = "opcua"`.
 
+Every key, with its default and what it does: `connectors/opcua/sample.toml` (loaded by
+tests/unit/test_samples.py).
+
 Invariants:
 - A password is never written in the config itself: it comes from a file (`password_file`)
   or an environment variable (`password_env`), so the config can be shared and versioned.

@@ -1,17 +1,7 @@
 """Settings of the simulated connector: `[[sources]]` with `type = "simulated"`.
 
-```toml
-[[sources]]
-name = "sim"
-type = "simulated"
-rate_hz = 200            # readings per second per signal
-
-  [[sources.signals]]
-  node = "counter"       # the signal's address (any name, unique in the source)
-  waveform = "counter"   # counter: 0, 1, 2, ... (production.count); sine: a float (telemetry)
-  event = "production.count"
-  asset = "line1/sim"
-```
+Every key, with its default and what it does: `connectors/simulated/sample.toml` (loaded by
+tests/unit/test_samples.py).
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.demo.plant import FILLER_TEMPERATURE, GOOD_COUNT, FillingLinePlant
-from tests.support.agent_process import AgentProcess
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, accepted_in_buffer, decode_events, unique_by_id
-from tests.support.plant import agent_config_text
+from testkit.agent_process import AgentProcess
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, accepted_in_buffer, decode_events, unique_by_id
+from testkit.plant import agent_config_text
 
 SUBSCRIBED = "subscribed to 3 of 3 nodes"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.agent_process import REPO
+from testkit.agent_process import REPO
 
 EXAMPLE = REPO / "config" / "example.toml"
 
@@ -91,7 +91,7 @@ def test_schema_prints_every_event_type() -> None:
     result = edge_agent("schema")
     assert result.returncode == 0, result.stderr
     schemas = json.loads(result.stdout)
-    from agent.events import json_schemas
+    from events.models import json_schemas
 
     assert set(schemas) == set(json_schemas())
     assert {

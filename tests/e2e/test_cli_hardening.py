@@ -33,8 +33,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.status_file import write_status
-from tests.support.agent_process import REPO
-from tests.support.broker import MosquittoBroker
+from testkit.agent_process import REPO
+from testkit.broker import MosquittoBroker
 
 EXAMPLE = REPO / "config" / "example.toml"
 MES = REPO / "config" / "examples" / "mes.toml"

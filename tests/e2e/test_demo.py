@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.agent_process import REPO
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, decode_events
+from testkit.agent_process import REPO
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, decode_events
 
 
 def test_demo_forwards_the_simulated_line_to_the_broker(

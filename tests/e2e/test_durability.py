@@ -20,10 +20,10 @@ import msgpack
 
 from buffer.base import Record
 from buffer.sqlite import ID_TEXT_SQL, SqliteBuffer
-from tests.support.agent_process import REPO, AgentProcess
-from tests.support.blackhole import TcpProxy
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.durability import (
+from testkit.agent_process import REPO, AgentProcess
+from testkit.blackhole import TcpProxy
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.durability import (
     EVENTS_TOPIC,
     accepted,
     arrivals,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_process import AgentProcess
-from tests.support.blackhole import TcpProxy
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.durability import (
+from testkit.agent_process import AgentProcess
+from testkit.blackhole import TcpProxy
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.durability import (
     EVENTS_TOPIC,
     accepted,
     agent_header,
@@ -30,7 +30,7 @@ from tests.support.durability import (
     check_delivery,
     last_seq,
 )
-from tests.support.short_disk import Filler, free_bytes, remount, small_tmpfs
+from testkit.short_disk import Filler, free_bytes, remount, small_tmpfs
 
 pytestmark = pytest.mark.e2e
 

@@ -8,10 +8,10 @@ import os
 import time
 from pathlib import Path
 
-from tests.support.agent_process import AgentProcess
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, decode_events, unique_by_id
-from tests.support.mes_files import HEADER, rows, write_mes_files_config
+from testkit.agent_process import AgentProcess
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id
+from testkit.mes_files import HEADER, rows, write_mes_files_config
 
 ROWS = 30_000
 RUNNING = "running: 1 source(s)"

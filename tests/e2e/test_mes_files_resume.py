@@ -11,11 +11,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+from testkit.agent_process import AgentProcess
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC
+from testkit.mes_files import HEADER, rows, write_mes_files_config
 from tests.e2e.test_mes_files_crash import RUNNING, orders
-from tests.support.agent_process import AgentProcess
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC
-from tests.support.mes_files import HEADER, rows, write_mes_files_config
 
 ROWS = 20_000
 CHUNK = 100  # rows_per_emit: the file is 200 chunks

@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from testkit.agent_process import AgentProcess
+from testkit.broker import MosquittoBroker, free_loopback_port
+from testkit.mes_http import TOKEN, completion, mes_http_agent_config
 from tests.e2e.test_service import status_command
-from tests.support.agent_process import AgentProcess
-from tests.support.broker import MosquittoBroker, free_loopback_port
-from tests.support.mes_http import TOKEN, completion, mes_http_agent_config
 
 RUNNING = "running: 1 source(s)"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 
-from tests.support.agent_process import AgentProcess
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, decode_events, unique_by_id
-from tests.support.mes_sql import CREATE_TABLE, mes_sql_agent_config
+from testkit.agent_process import AgentProcess
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id
+from testkit.mes_sql import CREATE_TABLE, mes_sql_agent_config
 
 SEED = 20261127
 RUNNING = "running: 1 source(s)"

@@ -35,11 +35,11 @@ from asyncua import ua
 
 from agent.cli.opcua import SERVICE_USER
 from agent.demo.plant import FillingLinePlant
-from tests.support.agent_process import REPO
-from tests.support.broker import MosquittoBroker, free_loopback_port
-from tests.support.opcua_servers import TEMPERATURE, serve_line, thumbprint_of
-from tests.support.plant import agent_config_text
-from tests.support.sd_notify import NotifyListener
+from testkit.agent_process import REPO
+from testkit.broker import MosquittoBroker, free_loopback_port
+from testkit.opcua_servers import TEMPERATURE, serve_line, thumbprint_of
+from testkit.plant import agent_config_text
+from testkit.sd_notify import NotifyListener
 
 APP = "opt/plant-edge-agent"
 UNIT = "lib/systemd/system/edge-agent.service"

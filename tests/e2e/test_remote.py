@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.demo.plant import FILLER_TEMPERATURE, FillingLinePlant
-from tests.support.agent_process import REPO, AgentProcess
-from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
-from tests.support.plant import agent_config_text
+from testkit.agent_process import REPO, AgentProcess
+from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from testkit.plant import agent_config_text
 
 
 def source_connected(message: ReceivedMessage) -> bool:

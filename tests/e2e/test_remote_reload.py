@@ -13,11 +13,11 @@ from pathlib import Path
 
 from agent.demo.plant import GOOD_COUNT, FillingLinePlant
 from agent.signing import create_key_pair
+from testkit.agent_process import REPO, AgentProcess
+from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from testkit.events import EVENTS_TOPIC, decode_events
+from testkit.plant import agent_config_text
 from tests.e2e.test_service import SUBSCRIBED, wait_until
-from tests.support.agent_process import REPO, AgentProcess
-from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
-from tests.support.events import EVENTS_TOPIC, decode_events
-from tests.support.plant import agent_config_text
 
 STATUS_TOPIC = "mfg/plant-a/edge-01/status"
 

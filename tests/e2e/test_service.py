@@ -16,11 +16,11 @@ from pathlib import Path
 
 from agent.demo.plant import GOOD_COUNT, FillingLinePlant
 from agent.status_file import read_buffer_stats
-from tests.support.agent_process import REPO, AgentProcess
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, accepted_in_buffer, decode_events
-from tests.support.plant import agent_config_text
-from tests.support.sd_notify import NotifyListener
+from testkit.agent_process import REPO, AgentProcess
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, accepted_in_buffer, decode_events
+from testkit.plant import agent_config_text
+from testkit.sd_notify import NotifyListener
 
 SUBSCRIBED = " 3 of 3 "  # the OPC UA source logs "... 3 of 3 signals/nodes" once subscribed
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_process import REPO, AgentProcess
-from tests.support.broker import MosquittoBroker, Subscriber, free_loopback_port
-from tests.support.durability import EVENTS_TOPIC, agent_header, arrivals
-from tests.support.mes_http import TOKEN
+from testkit.agent_process import REPO, AgentProcess
+from testkit.broker import MosquittoBroker, Subscriber, free_loopback_port
+from testkit.durability import EVENTS_TOPIC, agent_header, arrivals
+from testkit.mes_http import TOKEN
 
 pytestmark = pytest.mark.e2e
 

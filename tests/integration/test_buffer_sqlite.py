@@ -285,7 +285,7 @@ async def test_purge_trims_the_oldest_delivered_to_retained_max_bytes(tmp_path: 
     # The cap comes from `[buffer] retention_max_bytes` in the agent's config.
     from agent.store import capacity as configured_capacity
     from config.schema import AgentConfig
-    from tests.support.durability import simulated_agent_config
+    from testkit.durability import simulated_agent_config
 
     text = simulated_agent_config(
         hub_url="mqtt://127.0.0.1:1",

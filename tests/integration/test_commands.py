@@ -20,11 +20,11 @@ from agent.signing import RequestSigner, create_key_pair
 from buffer.base import Record
 from buffer.sqlite import SqliteBuffer
 from config.loader import load_config
-from config.schema import Priority
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.commands import Requester
-from tests.support.events import EVENTS_TOPIC, decode_events
-from tests.support.plant import agent_config_text
+from events.kinds import Priority
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.commands import Requester
+from testkit.events import EVENTS_TOPIC, decode_events
+from testkit.plant import agent_config_text
 
 TARGET = "plant-a/edge-01"
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from agent.demo.plant import FillingLinePlant
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.commands import Requester
 from tests.integration.test_commands import running_agent, write_config
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.commands import Requester
 
 ROOT = "mfg/plant-a/edge-01"
 

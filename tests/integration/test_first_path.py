@@ -18,9 +18,9 @@ from asyncua import ua
 from agent.demo.plant import FILLER_TEMPERATURE, GOOD_COUNT, STATE, FillingLinePlant
 from agent.runtime import Agent, buffer_path
 from config.loader import load_config
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, accepted_in_buffer, decode_events, unique_by_id
-from tests.support.plant import agent_config_text
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, accepted_in_buffer, decode_events, unique_by_id
+from testkit.plant import agent_config_text
 
 
 @asynccontextmanager

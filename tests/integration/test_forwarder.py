@@ -11,12 +11,12 @@ from pathlib import Path
 
 import msgpack
 
-from agent.events import decode_batch
 from agent.forwarder import Forwarder
 from agent.mqtt_session import MqttSession
 from buffer.base import Record
 from buffer.sqlite import SqliteBuffer
-from tests.support.broker import MosquittoBroker, Subscriber
+from events.wire import decode_batch
+from testkit.broker import MosquittoBroker, Subscriber
 
 TOPIC_BASE = "mfg/plant-a/edge-01/events"
 

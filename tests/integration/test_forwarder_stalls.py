@@ -1,7 +1,7 @@
 """Forwarding that stalls, against real peers (issue 13, items 4 and 5).
 
 - A broker path that keeps the connection and PINGRESP alive but loses PUBACKs: a real
-  mosquitto behind `tests.support.mqtt_proxy.MqttProxy`, which parses the MQTT packets and
+  mosquitto behind `testkit.mqtt_proxy.MqttProxy`, which parses the MQTT packets and
   swallows the broker's PUBACKs for a while. The session's PUBACK deadline drops the connection,
   the forwarder sends everything unacked again, and forwarding resumes by itself.
 - A broker ACL that denies an event topic (PUBACK 0x87): a real mosquitto with an `acl_file`,
@@ -24,17 +24,17 @@ from typing import Any
 import msgpack
 import pytest
 
-from agent.events import decode_batch
 from agent.forwarder import Forwarder
 from agent.mqtt_session import MqttSession, PubAckTimeout
 from agent.runtime import Agent
 from buffer.base import Record
 from buffer.sqlite import SqliteBuffer
 from config.loader import ConfigError, load_config
-from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
-from tests.support.durability import simulated_agent_config
-from tests.support.events import decode_events
-from tests.support.mqtt_proxy import MqttProxy
+from events.wire import decode_batch
+from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from testkit.durability import simulated_agent_config
+from testkit.events import decode_events
+from testkit.mqtt_proxy import MqttProxy
 
 TOPIC_BASE = "mfg/plant-a/edge-01/events"
 TELEMETRY_TOPIC = f"{TOPIC_BASE}/telemetry.v1"

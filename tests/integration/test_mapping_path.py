@@ -17,8 +17,8 @@ from agent.demo.plant import (
     REACTOR_TEMPERATURE,
     FillingLinePlant,
 )
+from testkit.broker import MosquittoBroker, Subscriber
 from tests.integration.test_first_path import events_at_hub, running_agent
-from tests.support.broker import MosquittoBroker, Subscriber
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 EVENTS_TOPIC = "mfg/plant-b/edge-01/events/#"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from agent.status import sources_status
 from connectors.base import Reading
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id
+from testkit.mes_files import HEADER, rows, write_mes_files_config
 from tests.integration.test_first_path import running_agent, until
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, decode_events, unique_by_id
-from tests.support.mes_files import HEADER, rows, write_mes_files_config
 
 
 def orders_at_hub(subscriber: Subscriber) -> dict[str, dict]:

@@ -24,11 +24,11 @@ import pytest
 from agent.runtime import Agent
 from agent.status import sources_status
 from connectors.base import SourceHealth
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC
+from testkit.mes_files import HEADER, rows, write_mes_files_config
 from tests.integration.test_first_path import running_agent, until
 from tests.integration.test_mes_files import orders_at_hub
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC
-from tests.support.mes_files import HEADER, rows, write_mes_files_config
 
 # A shadow-like line: what must never show up in a log, a reason or a report.
 SECRET = "$6$Zq8sM3xB$S3CR3Tha5hN0tT0B3L0gg3d"

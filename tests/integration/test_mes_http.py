@@ -14,10 +14,10 @@ import aiohttp
 
 from agent.status import sources_status
 from buffer.sqlite import ID_TEXT_SQL
+from testkit.broker import MosquittoBroker, Subscriber, free_loopback_port
+from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id
+from testkit.mes_http import TOKEN, completion, mes_http_agent_config
 from tests.integration.test_first_path import running_agent, until
-from tests.support.broker import MosquittoBroker, Subscriber, free_loopback_port
-from tests.support.events import EVENTS_TOPIC, decode_events, unique_by_id
-from tests.support.mes_http import TOKEN, completion, mes_http_agent_config
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

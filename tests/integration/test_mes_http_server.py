@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from connectors.base import SourceConfigError
 from connectors.mes_http.config import MesHttpSettings, RouteSettings
 from connectors.mes_http.server import Accepted, Busy, Conflict, Outcome, Rejected, WebhookServer
-from tests.support.tls import cert_pem, issue, key_pem, make_ca
+from testkit.tls import cert_pem, issue, key_pem, make_ca
 
 TOKEN = "s3cret-token-one"
 ROUTE = "/mes/completions"

@@ -13,10 +13,10 @@ import asyncpg  # type: ignore[import-untyped]
 
 from buffer.sqlite import SqliteBuffer
 from connectors.mes_sql.drivers import decode_cursor
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id
+from testkit.mes_sql import CREATE_TABLE, mes_sql_agent_config
 from tests.integration.test_first_path import running_agent, until
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.events import EVENTS_TOPIC, decode_events, unique_by_id
-from tests.support.mes_sql import CREATE_TABLE, mes_sql_agent_config
 
 
 def completions_at_hub(subscriber: Subscriber) -> dict[str, dict[str, Any]]:

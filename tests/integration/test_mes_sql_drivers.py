@@ -33,7 +33,7 @@ from connectors.mes_sql.drivers import (
     open_reader,
     plain,
 )
-from tests.support.broker import free_loopback_port
+from testkit.broker import free_loopback_port
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 

@@ -23,7 +23,7 @@ from agent.mqtt_session import (
     WillMessage,
     publish_packet_size,
 )
-from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATUS_TOPIC = "plant/site1/agent1/status"

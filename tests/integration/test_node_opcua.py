@@ -1,4 +1,4 @@
-"""The OPC UA connector against a real node-opcua server (tests/support/node_opcua): a server
+"""The OPC UA connector against a real node-opcua server (testkit/node_opcua): a server
 whose certificate manager refuses unknown client certificates, and its alarms' condition fields.
 
 One node-opcua process serves the whole module (it takes a second or two to start); each test
@@ -21,14 +21,14 @@ from connectors.base import Emit, Reading
 from connectors.opcua import OpcUaConnector, OpcUaSettings, OpcUaSignalSettings
 from connectors.opcua.certificates import create_application_certificate
 from connectors.opcua.trust import TrustStore
-from tests.integration.test_opcua_security import running, until
-from tests.support.node_opcua_peer import (
+from testkit.node_opcua_peer import (
     LINE,
     TEMPERATURE,
     NodeOpcUaServer,
     missing_node_opcua,
 )
-from tests.support.opcua_servers import thumbprint_of
+from testkit.opcua_servers import thumbprint_of
+from tests.integration.test_opcua_security import running, until
 
 AGENT_URI = "urn:test-host:plant-edge-agent"
 

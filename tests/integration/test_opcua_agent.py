@@ -11,11 +11,9 @@ import pytest
 from agent.status import sources_status
 from connectors.opcua.certificates import create_application_certificate
 from connectors.opcua.trust import TrustStore
-from tests.integration.test_first_path import events_at_hub, running_agent, until
-from tests.integration.test_opcua_connector import until_async
-from tests.support.broker import MosquittoBroker, Subscriber, free_loopback_port
-from tests.support.events import EVENTS_TOPIC, decode_events
-from tests.support.opcua_servers import (
+from testkit.broker import MosquittoBroker, Subscriber, free_loopback_port
+from testkit.events import EVENTS_TOPIC, decode_events
+from testkit.opcua_servers import (
     ALARMS,
     ALL_SECURE,
     TEMPERATURE,
@@ -23,6 +21,8 @@ from tests.support.opcua_servers import (
     server_certificate,
     thumbprint_of,
 )
+from tests.integration.test_first_path import events_at_hub, running_agent, until
+from tests.integration.test_opcua_connector import until_async
 
 
 def config_text(tmp_path: Path, hub: str, endpoint: str) -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.demo.plant import NAMESPACE
-from tests.support.agent_process import REPO
-from tests.support.broker import free_loopback_port
+from testkit.agent_process import REPO
+from testkit.broker import free_loopback_port
 
 
 def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,9 @@ import pytest
 from connectors.base import Quality, Reading
 from connectors.opcua import OpcUaConnector, OpcUaSettings, OpcUaSignalSettings
 from connectors.opcua import connector as opcua_connector
+from testkit.broker import free_loopback_port
+from testkit.opcua_servers import ALARMS, COUNT, TEMPERATURE, serve_line
 from tests.integration.test_opcua_security import running, until
-from tests.support.broker import free_loopback_port
-from tests.support.opcua_servers import ALARMS, COUNT, TEMPERATURE, serve_line
 
 
 def plain(endpoint: str, **extra: Any) -> OpcUaSettings:

@@ -18,8 +18,8 @@ from connectors.base import Reading, SourceConfigError, SourceUnavailable
 from connectors.opcua import OpcUaConnector, OpcUaSettings, OpcUaSignalSettings
 from connectors.opcua.certificates import create_application_certificate
 from connectors.opcua.trust import TrustStore
-from tests.support.broker import free_loopback_port
-from tests.support.opcua_servers import (
+from testkit.broker import free_loopback_port
+from testkit.opcua_servers import (
     ALL_SECURE,
     TEMPERATURE,
     serve_line,

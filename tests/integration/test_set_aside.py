@@ -17,10 +17,10 @@ from agent.demo.plant import REACTOR_MATERIAL, REACTOR_TEMPERATURE, FillingLineP
 from agent.pipeline import UNMAPPABLE_READING_KIND
 from agent.status import snapshot
 from buffer.sqlite import ID_TEXT_SQL
+from testkit.agent_process import REPO
+from testkit.broker import MosquittoBroker, Subscriber
 from tests.integration.test_first_path import events_at_hub, running_agent, until
 from tests.integration.test_mapping_path import reactor_config
-from tests.support.agent_process import REPO
-from tests.support.broker import MosquittoBroker, Subscriber
 
 EVENTS_TOPIC = "mfg/plant-b/edge-01/events/#"
 REASON = "code 'RX-???' is not in lookup 'materials' (unmapped = \"dead-letter\")"

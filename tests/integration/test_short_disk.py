@@ -25,8 +25,8 @@ from buffer.base import BufferUnavailable, Record
 from buffer.sqlite import SqliteBuffer
 from connectors.base import Reading, SourceUnavailable
 from connectors.opcua.trust import TrustStore, UntrustedCertificate
-from tests.support.short_disk import Filler, free_bytes, remount, small_tmpfs
-from tests.support.tls import make_ca
+from testkit.short_disk import Filler, free_bytes, remount, small_tmpfs
+from testkit.tls import make_ca
 from tests.unit.test_mapping_state import CONFIG, increments
 
 LIMIT_S = 20.0

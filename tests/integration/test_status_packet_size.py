@@ -21,9 +21,9 @@ from agent.cli.remote import fleet_rows
 from agent.runtime import Agent
 from agent.status import REDUCED_FORMS, reduced_status, snapshot
 from config.loader import load_config
-from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
-from tests.support.commands import Requester
-from tests.support.durability import agent_header
+from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from testkit.commands import Requester
+from testkit.durability import agent_header
 
 STATUS_TOPIC = "mfg/plant-a/edge-01/status"
 MAX_PACKET_SIZE = 1200

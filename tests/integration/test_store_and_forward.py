@@ -18,7 +18,6 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from agent.events import BUFFER_OVERFLOW_TYPE, AgentIdentity, decode_batch
 from agent.forwarder import BacklogPacing, Forwarder
 from agent.mapping import Mapper
 from agent.mqtt_session import MqttSession
@@ -27,9 +26,11 @@ from buffer.base import BufferFull, Capacity, Record
 from buffer.sqlite import SqliteBuffer
 from config.schema import AgentConfig
 from connectors.base import Reading
-from tests.support.blackhole import TcpProxy
-from tests.support.broker import MosquittoBroker, Subscriber
-from tests.support.durability import check_delivery, simulated_agent_config, user_property
+from events.models import BUFFER_OVERFLOW_TYPE
+from events.wire import AgentIdentity, decode_batch
+from testkit.blackhole import TcpProxy
+from testkit.broker import MosquittoBroker, Subscriber
+from testkit.durability import check_delivery, simulated_agent_config, user_property
 
 TOPIC_BASE = "mfg/plant-a/edge-01/events"
 IDENTITY = AgentIdentity(site="plant-a", agent="edge-01")

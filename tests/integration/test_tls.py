@@ -1,5 +1,5 @@
 """The hub connection's security against a real mosquitto: a TLS listener with certificates made
-by `cryptography` (tests/support/tls.py), mTLS, username/password from a systemd-style
+by `cryptography` (testkit/tls.py), mTLS, username/password from a systemd-style
 credentials directory, and MQTT v5 session expiry across a real link outage (a TCP proxy that
 is cut while the broker stays up)."""
 
@@ -23,9 +23,9 @@ from agent.credentials import CredentialError, hub_credentials
 from agent.mqtt_session import MqttSession
 from agent.status import offline_payload
 from config.schema import HubSection
-from tests.support.broker import MosquittoBroker
-from tests.support.tcp_proxy import TcpProxy
-from tests.support.tls import Pki, make_pki, tls_listener_conf
+from testkit.broker import MosquittoBroker
+from testkit.tcp_proxy import TcpProxy
+from testkit.tls import Pki, make_pki, tls_listener_conf
 
 
 @pytest.fixture(scope="module")

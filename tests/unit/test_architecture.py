@@ -1,5 +1,7 @@
-"""The dependency direction of STYLE.md, enforced: buffer imports nothing of ours, connectors
-import neither agent, buffer nor config, and nothing imports agent."""
+"""The dependency direction of STYLE.md, enforced: buffer and events import nothing of ours,
+connectors import neither agent, buffer, config nor events, config imports only connectors and
+events, and nothing imports agent. The test harness (testkit) may import the application, but
+nothing of the application imports testkit or tests."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-OURS = {"agent", "connectors", "buffer", "config"}
+APPLICATION = {"agent", "connectors", "buffer", "config", "events"}
+HARNESS = {"testkit", "tests"}
+OURS = APPLICATION | HARNESS
 ALLOWED = {
+    "events": {"events"},
     "buffer": {"buffer"},
     "connectors": {"connectors"},
-    "config": {"config", "connectors"},
-    "agent": OURS,
+    "config": {"config", "connectors", "events"},
+    "agent": APPLICATION,
+    "testkit": APPLICATION | {"testkit"},
 }
 
 
@@ -34,6 +40,13 @@ def test_dependency_direction(package: str) -> None:
     assert files, package
     for path in files:
         wrong = imported_packages(path) - ALLOWED[package]
+        assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("package", sorted(APPLICATION))
+def test_nothing_of_the_application_imports_the_harness(package: str) -> None:
+    for path in sorted((REPO / package).rglob("*.py")):
+        wrong = imported_packages(path) & HARNESS
         assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}"
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import json_schemas
+from events.models import json_schemas
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "contracts"
 COMMITTED = sorted(path.name.removesuffix(".schema.json") for path in CONTRACTS.glob("*.json"))

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.events import _ID_NAMESPACE, event_id, record_id, rfc3339
+from events.ids import _ID_NAMESPACE, event_id, record_id, rfc3339
 
 PINNED: list[tuple[dict[str, Any], str, str]] = [
     (

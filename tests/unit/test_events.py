@@ -11,26 +11,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent.events import (
+from buffer.base import StoredRecord
+from events.ids import rfc3339
+from events.kinds import EventKind
+from events.models import (
     AGENT_EVENT_MODELS,
-    COMPACT_BODY,
     EVENT_TYPES,
     RETIRED_EVENT_MODELS,
-    AgentIdentity,
     Event,
+    json_schemas,
+)
+from events.wire import (
+    COMPACT_BODY,
+    AgentIdentity,
     IdentityHistory,
     decode_batch,
     encode_batch,
     encode_body,
     envelope,
     expand_body,
-    json_schemas,
-    rfc3339,
     validate_envelope,
     with_seq,
 )
-from buffer.base import StoredRecord
-from config.schema import EventKind
 
 
 def telemetry_event(value: float | None = 1.5) -> Event:

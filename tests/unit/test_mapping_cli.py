@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.events import validate_envelope
+from events.wire import validate_envelope
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 

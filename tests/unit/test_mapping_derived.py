@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.events import Event, validate_envelope
 from agent.mapping import Mapper
 from config.schema import AgentConfig
 from connectors.base import Quality, Reading, Value
+from events.models import Event
+from events.wire import validate_envelope
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 
@@ -86,7 +87,7 @@ def feed_for(mapping: str, *signals: str) -> Feed:
 
 def envelope(event: Event) -> dict[str, object]:
     """The event as the hub decodes it, checked against its contract."""
-    from agent.events import envelope as envelope_of
+    from events.wire import envelope as envelope_of
 
     decoded = envelope_of(event, site="plant-a", agent="edge-01")
     validate_envelope({**decoded, "seq": 1})

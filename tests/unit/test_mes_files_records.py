@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.events import EVENT_TYPES
 from agent.mapping import Mapper
-from config.mapping import EventKind
 from config.schema import RECORD_FIELDS, AgentConfig
 from connectors.mes_files.config import MesFilesSettings
 from connectors.mes_files.connector import MesFilesConnector
 from connectors.mes_files.records import FileUnreadable, parse_file
-from tests.support.mes_files import HEADER, mes_files_agent_config
+from events.kinds import EventKind
+from events.models import EVENT_TYPES
+from testkit.mes_files import HEADER, mes_files_agent_config
 
 MTIME = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""MES records (connectors.records) into the business events (agent.events, agent.mapping):
+"""MES records (connectors.records) into the business events (events.models, agent.mapping):
 typing, units, times, and a record that cannot make a valid event rejected with its reason."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from agent.mapping import MappingContext, RecordRule, UnmappableReading
-from config.mapping import EventKind
 from config.schema import check_record_fields
 from connectors.base import Reading
 from connectors.records import RecordSettings, RowError, read_record
+from events.kinds import EventKind
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.events import CONTENT_TYPE, decode_batch, validate_envelope
 from buffer.sqlite import ID_TEXT_SQL
-from tests.support.broker import ReceivedMessage
+from events.wire import CONTENT_TYPE, decode_batch, validate_envelope
+from testkit.broker import ReceivedMessage
 
 EVENTS_TOPIC = "mfg/plant-a/edge-01/events/#"
 

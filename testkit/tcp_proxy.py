@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tests.support.broker import free_loopback_port
+from testkit.broker import free_loopback_port
 
 
 class TcpProxy:

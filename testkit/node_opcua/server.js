@@ -1,4 +1,4 @@
-// A node-opcua server for the OPC UA connector tests (tests/support/node_opcua_peer.py starts it).
+// A node-opcua server for the OPC UA connector tests (testkit/node_opcua_peer.py starts it).
 //
 //   node server.js PORT PKI_DIR CERT_FILE KEY_FILE APPLICATION_URI
 //

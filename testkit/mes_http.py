@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.durability import agent_header
+from testkit.durability import agent_header
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.durability import agent_header
+from testkit.durability import agent_header
 
 # The MES side: completions written by the MES, polled by the agent (cursor: id).
 CREATE_TABLE = """

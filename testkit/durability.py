@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.events import decode_batch
 from buffer.sqlite import ID_TEXT_SQL
-from tests.support.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from events.wire import decode_batch
+from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
 
 EVENTS_TOPIC = "mfg/plant-a/edge-01/events/#"
 

@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from types import TracebackType
 
-from tests.support.broker import free_loopback_port
+from testkit.broker import free_loopback_port
 
 PUBLISH = 3
 PUBACK = 4

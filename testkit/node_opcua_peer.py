@@ -1,7 +1,7 @@
-"""A real node-opcua server as a test peer: `tests/support/node_opcua/server.js`, run by `node`.
+"""A real node-opcua server as a test peer: `testkit/node_opcua/server.js`, run by `node`.
 
-`make node-opcua` installs node-opcua (pinned in `tests/support/node_opcua/package.json`) into
-`tests/support/node_opcua/node_modules/`; `make test` does it first. `missing_node_opcua()`
+`make node-opcua` installs node-opcua (pinned in `testkit/node_opcua/package.json`) into
+`testkit/node_opcua/node_modules/`; `make test` does it first. `missing_node_opcua()`
 says what is missing when it was not installed.
 
 `NodeOpcUaServer(workdir)` starts the server on a free loopback port with a certificate made by
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from connectors.opcua.certificates import create_application_certificate
-from tests.support.broker import free_loopback_port
+from testkit.broker import free_loopback_port
 
 PEER_DIR = Path(__file__).with_name("node_opcua")
 SERVER_URI = "urn:plant-edge-agent:node-opcua-server"
