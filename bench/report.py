@@ -1,0 +1,212 @@
+"""The performance tables of docs/performance.md, rendered from a `bench.run` results file.
+
+`bench.run` writes every figure it measures to `bench/results.json` (git ignores it); the
+figures the docs show come from the committed `bench/results.reference.json`, through this
+module, never typed in by hand. The rendered tables sit in docs/performance.md between the
+`BEGIN` and `END` marker lines below; `tests/unit/test_docs.py` checks that what is there
+equals `render(reference)`, so the docs and the reference file cannot drift apart.
+
+    .venv/bin/python -m bench.report [FILE] [--write]
+
+prints the tables of FILE (default: the reference file); `--write` puts them into
+docs/performance.md instead. After a run worth publishing: copy `bench/results.json` over the
+reference and run `python -m bench.report --write`.
+
+Rendering is a pure function of the results: the same file always gives the same text.
+A figure a results file lacks (NaN in JSON) shows as an en dash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "bench" / "results.reference.json"
+PERFORMANCE_DOC = REPO / "docs" / "performance.md"
+BEGIN = "<!-- bench.report: BEGIN (python -m bench.report --write; do not edit by hand) -->"
+END = "<!-- bench.report: END -->"
+MIB_IN_MB = 2**20 / 1e6
+
+Results = Mapping[str, Any]
+
+
+def render(results: Results) -> str:
+    """The Markdown of every table, for one results file (ends with a newline)."""
+    parts = [
+        _measured_on(results),
+        _ingest_table(results["ingest"]),
+        _startup_table(results["ingest"]),
+        _backlog_table(results["backlog"]),
+    ]
+    if "large_file" in results:
+        parts.append(_large_file_table(results["large_file"]))
+    parts.append(_targets_table(results["targets"], quick=results["mode"] == "quick"))
+    return "\n\n".join(parts) + "\n"
+
+
+def generated_section(text: str) -> str:
+    """What stands between the markers of `text` (a docs page), without the marker lines."""
+    begin, end = _marker_lines(text)
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[begin + 1:end])
+
+
+def with_section(text: str, rendered: str) -> str:
+    """`text` with the part between its markers replaced by `rendered`."""
+    begin, end = _marker_lines(text)
+    lines = text.splitlines(keepends=True)
+    return "".join([*lines[:begin + 1], rendered, *lines[end:]])
+
+
+def _marker_lines(text: str) -> tuple[int, int]:
+    lines = text.splitlines()
+    if lines.count(BEGIN) != 1 or lines.count(END) != 1:
+        raise ValueError(f"expected one {BEGIN!r} line and one {END!r} line")
+    begin, end = lines.index(BEGIN), lines.index(END)
+    if end < begin:
+        raise ValueError(f"{END!r} comes before {BEGIN!r}")
+    return begin, end
+
+
+def _measured_on(results: Results) -> str:
+    machine = results["machine"]
+    load = ", ".join(f"{value:g}" for value in machine["load_average_at_start"])
+    text = (
+        f"Measured: `bench.run` {results['mode']} run of {results['started_at']}, "
+        f"{machine['cpus']} CPUs, Python {machine['python']}, load average at start {load}, "
+        f"`[buffer] synchronous = \"{results['buffer_synchronous']}\"`, "
+        f"{_number(results['seconds'], 0)} s in all."
+    )
+    if results.get("note"):
+        text += f"\n\n{results['note']}"
+    return text
+
+
+def _ingest_table(runs: Sequence[Results]) -> str:
+    rows = []
+    for run in runs:
+        for agent, bare in zip(run["agent"], run["bare_client"], strict=True):
+            ratio = agent["agent_cpu_us_per_event"] / bare["cpu_us_per_notification"]
+            rows.append([
+                _number(run["items"], 0), agent["phase"], _number(agent["offered_per_s"], 0),
+                _number(agent["delivered_per_s"], 0), _number(agent["missing"], 0),
+                _number(agent["agent_cpu_us_per_event"], 0),
+                _number(bare["cpu_us_per_notification"], 1), _number(ratio, 1),
+                f"{_number(agent['latency_p50_ms'], 0)} ms",
+                f"{_number(agent['latency_p99_ms'], 0)} ms",
+            ])
+    return _table(
+        ["items", "phase", "offered/s", "delivered/s", "lost", "agent µs/event",
+         "bare µs/notif.", "\u00d7 bare", "p50", "p99"],
+        "-:|-|-:|-:|-:|-:|-:|-:|-:|-:",
+        rows,
+    )
+
+
+def _startup_table(runs: Sequence[Results]) -> str:
+    rows = [
+        [_number(run["items"], 0), f"{_number(run['start_to_first_event_s'], 2)} s",
+         f"{_number(run['start_to_all_items_s'], 2)} s",
+         f"{_number(run['agent_peak_rss_mib'], 0)} MiB",
+         f"{_number(run['bare_client_peak_rss_mib'], 0)} MiB"]
+        for run in runs
+    ]
+    return _table(
+        ["items", "start to first forwarded event", "to every item's first value",
+         "agent peak RSS", "bare client peak RSS"],
+        "-:|-:|-:|-:|-:",
+        rows,
+    )
+
+
+def _backlog_table(backlog: Results) -> str:
+    filled, held, drained = backlog["fill"], backlog["footprint"], backlog["drain"]
+    rows = [
+        ["fill (broker down)",
+         f"{_number(filled['events'], 0)} events accepted at "
+         f"{_number(filled['accepted_per_s'], 0)}/s; {_number(filled['bytes_per_event'], 0)} "
+         f"bytes/event on disk ({_number(filled['buffer_bytes'] / 2**20, 0)} MiB)",
+         f"{_number(filled['peak_rss_mib'], 0)} MiB"],
+        ["held (no hub)",
+         f"{_number(held['items'], 0)} OPC UA items running, {_number(held['buffered'], 0)} "
+         "events buffered",
+         f"{_number(held['peak_rss_mib'], 0)} MiB ({_number(held['peak_rss_mib'] * MIB_IN_MB, 0)}"
+         " MB)"],
+        ["drain (broker up)",
+         f"{_number(drained['backlog_events'], 0)} events in {_number(drained['drain_s'], 1)} s"
+         f" = {_number(drained['drained_per_s'], 0)}/s PUBACK-acked; live events beside it: "
+         f"p50 {_number(drained['live_p50_s'], 2)} s, p99 {_number(drained['live_p99_s'], 2)} s",
+         f"{_number(drained['peak_rss_mib'], 0)} MiB"],
+    ]
+    return _table(["backlog", "measured", "agent peak RSS"], "-|-|-:", rows)
+
+
+def _large_file_table(large: Results) -> str:
+    rows = [[
+        _number(large["rows"], 0), f"{_number(large['file_bytes'] / 2**20, 0)} MiB",
+        f"{_number(large['seconds'], 1)} s", _number(large["rows_per_s"], 0),
+        _number(large["accepted"], 0), f"{_number(large['peak_rss_mib'], 0)} MiB",
+    ]]
+    return _table(
+        ["MES CSV rows", "file", "committed in", "rows/s", "accepted", "agent peak RSS"],
+        "-:|-:|-:|-:|-:|-:",
+        rows,
+    )
+
+
+def _targets_table(targets: Sequence[Results], *, quick: bool) -> str:
+    rows = []
+    for row in targets:
+        sign = "≥" if row["at_least"] else "≤"
+        value = row["value"]
+        whole = math.isfinite(value) and (abs(value) >= 100 or value == int(value))
+        measured = _number(value, 0 if whole else 2)
+        rows.append([row["target"], f"{measured} {row['unit']}",
+                     f"{sign} {_number(row['limit'], None)} {row['unit']}",
+                     "met" if row["pass"] else "not met"])
+    title = "target (issues 8 and 13)"
+    if quick:
+        title += ", quick run: small counts, not the targets' conditions"
+    return _table([title, "measured", "limit", ""], "-|-:|-:|-", rows)
+
+
+def _table(header: Sequence[str], alignment: str, rows: Iterable[Sequence[str]]) -> str:
+    lines = [_row(header), f"|{alignment.replace('-', '---')}|"]
+    lines.extend(_row(row) for row in rows)
+    return "\n".join(lines)
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _number(value: float, decimals: int | None) -> str:
+    """`1,234` with thousands separators; `decimals=None`: as few digits as the value needs."""
+    if isinstance(value, float) and math.isnan(value):
+        return "\u2013"  # an en dash
+    if decimals is None:
+        return f"{value:,g}"
+    return f"{value:,.{decimals}f}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="?", type=Path, default=REFERENCE,
+                        help="a bench.run results file (default: the reference)")
+    parser.add_argument("--write", action="store_true",
+                        help=f"put the tables into {PERFORMANCE_DOC.relative_to(REPO)}")
+    args = parser.parse_args(argv)
+    rendered = render(json.loads(args.results.read_text()))
+    if args.write:
+        PERFORMANCE_DOC.write_text(with_section(PERFORMANCE_DOC.read_text(), rendered))
+    else:
+        print(rendered, end="")
+
+
+if __name__ == "__main__":
+    main()
