@@ -90,6 +90,8 @@ $(NODE_OPCUA)/node_modules/.installed: $(NODE_OPCUA)/package.json $(NODE_OPCUA)/
 deb:
 	packaging/build-deb --out dist
 
+# ruff, then mypy --strict over the same tree: the packages, testkit/, tests/ and bench/ (the
+# list is [tool.mypy] packages in pyproject.toml, so a bare `mypy` checks exactly this).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check agent connectors buffer config events tests bench testkit
 	$(BIN)/mypy

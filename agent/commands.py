@@ -16,7 +16,7 @@ Invariants
   message callback, on the loop) does O(1) work: it checks the size, then puts the request on
   a bounded queue (``queue_size``); a full queue drops the request (reason ``overloaded``,
   counted, no answer: answering a flood would double it). One worker task takes requests at most
-  ``rate_per_s`` per second (token bucket, ``burst``), so parsing, Ed25519 verification and
+  ``rate_per_s`` per second (`agent.token_bucket`, ``burst``), so parsing, Ed25519 verification and
   SQLite reads for commands take a bounded share of the loop.
 - A payload over ``max_request_bytes`` is never kept: only the refusal is queued.
 - Every refusal is answered (when the request has a Response Topic) with a reason code and a
@@ -42,18 +42,17 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from paho.mqtt.properties import Properties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from agent.forwarder import REPLAY_PROPERTY
-from agent.mqtt_session import MqttSession, MqttSessionError, PacketTooLarge, PubAck
+from agent.mqtt_session import MqttSessionError, PacketTooLarge, PubAck
+from agent.reload_rules import reload_refusal
 from agent.signing import Refused, RequestVerifier
 from agent.status import (
     REDUCED_FORMS,
@@ -63,22 +62,20 @@ from agent.status import (
     snapshot,
     sources_status,
 )
-from config.loader import ConfigError, load_config
-from config.schema import (
+from agent.token_bucket import TokenBucket
+from config.commands import (
     MUTATING_COMMANDS,
     RAW_KEY_PREFIX,
     READ_ONLY_COMMANDS,
-    AgentConfig,
     CommandsSection,
     raw_public_key,
     read_public_key_file,
 )
-from events.wire import CONTENT_TYPE as EVENTS_CONTENT_TYPE
-from events.wire import AgentIdentity, IdentityHistory, encode_batch
+from config.loader import ConfigError, load_config
+from config.schema import AgentConfig
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
-    from buffer.sqlite import SqliteBuffer
+    from agent.view import AgentView, SourceView
 
 CONTENT_TYPE = "application/json"
 _COMMAND_TIMEOUT_S = 30.0
@@ -154,26 +151,6 @@ class _RefusalLog:
         _log.warning("command %r refused (%s): %s%s", command[:64], reason, message, suffix)
 
 
-class TokenBucket:
-    """`rate_per_s` tokens a second, at most `burst` saved up; `take` waits for one."""
-
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        self._rate = rate_per_s
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._at = time.monotonic()
-
-    async def take(self) -> None:
-        while True:
-            now = time.monotonic()
-            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-            self._at = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            await asyncio.sleep((1 - self._tokens) / self._rate)
-
-
 @dataclass(frozen=True, slots=True)
 class _Request:
     command: str
@@ -189,7 +166,9 @@ class _Request:
 class CommandServer:
     """Answers command requests for one agent; see the module docstring."""
 
-    def __init__(self, agent: Agent, settings: CommandsSection, verifier: RequestVerifier) -> None:
+    def __init__(
+        self, agent: AgentView, settings: CommandsSection, verifier: RequestVerifier
+    ) -> None:
         self._agent = agent
         self._settings = settings
         self._verifier = verifier
@@ -254,7 +233,7 @@ class CommandServer:
         """Handle requests until cancelled, at most `rate_per_s` a second."""
         while True:
             request = await self._queue.get()
-            await self._bucket.take()
+            await self._bucket.acquire()
             try:
                 await self._handle(request)
             except Exception:  # a bug here must not stop the command server
@@ -407,7 +386,7 @@ class CommandServer:
         self._agent.status.changed()
         return {"source": parsed.source, "state": runner.state, "changed": changed}
 
-    def _runner(self, name: str) -> Any:
+    def _runner(self, name: str) -> SourceView:
         for runner in self._agent.sources:
             if runner.connector.name == name:
                 return runner
@@ -596,7 +575,7 @@ def build_verifier(config: AgentConfig) -> RequestVerifier:
     )
 
 
-async def reload_config(agent: Agent) -> ReloadOutcome:
+async def reload_config(agent: AgentView) -> ReloadOutcome:
     """Re-read and validate the config file. An invalid file is refused and the running config
     kept. A valid one is handed to `agent.reload_hook` (the process's reload path, the one
     SIGHUP takes: it restarts the pipeline with the new config after this answer went out).
@@ -616,13 +595,9 @@ async def reload_config(agent: Agent) -> ReloadOutcome:
     if agent.reload_hook is not None:
         # What the reload path would refuse (agent.service), refused here, so the answer
         # never says "reloading" for a config that will not be applied.
-        old = agent.config
-        if new.agent.state_dir != old.agent.state_dir:
-            return ReloadOutcome(
-                False, "agent.state_dir changed: the buffer moves only with a restart"
-            )
-        if new.buffer != old.buffer:
-            return ReloadOutcome(False, "[buffer] settings changed: they apply only with a restart")
+        refusal = reload_refusal(agent.config, new)
+        if refusal is not None:
+            return ReloadOutcome(False, refusal)
         # After this step: the answer is handed to paho (in the same step, see `_handle`)
         # before the reload can stop this generation's hub session.
         asyncio.get_running_loop().call_soon(agent.reload_hook)
@@ -648,55 +623,6 @@ async def reload_config(agent: Agent) -> ReloadOutcome:
     message = "; ".join(parts)
     _log.info("config reloaded from %s: %s", path, message)
     return ReloadOutcome(True, message)
-
-
-async def replay_retained(
-    buffer: SqliteBuffer,
-    session: MqttSession,
-    *,
-    topic_base: str,
-    identity: AgentIdentity | IdentityHistory,
-    since: float,
-    until: float,
-    kinds: Sequence[str] | None,
-    batch_max_events: int,
-    ack_timeout_s: float = 10.0,
-) -> int:
-    """Publish the delivered events the buffer retains from [since, until) again, as the
-    forwarder did (same ids and seqs, one message per type and chunk, MQTT v5 user property
-    `replay=true` like `edge-agent buffer replay`), one message in flight at a time; return
-    how many. ValueError if the hub is not connected or refuses one."""
-    if not session.connected:
-        raise ValueError("the hub is not connected; nothing replayed")
-    total = 0
-    chunk_size = max(1, min(batch_max_events, 200))
-    for kind in sorted(set(kinds)) if kinds else [None]:
-        async for records in buffer.retained(since=since, until=until, kind=kind):
-            for event_kind, group in groupby(records, key=lambda record: record.kind):
-                grouped = list(group)
-                for start in range(0, len(grouped), chunk_size):
-                    part = grouped[start:start + chunk_size]
-                    payload = encode_batch(part, identity)
-                    try:
-                        future = session.publish(
-                            f"{topic_base}/{event_kind}", payload, qos=1,
-                            content_type=EVENTS_CONTENT_TYPE,
-                            user_properties=(REPLAY_PROPERTY,),
-                        )
-                        ack = await asyncio.wait_for(future, ack_timeout_s)
-                    except (MqttSessionError, TimeoutError) as error:
-                        raise ValueError(
-                            f"replay stopped after {total} event(s): {error or 'no PUBACK'}"
-                        ) from error
-                    if not ack.ok:
-                        raise ValueError(
-                            f"replay stopped after {total} event(s): the broker refused a "
-                            f"message ({ack.reason})"
-                        )
-                    total += len(part)
-    if total:
-        _log.info("replayed %d delivered event(s) on request", total)
-    return total
 
 
 def _answers_smallest_last(document: dict[str, Any], topic_root: str) -> Iterator[dict[str, Any]]:

@@ -1,12 +1,8 @@
 """Secrets and the hub's TLS identity, read where the config says they are.
 
-The config never holds a secret (see `config.schema`, `SecretRef` and `FileRef`):
-
-- `credential:NAME` is a systemd credential: the unit says `LoadCredential=NAME:/etc/...` and
-  systemd hands the agent a private, read-only copy at `$CREDENTIALS_DIRECTORY/NAME` (readable by
-  the service only, even though the original may be root's alone);
-- `file:/path` (secrets) or `/path` (key and certificate files) is an ordinary file the agent's
-  user can read.
+The config never holds a secret (see `config.schema`, `SecretRef` and `FileRef`): it holds a
+reference, `credential:NAME` (a systemd credential), `file:/path` (secrets) or `/path` (key and
+certificate files), in the one convention of `connectors.credentials`, which resolves them.
 
 They are read when the agent starts and on every reload, never at `check-config` time (an
 operator's shell has no `$CREDENTIALS_DIRECTORY`). Whatever is missing or unusable raises
@@ -16,17 +12,14 @@ operator's shell has no `$CREDENTIALS_DIRECTORY`). Whatever is missing or unusab
 
 from __future__ import annotations
 
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.schema import CREDENTIAL_PREFIX, FILE_PREFIX, HubSection
+from config.schema import HubSection
+from connectors.credentials import CredentialUnavailable, resolve
 
 __all__ = ["CredentialError", "HubCredentials", "hub_credentials", "resolve_path"]
-
-CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
-
 
 class CredentialError(Exception):
     """A secret, key or certificate the config names cannot be used; the message says why."""
@@ -43,17 +36,10 @@ class HubCredentials:
 
 def resolve_path(key: str, reference: str) -> Path:
     """The file a `FileRef` or `SecretRef` points at (`key` names it in errors)."""
-    if reference.startswith(CREDENTIAL_PREFIX):
-        name = reference.removeprefix(CREDENTIAL_PREFIX)
-        directory = os.environ.get(CREDENTIALS_DIRECTORY)
-        if not directory:
-            raise CredentialError(
-                f"{key}: {reference!r} is a systemd credential, but $CREDENTIALS_DIRECTORY is not "
-                f"set: run the agent from its unit with `LoadCredential={name}:/path/to/file`, "
-                f"or use \"file:/path\" instead"
-            )
-        return Path(directory) / name
-    return Path(reference.removeprefix(FILE_PREFIX))
+    try:
+        return resolve(key, reference)
+    except CredentialUnavailable as error:
+        raise CredentialError(str(error)) from error
 
 
 def read_secret(key: str, reference: str) -> str:

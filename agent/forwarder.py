@@ -83,7 +83,9 @@ from agent.mqtt_session import (
     PubAck,
     PubAckTimeout,
 )
+from agent.token_bucket import TokenBucket
 from buffer.base import Buffer, BufferUnavailable, StoredRecord
+from connectors.backoff import Backoff
 from events.kinds import Priority
 from events.wire import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
 
@@ -170,40 +172,18 @@ class BacklogPacing:
     start_delay_max_s: float
 
 
-class _TokenBucket:
-    """`rate` tokens per second (jittered per refill), at most `burst` saved up; no pacing at
-    all without `pacing`."""
-
-    def __init__(self, pacing: BacklogPacing | None, burst: int) -> None:
-        self._unpaced = pacing is None
-        pacing = pacing or BacklogPacing(max_rate=1.0, jitter=0.0, start_delay_max_s=0.0)
-        self._pacing = pacing
-        self._burst = float(max(1, burst))
-        self._tokens = 0.0
-        self._at = time.monotonic() + random.uniform(0, pacing.start_delay_max_s)
-
-    def take(self, wanted: int) -> int:
-        """How many of `wanted` may go now (then spent)."""
-        if self._unpaced:
-            return wanted
-        now = time.monotonic()
-        if now > self._at:
-            jitter = self._pacing.jitter
-            rate = self._pacing.max_rate * random.uniform(1 - jitter, 1 + jitter)
-            self._tokens = min(self._burst, self._tokens + (now - self._at) * rate)
-            self._at = now
-        granted = min(wanted, int(self._tokens))
-        self._tokens -= granted
-        return granted
-
-    def wait_s(self) -> float:
-        """Seconds until at least one token (more during the start delay)."""
-        if self._unpaced:
-            return 0.0
-        now = time.monotonic()
-        if now < self._at:
-            return self._at - now
-        return max(0.0, (1 - self._tokens) / self._pacing.max_rate)
+def _backlog_bucket(pacing: BacklogPacing | None, burst: int) -> TokenBucket | None:
+    """The backlog lane's token bucket for one connection: empty, filling at the paced rate
+    (jittered per refill) after the random start delay; None: no pacing at all."""
+    if pacing is None:
+        return None
+    return TokenBucket(
+        pacing.max_rate,
+        max(1, burst),
+        initial=0,
+        start_at=time.monotonic() + random.uniform(0, pacing.start_delay_max_s),
+        jitter=pacing.jitter,
+    )
 
 
 class Forwarder:
@@ -359,7 +339,7 @@ class Forwarder:
             backlog_lease = max(
                 self._batch_max_events, min(backlog_lease, int(self._pacing.max_rate * 0.1))
             )
-        bucket = _TokenBucket(self._pacing, backlog_lease)
+        bucket = _backlog_bucket(self._pacing, backlog_lease)
         # Never more unacknowledged messages than the broker's Receive Maximum allows.
         self._slots = asyncio.Semaphore(min(self._max_inflight, self._session.receive_maximum))
         self._retry_needed = False
@@ -391,7 +371,7 @@ class Forwarder:
                 return  # connection gone: the rest is resent after rewind
             backlog: list[StoredRecord] = []
             if not self.backlog_done:
-                allowed = bucket.take(backlog_lease)
+                allowed = backlog_lease if bucket is None else bucket.take(backlog_lease)
                 if allowed:
                     backlog = await self._buffer.lease(
                         allowed, up_to_seq=boundary, shares=CLASS_SHARES
@@ -404,7 +384,10 @@ class Forwarder:
             if self._draining and self.backlog_done:
                 self._stopping = True  # everything pending is published
                 return
-            wait_s = 1.0 if self.backlog_done else min(1.0, bucket.wait_s())
+            if self.backlog_done:
+                wait_s = 1.0
+            else:  # until the backlog lane may go on
+                wait_s = 0.0 if bucket is None else min(1.0, bucket.wait_s())
             wait_s = min(wait_s, self._next_probe_in())
             if self._draining:
                 wait_s = min(wait_s, 0.05)
@@ -665,7 +648,7 @@ class Forwarder:
 
     async def _ack_loop(self) -> None:
         failing_since: float | None = None  # the buffer refuses acks: said once, then again
-        delay = _ACK_RETRY_MIN_S  # when it takes them
+        backoff = Backoff(_ACK_RETRY_MIN_S, _ACK_RETRY_MAX_S, jitter=False)
         while True:
             await self._ack_wake.wait()
             if len(self._to_ack) < _ACK_BATCH_EVENTS:
@@ -683,15 +666,15 @@ class Forwarder:
                     _log.warning(
                         "could not record %d ack(s) yet, retrying: %s", len(self._to_ack), error
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _ACK_RETRY_MAX_S)
+                await asyncio.sleep(backoff.next_s())
                 self._ack_wake.set()
                 continue
             if failing_since is not None:
                 _log.warning(
                     "acks recorded again after %.0f s", time.monotonic() - failing_since
                 )
-                failing_since, delay = None, _ACK_RETRY_MIN_S
+                failing_since = None
+                backoff.reset()
 
     async def _flush_acks(self) -> None:
         if not self._to_ack:

@@ -56,7 +56,7 @@ Lifecycle.
     A background task keeps one connection up: connect, wait (bounded) for CONNACK, re-subscribe,
     await ``on_connected`` (the link is usable: it may publish, e.g. an ``online`` status), then
     set ``connected`` and release ``wait_connected()`` waiters. On loss: fail in-flight futures,
-    wait a capped exponential backoff with full jitter, connect again. CONNACK refusals (bad
+    wait by the jittered backoff of `connectors.backoff`, connect again. CONNACK refusals (bad
     credentials, not authorized) are retried the same way. ``close()`` publishes the final
     messages, waits (bounded) for their PUBACKs and sends DISCONNECT 0 (normal), so the broker
     discards the will; any other end of the connection makes the broker publish the will.
@@ -82,7 +82,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import sys
 import time
@@ -96,6 +95,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from connectors.backoff import Backoff
 
 __all__ = [
     "ConnectionLost",
@@ -441,24 +442,17 @@ class MqttSession:
     # -- connection supervisor (one task) ----------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(self._reconnect_min_s, self._reconnect_max_s)
         while not self._closing:
             failure = await self._connect_once()
             if failure is None:
-                failures = 0
+                backoff.reset()
                 await self._serve_connection()
                 failure = self._loss_reason
-            else:
-                failures += 1
             if self._closing:
                 return
             self._note_unreachable(failure)
-            await asyncio.sleep(self._backoff_s(failures))
-
-    def _backoff_s(self, failures: int) -> float:
-        """Capped exponential backoff with full jitter, never below reconnect_min_s."""
-        ceiling = min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(failures, 30))
-        return random.uniform(self._reconnect_min_s, ceiling)
+            await asyncio.sleep(backoff.next_s())
 
     async def _connect_once(self) -> str | None:
         """One connection attempt; None when CONNACK accepted it, else the reason it failed."""

@@ -59,6 +59,7 @@ import msgpack
 from agent.mapping import Mapper
 from agent.mapping_state import CounterBaselines
 from buffer.base import Buffer, BufferFull, BufferUnavailable, Overflow, Record
+from connectors.backoff import Backoff
 from connectors.base import Reading, is_short_disk
 from events.kinds import Priority
 from events.models import BUFFER_OVERFLOW_TYPE, BufferOverflowV1, Event
@@ -262,7 +263,7 @@ class Pipeline:
     async def _before_commit(self, baselines: CounterBaselines) -> None:
         """The baselines' pending write, held and retried while the disk is short (module
         docstring); the batch waits for it, so nothing accepted outruns its baselines."""
-        delay = _RETRY_MIN_S
+        backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S, jitter=False)
         while True:
             try:
                 await baselines.before_commit()
@@ -284,8 +285,7 @@ class Pipeline:
                         "it can be written",
                         baselines.path, error.strerror or error,
                     )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
+            await asyncio.sleep(backoff.next_s())
         if self.counters.disk_short:
             since = self.counters.disk_short_since or time.time()
             _log.warning(
@@ -302,7 +302,7 @@ class Pipeline:
         for reading, reason in rejected:
             by_reason.setdefault(reason, []).append(self._set_aside_record(reading))
         for reason, records in by_reason.items():
-            delay = _RETRY_MIN_S
+            backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S, jitter=False)
             while True:
                 try:
                     await self._buffer.set_aside(records, reason)
@@ -315,13 +315,12 @@ class Pipeline:
                             len(records), error,
                         )
                         raise
-                    if delay == _RETRY_MIN_S:
+                    if backoff.attempts == 0:
                         _log.warning(
                             "buffer unavailable, holding %d unmappable reading(s): %s",
                             len(records), error,
                         )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
+                await asyncio.sleep(backoff.next_s())
             self.counters.readings_set_aside_total += len(records)
 
     def _set_aside_record(self, reading: Reading) -> Record:
@@ -361,7 +360,7 @@ class Pipeline:
                 )
             except BufferUnavailable:
                 pass
-        delay = _RETRY_MIN_S
+        backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S, jitter=False)
         while True:
             try:
                 result = await self._buffer.append(records, state)
@@ -382,12 +381,11 @@ class Pipeline:
                 if not hold:
                     return False
                 self.counters.buffer_errors_total += 1
-                if delay == _RETRY_MIN_S:
+                if backoff.attempts == 0:
                     _log.warning("buffer unavailable, holding %d event(s): %s", len(records), error)
             if self._stopping:
                 raise BufferUnavailable("stopping while the buffer cannot take events")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
+            await asyncio.sleep(backoff.next_s())
         if self.counters.backpressure:
             since = self.counters.backpressure_since or time.time()
             _log.warning("buffer has room again: sources resumed after %.0f s", time.time() - since)

@@ -21,8 +21,8 @@ buffer open and runs a new `Agent` built from the new config on it. Building an 
 nothing; it reads the hub's secrets and TLS files (`agent.credentials`), so a bad one fails
 there, before the running generation is touched.
 
-Each source runs in a `SourceRunner`, which owns reconnects: capped exponential backoff with
-full jitter, state changes logged once ("unavailable", "back after 42 s"), a config error
+Each source runs in a `SourceRunner`, which owns reconnects: the jittered backoff of
+`connectors.backoff`, state changes logged once ("unavailable", "back after 42 s"), a config error
 stops that source only.
 """
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -44,36 +43,29 @@ from agent.commands import (
     ReloadOutcome,
     build_verifier,
     reload_config,
-    replay_retained,
 )
-from agent.credentials import hub_credentials
 from agent.forwarder import Forwarder
+from agent.hub_session import hub_session
 from agent.mapping import Mapper
 from agent.mapping_state import COUNTERS_FILE, CounterBaselines
-from agent.mqtt_session import MqttSession, WillMessage
+from agent.mqtt_session import WillMessage
 from agent.pipeline import Pipeline
+from agent.replay import replay_retained
+from agent.source_types import build_connector
 from agent.status import CONTENT_TYPE as STATUS_CONTENT_TYPE
 from agent.status import StatusPublisher, config_fingerprint, offline_payload
-from buffer.base import BufferUnavailable
-from buffer.sqlite import SqliteBuffer
-from config.schema import (
-    AgentConfig,
-    MesFilesSource,
-    MesHttpSource,
-    MesSqlSource,
-    SimulatedSource,
-    Source,
-)
+from buffer.base import Buffer, BufferUnavailable
+from config.schema import AgentConfig, MesHttpSource, Source
+from connectors.backoff import Backoff
 from connectors.base import (
     Connector,
     Emit,
     Reading,
     SourceConfigError,
-    SourceHost,
     SourceUnavailable,
     is_short_disk,
 )
-from events.wire import IdentityHistory
+from events.wire import AgentIdentity, IdentityHistory
 
 _log = logging.getLogger(__name__)
 
@@ -92,7 +84,7 @@ class AgentHost:
     """The agent as the `connectors.base.SourceHost` of its connectors: the buffer's source
     state and the pipeline's backpressure."""
 
-    def __init__(self, buffer: SqliteBuffer, pipeline: Pipeline, mapper: Mapper) -> None:
+    def __init__(self, buffer: Buffer, pipeline: Pipeline, mapper: Mapper) -> None:
         self._buffer = buffer
         self._pipeline = pipeline
         self._mapper = mapper
@@ -108,32 +100,6 @@ class AgentHost:
 
     def check_record(self, reading: Reading) -> tuple[str, list[tuple[str, str]]]:
         return self._mapper.check_record(reading)
-
-
-def build_connector(source: Source, host: SourceHost) -> Connector:
-    # Each connector's module (and its client library) is imported only when a source of its
-    # type is configured: aiohttp and asyncpg hold about 11 MiB that an agent without MES
-    # sources should not pay (issue 8's footprint target). asyncua is loaded in any case: the
-    # config's OPC UA address parsing uses it.
-    if isinstance(source, MesSqlSource):
-        from connectors.mes_sql.connector import MesSqlConnector
-
-        return MesSqlConnector(source.name, source, source, host)
-    if isinstance(source, MesHttpSource):
-        from connectors.mes_http.connector import MesHttpConnector
-
-        return MesHttpConnector(source.name, source, host)
-    if isinstance(source, MesFilesSource):
-        from connectors.mes_files import MesFilesConnector
-
-        return MesFilesConnector(source.name, source, host)
-    if isinstance(source, SimulatedSource):
-        from connectors.simulated import SimulatedConnector
-
-        return SimulatedConnector(source.name, source, source.signals)
-    from connectors.opcua import OpcUaConnector
-
-    return OpcUaConnector(source.name, source, source.signals)
 
 
 def _within_descriptor_limit(sources: Sequence[Source]) -> list[Source]:
@@ -158,11 +124,9 @@ class SourceRunner:
     ) -> None:
         self.connector = connector
         self.state = "starting"
-        self._backoff_min_s = backoff_min_s
-        self._backoff_max_s = max(backoff_max_s, backoff_min_s)
-        # Own generator, seeded from the OS: agents restarted together (a plant power cycle)
+        # Jittered, with its own generator: agents restarted together (a plant power cycle)
         # still spread their reconnects instead of hitting a recovering server in lockstep.
-        self._random = random.Random()
+        self._backoff = Backoff(backoff_min_s, max(backoff_max_s, backoff_min_s))
         # Remote pause/resume (agent.commands): cleared while paused.
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -212,13 +176,13 @@ class SourceRunner:
 
     async def run(self, emit: Emit) -> None:
         name = self.connector.name
-        delay = self._backoff_min_s
         down_since: float | None = None
         while True:
             if self.paused:
                 self.state = "paused"
                 await self._resumed.wait()
-                delay, down_since = self._backoff_min_s, None
+                self._backoff.reset()
+                down_since = None
             started = time.monotonic()
             try:
                 self.state = "running"
@@ -243,23 +207,24 @@ class SourceRunner:
             self.state = "retrying"
             self.connector.health.last_error = reason
             if time.monotonic() - started > 30.0:
-                delay = self._backoff_min_s  # it ran for a while: start over
+                self._backoff.reset()  # it ran for a while: start over
                 if down_since is not None:
                     _log.info("source=%s was back after %.0f s", name, started - down_since)
                 down_since = None
             if down_since is None:
                 down_since = time.monotonic()
                 _log.warning("source=%s unavailable: %s; retrying with backoff", name, reason)
-            # Full jitter within [min/2, delay], never above the configured cap.
-            await asyncio.sleep(self._random.uniform(self._backoff_min_s / 2, delay))
-            delay = min(delay * 2, self._backoff_max_s)
+            await asyncio.sleep(self._backoff.next_s())
 
 
 class Agent:
-    """One running agent. Build it with `Agent.open(config)`."""
+    """One running agent. Build it with `Agent.open(config)`.
+
+    It is the `agent.view.AgentView` that its status publisher and command server see: they
+    are handed `self` and know it only through that protocol (no import back to here)."""
 
     def __init__(
-        self, config: AgentConfig, buffer: SqliteBuffer, config_path: Path | None = None
+        self, config: AgentConfig, buffer: Buffer, config_path: Path | None = None
     ) -> None:
         self.config = config
         self.buffer = buffer
@@ -269,26 +234,16 @@ class Agent:
         self.topic_root = f"{config.hub.topic_prefix}/{site}/{agent_id}"
         self.status_topic = f"{self.topic_root}/status"
         hub = config.hub
-        credentials = hub_credentials(hub)  # CredentialError: a config error, says which key
-        self.session = MqttSession(
-            host=hub.host,
-            port=hub.port,
+        # CredentialError: a config error, says which key (agent.hub_session reads them now).
+        self.session = hub_session(
+            hub,
             client_id=config.client_id,
-            keepalive_s=hub.keepalive_s,
-            tls=credentials.tls,
-            username=credentials.username,
-            password=credentials.password,
-            session_expiry_s=hub.session_expiry_s,
             will=WillMessage(
                 topic=self.status_topic,
                 payload=offline_payload(site, agent_id, "connection lost"),
                 retain=True,
                 content_type=STATUS_CONTENT_TYPE,
             ),
-            connect_timeout_s=hub.connect_timeout_s,
-            puback_timeout_s=hub.puback_timeout_s,
-            reconnect_min_s=hub.reconnect_min_s,
-            reconnect_max_s=hub.reconnect_max_s,
             on_connected=self._publish_status,
             on_message=self._on_message,
         )
@@ -398,18 +353,17 @@ class Agent:
     async def _note_identity(self, stop: asyncio.Event) -> list[tuple[int, str, str]] | None:
         """`note_identity`, retried while the buffer cannot write (a short disk at start);
         None if `stop` is set first."""
-        delay = _STORE_RETRY_MIN_S
+        backoff = Backoff(_STORE_RETRY_MIN_S, _STORE_RETRY_MAX_S, jitter=False)
         while not stop.is_set():
             try:
                 return await self.buffer.note_identity(
                     self.config.agent.site, self.config.agent.id
                 )
             except BufferUnavailable as error:
-                if delay == _STORE_RETRY_MIN_S:
+                if backoff.attempts == 0:
                     _log.error("cannot record the agent identity yet: %s; retrying", error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, _STORE_RETRY_MAX_S)
+                await asyncio.wait_for(stop.wait(), backoff.next_s())
         return None
 
     async def _publish_status(self) -> None:
@@ -427,15 +381,21 @@ class Agent:
     async def replay(self, *, since: float, until: float, types: Sequence[str] | None) -> int:
         """Send delivered events accepted in [since, until) again (remote `replay`).
 
-        A thin call: it reads what the buffer retains (`SqliteBuffer.retained`) and publishes
-        it as the forwarder would (same ids and seqs). Point it at the store-and-forward replay
-        capability once that exists."""
-        return await replay_retained(
+        The one replay (`agent.replay`, as `edge-agent buffer replay`), on this agent's
+        session, one message in flight at a time (the forwarder holds the rest of the broker's
+        Receive Maximum), each PUBACK waited for at most 10 s (the command's budget is 30 s).
+        ValueError (`ReplayStopped`) if the hub is not connected or the link goes down;
+        ValueError if the broker refused some of the events."""
+        outcome = await replay_retained(
             self.buffer, self.session, topic_base=f"{self.topic_root}/events",
-            identity=IdentityHistory.of(await self.buffer.identities()),
+            fallback=AgentIdentity(site=self.config.agent.site, agent=self.config.agent.id),
             since=since, until=until, kinds=types,
             batch_max_events=self.config.hub.batch_max_events,
+            max_inflight=1, ack_timeout_s=10.0,
         )
+        if outcome.refused:
+            raise ValueError(outcome.summary())
+        return outcome.sent
 
     async def request_reload(self) -> ReloadOutcome:
         """Re-read the config file (remote `reload`): an invalid file is refused and the
@@ -460,11 +420,12 @@ class Agent:
 @contextlib.asynccontextmanager
 async def _store_when_usable(
     config: AgentConfig, on_wait: Callable[[str], None]
-) -> AsyncIterator[SqliteBuffer]:
+) -> AsyncIterator[Buffer]:
     """`store.open_store`, retried while the state dir is short (full, read-only, out of
     descriptors) or the buffer unavailable; a locked or corrupt buffer still fails at once."""
     state_dir = config.agent.state_dir
-    delay, waiting_since = _STORE_RETRY_MIN_S, None
+    backoff = Backoff(_STORE_RETRY_MIN_S, _STORE_RETRY_MAX_S, jitter=False)
+    waiting_since: float | None = None
     while True:
         stack = contextlib.AsyncExitStack()
         try:
@@ -481,8 +442,7 @@ async def _store_when_usable(
                 "retrying with backoff", state_dir, reason,
             )
         on_wait(f"waiting for the state dir {state_dir}: {reason}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, _STORE_RETRY_MAX_S)
+        await asyncio.sleep(backoff.next_s())
     if waiting_since is not None:
         _log.warning(
             "state dir %s usable again after %.0f s: starting", state_dir,

@@ -12,11 +12,12 @@ Lifecycle
    and validated on a worker thread and a new `Agent` is built on the same open buffer. Nothing
    is stopped yet. If anything fails (invalid file, unreadable secret, bad certificate), the
    running generation keeps running and the reason is logged and kept in status.json. A change
-   of `agent.state_dir` or `[buffer]` is refused the same way: the buffer stays open across a
-   reload, so those need a restart. Otherwise the running generation stops in the runtime's
-   documented order (sources, pipeline commit, forwarder drain, hub session closed with status
-   `offline`/`reloading`): every reading handed over is committed and every event stays in
-   the buffer, which the new generation forwards. Then `READY=1` again.
+   of `agent.state_dir` or `[buffer]` is refused the same way (`agent.reload_rules`): the
+   buffer stays open across a reload, so those need a restart. Otherwise the running
+   generation stops in the runtime's documented order (sources, pipeline commit, forwarder
+   drain, hub session closed with status `offline`/`reloading`): every reading handed over
+   is committed and every event stays in the buffer, which the new generation forwards. Then
+   `READY=1` again.
    Requests that arrive while one is being handled are coalesced into one more reload.
 4. All along: `WATCHDOG=1` from the event loop (see `agent.systemd`), and every
    `hub.status_interval_s` a `STATUS=` line and a new status.json (`agent.status_file`), also
@@ -36,6 +37,7 @@ from typing import Any
 
 from agent import __version__, logs
 from agent.credentials import CredentialError
+from agent.reload_rules import reload_refusal
 from agent.runtime import Agent
 from agent.status_file import ProblemLog, StatusFile, iso
 from agent.systemd import SystemdNotifier
@@ -167,18 +169,9 @@ class AgentService:
             problems = "; ".join(problem.format() for problem in error.problems)
             await self._refuse(f"{path} is invalid: {problems}")
             return None
-        current = self.config
-        if config.agent.state_dir != current.agent.state_dir:
-            await self._refuse(
-                f"agent.state_dir changed ({current.agent.state_dir} -> {config.agent.state_dir}):"
-                " the buffer moves only with a restart (systemctl restart edge-agent)"
-            )
-            return None
-        if config.buffer != current.buffer:
-            await self._refuse(
-                "[buffer] settings changed: they apply only with a restart "
-                "(systemctl restart edge-agent)"
-            )
+        refusal = reload_refusal(self.config, config)
+        if refusal is not None:
+            await self._refuse(refusal)
             return None
         try:
             replacement = Agent(config, self._agent.buffer, config_path=path)

@@ -55,7 +55,7 @@ from agent import __version__
 from agent.mqtt_session import PacketTooLarge
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.view import AgentView
     from config.schema import AgentConfig
 
 CONTENT_TYPE = "application/json"
@@ -97,7 +97,7 @@ class ForwardRate:
         return round((n1 - n0) / (t1 - t0), 2) if t1 > t0 else 0.0
 
 
-async def snapshot(agent: Agent) -> dict[str, Any]:
+async def snapshot(agent: AgentView) -> dict[str, Any]:
     """The full status document, from the state the agent already keeps."""
     return {
         "state": "online",
@@ -139,7 +139,7 @@ async def snapshot(agent: Agent) -> dict[str, Any]:
     }
 
 
-def sources_status(agent: Agent) -> dict[str, dict[str, Any]]:
+def sources_status(agent: AgentView) -> dict[str, dict[str, Any]]:
     return {
         runner.connector.name: {
             "state": runner.state,
@@ -157,7 +157,7 @@ def sources_status(agent: Agent) -> dict[str, dict[str, Any]]:
     }
 
 
-async def buffer_status(agent: Agent) -> dict[str, Any]:
+async def buffer_status(agent: AgentView) -> dict[str, Any]:
     stats = await agent.buffer.stats()
     now = time.time()
     oldest = stats.oldest_pending_at
@@ -241,7 +241,7 @@ def _sources_summary(sources: dict[str, dict[str, Any]]) -> dict[str, int]:
 class StatusPublisher:
     """Publishes the retained status; see the module docstring for when."""
 
-    def __init__(self, agent: Agent, *, interval_s: float, min_gap_s: float = 1.0) -> None:
+    def __init__(self, agent: AgentView, *, interval_s: float, min_gap_s: float = 1.0) -> None:
         self._agent = agent
         self._interval_s = interval_s
         self._min_gap_s = min_gap_s

@@ -1,9 +1,17 @@
 """The agent's store: its state dir, held by one process, and the buffer in it, as configured.
 
+This is the one place in `agent` that names the concrete buffer (`buffer.sqlite`); everything
+else gets a `buffer.base.Buffer` from here (`tests/unit/test_architecture.py` holds to it).
+
 `open_store(config)` takes the state dir lock (`agent.statelock`: a second agent, or a writing
 `edge-agent buffer` command, is refused with `BufferLocked` naming the holder), then opens the
 buffer with the configured durability and capacity, moving a corrupt file aside (never deleting
 it) and starting afresh. The runtime and the `edge-agent buffer` commands open it the same way.
+
+`open_reader(config)` opens the buffer read-only without the lock, for what only looks
+(`edge-agent buffer stats`, the dead-letter listing): SQLite's WAL readers never block the
+writer, so it works while the agent runs; it checks nothing, migrates nothing and refuses a
+file of another schema version.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from pathlib import Path
 
 from agent.forwarder import BacklogPacing
 from agent.statelock import StateDirLock
-from buffer.base import Capacity, OverflowPolicy
+from buffer.base import Buffer, Capacity, OverflowPolicy
 from buffer.sqlite import SqliteBuffer
 from config.schema import AgentConfig
 from events.kinds import AGENT_EVENT_KINDS, Priority
@@ -60,7 +68,7 @@ def pacing(config: AgentConfig) -> BacklogPacing:
 @contextlib.asynccontextmanager
 async def open_store(
     config: AgentConfig, *, role: str = "edge-agent run"
-) -> AsyncIterator[SqliteBuffer]:
+) -> AsyncIterator[Buffer]:
     """Hold the state dir and open its buffer; see the module docstring."""
     lock = StateDirLock(config.agent.state_dir, role=role)
     await asyncio.to_thread(lock.acquire)
@@ -77,4 +85,12 @@ async def open_store(
         lock.release()
 
 
-__all__ = ["buffer_file", "capacity", "open_store", "pacing", "priorities"]
+@contextlib.asynccontextmanager
+async def open_reader(config: AgentConfig) -> AsyncIterator[Buffer]:
+    """Open the buffer read-only, without the state dir lock; see the module docstring.
+    BufferUnavailable if there is no buffer file yet."""
+    async with SqliteBuffer.open(buffer_file(config), read_only=True) as buffer:
+        yield buffer
+
+
+__all__ = ["buffer_file", "capacity", "open_reader", "open_store", "pacing", "priorities"]

@@ -23,6 +23,8 @@ The buffer knows nothing about events, MQTT or sources: it stores bytes with a f
 - `ack` marks records delivered; they stay for the retention window (so repeats of their id are
   still recognised, and they can be replayed) and are then purged.
 - `dead_letter` moves records that can never be delivered aside, with the reason.
+- `retained` reads the delivered records still kept (`ack`, above) for a replay;
+  `retry_dead_letters` puts dead letters that had been accepted back in the queue.
 - `set_aside` stores records that were never accepted (a reading the pipeline rejected) straight
   into the dead letters, with the reason: they get no `seq` (the gap-free sequence only numbers
   accepted records) and their id is not held (the same id may still be accepted later).
@@ -30,7 +32,7 @@ The buffer knows nothing about events, MQTT or sources: it stores bytes with a f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -95,6 +97,21 @@ class Overflow:
     reason: OverflowReason
     count: int
     seq_ranges: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead letter as listed (body left out); `seq` and `accepted_at` are None for a record
+    set aside before it was accepted."""
+
+    seq: int | None
+    id: str
+    kind: str
+    priority: int
+    size: int
+    accepted_at: float | None
+    reason: str
+    dead_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +209,24 @@ class Buffer(Protocol):
 
     async def set_aside(self, records: Sequence[Record], reason: str) -> None:
         """Store never-accepted records as dead letters (no seq) with the reason."""
+        ...
+
+    async def dead_letters(self, limit: int = 1_000) -> list[DeadLetter]:
+        """The dead letters, in the order they were set aside (bodies left out)."""
+        ...
+
+    async def retry_dead_letters(self, seqs: Sequence[int] | None = None) -> tuple[int, int]:
+        """Put the dead letters that had been accepted (all, or those with these seqs) back in
+        the queue with their own seq and id, and rewind; return (moved back, dropped because
+        their id is held again). Records set aside before acceptance stay where they are."""
+        ...
+
+    def retained(
+        self, *, since: float, until: float | None = None, kind: str | None = None
+    ) -> AsyncIterator[list[StoredRecord]]:
+        """The delivered records still retained (what a replay sends), accepted in
+        [since, until), in seq order, in chunks; `kind` matches a stored kind exactly or its
+        unversioned name (`telemetry` matches `telemetry.v1`)."""
         ...
 
     async def purge(self, now: float | None = None) -> int: ...

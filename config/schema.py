@@ -1,34 +1,37 @@
-"""The agent's TOML configuration, as a pydantic schema.
+"""The agent's TOML configuration, as a pydantic schema: `AgentConfig`, the root.
 
-Every model forbids unknown keys, so a typo is an error that `edge-agent check-config` names,
-never a setting silently ignored. Defaults are declared here once. Component settings live next
-to their component (`connectors.opcua.config`) and are composed here with the mapping fields.
+One file per section, each the one place its defaults are declared: `[agent]`
+(`config.agent`), `[hub]` (`config.hub`), `[buffer]` (`config.buffer`), `[commands]`
+(`config.commands`), `[units]`, `[lookups]` and `[assets]` (`config.mapping`). Component
+settings live next to their component (`connectors.opcua.config`) and are composed here with
+the mapping fields into the `[[sources]]` models. The sections stay in `config/` rather than
+beside the agent's code they configure because `config` may not import `agent`
+(`tests/unit/test_architecture.py`).
+
+Every model forbids unknown keys (`config.fields.STRICT`), so a typo is an error that
+`edge-agent check-config` names, never a setting silently ignored. This module checks what
+spans sections: unique source names and the mapping's references across sections.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Literal, Self
-from urllib.parse import urlsplit
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+# The sections, importable from here as before the split (`config.schema.HubSection`).
+from config.agent import AgentSection as AgentSection
+from config.buffer import BufferSection as BufferSection
+from config.commands import CommandsSection as CommandsSection
+from config.fields import STRICT, AssetPath
+from config.hub import HubSection as HubSection
 from config.mapping import (  # the mapping part of the schema lives in config/mapping.py
     AssetSection,
     LookupTable,
@@ -37,308 +40,14 @@ from config.mapping import (  # the mapping part of the schema lives in config/m
     raise_problems,
 )
 from config.mapping import SignalMapping as SignalMapping
+from connectors.base import SourceSettings
 from connectors.mes_files.config import MesFilesSettings
 from connectors.mes_http.config import MesHttpSettings, RouteSettings
 from connectors.mes_sql.config import MesSqlSettings
 from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings
 from connectors.records import UNIT_FIELD, FieldSettings, RecordSettings
 from connectors.simulated.config import SimulatedSettings, SimulatedSignalSettings
-from events.kinds import AGENT_EVENT_KINDS, EventKind, Priority, PriorityClass
-
-# A name that is safe as one MQTT topic level and in a CloudEvents source.
-TopicLevel = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-AssetPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AgentSection(_Strict):
-    site: TopicLevel
-    id: TopicLevel
-    state_dir: Path = Path("./state")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["keyvalue", "json"] = "keyvalue"
-    shutdown_grace_s: Annotated[float, Field(gt=0, le=300)] = 10.0
-
-
-# Secrets and key files are never required inline (see `agent.credentials`, which reads them):
-# a secret is `credential:NAME` (a systemd credential, `LoadCredential=NAME:...`, read from
-# $CREDENTIALS_DIRECTORY) or `file:/absolute/path`; a key or certificate file is an absolute path
-# or `credential:NAME`.
-CREDENTIAL_PREFIX = "credential:"
-FILE_PREFIX = "file:"
-_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
-
-
-def _credential_name(reference: str) -> str:
-    name = reference.removeprefix(CREDENTIAL_PREFIX)
-    if not _CREDENTIAL_NAME.match(name):
-        raise ValueError(
-            f"bad credential name {name!r} in {reference!r}: letters, digits, `_`, `.`, `-`"
-        )
-    return reference
-
-
-def _secret_reference(value: str) -> str:
-    if value.startswith(CREDENTIAL_PREFIX):
-        return _credential_name(value)
-    if value.startswith(FILE_PREFIX):
-        if not Path(value.removeprefix(FILE_PREFIX)).is_absolute():
-            raise ValueError(f"{value!r}: give an absolute path after `file:`")
-        return value
-    raise ValueError(
-        "write where the secret is, not the secret itself: \"credential:NAME\" (a systemd "
-        "credential, LoadCredential=NAME:/path) or \"file:/absolute/path\""
-    )
-
-
-def _file_reference(value: str) -> str:
-    if value.startswith(CREDENTIAL_PREFIX):
-        return _credential_name(value)
-    if not Path(value).is_absolute():
-        raise ValueError(f"{value!r}: expected an absolute path or \"credential:NAME\"")
-    return value
-
-
-SecretRef = Annotated[str, AfterValidator(_secret_reference)]
-FileRef = Annotated[str, AfterValidator(_file_reference)]
-
-
-class HubSection(_Strict):
-    url: str
-    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = "mfg"
-    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
-    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 0.5
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    batch_max_events: Annotated[int, Field(ge=1, le=10_000)] = 500
-    batch_max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 50.0
-    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 16
-    # Seconds a published message may wait for its PUBACK before the connection is dropped and
-    # everything unacknowledged is sent again on the next one (a path that lost its PUBACKs).
-    puback_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
-    status_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 30.0
-    # Seconds the broker keeps this agent's MQTT session (its subscriptions and the QoS 1
-    # messages queued for it) after a connection drops; 0: forget it at once.
-    session_expiry_s: Annotated[int, Field(ge=0, le=7 * 86_400)] = 300
-    # TLS (mqtts:// only): the CA that signed the broker's certificate (default: the system's
-    # CAs), and this agent's client certificate and key for brokers that require one (mTLS).
-    ca_file: FileRef | None = None
-    cert_file: FileRef | None = None
-    key_file: Annotated[FileRef | None, Field(validate_default=True)] = None
-    username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    password: Annotated[SecretRef | None, Field(validate_default=True)] = None
-
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _tls_only(cls, value: str | None, info: ValidationInfo) -> str | None:
-        url = info.data.get("url")
-        if value is not None and url is not None and urlsplit(url).scheme != "mqtts":
-            raise ValueError(f"`{info.field_name}` needs a TLS hub URL (mqtts://), not {url!r}")
-        return value
-
-    @field_validator("key_file")
-    @classmethod
-    def _key_with_cert(cls, key_file: str | None, info: ValidationInfo) -> str | None:
-        has_cert = info.data.get("cert_file") is not None
-        if has_cert and key_file is None:
-            raise ValueError("`cert_file` is set: give its private key as `key_file` too")
-        if key_file is not None and not has_cert and "cert_file" in info.data:
-            raise ValueError("`key_file` is set: give its certificate as `cert_file` too")
-        return key_file
-
-    @field_validator("password")
-    @classmethod
-    def _password_with_user(cls, password: str | None, info: ValidationInfo) -> str | None:
-        if password is not None and info.data.get("username") is None:
-            raise ValueError("`password` is set: give the `username` it belongs to")
-        return password
-
-    @field_validator("url")
-    @classmethod
-    def _broker_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(
-                f"unsupported scheme {parts.scheme!r} in {url!r}: expected mqtt://HOST:PORT "
-                "or mqtts://HOST:PORT"
-            )
-        if not parts.hostname:
-            raise ValueError(f"no host in {url!r}: expected mqtt://HOST:PORT")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as error:
-            raise ValueError(f"bad port in {url!r}: {error}") from error
-        if parts.path not in ("", "/"):
-            raise ValueError(f"a broker URL has no path: {url!r}")
-        return url
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
-
-
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-    "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-_MAX_BYTE_SIZE = 2**63 - 1  # what SQLite's INTEGER holds
-
-
-def parse_byte_size(value: object) -> int:
-    """`2 GiB`, `500 MB`, `64MiB`, `1.5 GB` or a plain number of bytes, as an int of bytes
-    (at most 2**63 - 1)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_BYTE_SIZE:
-        return value
-    if isinstance(value, str) and (match := _SIZE.match(value)):
-        unit = _SIZE_UNITS.get(match.group(2).lower())
-        size = float(match.group(1)) * unit if unit is not None else None
-        if size is not None and size < 2.0**63:  # not inf (too many digits), fits SQLite
-            return int(size)
-    raise ValueError(
-        f'expected a size like "2 GiB", "500 MB" or a number of bytes up to 2**63 - 1, got '
-        f"{value!r:.60} (units: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
-    )
-
-
-ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
-
-
-class BufferSection(_Strict):
-    """The store-and-forward buffer (README, "Delivery guarantees")."""
-
-    synchronous: Literal["full", "normal"] = "full"
-    retention_s: Annotated[float, Field(ge=0, le=90 * 86_400)] = 86_400.0
-    # Delivered events kept for replay, at most this many bytes (the oldest go first).
-    retention_max_bytes: ByteSize = 1 * 2**30
-    # Events not yet delivered, at most this many bytes; then `telemetry_overflow` applies and
-    # business/critical events pause the sources (backpressure).
-    max_bytes: ByteSize = 2 * 2**30
-    # Below this much free space on the state dir's disk the buffer behaves as full.
-    disk_free_reserve: ByteSize = 256 * 2**20
-    telemetry_overflow: Literal["evict_oldest", "sample", "refuse"] = "evict_oldest"
-    # With telemetry_overflow = "sample": keep one new telemetry event in N while full.
-    sample_keep_one_in: Annotated[int, Field(ge=2, le=1_000_000)] = 10
-    # Delivery class per event type (unversioned name), overriding each type's default.
-    priorities: dict[str, PriorityClass] = {}
-    # After an outage, events accepted before the connection are sent as backlog at most this
-    # many per second (jittered by +/- backlog_jitter), starting after a random delay of up to
-    # backlog_start_delay_max_s; live events go side by side, unpaced.
-    backlog_max_rate: Annotated[float, Field(gt=0, le=10_000_000)] = 2_000.0
-    backlog_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
-    backlog_start_delay_max_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
-
-    @field_validator("priorities")
-    @classmethod
-    def _known_event_types(cls, priorities: dict[str, str]) -> dict[str, str]:
-        known = {kind.value for kind in EventKind} | set(AGENT_EVENT_KINDS)
-        unknown = sorted(set(priorities) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown event type(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return priorities
-
-    def priority_of(self, kind: str, default: Priority) -> Priority:
-        """The delivery class of an event type (unversioned name) under this config."""
-        chosen = self.priorities.get(kind)
-        return default if chosen is None else Priority[chosen.upper()]
-
-
-READ_ONLY_COMMANDS = ("status", "sources", "buffer", "config", "ping")
-MUTATING_COMMANDS = ("replay", "reload", "pause", "resume")
-CommandName = Literal["status", "sources", "buffer", "config", "ping", "replay", "reload",
-                      "pause", "resume"]
-RAW_KEY_PREFIX = "ed25519:"
-
-
-class CommandsSection(_Strict):
-    """Remote commands over MQTT (`agent.commands`) and who may sign them (`agent.signing`).
-
-    `keys` names public keys: a value is either `ed25519:` followed by the raw 32-byte key in
-    base64, or the path of a PEM file (relative to the config file). `allow` lists, per command,
-    the key names whose signature it accepts; a mutating command nobody is allowed is refused.
-    """
-
-    enabled: bool = True
-    allow_unsigned_read_only: bool = True
-    max_skew_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    rate_per_s: Annotated[float, Field(gt=0, le=1000)] = 5.0
-    burst: Annotated[int, Field(ge=1, le=1000)] = 10
-    queue_size: Annotated[int, Field(ge=1, le=10_000)] = 32
-    max_request_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 16_384
-    nonce_cache_size: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
-    keys: dict[TopicLevel, Annotated[str, Field(min_length=1)]] = {}
-    allow: dict[CommandName, list[TopicLevel]] = {}
-
-    @field_validator("keys")
-    @classmethod
-    def _raw_keys_decode(cls, keys: dict[str, str]) -> dict[str, str]:
-        for name, spec in keys.items():
-            if spec.startswith(RAW_KEY_PREFIX):
-                raw_public_key(spec, name)  # raises ValueError naming the key
-        return keys
-
-    @model_validator(mode="after")
-    def _allowed_keys_exist(self) -> CommandsSection:
-        for command, names in self.allow.items():
-            unknown = sorted(set(names) - set(self.keys))
-            if unknown:
-                raise ValueError(
-                    f"commands.allow.{command} names unknown key(s) {', '.join(unknown)}; "
-                    f"define them under [commands.keys]"
-                )
-        return self
-
-
-def raw_public_key(spec: str, name: str) -> bytes:
-    """The 32 key bytes of an `ed25519:BASE64` key; ValueError saying what is wrong."""
-    text = spec.removeprefix(RAW_KEY_PREFIX)
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise ValueError(f"key {name!r}: {RAW_KEY_PREFIX} must be followed by base64") from error
-    if len(raw) != 32:
-        raise ValueError(
-            f"key {name!r}: an Ed25519 public key is 32 bytes, this one is {len(raw)} bytes"
-        )
-    return raw
-
-
-def read_public_key_file(path: Path, name: str) -> bytes:
-    """The 32 key bytes of an Ed25519 public key in a PEM file; ValueError saying what is wrong
-    (a private key file is refused: it must never be copied to a plant)."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ValueError(f"key {name!r}: cannot read {path}: {error.strerror or error}") from error
-    if b"PRIVATE KEY" in data:
-        raise ValueError(
-            f"key {name!r}: {path} holds a private key; give the agent the public key "
-            "(the .pub.pem file)"
-        )
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise ValueError(f"key {name!r}: {path} is not a PEM public key") from error
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"key {name!r}: {path} is not an Ed25519 key")
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+from events.kinds import EventKind
 
 
 class OpcUaSignal(OpcUaSignalSettings, SignalMapping):
@@ -356,10 +65,9 @@ class OpcUaSignal(OpcUaSignalSettings, SignalMapping):
         return self
 
 
-class OpcUaSource(OpcUaSettings):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class OpcUaSource(OpcUaSettings, SourceSettings):
+    """An OPC UA server (`connectors.opcua`)."""
 
-    name: TopicLevel
     type: Literal["opcua"]
     signals: Annotated[list[OpcUaSignal], Field(min_length=1)]
 
@@ -377,12 +85,9 @@ class SimulatedSignal(SimulatedSignalSettings, SignalMapping):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SimulatedSource(SimulatedSettings):
+class SimulatedSource(SimulatedSettings, SourceSettings):
     """A fixed-rate simulated source (`connectors.simulated`), for demos, tests and benchmarks."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: TopicLevel
     type: Literal["simulated"]
     signals: Annotated[list[SimulatedSignal], Field(min_length=1)]
 
@@ -447,7 +152,6 @@ class _OneEventRecords(BaseModel):
     """A record source of one event type: a file drop or an interface table. Each record
     (signal "record") becomes one event of `event` for `asset`, its fields from `columns`."""
 
-    name: TopicLevel
     event: EventKind
     asset: AssetPath
 
@@ -467,10 +171,8 @@ class _OneEventRecords(BaseModel):
         return self
 
 
-class MesFilesSource(MesFilesSettings, _OneEventRecords):
+class MesFilesSource(MesFilesSettings, _OneEventRecords, SourceSettings):
     """A folder of MES batch files (`connectors.mes_files`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["mes-files"]
 
@@ -487,12 +189,9 @@ class MesHttpRoute(RouteSettings):
         return self
 
 
-class MesHttpSource(MesHttpSettings):
+class MesHttpSource(MesHttpSettings, SourceSettings):
     """An HTTP endpoint the MES posts JSON to (`connectors.mes_http`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: TopicLevel
     type: Literal["mes-http"]
     routes: Annotated[list[MesHttpRoute], Field(min_length=1)]  # type: ignore[assignment]
 
@@ -506,14 +205,14 @@ class MesHttpSource(MesHttpSettings):
         return [(route.path, route.event, route.asset) for route in self.routes]
 
 
-class MesSqlSource(MesSqlSettings, RecordSettings, _OneEventRecords):
+class MesSqlSource(MesSqlSettings, RecordSettings, _OneEventRecords, SourceSettings):
     """An interface table (or query) in the MES database (`connectors.mes_sql`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["mes-sql"]
 
 
+# The `[[sources]]` model of each type, by its `type` tag: the rows of
+# `agent.source_types.SOURCE_TYPES` name the same models (a test holds them together).
 RECORD_SOURCES = (MesFilesSource, MesHttpSource, MesSqlSource)
 Source = Annotated[
     OpcUaSource | SimulatedSource | MesFilesSource | MesHttpSource | MesSqlSource,
@@ -521,7 +220,11 @@ Source = Annotated[
 ]
 
 
-class AgentConfig(_Strict):
+class AgentConfig(BaseModel):
+    """The whole file; see the module docstring."""
+
+    model_config = STRICT
+
     agent: AgentSection
     hub: HubSection
     buffer: BufferSection = BufferSection()

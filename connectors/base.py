@@ -5,7 +5,8 @@ peer says into `Reading`s and hands them to the runtime through `emit`.
 
 Lifecycle (owned by the runtime, `agent.runtime.SourceRunner`):
 
-1. The runtime constructs the connector from its validated config.
+1. The runtime constructs the connector from its validated config (its row in
+   `agent.source_types`).
 2. It calls `run(emit)` and awaits it. `run` connects, subscribes or polls, and calls
    `await emit(readings)` for each batch, for as long as it can. `emit` returns once the
    readings are handed over; it may block to apply backpressure, and a connector must not
@@ -16,18 +17,44 @@ Lifecycle (owned by the runtime, `agent.runtime.SourceRunner`):
    the others ignore it. `None`: the caller cannot tell (a test's emit).
 3. `run` ends by raising:
    - `SourceUnavailable`: transient (peer down, connection lost, timeout). The runtime logs it
-     once, waits with capped exponential backoff and jitter, and calls `run` again.
+     once, waits with capped exponential backoff and jitter (`reconnect_min_s` ..
+     `reconnect_max_s` of its `ConnectorSettings`), and calls `run` again.
    - `SourceConfigError`: this source cannot work as configured (node does not exist, bad
      endpoint). The runtime stops this source, reports it in status and keeps the others.
    - `asyncio.CancelledError`: the runtime is shutting down; `run` closes its session within
      the grace period and re-raises.
    Any other exception is a bug: the runtime logs it with its traceback and treats it as
    transient, so one faulty plugin never takes the agent down.
-4. `health` is read by status reporting at any time; the connector keeps it current.
+4. `health` is read by status reporting at any time; the connector keeps it current
+   (`connected` true while it holds a session, false once `run` ended).
 
 Readings carry the source's own timestamp and quality. The same source fact (same source,
 signal, source timestamp and value) must always produce an equal `Reading`, because event ids
 are derived from it and duplicates are dropped by id downstream.
+
+A probe (optional) answers `edge-agent check-config --connect` before anything is restarted:
+it asks the peer what the source will need of it (does the node exist, can the port be bound,
+is the table there) and returns `ProbeResult`s; it raises `SourceUnavailable` or
+`SourceConfigError` when it cannot ask at all. It never reads or moves data.
+
+Every clause above is tested for every connector by tests/conformance/ (one peer fixture per
+source type).
+
+Adding a source type (a Modbus TCP source, say; docs/developer-guide.md works it through):
+
+1. One folder, `connectors/modbus/`: `config.py` (`ModbusSettings(ConnectorSettings)`, with
+   its signals' `ModbusSignalSettings(SignalSettings)`), `connector.py` (`ModbusConnector`,
+   keeping this contract), optionally `probe.py`, and `sample.toml` (every key, annotated;
+   tests/unit/test_samples.py loads it).
+2. One registry row in `agent.source_types.SOURCE_TYPES`: `"modbus"` → its `[[sources]]`
+   model, its builder and its probe, each importing the connector's module only when called
+   (an agent without a Modbus source never imports its client library). The `[[sources]]`
+   model is the settings with `SourceSettings` (name, type) and the mapping keys of its
+   signals, three lines in `config.schema` beside the others; a test fails until the model,
+   the `Source` union and the row agree.
+3. One peer fixture in tests/conformance/peers.py: a real peer (a Modbus server on a loopback
+   port), settings that work, settings that cannot, a way to take the peer down and to make it
+   report the same fact twice. The conformance suite then runs every clause against it.
 """
 
 from __future__ import annotations
@@ -38,7 +65,10 @@ from asyncio import Future
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from pathlib import Path
+from typing import Annotated, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Value = bool | int | float | str | None
 
@@ -165,3 +195,66 @@ class SourceUnavailable(ConnectorError):
 
 class SourceConfigError(ConnectorError):
     """Permanent: the source cannot work as configured. The runtime stops this source only."""
+
+
+# A source's name: one MQTT topic level and part of a CloudEvents source (the pattern of
+# `config.schema.TopicLevel`).
+SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# Seconds before the first retry after `SourceUnavailable`, and the most the wait grows to.
+ReconnectMinS = Annotated[float, Field(gt=0, le=300)]
+ReconnectMaxS = Annotated[float, Field(gt=0, le=3600)]
+
+
+class ConnectorSettings(BaseModel):
+    """The base of every connector's settings model (`OpcUaSettings`, `MesSqlSettings`, ...).
+
+    It brings what the runtime, not the connector, reads: the reconnect backoff bounds
+    (`reconnect_min_s` ≤ `reconnect_max_s`; a type may declare its own defaults, with the same
+    constraint types), and `with_base_dir`, which the loader calls on every source: a type
+    whose settings name files overrides it to make them absolute. Unknown keys are refused and
+    a model is frozen. A connector's own tests build it without a name (`SourceSettings`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reconnect_min_s: ReconnectMinS = 1.0
+    reconnect_max_s: ReconnectMaxS = 30.0
+
+    @model_validator(mode="after")
+    def _reconnect_range(self) -> Self:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not be larger than reconnect_max_s")
+        return self
+
+    def with_base_dir(self, base: Path) -> Self:
+        """The same settings with relative file paths taken from `base` (the config file's
+        folder); these name no files."""
+        return self
+
+
+class SourceSettings(ConnectorSettings):
+    """One `[[sources]]` entry: a connector's settings with its `name` (unique in a config)
+    and its `type` tag, which a type's model narrows to its own `Literal`."""
+
+    name: SourceName
+    type: str
+
+
+class SignalSettings(BaseModel):
+    """The base of a signal of a source that has signals: `node`, the signal's address as the
+    operator wrote it, which its readings carry as `Reading.signal`. A type narrows the field
+    (its syntax, its length) where it has rules of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: Annotated[str, Field(min_length=1, description="the signal's address")]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One thing a probe checked on a source's peer (see the module docstring): `subject`
+    names it (an address, the folder, the listen address); `problem` is what is wrong (None:
+    fine) and `seen` what the peer showed (an OPC UA node's id, class and data type)."""
+
+    subject: str
+    problem: str | None = None
+    seen: str | None = None

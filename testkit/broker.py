@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -350,8 +350,9 @@ class Subscriber:
             self._condition.notify_all()
 
     # test thread --------------------------------------------------------------------------
-    def start(self, timeout: float = 5.0) -> Subscriber:
+    def start(self, timeout: float = 5.0) -> Self:
         """Connect and return once the subscription is granted."""
+        # paho's Properties is untyped.
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = self._session_expiry_s
         self._client.connect_async(
@@ -431,7 +432,7 @@ class Subscriber:
     ) -> list[ReceivedMessage]:
         return await asyncio.to_thread(self.wait_for, predicate_or_count, timeout)
 
-    def __enter__(self) -> Subscriber:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

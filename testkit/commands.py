@@ -76,6 +76,7 @@ class Requester:
         if not isinstance(payload, bytes):
             payload = json.dumps(payload).encode()
         correlation = uuid.uuid4().bytes
+        # paho's Properties is untyped.
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if response_topic is not None:
             properties.ResponseTopic = response_topic or self.reply_topic

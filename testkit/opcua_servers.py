@@ -33,6 +33,10 @@ from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 
 from connectors.opcua.certificates import create_application_certificate, describe
@@ -53,7 +57,7 @@ ALL_SECURE = [
 ]
 
 
-class _Users:
+class _Users(UserManager):
     def __init__(self, users: Mapping[str, str]) -> None:
         self._users = dict(users)
 
@@ -102,7 +106,7 @@ class LineServer:
         await variable.write_value(
             ua.DataValue(
                 ua.Variant(value, variant_type),
-                StatusCode=ua.StatusCode(ua.StatusCodes.Good),
+                StatusCode=ua.StatusCode(StatusCodes.Good),
                 SourceTimestamp=at or datetime.now(UTC),
                 ServerTimestamp=datetime.now(UTC),
             )
@@ -150,7 +154,7 @@ class LineServer:
 
     async def raise_alarm(self, message: str, severity: int, *, at: datetime) -> None:
         generator = await self.server.get_event_generator(
-            ua.ObjectIds.OffNormalAlarmType, self.alarms
+            ObjectIds.OffNormalAlarmType, self.alarms
         )
         generator.event.Message = ua.LocalizedText(message)
         generator.event.Severity = severity
@@ -184,9 +188,9 @@ async def serve_line(
 
         async def validate(certificate: x509.Certificate, _: ua.ApplicationDescription) -> None:
             if describe(certificate).thumbprint not in allowed:
-                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+                raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
-        server.set_certificate_validator(validate)  # type: ignore[arg-type]
+        server.set_certificate_validator(validate)
     await server.register_namespace("urn:plant-edge-agent:filler-namespace")
     index = await server.register_namespace(TEST_NAMESPACE)
     line = await server.nodes.objects.add_object(ua.NodeId("Line1", index), "Line1")
@@ -200,12 +204,12 @@ async def serve_line(
     )
     alarms = await line.add_object(ua.NodeId("Line1.Alarms", index), "Alarms")
     await alarms.write_attribute(
-        ua.AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte))
+        AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte))
     )
     async with server:
         if history:
             await server.historize_node_data_change(temperature, period=timedelta(hours=1))
             level = ua.DataValue(ua.Variant(0x07, ua.VariantType.Byte))  # read, write, history
-            for attribute in (ua.AttributeIds.AccessLevel, ua.AttributeIds.UserAccessLevel):
+            for attribute in (AttributeIds.AccessLevel, AttributeIds.UserAccessLevel):
                 await temperature.write_attribute(attribute, level)
         yield LineServer(server, port, {"Temperature": temperature, "Count": count}, alarms)

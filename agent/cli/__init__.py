@@ -2,7 +2,8 @@
 
 Each command group lives in its own module with a `register(commands)` function that adds its
 subcommands and sets `handler` (a function of the parsed arguments returning the exit code).
-Add a group by adding its module to `_GROUPS`.
+Add a group by adding its module to `_GROUPS` (the order of `edge-agent --help`). The hub tools
+(`remote`, `fleet`, `tail`) share their hub options and connection in `agent.cli.hub`.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid input (config, arguments).
 
@@ -19,11 +20,11 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import buffer, core, mapping, opcua, remote, service
+from agent.cli import buffer, core, fleet, keys, mapping, opcua, remote, service, tail
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
-_GROUPS = [core, remote, mapping, service, buffer, opcua]
+_GROUPS = [core, remote, fleet, tail, keys, mapping, service, buffer, opcua]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

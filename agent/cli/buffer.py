@@ -5,7 +5,8 @@
         Read-only: works while the agent runs (SQLite WAL readers never block the writer).
     edge-agent buffer replay -c CONFIG --since T [--until T] [--type X]
         publish the delivered events still retained, accepted in [since, until), again: same
-        topic, same ids and seqs, MQTT v5 user property `replay=true`.
+        topic, same ids and seqs, MQTT v5 user property `replay=true` (`agent.replay`: the
+        same code as the remote `replay` command, here with its own session).
     edge-agent buffer dead-letters -c CONFIG [--retry [SEQ ...]]
         list the dead letters; `--retry` puts them (all, or these seqs) back in the queue: the
         agent sends them on its next start. Readings set aside before they were accepted
@@ -31,7 +32,10 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.replay import ReplayOutcome
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -85,23 +89,22 @@ def parse_time(text: str, *, now: float | None = None) -> float:
 
 
 def _config(path: Path) -> Any:
-    from agent.cli.core import _load
+    from agent.cli.config_file import load_or_report
 
-    return _load(path)
+    return load_or_report(path)
 
 
 def _stats(args: argparse.Namespace) -> int:
     from agent import store
     from agent.statelock import holder
     from buffer.base import BufferFailure
-    from buffer.sqlite import SqliteBuffer
 
     config = _config(args.config)
     if config is None:
         return EXIT_INVALID
 
     async def read() -> dict[str, Any]:
-        async with SqliteBuffer.open(store.buffer_file(config), read_only=True) as buffer:
+        async with store.open_reader(config) as buffer:
             stats = await buffer.stats()
         now = time.time()
         evictions: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
@@ -146,6 +149,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from agent.replay import ReplayStopped
     from buffer.base import BufferFailure, BufferLocked
 
     try:
@@ -161,7 +165,7 @@ def _replay(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_INVALID
     try:
-        sent, refused = asyncio.run(_replay_async(config, since, until, args.kind))
+        outcome = asyncio.run(_replay_async(config, since, until, args.kind))
     except BufferLocked as error:
         print(
             f"edge-agent buffer replay: refused: {error} (the agent itself can replay: send it "
@@ -169,102 +173,54 @@ def _replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    except (BufferFailure, TimeoutError) as error:
+    except (BufferFailure, TimeoutError, ReplayStopped) as error:
         print(f"edge-agent buffer replay: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"replayed {sent} event(s)" + (f"; {refused} refused by the broker" if refused else ""))
-    return EXIT_OK if not refused else EXIT_FAILURE
+    print(outcome.summary())
+    return EXIT_OK if not outcome.refused else EXIT_FAILURE
 
 
 async def _replay_async(
     config: Any, since: float, until: float | None, kind: str | None
-) -> tuple[int, int]:
+) -> ReplayOutcome:
+    """Open the buffer (the state dir lock: the agent must be stopped) and a session of its
+    own, and replay through `agent.replay.replay_retained`, as many messages in flight as the
+    config and the broker allow."""
     from agent import store
-    from agent.credentials import hub_credentials
-    from agent.forwarder import REPLAY_PROPERTY
-    from agent.mqtt_session import MqttSession, PacketTooLarge, PubAck
-    from events.wire import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
+    from agent.hub_session import hub_session
+    from agent.replay import replay_retained
+    from events.wire import AgentIdentity
 
     hub = config.hub
-    topic_base = f"{hub.topic_prefix}/{config.agent.site}/{config.agent.id}/events"
-    credentials = hub_credentials(hub)
-    sent = refused = 0
     async with store.open_store(config, role="edge-agent buffer replay") as buffer:
-        # Each event with the site and agent it was accepted under (a rename since then
-        # does not relabel it); a buffer no agent has run on since schema 5: the config's.
-        history = await buffer.identities()
-        identity: AgentIdentity | IdentityHistory = (
-            IdentityHistory.of(history) if history
-            else AgentIdentity(site=config.agent.site, agent=config.agent.id)
-        )
-        session = MqttSession(
-            host=hub.host,
-            port=hub.port,
-            client_id=f"{config.client_id}-replay",
-            keepalive_s=hub.keepalive_s,
-            tls=credentials.tls,
-            username=credentials.username,
-            password=credentials.password,
-            connect_timeout_s=hub.connect_timeout_s,
-        )
+        session = hub_session(hub, client_id=f"{config.client_id}-replay")
         async with session:
             if not await session.wait_connected(timeout=hub.connect_timeout_s * 2):
                 raise TimeoutError(f"hub {hub.url} not reachable")
-            slots = asyncio.Semaphore(max(1, min(hub.max_inflight, session.receive_maximum)))
-            futures: list[tuple[asyncio.Future[PubAck], int]] = []
-
-            async def publish(topic: str, chunk: list[Any]) -> None:
-                nonlocal refused
-                payload = encode_batch(chunk, identity)
-                await slots.acquire()
-                try:
-                    future = session.publish(
-                        topic, payload, qos=1, content_type=CONTENT_TYPE,
-                        user_properties=(REPLAY_PROPERTY,),
-                    )
-                except PacketTooLarge:
-                    slots.release()
-                    if len(chunk) == 1:
-                        refused += 1
-                        return
-                    await publish(topic, chunk[: len(chunk) // 2])
-                    await publish(topic, chunk[len(chunk) // 2 :])
-                    return
-                future.add_done_callback(lambda _f: slots.release())
-                futures.append((future, len(chunk)))
-
-            async for records in buffer.retained(since=since, until=until, kind=kind):
-                by_kind: dict[str, list[Any]] = defaultdict(list)
-                for record in records:
-                    by_kind[record.kind].append(record)
-                for record_kind, group in by_kind.items():
-                    for start in range(0, len(group), hub.batch_max_events):
-                        chunk = group[start : start + hub.batch_max_events]
-                        await publish(f"{topic_base}/{record_kind}", chunk)
-            for future, count in futures:
-                try:
-                    ack = await asyncio.wait_for(future, timeout=hub.connect_timeout_s * 3)
-                except Exception:
-                    refused += count
-                    continue
-                if ack.ok:
-                    sent += count
-                else:
-                    refused += count
-    return sent, refused
+            return await replay_retained(
+                buffer,
+                session,
+                topic_base=f"{hub.topic_prefix}/{config.agent.site}/{config.agent.id}/events",
+                fallback=AgentIdentity(site=config.agent.site, agent=config.agent.id),
+                since=since,
+                until=until,
+                kinds=[kind] if kind else None,
+                batch_max_events=hub.batch_max_events,
+                max_inflight=min(hub.max_inflight, session.receive_maximum),
+                ack_timeout_s=hub.connect_timeout_s * 3,
+            )
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
     from agent import store
     from buffer.base import BufferFailure, BufferLocked
-    from buffer.sqlite import SqliteBuffer
 
     config = _config(args.config)
     if config is None:
         return EXIT_INVALID
 
     async def listing() -> list[Any]:
-        async with SqliteBuffer.open(store.buffer_file(config), read_only=True) as buffer:
+        async with store.open_reader(config) as buffer:
             return await buffer.dead_letters(args.limit)
 
     async def retry() -> tuple[int, int]:

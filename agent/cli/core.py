@@ -16,6 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
+from agent.cli.config_file import load_or_report
+
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
 
@@ -29,7 +31,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     check.add_argument("-c", "--config", dest="config_option", type=Path, help=argparse.SUPPRESS)
     check.add_argument(
         "--connect", action="store_true",
-        help="also connect to each OPC UA source and check every configured node",
+        help="also ask each source's peer whether the config works there (OPC UA nodes and "
+        "their types, the database table, the drop folder, the webhook's listen address)",
     )
     check.set_defaults(handler=_check_config)
 
@@ -47,24 +50,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     demo.set_defaults(handler=_demo)
 
 
-def _load(path: Path) -> object:
-    from config.loader import ConfigError, load_config
-
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        print(f"{path}: invalid config ({len(error.problems)} problem(s)):", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem.format()}", file=sys.stderr)
-        return None
-
-
 def _check_config(args: argparse.Namespace) -> int:
     path = args.config or args.config_option
     if path is None:
         print("edge-agent check-config: give the config file to check", file=sys.stderr)
         return EXIT_INVALID
-    config = _load(path)
+    config = load_or_report(path)
     if config is None:
         return EXIT_INVALID
     from config.schema import AgentConfig
@@ -83,7 +74,7 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{len(config.sources)} source(s), {signals} signal(s), hub {config.hub.url}"
     )
     if args.connect:
-        from agent.cli.opcua import check_connect
+        from agent.cli.connect import check_connect
 
         return check_connect(config)
     return EXIT_OK
@@ -97,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     from buffer.base import BufferFailure
     from config.schema import AgentConfig
 
-    config = _load(args.config)
+    config = load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
     assert isinstance(config, AgentConfig)

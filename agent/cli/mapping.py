@@ -54,13 +54,13 @@ def parse_value(text: str) -> bool | int | float | str | None:
 
 
 def _try(args: argparse.Namespace) -> int:
-    from agent.cli.core import _load
+    from agent.cli.config_file import load_or_report
     from agent.mapping import Mapper, SignalMapper
     from config.schema import AgentConfig
     from connectors.base import Quality, Reading
     from events.wire import envelope
 
-    config = _load(args.config)
+    config = load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
     assert isinstance(config, AgentConfig)

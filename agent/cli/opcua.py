@@ -130,9 +130,9 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _config(path: Path) -> Any:
-    from agent.cli.core import _load
+    from agent.cli.config_file import load_or_report
 
-    return _load(path)
+    return load_or_report(path)
 
 
 def _browse(args: argparse.Namespace) -> int:
@@ -177,6 +177,7 @@ def _opcua_sources(path: Path) -> list[Any] | None:
 
 
 def _certs_create(args: argparse.Namespace) -> int:
+    from connectors import credentials
     from connectors.opcua.certificates import CertificateExists, create_application_certificate
     from connectors.opcua.trust import TrustStore
 
@@ -195,7 +196,7 @@ def _certs_create(args: argparse.Namespace) -> int:
         made.add(source.certificate)
         references = [
             str(path) for path in (source.certificate, source.private_key)
-            if str(path).startswith("credential:")
+            if credentials.is_credential(path)
         ]
         if references:
             print(
@@ -286,7 +287,7 @@ def _source_file_problems(
     """The files of one OPC UA source that are missing, or that `owner` (None: root) cannot
     use; with `own_certificate_only`, only the agent's certificate, key and trust folders.
     `credential:NAME` settings are systemd's to read, as root, and are not looked at."""
-    from connectors.opcua import credentials
+    from connectors import credentials
 
     needed: list[tuple[str, Path]] = []
     if source.secured or own_certificate_only:
@@ -351,45 +352,4 @@ def _certs_list(args: argparse.Namespace) -> int:
                       f"{info.subject}  {info.application_uri or ''}")
         if not store.trusted() and not store.rejected():
             print(f"no certificates in {pki_dir}")
-    return EXIT_OK
-
-
-def check_connect(config: Any) -> int:
-    """`check-config --connect`: connect to each OPC UA source, resolve every node and check
-    that its type fits the event it feeds. Exit 1 when anything is wrong."""
-    from connectors.base import SourceConfigError, SourceUnavailable
-    from connectors.opcua.probe import INTEGER_TYPES, NUMBER_TYPES, probe
-
-    numeric_events = {"telemetry", "quality.alert", "machine.downtime"}
-    failures = 0
-    for source in config.sources:
-        if getattr(source, "type", "") != "opcua":
-            continue
-        try:
-            results = asyncio.run(probe(source, source.signals))
-        except (SourceUnavailable, SourceConfigError) as error:
-            print(f"source {source.name}: cannot connect: {error}")
-            failures += 1
-            continue
-        events = {signal.node: str(signal.event) if signal.event else None
-                  for signal in source.signals}
-        for result in results:
-            problem = result.problem
-            event = events.get(result.address)
-            data_type = result.data_type
-            if problem is None and data_type not in (None, "?"):
-                if event in numeric_events and data_type not in NUMBER_TYPES | {"Boolean"}:
-                    problem = f"is {data_type}, but {event} needs a number"
-                elif event == "production.count" and data_type not in INTEGER_TYPES:
-                    problem = f"is {data_type}, but production.count needs an integer"
-            where = f"source {source.name}: {result.address}"
-            if problem is not None:
-                failures += 1
-                print(f"{where}: {problem}")
-            else:
-                print(f"{where}: OK ({result.node_id}, {result.node_class}"
-                      f"{', ' + data_type if data_type else ''})")
-    if failures:
-        print(f"{failures} problem(s) found on the servers", file=sys.stderr)
-        return EXIT_FAILURE
     return EXIT_OK

@@ -22,10 +22,11 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator
 
+from connectors.base import ConnectorSettings
 from connectors.records import RecordSettings
 
 
-class MesFilesSettings(RecordSettings):
+class MesFilesSettings(ConnectorSettings, RecordSettings):
     """The folder, file format and completeness rule; the record part (`columns`, time) is
     `connectors.records.RecordSettings`. Without a `time_column`, a row's time is the file's
     modification time (the same on a re-read, so the event ids are too)."""
@@ -43,8 +44,6 @@ class MesFilesSettings(RecordSettings):
     # A JSON document is parsed whole (CSV is read row by row): this bounds its memory.
     max_json_bytes: Annotated[int, Field(ge=1, le=2**28)] = 16 * 2**20
     rows_per_emit: Annotated[int, Field(ge=1, le=10_000)] = 500
-    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 1.0
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     @field_validator("encoding")
     @classmethod

@@ -50,6 +50,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from connectors.backoff import Backoff
 from connectors.base import (
     Emit,
     Reading,
@@ -390,7 +391,7 @@ class MesFilesConnector:
         """`write()` on a worker thread, retried while it meets the short-disk condition
         (paced by capped backoff, until cancelled: the condition clears by itself)."""
         settings = self._settings
-        delay = settings.reconnect_min_s
+        backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, jitter=False)
         paused_at: float | None = None
         while True:
             try:
@@ -404,8 +405,7 @@ class MesFilesConnector:
                     self.health.notices[DISK_NOTICE] = f"cannot write {what}: {_why(error)}"
                     _log.warning("source=%s paused: cannot write %s (%s); retrying until it can",
                                  self.name, what, _why(error))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, settings.reconnect_max_s)
+                await asyncio.sleep(backoff.next_s())
                 continue
             if paused_at is not None:
                 self.health.notices.pop(DISK_NOTICE, None)

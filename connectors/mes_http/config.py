@@ -11,8 +11,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from connectors.base import ConnectorSettings
+from connectors.credentials import check_reference, relative_to
 from connectors.records import RecordSettings
 
 HEALTH_PATH = "/healthz"
@@ -41,9 +43,7 @@ class RouteSettings(RecordSettings):
         return path
 
 
-class MesHttpSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MesHttpSettings(ConnectorSettings):
     listen: str = "127.0.0.1:8088"
     auth: Literal["bearer", "none"] = "bearer"
     tokens_file: Path | None = None
@@ -59,9 +59,12 @@ class MesHttpSettings(BaseModel):
     max_connections: Annotated[int, Field(ge=1, le=65_536)] = 256
     header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 1.0
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     routes: Annotated[list[RouteSettings], Field(min_length=1)]
+
+    @field_validator("tokens_file", "tls_cert", "tls_key")
+    @classmethod
+    def _credential_name(cls, path: Path | None) -> Path | None:
+        return check_reference(path) if path is not None else None
 
     @field_validator("listen")
     @classmethod
@@ -100,7 +103,7 @@ class MesHttpSettings(BaseModel):
         """The same settings with relative file paths made absolute (relative to the config
         file's folder)."""
         update = {
-            name: base / path
+            name: relative_to(base, path)
             for name in ("tokens_file", "tls_cert", "tls_key")
             if (path := getattr(self, name)) is not None and not path.is_absolute()
         }

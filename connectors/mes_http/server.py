@@ -53,6 +53,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler as NextHandler
 
 from connectors.base import SourceConfigError
+from connectors.credentials import CredentialUnavailable, resolve
 from connectors.mes_http.config import HEALTH_PATH, MesHttpSettings, RouteSettings
 from connectors.mes_http.connections import ConnectionGate
 
@@ -129,11 +130,14 @@ class WebhookServer:
         settings = self._settings
         tokens = None
         if settings.auth == "bearer":
-            tokens = BearerTokens(settings.tokens_file, settings.token_env, name=self._name)
+            tokens_file = _resolved("tokens_file", settings.tokens_file)
+            tokens = BearerTokens(tokens_file, settings.token_env, name=self._name)
         else:
             log.warning("%s: no authentication on %s (auth = \"none\")", self._name,
                         settings.listen)
-        tls = _tls_context(settings.tls_cert, settings.tls_key)
+        tls = _tls_context(
+            _resolved("tls_cert", settings.tls_cert), _resolved("tls_key", settings.tls_key)
+        )
         gate = ConnectionGate(
             max_connections=settings.max_connections,
             header_timeout_s=settings.header_timeout_s,
@@ -514,6 +518,16 @@ def _json_type(value: object) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
              int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+def _resolved(key: str, path: Path | None) -> Path | None:
+    """A file setting with a `credential:NAME` resolved (`connectors.credentials`)."""
+    if path is None:
+        return None
+    try:
+        return resolve(key, path)
+    except CredentialUnavailable as error:
+        raise SourceConfigError(str(error)) from error
 
 
 def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:

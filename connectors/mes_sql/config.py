@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from connectors.base import ConnectorSettings
+from connectors.credentials import check_reference, relative_to
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 SQLITE_PREFIX = "sqlite:///"
@@ -55,10 +58,8 @@ ColumnName = Annotated[str, AfterValidator(_column_name)]
 TableName = Annotated[str, AfterValidator(_table_name)]
 
 
-class MesSqlSettings(BaseModel):
+class MesSqlSettings(ConnectorSettings):
     """Where the rows are and how they are polled (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: Annotated[str, Field(min_length=1, max_length=2000)]
     password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = None
@@ -70,8 +71,6 @@ class MesSqlSettings(BaseModel):
     poll_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     lag_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
-    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 1.0
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     @field_validator("url")
     @classmethod
@@ -87,6 +86,11 @@ class MesSqlSettings(BaseModel):
                 f"sqlite:/// (sqlite:///path/to/file.db), not {scheme + '://'!r}"
             )
         return url
+
+    @field_validator("password_file")
+    @classmethod
+    def _credential_name(cls, path: Path | None) -> Path | None:
+        return check_reference(path) if path is not None else None
 
     @field_validator("query")
     @classmethod
@@ -124,7 +128,7 @@ class MesSqlSettings(BaseModel):
         if self.scheme == "sqlite" and not self.sqlite_path.is_absolute():
             update["url"] = SQLITE_PREFIX + str(base.absolute() / self.sqlite_path)
         if self.password_file is not None and not self.password_file.is_absolute():
-            update["password_file"] = base / self.password_file
+            update["password_file"] = relative_to(base, self.password_file)
         return self.model_copy(update=update) if update else self
 
 

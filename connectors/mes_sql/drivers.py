@@ -59,6 +59,7 @@ import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
 
 from connectors.base import SourceConfigError, SourceUnavailable
+from connectors.credentials import CredentialUnavailable, resolve
 from connectors.mes_sql.config import MesSqlSettings
 
 Cursor = tuple[object, ...]
@@ -276,8 +277,9 @@ def _row(items: list[str]) -> str:
 
 
 async def _password(settings: MesSqlSettings) -> str | None:
-    """The PostgreSQL password from `password_env` or `password_file`, read at each connect
-    (so a rotated secret is picked up); None: asyncpg's defaults (PGPASSWORD, ~/.pgpass)."""
+    """The PostgreSQL password from `password_env` or `password_file` (a path or
+    `credential:NAME`, `connectors.credentials`), read at each connect (so a rotated secret is
+    picked up); None: asyncpg's defaults (PGPASSWORD, ~/.pgpass)."""
     if settings.password_env is not None:
         password = os.environ.get(settings.password_env)
         if not password:
@@ -285,7 +287,11 @@ async def _password(settings: MesSqlSettings) -> str | None:
         return password
     if settings.password_file is not None:
         try:
-            text = await asyncio.to_thread(settings.password_file.read_text, encoding="utf-8")
+            path = resolve("password_file", settings.password_file)
+        except CredentialUnavailable as error:
+            raise SourceConfigError(str(error)) from error
+        try:
+            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
         except (OSError, UnicodeError) as error:
             raise SourceConfigError(f"password_file: cannot read it: {error}") from error
         return text.rstrip("\r\n")

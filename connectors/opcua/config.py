@@ -9,7 +9,7 @@ Invariants:
 - Every file setting (`password_file`, `certificate`, `private_key`, `user_certificate`,
   `user_private_key`) is a path or `credential:NAME`, a systemd credential
   (`LoadCredential=NAME:/path`), resolved when a session opens (`resolve_credentials`, see
-  `connectors.opcua.credentials`).
+  `connectors.credentials`).
 - Secured connections (`security_policy` other than "None") need the agent's application
   instance certificate and key (`edge-agent certs create -c CONFIG` makes them); the server's
   certificate must be in `pki_dir/trusted/` unless `trust_on_first_use` is on (off by default).
@@ -26,9 +26,10 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from connectors.opcua import credentials
+from connectors import credentials
+from connectors.base import ConnectorSettings, ReconnectMaxS, SignalSettings
 from connectors.opcua.addressing import parse_address
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
@@ -51,10 +52,8 @@ class TimestampChoice(enum.StrEnum):
     RECEIVE = "receive"  # when the agent received it
 
 
-class OpcUaSignalSettings(BaseModel):
+class OpcUaSignalSettings(SignalSettings):
     """What the connector needs to know of one signal: where it is and how to watch it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     node: Annotated[
         str,
@@ -110,18 +109,15 @@ _FILE_SETTINGS = ("password_file", "certificate", "private_key", "user_certifica
                   "user_private_key")
 
 
-class OpcUaSettings(BaseModel):
+class OpcUaSettings(ConnectorSettings):
     """Connection settings of one OPC UA server."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     endpoint: Annotated[str, Field(pattern=r"^opc\.tcp://[^/\s]+(:\d+)?(/.*)?$")]
     publishing_interval_ms: Annotated[float, Field(gt=0, le=60_000)] = 100.0
     request_timeout_s: Annotated[float, Field(gt=0, le=300)] = 4.0
     watchdog_interval_s: Annotated[float, Field(gt=0, le=300)] = 1.0
-    # Reconnects (done by the runtime): capped exponential backoff with full jitter.
-    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 1.0
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Reconnects (done by the runtime, `ConnectorSettings`): a server restart may take a while.
+    reconnect_max_s: ReconnectMaxS = 60.0
     # Security.
     security_policy: SecurityPolicy = "None"
     security_mode: SecurityMode | None = None  # default: SignAndEncrypt when secured, else None
@@ -163,8 +159,6 @@ class OpcUaSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> OpcUaSettings:
-        if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError("reconnect_min_s must not be larger than reconnect_max_s")
         if self.security_policy == "None" and self.security_mode not in (None, "None"):
             raise ValueError(
                 f"security_mode = {self.security_mode!r} needs a security_policy "

@@ -6,26 +6,20 @@ tests/unit/test_samples.py).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from connectors.base import ConnectorSettings, ReconnectMaxS, ReconnectMinS, SignalSettings
 
 
-class SimulatedSignalSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class SimulatedSignalSettings(SignalSettings):
     node: Annotated[str, Field(min_length=1, max_length=200, description="the signal's address")]
     waveform: Literal["counter", "sine"] = "counter"
 
 
-class SimulatedSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class SimulatedSettings(ConnectorSettings):
     rate_hz: Annotated[float, Field(gt=0, le=100_000)] = 10.0
-    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 0.5
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
-
-    def with_base_dir(self, base: Path) -> Self:
-        """The same settings: a simulated source names no files (the loader asks every source)."""
-        return self
+    # There is no peer to wait for: restart soon.
+    reconnect_min_s: ReconnectMinS = 0.5
+    reconnect_max_s: ReconnectMaxS = 5.0

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from agent.demo.plant import FILLER_TEMPERATURE, GOOD_COUNT, FillingLinePlant
 from testkit.agent_process import AgentProcess
@@ -27,7 +28,7 @@ def setup(tmp_path: Path, broker: MosquittoBroker, plant: FillingLinePlant) -> A
     return AgentProcess(config, tmp_path / "agent.log")
 
 
-async def hub_events(subscriber: Subscriber) -> dict[str, dict]:
+async def hub_events(subscriber: Subscriber) -> dict[str, dict[str, Any]]:
     return unique_by_id(decode_events(subscriber.messages))
 
 
@@ -114,7 +115,7 @@ async def test_restart_does_not_accept_the_same_facts_again(
     """OPC UA sends every current value again on a new subscription: same ids, no new seq."""
     agent = setup(tmp_path, broker, plant)
     state = tmp_path / "state" / "buffer.sqlite"
-    status: list[dict] = []
+    status: list[dict[str, Any]] = []
     try:
         with Subscriber(broker, "mfg/plant-a/edge-01/#") as subscriber:
             for _ in range(2):

@@ -216,6 +216,7 @@ def answering_agent(broker: MosquittoBroker, root: str) -> Iterator[None]:
     )
 
     def on_message(_client: mqtt.Client, _userdata: Any, message: Any) -> None:
+        # paho's Properties is untyped.
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         properties.CorrelationData = message.properties.CorrelationData
         answer = {"ok": True, "command": "status", "agent": "plant-a/edge-01",

@@ -39,6 +39,7 @@ RUNNING = "running: 1 source(s)"
 def make_agent(tmp_path: Path, hub_url: str, **options: object) -> tuple[AgentProcess, Path]:
     config = tmp_path / "agent.toml"
     config.write_text(
+        # `options` are simulated_agent_config keywords (rate_hz, extra_buffer, ...).
         simulated_agent_config(hub_url=hub_url, state_dir=tmp_path / "state", **options)  # type: ignore[arg-type]
     )
     return AgentProcess(config, tmp_path / "agent.log"), tmp_path / "state" / "buffer.sqlite"

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
 
 from testkit.agent_process import AgentProcess
 from testkit.broker import MosquittoBroker, Subscriber

@@ -63,7 +63,7 @@ pytestmark = [
 def run(*command: str | Path, timeout: float = 180, **options: object) -> str:
     done = subprocess.run(
         [str(part) for part in command], capture_output=True, text=True, timeout=timeout,
-        check=False, **options,  # type: ignore[call-overload]
+        check=False, **options,  # type: ignore[call-overload]  # subprocess.run keywords
     )
     assert done.returncode == 0, f"{command} failed ({done.returncode}):\n{done.stderr}"
     return str(done.stdout)

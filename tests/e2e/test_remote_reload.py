@@ -59,7 +59,7 @@ reload = ["ops"]
                 Subscriber(broker, EVENTS_TOPIC) as events:
             agent.start()
             await asyncio.to_thread(agent.wait_log, SUBSCRIBED)
-            await wait_until(lambda: online_fingerprints(statuses.messages), "online status")
+            await wait_until(lambda: bool(online_fingerprints(statuses.messages)), "online status")
             before = online_fingerprints(statuses.messages)[-1]
 
             # 1. An invalid file: refused with the reason, the running generation goes on.

@@ -16,7 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,13 +115,13 @@ def alive(pid: int) -> bool:
     return True
 
 
-def events_of(subscriber: Subscriber, kind: str) -> list[dict[str, object]]:
+def events_of(subscriber: Subscriber, kind: str) -> list[dict[str, Any]]:
     return [a.event for a in arrivals(subscriber.messages) if a.event["type"].startswith(kind)]
 
 
-def wait_for(condition: object, agent: AgentProcess, what: str) -> None:
+def wait_for(condition: Callable[[], bool], agent: AgentProcess, what: str) -> None:
     deadline = time.monotonic() + LIMIT_S
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert alive(agent.pid), f"agent exited:\n{agent.log_text()[-4000:]}"
         assert time.monotonic() < deadline, f"{what} not within {LIMIT_S} s:\n" \
             f"{agent.log_text()[-4000:]}"
@@ -152,9 +154,13 @@ def test_more_idle_connections_than_descriptors_do_not_kill_the_agent(
                 sock.close()
             idle = []
             statuses: list[int] = []
-            wait_for(lambda: statuses.append(post(port, "WO-2")) or statuses[-1] == 202,
-                     agent, "a 202 once the idle connections are gone")
-            wait_for(lambda: any(e["data"]["order"] == "WO-2"  # type: ignore[index]
+
+            def answered_202() -> bool:
+                statuses.append(post(port, "WO-2"))
+                return statuses[-1] == 202
+
+            wait_for(answered_202, agent, "a 202 once the idle connections are gone")
+            wait_for(lambda: any(e["data"]["order"] == "WO-2"
                                  for e in events_of(subscriber, "workorder.completed")),
                      agent, "the posted work order at the hub")
             assert alive(agent.pid)

@@ -389,7 +389,7 @@ async def test_uuid_ids_are_stored_as_bytes_and_text_ids_of_older_files_still_de
 async def test_a_version_2_file_is_migrated_keeping_its_dead_letters(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
     db = sqlite3.connect(path, isolation_level=None)
-    from buffer.sqlite import _MIGRATIONS
+    from buffer.sqlite.schema import MIGRATIONS as _MIGRATIONS
 
     for version, script in enumerate(_MIGRATIONS[:2], start=1):
         db.executescript(f"BEGIN; {script}; PRAGMA user_version = {version}; COMMIT;")

@@ -163,8 +163,12 @@ async def test_buffer_and_status_show_each_class_backlog_and_its_oldest_age(
     ))
     now = time.time()
     for priority, count, age in ((Priority.TELEMETRY, 3, 100.0), (Priority.BUSINESS, 2, 10.0)):
+
+        def accepted_clock(age: float = age) -> float:
+            return now - age
+
         async with SqliteBuffer.open(
-            store.buffer_file(load_config(config_file)), clock=lambda age=age: now - age
+            store.buffer_file(load_config(config_file)), clock=accepted_clock
         ) as seeded:
             await seeded.append([
                 Record(f"seeded-{priority}-{n}", "telemetry.v1", priority, b"\x80")

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from asyncua import ua
+from asyncua.ua.status_codes import StatusCodes
 
 from agent.demo.plant import FILLER_TEMPERATURE, GOOD_COUNT, STATE, FillingLinePlant
 from agent.runtime import Agent, buffer_path
@@ -53,7 +54,9 @@ def write_config(tmp_path: Path, broker: MosquittoBroker, plant: FillingLinePlan
     return path
 
 
-async def events_at_hub(subscriber: Subscriber, count: int, limit_s: float = 20.0) -> list[dict]:
+async def events_at_hub(
+    subscriber: Subscriber, count: int, limit_s: float = 20.0
+) -> list[dict[str, Any]]:
     """Wait until `count` distinct events (by id) arrived; return them sorted by seq."""
     deadline = time.monotonic() + limit_s
     while True:
@@ -85,7 +88,7 @@ async def test_values_written_on_the_server_arrive_as_canonical_events(
                 await asyncio.sleep(0.15)
             await plant.write(
                 FILLER_TEMPERATURE, 0.0, timestamp=t0 + timedelta(seconds=9),
-                status=ua.StatusCodes.BadSensorFailure,
+                status=StatusCodes.BadSensorFailure,
             )
             events = await events_at_hub(subscriber, 9)
 
@@ -95,7 +98,7 @@ async def test_values_written_on_the_server_arrive_as_canonical_events(
         assert event["site"] == "plant-a" and event["agent"] == "edge-01"
         assert event["source"] == "/plant-a/edge-01/line1"
         assert event["subject"] == "line1/filler"
-    by_type: dict[str, list[dict]] = {}
+    by_type: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_type.setdefault(event["type"], []).append(event)
     assert set(by_type) == {"telemetry.v1", "production.count.v1", "machine.state.v1"}

@@ -36,13 +36,14 @@ async def until(condition: Callable[[], bool], what: str, limit_s: float = 15.0)
 
 @asynccontextmanager
 async def forwarding(
-    tmp_path: Path, broker: MosquittoBroker, **options: int
+    tmp_path: Path, broker: MosquittoBroker, *, batch_max_events: int
 ) -> AsyncIterator[tuple[SqliteBuffer, Forwarder]]:
     async with SqliteBuffer.open(tmp_path / "buffer.sqlite") as buffer:
         session = MqttSession(host=broker.host, port=broker.port, client_id="fwd-test")
         async with session:
             forwarder = Forwarder(
-                buffer, session, topic_base=TOPIC_BASE, batch_max_wait_s=0.01, **options
+                buffer, session, topic_base=TOPIC_BASE, batch_max_wait_s=0.01,
+                batch_max_events=batch_max_events,
             )
             task = asyncio.create_task(forwarder.run())
             try:

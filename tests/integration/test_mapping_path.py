@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from agent.demo.plant import (
     REACTOR_BATCH,
@@ -64,7 +65,7 @@ async def test_plant_units_and_codes_arrive_in_the_enterprise_language(
                 await _settle()
             events = await events_at_hub(subscriber, 9)  # 4 telemetry, 2 alerts, 2 stops, 1 order
 
-    by_type: dict[str, list[dict]] = {}
+    by_type: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_type.setdefault(event["type"], []).append(event)
         assert event["assetpath"] == "acme/plant-b/resins/reactors/reactor1"

@@ -8,6 +8,7 @@ import asyncio
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 from agent.status import sources_status
 from connectors.base import Reading
@@ -17,7 +18,7 @@ from testkit.mes_files import HEADER, rows, write_mes_files_config
 from tests.integration.test_first_path import running_agent, until
 
 
-def orders_at_hub(subscriber: Subscriber) -> dict[str, dict]:
+def orders_at_hub(subscriber: Subscriber) -> dict[str, dict[str, Any]]:
     events = unique_by_id(decode_events(subscriber.messages)).values()
     return {e["data"]["order"]: e for e in events if e["type"] == "workorder.completed.v2"}
 

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
 
 from buffer.sqlite import SqliteBuffer
 from connectors.mes_sql.drivers import decode_cursor

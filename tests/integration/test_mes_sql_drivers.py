@@ -20,7 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import aiosqlite
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
 import pytest
 from pydantic import ValidationError
 
@@ -227,7 +227,7 @@ async def test_unreachable_postgres_is_unavailable_without_the_password(
     port = free_loopback_port()
     monkeypatch.setenv("MES_DB_PASSWORD", "s3cret-pw")
     settings = MesSqlSettings(url=f"postgresql://edge@127.0.0.1:{port}/mes",
-                              password_env="MES_DB_PASSWORD", table="t", cursor=["id"])
+                              password_env="MES_DB_PASSWORD", table="t", cursor=("id",))
 
     with pytest.raises(SourceUnavailable) as caught:
         await open_reader(settings).connect()
@@ -241,13 +241,13 @@ async def test_unknown_database_or_role_is_unavailable(postgres_url: str) -> Non
     unknown_role = postgres_url.replace("postgres@", "no_such_role@")
     for url, needle in [(unknown_db, "no_such_db"), (unknown_role, "no_such_role")]:
         with pytest.raises(SourceUnavailable, match=needle):
-            await open_reader(MesSqlSettings(url=url, table="t", cursor=["id"])).connect()
+            await open_reader(MesSqlSettings(url=url, table="t", cursor=("id",))).connect()
 
 
 async def test_missing_password_env_is_a_config_error(postgres_url: str) -> None:
     os.environ.pop("EDGE_TEST_UNSET_PASSWORD", None)
     settings = MesSqlSettings(url=postgres_url, password_env="EDGE_TEST_UNSET_PASSWORD",
-                              table="t", cursor=["id"])
+                              table="t", cursor=("id",))
     with pytest.raises(SourceConfigError, match="EDGE_TEST_UNSET_PASSWORD"):
         await open_reader(settings).connect()
 
@@ -284,13 +284,13 @@ async def test_sqlite_file_is_opened_read_only(tmp_path: Path) -> None:
     path.chmod(stat.S_IRUSR | stat.S_IRGRP)  # a file the agent may only read
 
     async with connected(MesSqlSettings(url=f"sqlite:///{path}", table="orders",
-                                        cursor=["id"])) as reader:
+                                        cursor=("id",))) as reader:
         assert await reader.fetch_after(None, 10) == [{"id": 1}]
 
     missing = tmp_path / "not-there.db"
     with pytest.raises(SourceUnavailable, match=r"not-there\.db"):
         await open_reader(MesSqlSettings(url=f"sqlite:///{missing}", table="orders",
-                                         cursor=["id"])).connect()
+                                         cursor=("id",))).connect()
     assert not missing.exists()  # read-only: never created
     # aiosqlite stops its worker thread after a failed open in the background; let it finish
     # while this test's event loop still runs (the agent's loop outlives it anyway).
@@ -320,6 +320,7 @@ def test_cursor_text_round_trips(value: object) -> None:
     assert decoded == (value, 7)
     assert type(decoded[0]) is type(value)
     if isinstance(value, datetime):
+        assert isinstance(decoded[0], datetime)  # as the type check above: narrows it
         assert decoded[0].utcoffset() == value.utcoffset()
     if isinstance(value, Decimal):
         assert str(decoded[0]) == str(value)
@@ -416,14 +417,14 @@ def test_settings_errors(fields: dict[str, Any], message: str) -> None:
 
 def test_settings_defaults_and_base_dir() -> None:
     settings = MesSqlSettings(url="sqlite:///mes/interface.db", table="mes.orders",
-                              cursor=["updated_at", "id"])
+                              cursor=("updated_at", "id"))
     assert (settings.batch_rows, settings.poll_s, settings.lag_s) == (500, 2.0, 0.0)
     assert settings.with_base_dir(Path("/etc/edge-agent")).sqlite_path == \
         Path("/etc/edge-agent/mes/interface.db")
-    absolute = MesSqlSettings(url="sqlite:////var/lib/mes.db", table="t", cursor=["id"])
+    absolute = MesSqlSettings(url="sqlite:////var/lib/mes.db", table="t", cursor=("id",))
     assert absolute.with_base_dir(Path("/etc/edge-agent")) is absolute
 
-    postgres = MesSqlSettings(url=PG, password_file="mes-db.pw", cursor=["id"],
+    postgres = MesSqlSettings(url=PG, password_file=Path("mes-db.pw"), cursor=("id",),
                               query="SELECT * FROM t;  ")
     assert postgres.with_base_dir(Path("/etc/edge-agent")).password_file == \
         Path("/etc/edge-agent/mes-db.pw")

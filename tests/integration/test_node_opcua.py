@@ -20,6 +20,7 @@ from agent.runtime import SourceRunner
 from connectors.base import Emit, Reading
 from connectors.opcua import OpcUaConnector, OpcUaSettings, OpcUaSignalSettings
 from connectors.opcua.certificates import create_application_certificate
+from connectors.opcua.config import SignalMode
 from connectors.opcua.trust import TrustStore
 from testkit.node_opcua_peer import (
     LINE,
@@ -125,7 +126,8 @@ async def test_alarm_active_and_acknowledged_arrive_with_the_default_event_filte
     connector = OpcUaConnector(
         "line",
         OpcUaSettings(endpoint=node_opcua.endpoint, publishing_interval_ms=20),
-        [OpcUaSignalSettings(node=LINE, mode="events"), OpcUaSignalSettings(node=TEMPERATURE)],
+        [OpcUaSignalSettings(node=LINE, mode=SignalMode.EVENTS),
+         OpcUaSignalSettings(node=TEMPERATURE)],
     )
     async with running(connector) as readings:
         await until(lambda: any(r.signal == TEMPERATURE for r in readings), "the subscription")

@@ -14,6 +14,7 @@ import pytest
 from connectors.base import Quality, Reading
 from connectors.opcua import OpcUaConnector, OpcUaSettings, OpcUaSignalSettings
 from connectors.opcua import connector as opcua_connector
+from connectors.opcua.config import SignalMode
 from testkit.broker import free_loopback_port
 from testkit.opcua_servers import ALARMS, COUNT, TEMPERATURE, serve_line
 from tests.integration.test_opcua_security import running, until
@@ -101,8 +102,10 @@ async def test_polled_signals_are_read_in_batches_and_emitted_on_change() -> Non
     async with serve_line(free_loopback_port()) as line:
         connector = OpcUaConnector(
             "line", plain(line.endpoint),
-            [OpcUaSignalSettings(node=TEMPERATURE, mode="poll", poll_interval_ms=20),
-             OpcUaSignalSettings(node="Objects/Line1/Count", mode="poll", poll_interval_ms=20)],
+            [OpcUaSignalSettings(node=TEMPERATURE, mode=SignalMode.POLL, poll_interval_ms=20),
+             OpcUaSignalSettings(
+                 node="Objects/Line1/Count", mode=SignalMode.POLL, poll_interval_ms=20
+             )],
         )
         async with running(connector) as readings:
             await until(lambda: len(readings) == 2, "both current values")
@@ -119,7 +122,8 @@ async def test_an_alarm_event_arrives_as_a_reading_with_severity_and_message() -
     async with serve_line(free_loopback_port()) as line:
         connector = OpcUaConnector(
             "line", plain(line.endpoint),
-            [OpcUaSignalSettings(node=ALARMS, mode="events"), OpcUaSignalSettings(node=COUNT)],
+            [OpcUaSignalSettings(node=ALARMS, mode=SignalMode.EVENTS),
+             OpcUaSignalSettings(node=COUNT)],
         )
         async with running(connector) as readings:
             await until(lambda: values_of(readings, COUNT), "the subscription is live")

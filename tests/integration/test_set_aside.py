@@ -64,6 +64,7 @@ async def test_a_dead_lettered_code_is_set_aside_in_the_buffer_with_the_reason(
     assert status["buffer"]["dead_letters"] == 2
 
     initial, unknown = dead_letter_rows(buffer_file)
+    assert isinstance(initial[4], bytes)
     assert msgpack.unpackb(initial[4])["value"] == ""
     assert isinstance(initial[6], str) and "code '' is not in lookup 'materials'" in initial[6]
     seq, _id, kind, _priority, body, accepted_at, reason = unknown

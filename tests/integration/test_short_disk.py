@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,9 +38,9 @@ def reading(value: int, second: int) -> Reading:
     return Reading("line1", "ns=2;s=Good", value, T0 + timedelta(seconds=second))
 
 
-async def wait_until(condition: object, what: str) -> None:
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + LIMIT_S
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"{what}: not within {LIMIT_S} s"
         await asyncio.sleep(0.02)
 
@@ -129,7 +130,7 @@ async def test_the_status_file_on_a_full_disk_is_said_once_and_written_when_spac
         messages = [record.getMessage() for record in caplog.records]
         assert sum("cannot write the status file" in m for m in messages) == 1, messages
         assert sum("written again" in m for m in messages) == 1, messages
-        assert read_status(state)["n"] == 4  # type: ignore[index]
+        assert read_status(state)["n"] == 4  # type: ignore[index]  # written above
         assert [p.name for p in state.iterdir() if p.name != "filler"] == [STATUS_FILE]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent.cli.remote import fleet_rows
+from agent.cli.fleet import fleet_rows
 from agent.runtime import Agent
 from agent.status import REDUCED_FORMS, reduced_status, snapshot
 from config.loader import load_config

@@ -22,7 +22,7 @@ from agent.forwarder import BacklogPacing, Forwarder
 from agent.mapping import Mapper
 from agent.mqtt_session import MqttSession
 from agent.pipeline import Pipeline
-from buffer.base import BufferFull, Capacity, Record
+from buffer.base import BufferFull, Capacity, OverflowPolicy, OverflowReason, Record
 from buffer.sqlite import SqliteBuffer
 from config.schema import AgentConfig
 from connectors.base import Reading
@@ -62,7 +62,7 @@ async def forwarding(
     async with session:
         forwarder = Forwarder(
             buffer, session, topic_base=TOPIC_BASE, identity=IDENTITY, batch_max_wait_s=0.01,
-            **options,  # type: ignore[arg-type]
+            **options,  # type: ignore[arg-type]  # each one is a Forwarder keyword
         )
         task = asyncio.create_task(forwarder.run())
         try:
@@ -117,6 +117,7 @@ async def test_telemetry_is_evicted_oldest_first_and_named_business_is_never_evi
         assert report.seq_ranges == ((1, 5),) and report.count == 5  # the oldest five
         stats = await buffer.stats()
         assert stats.evictions[(TELEMETRY, "telemetry.v1", "evicted")] == report.count
+        # max_pending_bytes was set above: an int, not None.
         assert stats.pending_bytes <= capacity.max_pending_bytes  # type: ignore[operator]
         # Business fills the rest: telemetry goes first, then business blocks.
         with pytest.raises(BufferFull):
@@ -131,12 +132,12 @@ async def test_telemetry_is_evicted_oldest_first_and_named_business_is_never_evi
 
 @pytest.mark.parametrize(("policy", "reason"), [("sample", "sampled"), ("refuse", "refused")])
 async def test_sample_keeps_one_in_n_and_refuse_turns_new_telemetry_away(
-    tmp_path: Path, policy: str, reason: str
+    tmp_path: Path, policy: OverflowPolicy, reason: OverflowReason
 ) -> None:
     first = [rec(f"t{n:02}") for n in range(10)]
     capacity = Capacity(
         max_pending_bytes=sum(len(r.body) for r in first),
-        policies={TELEMETRY: policy},  # type: ignore[dict-item]
+        policies={TELEMETRY: policy},
         sample_keep_one_in=5,
     )
     async with SqliteBuffer.open(tmp_path / "b.sqlite", capacity=capacity) as buffer:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
 
-from config.loader import ConfigError, ConfigProblem, TomlKeyLocator, format_key, load_config
-from config.schema import AgentConfig
+from config.loader import ConfigError, ConfigProblem, load_config
+from config.schema import AgentConfig, OpcUaSource
+from config.toml_locator import TomlKeyLocator, format_key
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.toml"
 
@@ -97,6 +98,7 @@ def test_the_example_loads_with_its_state_dir_next_to_it() -> None:
     assert config.hub.url == "mqtt://127.0.0.1:1883"
     assert config.hub.topic_prefix == "mfg"
     [source] = config.sources
+    assert isinstance(source, OpcUaSource)  # narrows the union for the checker
     assert (source.name, source.type, source.endpoint) == (
         "line1",
         "opcua",
@@ -125,7 +127,7 @@ def test_the_example_loads_with_its_state_dir_next_to_it() -> None:
 
 def test_the_example_only_uses_loopback_addresses() -> None:
     config = load_config(EXAMPLE)
-    urls = [config.hub.url, *(source.endpoint for source in config.sources)]
+    urls = [config.hub.url, *(cast(OpcUaSource, source).endpoint for source in config.sources)]
 
     assert {urlsplit(url).hostname for url in urls} == {"127.0.0.1"}
 

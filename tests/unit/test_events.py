@@ -70,7 +70,7 @@ def test_batch_round_trip_validates_against_the_contract() -> None:
     events = decode_batch(encode_batch([stored(event, 41), stored(event, 42)], IDENTITY))
     assert [e["seq"] for e in events] == [41, 42]
     parsed = validate_envelope(events[0])
-    assert parsed.type == "telemetry.v1" and parsed.data.unit == "Cel"  # type: ignore[attr-defined]
+    assert parsed.type == "telemetry.v1" and parsed.data.unit == "Cel"
     assert events[0]["time"] == "2026-01-02T03:04:05.000006Z"
 
 

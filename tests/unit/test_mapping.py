@@ -8,7 +8,7 @@ import pytest
 
 from agent.mapping import MappingContext, SignalMapper, UnmappableReading
 from config.schema import SignalMapping
-from connectors.base import Quality, Reading
+from connectors.base import Quality, Reading, Value
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 CONTEXT = MappingContext(site="plant-a", agent="edge-01")
@@ -18,8 +18,8 @@ def mapper(**rule: object) -> SignalMapper:
     return SignalMapper(CONTEXT, "line1", "ns=2;s=X", SignalMapping.model_validate(rule))
 
 
-def reading(value: object, seconds: float = 0, quality: Quality = Quality.GOOD) -> Reading:
-    return Reading("line1", "ns=2;s=X", value, T0 + timedelta(seconds=seconds), quality)  # type: ignore[arg-type]
+def reading(value: Value, seconds: float = 0, quality: Quality = Quality.GOOD) -> Reading:
+    return Reading("line1", "ns=2;s=X", value, T0 + timedelta(seconds=seconds), quality)
 
 
 def test_telemetry_carries_value_unit_quality_and_asset() -> None:
@@ -57,7 +57,7 @@ def test_bad_counter_reading_without_value_makes_no_event() -> None:
 
 
 @pytest.mark.parametrize("value", ["12", 1.5, -1, True])
-def test_counter_rejects_what_is_not_a_whole_count(value: object) -> None:
+def test_counter_rejects_what_is_not_a_whole_count(value: Value) -> None:
     with pytest.raises(UnmappableReading, match="counter"):
         mapper(event="production.count", asset="a").map(reading(value))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,9 @@ from events.wire import validate_envelope
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 
 
-def attempt(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[dict], str]:
+def attempt(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, list[dict[str, Any]], str]:
     code = main(["try", *args])
     captured = capsys.readouterr()
     return code, json.loads(captured.out) if code == 0 else [], captured.err

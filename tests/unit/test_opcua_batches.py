@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from asyncua import ua
+from asyncua.ua.status_codes import StatusCodes
 
 from connectors.opcua.batches import BatchedSubscription, Notification
 
@@ -45,7 +46,7 @@ async def test_one_batch_per_publish_response_in_order() -> None:
     keep_alive = ua.PublishResult(1, NotificationMessage=ua.NotificationMessage(SequenceNumber=2))
     keep_alive.NotificationMessage.NotificationData = None
     await subscription.publish_callback(keep_alive)
-    status = ua.StatusChangeNotification(Status=ua.StatusCode(ua.StatusCodes.BadShutdown))
+    status = ua.StatusChangeNotification(Status=ua.StatusCode(ua.UInt32(StatusCodes.BadShutdown)))
     await subscription.publish_callback(
         ua.PublishResult(1, NotificationMessage=ua.NotificationMessage(
             SequenceNumber=3, NotificationData=[status]

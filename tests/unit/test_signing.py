@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from agent.cli.remote import fleet_rows
+from agent.cli.fleet import fleet_rows
 from agent.commands import parse_request, redacted
 from agent.signing import (
     NonceCache,
@@ -58,7 +59,7 @@ def test_verify_accepts_once_and_names_each_refusal() -> None:
     request = ops.sign("pause", {"source": "line1"}, target=TARGET)
     assert check.verify("pause", request) == "ops"
 
-    def reason(command: str, request: dict, now: float | None = None) -> str:
+    def reason(command: str, request: dict[str, Any], now: float | None = None) -> str:
         with pytest.raises(Refused) as refused:
             check.verify(command, request, now=now)
         return refused.value.reason
@@ -137,6 +138,7 @@ def test_create_key_pair_files_and_the_config_forms(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="unknown key"):
         CommandsSection(keys={}, allow={"pause": ["ghost"]})
     with pytest.raises(ValidationError):
+        # A command that does not exist, on purpose.
         CommandsSection(allow={"format-disk": []})  # type: ignore[dict-item]
     assert public.read_text().startswith("-----BEGIN PUBLIC KEY-----")
 
@@ -160,7 +162,7 @@ def test_fleet_flags_stale_behind_and_offline() -> None:
     def at(seconds_ago: float) -> str:
         return datetime.fromtimestamp(now - seconds_ago, UTC).isoformat()
 
-    def online(seconds_ago: float, oldest: float | None) -> dict:
+    def online(seconds_ago: float, oldest: float | None) -> dict[str, Any]:
         return {
             "state": "online", "at": at(seconds_ago), "interval_s": 30,
             "sources": {"line1": {"connected": True, "state": "running"}},

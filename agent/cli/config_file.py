@@ -1,0 +1,25 @@
+"""The config file as every CLI command reads it: loaded, or its problems printed (one
+`FILE:LINE: KEY: what is wrong` line each, on stderr) and None. One module so that the command
+groups share it without importing each other."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the config modules load on first use: `edge-agent --help` stays quick
+    from config.schema import AgentConfig
+
+
+def load_or_report(path: Path) -> AgentConfig | None:
+    """The validated config at `path`, or None once its problems are printed."""
+    from config.loader import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"{path}: invalid config ({len(error.problems)} problem(s)):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem.format()}", file=sys.stderr)
+        return None

@@ -1,0 +1,156 @@
+"""The buffer file's schema: its migrations, the columns a record is read with, how ids are stored.
+
+The layout itself (tables, indexes, what each column means) is drawn in the package docstring
+(`buffer.sqlite`). Here:
+
+- `MIGRATIONS[n]` takes a file from `PRAGMA user_version` n to n + 1. Append only: a shipped
+  migration never changes, so every file reaches the same schema by the same steps. `migrate`
+  applies the missing ones, each in its own transaction together with its `user_version` bump,
+  and refuses a file that is newer than this code or that is some other application's database.
+- An id is stored as `stored_id` says (a canonical UUID as its 16 bytes, anything else as its
+  text) and read back with `id_text`, or in SQL with `ID_TEXT_SQL`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Final
+
+import aiosqlite
+
+from buffer.base import BufferCorrupt
+from buffer.sqlite.statements import one
+
+log = logging.getLogger(__name__)
+
+# Schema migrations: MIGRATIONS[n] takes a file from user_version n to n + 1. Append only.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        accepted_at REAL NOT NULL,
+        acked_at REAL
+    );
+    CREATE INDEX events_pending ON events (priority, seq) WHERE acked_at IS NULL;
+    CREATE INDEX events_acked ON events (acked_at) WHERE acked_at IS NOT NULL;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+    INSERT INTO meta (key, value) VALUES ('last_seq', 0);
+    CREATE TABLE dead_letters (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        accepted_at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        dead_at REAL NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE evictions (
+        priority INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (priority, kind, reason)
+    );
+    """,
+    # Version 3: dead letters may never have been accepted (`set_aside`): no seq, no
+    # accepted_at. `seq` stops being the rowid; `number` orders them as they were set aside.
+    """
+    CREATE TABLE dead_letters_v3 (
+        number INTEGER PRIMARY KEY,
+        seq INTEGER UNIQUE,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        accepted_at REAL,
+        reason TEXT NOT NULL,
+        dead_at REAL NOT NULL
+    );
+    INSERT INTO dead_letters_v3 (seq, id, kind, priority, body, accepted_at, reason, dead_at)
+        SELECT seq, id, kind, priority, body, accepted_at, reason, dead_at FROM dead_letters
+        ORDER BY seq;
+    DROP TABLE dead_letters;
+    ALTER TABLE dead_letters_v3 RENAME TO dead_letters;
+    """,
+    # Version 4: state a source commits together with its records (`append(state=...)`).
+    """
+    CREATE TABLE source_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    # Version 5: the site and agent id records were accepted under (`note_identity`).
+    """
+    CREATE TABLE identities (
+        from_seq INTEGER PRIMARY KEY,
+        site TEXT NOT NULL,
+        agent TEXT NOT NULL
+    );
+    """,
+)
+
+COLUMNS: Final = "seq, id, kind, priority, body, accepted_at"
+# `id` as text whichever way it is stored (see `stored_id`), computed by SQLite, not Python.
+ID_TEXT_SQL: Final = (
+    "CASE WHEN typeof(id) = 'blob' THEN lower(substr(hex(id), 1, 8) || '-' ||"
+    " substr(hex(id), 9, 4) || '-' || substr(hex(id), 13, 4) || '-' || substr(hex(id), 17, 4)"
+    " || '-' || substr(hex(id), 21)) ELSE id END"
+)
+# The columns of a StoredRecord, as read.
+READ_COLUMNS: Final = f"seq, {ID_TEXT_SQL} AS id, kind, priority, body, accepted_at"
+
+
+async def migrate(db: aiosqlite.Connection, path: Path) -> bool:
+    """Bring the file to the current schema; True when it was created just now."""
+    (version,) = one(await db.execute_fetchall("PRAGMA user_version"))
+    if version > len(MIGRATIONS):
+        raise BufferCorrupt(
+            f"{path}: schema version {version} is newer than this agent knows ({len(MIGRATIONS)})"
+        )
+    if version == 0:
+        (objects,) = one(await db.execute_fetchall("SELECT count(*) FROM sqlite_master"))
+        if objects:
+            raise BufferCorrupt(f"{path}: a SQLite database, but not an edge-agent buffer")
+    for target in range(version + 1, len(MIGRATIONS) + 1):
+        script = MIGRATIONS[target - 1]
+        try:
+            await db.executescript(
+                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {target}; COMMIT;"
+            )
+        except BaseException:
+            await db.rollback()
+            raise
+        log.info("buffer %s: schema migrated to version %d", path, target)
+    return bool(version == 0)
+
+
+def stored_id(record_id: str) -> str | bytes:
+    """The id as the `id` columns store it: a UUID in its canonical text form (lower case,
+    hyphens: what `events.ids` makes) as its 16 bytes, anything else as the text itself.
+    Text and bytes never compare equal in SQLite, so the two kinds cannot collide."""
+    if len(record_id) == 36:
+        try:
+            value = uuid.UUID(record_id)
+        except ValueError:
+            return record_id
+        if str(value) == record_id:
+            return value.bytes
+    return record_id
+
+
+def id_text(stored: str | bytes) -> str:
+    """An `id` column's value back as the record's id (`ID_TEXT_SQL` does it in SQL)."""
+    if isinstance(stored, bytes):
+        h = stored.hex()  # str(uuid.UUID(bytes=...)), at a third of the cost
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return stored

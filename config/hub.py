@@ -1,0 +1,134 @@
+"""`[hub]`: the broker the agent forwards to (`agent.hub_session` builds the session from it),
+how it batches (`agent.forwarder`), its status interval (`agent.status`), and its TLS identity
+and password: references to where they are, never the secrets themselves (`SecretRef`,
+`FileRef`; read by `agent.credentials`). The hub tools (`edge-agent remote`, `fleet`, `tail`)
+check their options against this same model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
+
+from config.fields import STRICT
+from connectors.credentials import CREDENTIAL_PREFIX, FILE_PREFIX, check_reference
+
+__all__ = ["FileRef", "HubSection", "SecretRef"]
+
+
+# Secrets and key files are never written inline: the config holds a reference in the one
+# convention of `connectors.credentials` (resolved by `agent.credentials` when the hub session
+# is built). A secret is `credential:NAME` or `file:/absolute/path`; a key or certificate file
+# is an absolute path or `credential:NAME`.
+def _secret_reference(value: str) -> str:
+    if value.startswith(CREDENTIAL_PREFIX):
+        return check_reference(value)
+    if value.startswith(FILE_PREFIX):
+        if not Path(value.removeprefix(FILE_PREFIX)).is_absolute():
+            raise ValueError(f"{value!r}: give an absolute path after `file:`")
+        return value
+    raise ValueError(
+        "write where the secret is, not the secret itself: \"credential:NAME\" (a systemd "
+        "credential, LoadCredential=NAME:/path) or \"file:/absolute/path\""
+    )
+
+
+def _file_reference(value: str) -> str:
+    if value.startswith(CREDENTIAL_PREFIX):
+        return check_reference(value)
+    if not Path(value).is_absolute():
+        raise ValueError(f"{value!r}: expected an absolute path or \"credential:NAME\"")
+    return value
+
+
+SecretRef = Annotated[str, AfterValidator(_secret_reference)]
+FileRef = Annotated[str, AfterValidator(_file_reference)]
+
+
+class HubSection(BaseModel):
+    model_config = STRICT
+
+    url: str
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = "mfg"
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    batch_max_events: Annotated[int, Field(ge=1, le=10_000)] = 500
+    batch_max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 50.0
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 16
+    # Seconds a published message may wait for its PUBACK before the connection is dropped and
+    # everything unacknowledged is sent again on the next one (a path that lost its PUBACKs).
+    puback_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    status_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 30.0
+    # Seconds the broker keeps this agent's MQTT session (its subscriptions and the QoS 1
+    # messages queued for it) after a connection drops; 0: forget it at once.
+    session_expiry_s: Annotated[int, Field(ge=0, le=7 * 86_400)] = 300
+    # TLS (mqtts:// only): the CA that signed the broker's certificate (default: the system's
+    # CAs), and this agent's client certificate and key for brokers that require one (mTLS).
+    ca_file: FileRef | None = None
+    cert_file: FileRef | None = None
+    key_file: Annotated[FileRef | None, Field(validate_default=True)] = None
+    username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    password: Annotated[SecretRef | None, Field(validate_default=True)] = None
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _tls_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        url = info.data.get("url")
+        if value is not None and url is not None and urlsplit(url).scheme != "mqtts":
+            raise ValueError(f"`{info.field_name}` needs a TLS hub URL (mqtts://), not {url!r}")
+        return value
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_with_cert(cls, key_file: str | None, info: ValidationInfo) -> str | None:
+        has_cert = info.data.get("cert_file") is not None
+        if has_cert and key_file is None:
+            raise ValueError("`cert_file` is set: give its private key as `key_file` too")
+        if key_file is not None and not has_cert and "cert_file" in info.data:
+            raise ValueError("`key_file` is set: give its certificate as `cert_file` too")
+        return key_file
+
+    @field_validator("password")
+    @classmethod
+    def _password_with_user(cls, password: str | None, info: ValidationInfo) -> str | None:
+        if password is not None and info.data.get("username") is None:
+            raise ValueError("`password` is set: give the `username` it belongs to")
+        return password
+
+    @field_validator("url")
+    @classmethod
+    def _broker_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(
+                f"unsupported scheme {parts.scheme!r} in {url!r}: expected mqtt://HOST:PORT "
+                "or mqtts://HOST:PORT"
+            )
+        if not parts.hostname:
+            raise ValueError(f"no host in {url!r}: expected mqtt://HOST:PORT")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as error:
+            raise ValueError(f"bad port in {url!r}: {error}") from error
+        if parts.path not in ("", "/"):
+            raise ValueError(f"a broker URL has no path: {url!r}")
+        return url
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
