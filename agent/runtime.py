@@ -16,9 +16,9 @@ Stop order (the reverse, each step bounded by `agent.shutdown_grace_s`):
    does not publish the will);
 5. the buffer is closed (WAL checkpointed by SQLite on close).
 
-A reload (`agent.service`) runs steps 1-4 (status `offline`, reason `reloading`), keeps the
+A reload (`agent.service.daemon`) runs steps 1-4 (status `offline`, reason `reloading`), keeps the
 buffer open and runs a new `Agent` built from the new config on it. Building an `Agent` starts
-nothing; it reads the hub's secrets and TLS files (`agent.credentials`), so a bad one fails
+nothing; it reads the hub's secrets and TLS files (`agent.service.credentials`), so a bad one fails
 there, before the running generation is touched.
 
 Each source runs in a `SourceRunner`, which owns reconnects: the jittered backoff of
@@ -37,23 +37,24 @@ from pathlib import Path
 
 from paho.mqtt.properties import Properties
 
-from agent import descriptors, store
-from agent.commands import (
+from agent import store
+from agent.flow.mapping import Mapper
+from agent.flow.mapping_state import COUNTERS_FILE, CounterBaselines
+from agent.flow.pipeline import Pipeline
+from agent.link.commands import (
     CommandServer,
     ReloadOutcome,
     build_verifier,
     reload_config,
 )
-from agent.forwarder import Forwarder
-from agent.hub_session import hub_session
-from agent.mapping import Mapper
-from agent.mapping_state import COUNTERS_FILE, CounterBaselines
-from agent.mqtt_session import WillMessage
-from agent.pipeline import Pipeline
-from agent.replay import replay_retained
+from agent.link.forwarder import Forwarder
+from agent.link.hub_session import hub_session
+from agent.link.mqtt_session import WillMessage
+from agent.link.replay import replay_retained
+from agent.link.status import CONTENT_TYPE as STATUS_CONTENT_TYPE
+from agent.link.status import StatusPublisher, config_fingerprint, offline_payload
+from agent.service import descriptors
 from agent.source_types import build_connector
-from agent.status import CONTENT_TYPE as STATUS_CONTENT_TYPE
-from agent.status import StatusPublisher, config_fingerprint, offline_payload
 from buffer.base import Buffer, BufferUnavailable
 from config.schema import AgentConfig, MesHttpSource, Source
 from connectors.backoff import Backoff
@@ -104,7 +105,7 @@ class AgentHost:
 
 def _within_descriptor_limit(sources: Sequence[Source]) -> list[Source]:
     """The sources, the webhooks' `max_connections` lowered to fit the descriptor limit
-    (raised to the hard limit first; `agent.descriptors`)."""
+    (raised to the hard limit first; `agent.service.descriptors`)."""
     soft_limit = descriptors.raise_soft_limit()
     wanted = {s.name: s.max_connections for s in sources if isinstance(s, MesHttpSource)}
     caps = descriptors.connection_caps(wanted, soft_limit)
@@ -381,7 +382,7 @@ class Agent:
     async def replay(self, *, since: float, until: float, types: Sequence[str] | None) -> int:
         """Send delivered events accepted in [since, until) again (remote `replay`).
 
-        The one replay (`agent.replay`, as `edge-agent buffer replay`), on this agent's
+        The one replay (`agent.link.replay`, as `edge-agent buffer replay`), on this agent's
         session, one message in flight at a time (the forwarder holds the rest of the broker's
         Receive Maximum), each PUBACK waited for at most 10 s (the command's budget is 30 s).
         ValueError (`ReplayStopped`) if the hub is not connected or the link goes down;
@@ -400,7 +401,7 @@ class Agent:
     async def request_reload(self) -> ReloadOutcome:
         """Re-read the config file (remote `reload`): an invalid file is refused and the
         running config kept; a valid one goes to `reload_hook` (the SIGHUP path) when set.
-        See `agent.commands.reload_config`."""
+        See `agent.link.commands.reload_config`."""
         return await reload_config(self)
 
 

@@ -3,10 +3,11 @@
 This is the one place in `agent` that names the concrete buffer (`buffer.sqlite`); everything
 else gets a `buffer.base.Buffer` from here (`tests/unit/test_architecture.py` holds to it).
 
-`open_store(config)` takes the state dir lock (`agent.statelock`: a second agent, or a writing
-`edge-agent buffer` command, is refused with `BufferLocked` naming the holder), then opens the
-buffer with the configured durability and capacity, moving a corrupt file aside (never deleting
-it) and starting afresh. The runtime and the `edge-agent buffer` commands open it the same way.
+`open_store(config)` takes the state dir lock (`agent.service.statelock`: a second agent, or a
+writing `edge-agent buffer` command, is refused with `BufferLocked` naming the holder), then
+opens the buffer with the configured durability and capacity, moving a corrupt file aside
+(never deleting it) and starting afresh. The runtime and the `edge-agent buffer` commands open
+it the same way.
 
 `open_reader(config)` opens the buffer read-only without the lock, for what only looks
 (`edge-agent buffer stats`, the dead-letter listing): SQLite's WAL readers never block the
@@ -21,8 +22,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from agent.forwarder import BacklogPacing
-from agent.statelock import StateDirLock
+from agent.link.forwarder import BacklogPacing
+from agent.service.statelock import StateDirLock
 from buffer.base import Buffer, Capacity, OverflowPolicy
 from buffer.sqlite import SqliteBuffer
 from config.schema import AgentConfig

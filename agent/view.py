@@ -1,6 +1,6 @@
 """What the status publisher and the command handlers may see and do of a running agent.
 
-`agent.status` and `agent.commands` talk to an `AgentView`, not to the runtime: `Agent`
+`agent.link.status` and `agent.link.commands` talk to an `AgentView`, not to the runtime: `Agent`
 (`agent.runtime`) implements it, and the runtime imports them, never the other way round, so
 the import graph has no cycle (`tests/unit/test_architecture.py` fails on any). A test or a
 tool can hand them anything shaped like this.
@@ -9,10 +9,11 @@ The view reads the state the agent already keeps (its config, counters, the sess
 each source's runner) and exposes the few things a command may do: replay, reload, pause and
 resume a source, replace the command settings, ask for a status now. Two attributes are
 written: `config` and `config_fingerprint`, by a reload that applies `[commands]` in place
-(`agent.commands.reload_config`). Everything else is read-only here.
+(`agent.link.commands.reload_config`). Everything else is read-only here.
 
-The parts that live in `agent.status` and `agent.commands` themselves (the publisher's rate,
-the server's counters) appear as the small protocols below, so this module imports neither.
+The parts that live in `agent.link.status` and `agent.link.commands` themselves (the
+publisher's rate, the server's counters) appear as the small protocols below, so this module
+imports neither.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from agent.forwarder import Forwarder
-    from agent.mapping import Mapper
-    from agent.mqtt_session import MqttSession
-    from agent.pipeline import Pipeline
-    from agent.signing import RequestVerifier
+    from agent.flow.mapping import Mapper
+    from agent.flow.pipeline import Pipeline
+    from agent.link.forwarder import Forwarder
+    from agent.link.mqtt_session import MqttSession
+    from agent.link.signing import RequestVerifier
     from buffer.base import Buffer
     from config.schema import AgentConfig, CommandsSection
     from connectors.base import Connector
@@ -69,7 +70,7 @@ class EventRateView(Protocol):
 
 
 class StatusView(Protocol):
-    """The retained status publisher (`agent.status.StatusPublisher`)."""
+    """The retained status publisher (`agent.link.status.StatusPublisher`)."""
 
     @property
     def rate(self) -> EventRateView: ...
@@ -84,7 +85,7 @@ class CommandCountersView(Protocol):
 
 
 class CommandsView(Protocol):
-    """The command server (`agent.commands.CommandServer`)."""
+    """The command server (`agent.link.commands.CommandServer`)."""
 
     @property
     def counters(self) -> CommandCountersView: ...
@@ -93,7 +94,7 @@ class CommandsView(Protocol):
 
 
 class ReloadResult(Protocol):
-    """The answer to a reload request (`agent.commands.ReloadOutcome`)."""
+    """The answer to a reload request (`agent.link.commands.ReloadOutcome`)."""
 
     @property
     def ok(self) -> bool: ...

@@ -280,8 +280,8 @@ def measure(items: int, rate: float, seconds: float, warmup: float) -> dict[str,
 async def _measure(
     items: int, port: int, rate: float, seconds: float, warmup: float
 ) -> dict[str, float]:
-    from agent.mapping import Mapper
-    from agent.pipeline import Pipeline
+    from agent.flow.mapping import Mapper
+    from agent.flow.pipeline import Pipeline
     from buffer.sqlite import SqliteBuffer
     from connectors.opcua import OpcUaConnector
 

@@ -1,5 +1,5 @@
-"""`[commands]`: the remote commands the agent answers (`agent.commands`), their limits, and
-the public keys whose signatures mutating commands need (`agent.signing`).
+"""`[commands]`: the remote commands the agent answers (`agent.link.commands`), their limits, and
+the public keys whose signatures mutating commands need (`agent.link.signing`).
 
 A key is checked when the config is loaded: a raw `ed25519:` key here, a key file by the loader
 (`config.loader`, relative to the config file), so `check-config` names a bad one.
@@ -38,7 +38,8 @@ RAW_KEY_PREFIX = "ed25519:"
 
 
 class CommandsSection(BaseModel):
-    """Remote commands over MQTT (`agent.commands`) and who may sign them (`agent.signing`).
+    """Remote commands over MQTT (`agent.link.commands`) and who may sign them
+    (`agent.link.signing`).
 
     `keys` names public keys: a value is either `ed25519:` followed by the raw 32-byte key in
     base64, or the path of a PEM file (relative to the config file). `allow` lists, per command,

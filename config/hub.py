@@ -1,8 +1,8 @@
-"""`[hub]`: the broker the agent forwards to (`agent.hub_session` builds the session from it),
-how it batches (`agent.forwarder`), its status interval (`agent.status`), and its TLS identity
-and password: references to where they are, never the secrets themselves (`SecretRef`,
-`FileRef`; read by `agent.credentials`). The hub tools (`edge-agent remote`, `fleet`, `tail`)
-check their options against this same model.
+"""`[hub]`: the broker the agent forwards to (`agent.link.hub_session` builds the session from
+it), how it batches (`agent.link.forwarder`), its status interval (`agent.link.status`), and its
+TLS identity and password: references to where they are, never the secrets themselves
+(`SecretRef`, `FileRef`; read by `agent.service.credentials`). The hub tools (`edge-agent
+remote`, `fleet`, `tail`) check their options against this same model.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ __all__ = ["FileRef", "HubSection", "SecretRef"]
 
 
 # Secrets and key files are never written inline: the config holds a reference in the one
-# convention of `connectors.credentials` (resolved by `agent.credentials` when the hub session
-# is built). A secret is `credential:NAME` or `file:/absolute/path`; a key or certificate file
-# is an absolute path or `credential:NAME`.
+# convention of `connectors.credentials` (resolved by `agent.service.credentials` when the hub
+# session is built). A secret is `credential:NAME` or `file:/absolute/path`; a key or
+# certificate file is an absolute path or `credential:NAME`.
 def _secret_reference(value: str) -> str:
     if value.startswith(CREDENTIAL_PREFIX):
         return check_reference(value)

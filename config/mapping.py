@@ -111,7 +111,7 @@ class WorkorderFields(_Strict):
 
 
 class SignalMapping(_Strict):
-    """How one signal becomes canonical events (pure; see `agent.mapping`)."""
+    """How one signal becomes canonical events (pure; see `agent.flow.mapping`)."""
 
     event: EventKind | None = None
     asset: AssetName

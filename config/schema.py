@@ -48,6 +48,7 @@ from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings
 from connectors.records import UNIT_FIELD, FieldSettings, RecordSettings
 from connectors.simulated.config import SimulatedSettings, SimulatedSignalSettings
 from events.kinds import EventKind
+from events.models import EVENT_TYPES
 
 
 class OpcUaSignal(OpcUaSignalSettings, SignalMapping):
@@ -93,29 +94,11 @@ class SimulatedSource(SimulatedSettings, SourceSettings):
 
 
 # Event types an MES record can become, with the fields a record may fill: required and
-# optional (the `events.models` models, less what the agent derives; a test checks they agree).
+# optional, derived from the `events.models` models (`EventType.record_fields`).
 RECORD_FIELDS: dict[EventKind, tuple[frozenset[str], frozenset[str]]] = {
-    EventKind.WORKORDER_RELEASED: (
-        frozenset({"order"}), frozenset({"product", "quantity", "unit", "due_at"})
-    ),
-    EventKind.WORKORDER_COMPLETED: (
-        frozenset({"order", "unit"}), frozenset({"product", "good", "scrap"})
-    ),
-    EventKind.PRODUCTION_COUNT: (frozenset({"count"}), frozenset({"increment"})),
-    # phase (start/end) and duration_s are derived when not given: see agent.mapping.
-    EventKind.MACHINE_DOWNTIME: (
-        frozenset(), frozenset({"phase", "reason", "reason_raw", "started_at"})
-    ),
-    EventKind.QUALITY_HOLD: (
-        frozenset({"lot", "phase", "reason"}),
-        frozenset({"material", "quantity", "unit", "note"}),
-    ),
-    EventKind.INVENTORY_ADJUSTED: (
-        frozenset({"material", "location", "delta", "unit", "reason"}), frozenset({"lot"})
-    ),
-    EventKind.MATERIAL_CONSUMED: (
-        frozenset({"material", "quantity", "unit"}), frozenset({"lot", "order", "location"})
-    ),
+    kind: event_type.record_fields()
+    for kind, event_type in EVENT_TYPES.items()
+    if event_type.record is not None
 }
 
 
@@ -157,7 +140,7 @@ class _OneEventRecords(BaseModel):
 
     @property
     def signals(self) -> tuple[()]:
-        """No signals: its records are whole events (`agent.mapping`)."""
+        """No signals: its records are whole events (`agent.flow.mapping`)."""
         return ()
 
     def record_rules(self) -> list[tuple[str, EventKind, str]]:
@@ -197,7 +180,7 @@ class MesHttpSource(MesHttpSettings, SourceSettings):
 
     @property
     def signals(self) -> tuple[()]:
-        """A webhook has no signals: its objects are whole records (`agent.mapping`)."""
+        """A webhook has no signals: its objects are whole records (`agent.flow.mapping`)."""
         return ()
 
     def record_rules(self) -> list[tuple[str, EventKind, str]]:

@@ -19,7 +19,7 @@ A closed table also turns any code outside it into a `check-config` error naming
 line, instead of a parser accepting something surprising. A code missing here is one line to add.
 
 This module is pure data and arithmetic; `config.schema` uses it to validate unit keys and
-`agent.mapping` to convert values.
+`agent.flow.mapping` to convert values.
 """
 
 from __future__ import annotations

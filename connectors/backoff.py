@@ -15,7 +15,7 @@ doubling, up to `max_s`::
   cap (`reconnect_max_s`), and spread from the very first retry on, so agents restarted
   together (a plant power cycle) do not hit a recovering server in lockstep.
 
-Who waits by it: the hub session's reconnects (`agent.mqtt_session`), each source's reconnects
+Who waits by it: the hub session's reconnects (`agent.link.mqtt_session`), each source's reconnects
 (`agent.runtime.SourceRunner`), and the short-disk retries of the pipeline, the forwarder's
 acks and the file-drop connector. It lives in `connectors` (which imports nothing of the
 agent's) so that both sides can use it; it imports nothing of ours.

@@ -27,8 +27,8 @@ source connects), never when the config is loaded or checked: an operator's shel
 names the setting and what to do. Secret values are never logged.
 
 This is the one resolver: it lives in `connectors` (which imports nothing of the agent's or the
-config's) so that the config's validators, the hub's credentials (`agent.credentials`) and the
-connectors all use it. It imports nothing of ours.
+config's) so that the config's validators, the hub's credentials (`agent.service.credentials`)
+and the connectors all use it. It imports nothing of ours.
 """
 
 from __future__ import annotations

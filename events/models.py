@@ -198,15 +198,39 @@ class MaterialConsumedV1(_Data):
 
 
 @dataclass(frozen=True)
+class RecordShape:
+    """How an MES record becomes an event of a type: the data fields the agent derives itself
+    (never a record's column), and those the model requires but a record may leave out (the
+    agent fills them in). `signal` is always the agent's."""
+
+    derived: frozenset[str] = frozenset()
+    filled_when_missing: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class EventType:
     kind: EventKind
     version: int
     model: type[_Data]
     default_priority: Priority
+    # None: this type never comes from an MES record (`record_fields`).
+    record: RecordShape | None = None
 
     @property
     def name(self) -> str:
         return f"{self.kind.value}.v{self.version}"
+
+    def record_fields(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The (required, optional) fields a record of this type fills, from the model: its
+        fields less `signal` and the derived ones; required as the model says, less those the
+        agent fills in. ValueError for a type that never comes from a record."""
+        if self.record is None:
+            raise ValueError(f"{self.name} never comes from an MES record")
+        fields = self.model.model_fields
+        own = set(fields) - {"signal"} - self.record.derived
+        required = {name for name in own if fields[name].is_required()}
+        required -= self.record.filled_when_missing
+        return frozenset(required), frozenset(own - required)
 
 
 EVENT_TYPES: dict[EventKind, EventType] = {
@@ -215,26 +239,34 @@ EVENT_TYPES: dict[EventKind, EventType] = {
         EventKind.MACHINE_STATE, 1, MachineStateV1, Priority.BUSINESS
     ),
     EventKind.PRODUCTION_COUNT: EventType(
-        EventKind.PRODUCTION_COUNT, 1, ProductionCountV1, Priority.BUSINESS
+        EventKind.PRODUCTION_COUNT, 1, ProductionCountV1, Priority.BUSINESS,
+        # a record's count has no reset of its own
+        RecordShape(derived=frozenset({"reset"})),
     ),
     EventKind.QUALITY_ALERT: EventType(
         EventKind.QUALITY_ALERT, 1, QualityAlertV1, Priority.CRITICAL
     ),
     EventKind.MACHINE_DOWNTIME: EventType(
-        EventKind.MACHINE_DOWNTIME, 1, MachineDowntimeV1, Priority.BUSINESS
+        EventKind.MACHINE_DOWNTIME, 1, MachineDowntimeV1, Priority.BUSINESS,
+        # phase (start/end) is derived for a record without it, and so is duration_s
+        RecordShape(
+            derived=frozenset({"value", "duration_s"}), filled_when_missing=frozenset({"phase"})
+        ),
     ),
     EventKind.WORKORDER_COMPLETED: EventType(
-        EventKind.WORKORDER_COMPLETED, 2, WorkorderCompletedV2, Priority.BUSINESS
+        EventKind.WORKORDER_COMPLETED, 2, WorkorderCompletedV2, Priority.BUSINESS, RecordShape()
     ),
     EventKind.WORKORDER_RELEASED: EventType(
-        EventKind.WORKORDER_RELEASED, 1, WorkorderReleasedV1, Priority.BUSINESS
+        EventKind.WORKORDER_RELEASED, 1, WorkorderReleasedV1, Priority.BUSINESS, RecordShape()
     ),
-    EventKind.QUALITY_HOLD: EventType(EventKind.QUALITY_HOLD, 1, QualityHoldV1, Priority.CRITICAL),
+    EventKind.QUALITY_HOLD: EventType(
+        EventKind.QUALITY_HOLD, 1, QualityHoldV1, Priority.CRITICAL, RecordShape()
+    ),
     EventKind.INVENTORY_ADJUSTED: EventType(
-        EventKind.INVENTORY_ADJUSTED, 1, InventoryAdjustedV1, Priority.BUSINESS
+        EventKind.INVENTORY_ADJUSTED, 1, InventoryAdjustedV1, Priority.BUSINESS, RecordShape()
     ),
     EventKind.MATERIAL_CONSUMED: EventType(
-        EventKind.MATERIAL_CONSUMED, 1, MaterialConsumedV1, Priority.BUSINESS
+        EventKind.MATERIAL_CONSUMED, 1, MaterialConsumedV1, Priority.BUSINESS, RecordShape()
     ),
     EventKind.MACHINE_ALARM: EventType(
         EventKind.MACHINE_ALARM, 1, MachineAlarmV1, Priority.CRITICAL

@@ -5,7 +5,7 @@
         Read-only: works while the agent runs (SQLite WAL readers never block the writer).
     edge-agent buffer replay -c CONFIG --since T [--until T] [--type X]
         publish the delivered events still retained, accepted in [since, until), again: same
-        topic, same ids and seqs, MQTT v5 user property `replay=true` (`agent.replay`: the
+        topic, same ids and seqs, MQTT v5 user property `replay=true` (`agent.link.replay`: the
         same code as the remote `replay` command, here with its own session).
     edge-agent buffer dead-letters -c CONFIG [--retry [SEQ ...]]
         list the dead letters; `--retry` puts them (all, or these seqs) back in the queue: the
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.replay import ReplayOutcome
+    from agent.link.replay import ReplayOutcome
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -96,7 +96,7 @@ def _config(path: Path) -> Any:
 
 def _stats(args: argparse.Namespace) -> int:
     from agent import store
-    from agent.statelock import holder
+    from agent.service.statelock import holder
     from buffer.base import BufferFailure
 
     config = _config(args.config)
@@ -149,7 +149,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from agent.replay import ReplayStopped
+    from agent.link.replay import ReplayStopped
     from buffer.base import BufferFailure, BufferLocked
 
     try:
@@ -184,11 +184,11 @@ async def _replay_async(
     config: Any, since: float, until: float | None, kind: str | None
 ) -> ReplayOutcome:
     """Open the buffer (the state dir lock: the agent must be stopped) and a session of its
-    own, and replay through `agent.replay.replay_retained`, as many messages in flight as the
+    own, and replay through `agent.link.replay.replay_retained`, as many messages in flight as the
     config and the broker allow."""
     from agent import store
-    from agent.hub_session import hub_session
-    from agent.replay import replay_retained
+    from agent.link.hub_session import hub_session
+    from agent.link.replay import replay_retained
     from events.wire import AgentIdentity
 
     hub = config.hub

@@ -81,10 +81,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent import logs
-    from agent.credentials import CredentialError
-    from agent.memory import limit_malloc_arenas
-    from agent.service import AgentService
+    from agent.service import logs
+    from agent.service.credentials import CredentialError
+    from agent.service.daemon import AgentService
+    from agent.service.memory import limit_malloc_arenas
     from buffer.base import BufferFailure
     from config.schema import AgentConfig
 

@@ -2,7 +2,7 @@
 
     edge-agent fleet --hub URL [--prefix mfg] [--watch [--duration S]] [--behind-s S] [--json]
 
-It subscribes to `{prefix}/+/+/status` (`agent.status` says what a status holds and its
+It subscribes to `{prefix}/+/+/status` (`agent.link.status` says what a status holds and its
 reduced forms), waits until the retained ones stop arriving, prints the table (flagged rows
 first marked `!`, red on a terminal) and with `--watch` prints it again on every change.
 `fleet_rows` is the reading of a status, flags included; it works on every form an agent

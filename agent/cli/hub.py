@@ -1,7 +1,7 @@
 """What the hub tools (`edge-agent remote`, `fleet`, `tail`) share: their hub options, the
 session they open, and how they fail.
 
-Each tool connects with its own MQTT v5 client (`agent.hub_session`), bounded by `--timeout`,
+Each tool connects with its own MQTT v5 client (`agent.link.hub_session`), bounded by `--timeout`,
 secured like the agent's `[hub]`: `--ca-file`, `--client-cert`/`--client-key`, `--username`,
 `--password-file`. The options are checked as the config's `[hub]` section is (the same
 messages, with the option names in place of the keys). A tool's session leaves nothing behind
@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.mqtt_session import MqttSession, OnMessage
+from agent.link.mqtt_session import MqttSession, OnMessage
 
 if TYPE_CHECKING:
     from config.hub import HubSection
@@ -66,7 +66,7 @@ def _hub_message(message: str) -> str:
 
 def _hub_section(args: argparse.Namespace) -> HubSection:
     """The `--hub` options as the config's `[hub]` section: the same checks, the same TLS
-    and password handling as the agent's own connection (`agent.credentials`)."""
+    and password handling as the agent's own connection (`agent.service.credentials`)."""
     from pydantic import ValidationError
 
     from config.hub import HubSection
@@ -99,8 +99,8 @@ async def connect_to_hub(
     args: argparse.Namespace, on_message: OnMessage
 ) -> AsyncIterator[MqttSession]:
     """The tool's session to `--hub`, started; `wait_until_connected` before relying on it."""
-    from agent.credentials import CredentialError
-    from agent.hub_session import hub_session
+    from agent.link.hub_session import hub_session
+    from agent.service.credentials import CredentialError
 
     hub = _hub_section(args)
     quiet = logging.getLogger("edge-agent.cli.hub")

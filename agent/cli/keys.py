@@ -3,7 +3,7 @@
     edge-agent keys create --out DIR [--name NAME]
 
 Writes the private key (mode 0600: it stays at the hub, never on a plant) and the public key
-into DIR (`agent.signing.create_key_pair`), and prints the `[commands.keys]` and
+into DIR (`agent.link.signing.create_key_pair`), and prints the `[commands.keys]` and
 `[commands.allow]` lines an agent's config needs to accept requests signed with it.
 Exit codes: 0 written, 2 bad name or directory, or the files exist already.
 """
@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from agent.signing import create_key_pair
+    from agent.link.signing import create_key_pair
 
     try:
         private, public, raw = create_key_pair(args.out, args.name)

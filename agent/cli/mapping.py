@@ -55,7 +55,7 @@ def parse_value(text: str) -> bool | int | float | str | None:
 
 def _try(args: argparse.Namespace) -> int:
     from agent.cli.config_file import load_or_report
-    from agent.mapping import Mapper, SignalMapper
+    from agent.flow.mapping import Mapper, SignalMapper
     from config.schema import AgentConfig
     from connectors.base import Quality, Reading
     from events.wire import envelope

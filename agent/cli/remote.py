@@ -1,4 +1,4 @@
-"""`edge-agent remote`: ask one agent over MQTT v5 request/response (`agent.commands`).
+"""`edge-agent remote`: ask one agent over MQTT v5 request/response (`agent.link.commands`).
 
     edge-agent remote status|sources|buffer|config|ping --hub URL --site S --agent A [--json]
     edge-agent remote replay --since T [--until T] [--type T ...] --key FILE ...
@@ -7,7 +7,7 @@
 
 The request goes to `{prefix}/{site}/{agent}/cmd/{command}` with a private response topic and
 correlation data; the first answer carrying both is the one printed (as a table, or with
-`--json` as the agent sent it). Mutating commands are signed with `--key` (`agent.signing`);
+`--json` as the agent sent it). Mutating commands are signed with `--key` (`agent.link.signing`);
 read-only ones may be. The hub connection and its options: `agent.cli.hub`.
 Exit codes: 0 answered ok, 1 no answer / refused / hub unreachable, 2 bad usage (a key that
 cannot be read).
@@ -83,7 +83,7 @@ def _remote(args: argparse.Namespace) -> int:
     elif command in ("pause", "resume"):
         request_args["source"] = args.source
     if args.key is not None:
-        from agent.signing import RequestSigner
+        from agent.link.signing import RequestSigner
 
         try:
             signer = RequestSigner.from_file(args.key, args.key_id)

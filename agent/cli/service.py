@@ -40,7 +40,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _status(args: argparse.Namespace) -> int:
     from agent.runtime import BUFFER_FILE
-    from agent.status_file import StatusUnreadable, process_alive, read_buffer_stats, read_status
+    from agent.service.status_file import (
+        StatusUnreadable,
+        process_alive,
+        read_buffer_stats,
+        read_status,
+    )
     from config.loader import ConfigError, load_config
 
     config_problems: list[str] = []

@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from agent import logs
 from agent.demo.plant import (
     FILLER_TEMPERATURE,
     GOOD_COUNT,
@@ -32,8 +31,9 @@ from agent.demo.plant import (
     STATE,
     TANK_TEMPERATURE,
 )
-from agent.mqtt_session import MqttSession
+from agent.link.mqtt_session import MqttSession
 from agent.runtime import Agent
+from agent.service import logs
 from config.schema import AgentConfig
 from events.wire import decode_batch
 

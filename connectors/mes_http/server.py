@@ -32,6 +32,9 @@ Every error body is JSON `{"error": "<what was wrong and where>"}`. Each 4xx is 
 info with the method, path and reason; the access log is off; tokens and payloads are never
 logged. The handler bounds its own wait for the commit (`commit_timeout_s`, answering `Busy`);
 `stop()` gives requests in flight that long to finish.
+
+Why ~540 lines: every answer the webhook gives (the status table above) is decided here, in
+the order a request meets them; kept together so the table can be checked against one file.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ Invariants:
 - Each publish response becomes one `emit` of its readings, in the server's order
   (`connectors.opcua.batches`); a Bad subscription status emits what came before it, then
   ends the session.
+
+Why ~550 lines: the session's whole life (connect, subscribe or poll, events, backfill
+after a gap, reconnect) shares the one asyncua client and its health; the address resolution,
+batching, history and certificates already live in their own modules.
 """
 
 from __future__ import annotations

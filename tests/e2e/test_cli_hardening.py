@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.status_file import write_status
+from agent.service.status_file import write_status
 from testkit.agent_process import REPO
 from testkit.broker import MosquittoBroker
 

@@ -1,5 +1,5 @@
 """A signed remote `reload` of the real `edge-agent run` process takes the SIGHUP path
-(`agent.service` sets `agent.reload_hook`): an invalid file is refused and the running config
+(`agent.service.daemon` sets `agent.reload_hook`): an invalid file is refused and the running config
 kept; a valid changed one restarts the generation with the new config (new fingerprint in the
 retained status, the renamed signal in the events at the hub)."""
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from agent.demo.plant import GOOD_COUNT, FillingLinePlant
-from agent.signing import create_key_pair
+from agent.link.signing import create_key_pair
 from testkit.agent_process import REPO, AgentProcess
 from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
 from testkit.events import EVENTS_TOPIC, decode_events

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.demo.plant import GOOD_COUNT, FillingLinePlant
-from agent.status_file import read_buffer_stats
+from agent.service.status_file import read_buffer_stats
 from testkit.agent_process import REPO, AgentProcess
 from testkit.broker import MosquittoBroker, Subscriber
 from testkit.events import EVENTS_TOPIC, accepted_in_buffer, decode_events

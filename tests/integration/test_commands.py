@@ -15,8 +15,8 @@ from typing import Any
 from agent import store
 from agent.cli import remote as remote_cli
 from agent.demo.plant import FILLER_TEMPERATURE, FillingLinePlant
+from agent.link.signing import RequestSigner, create_key_pair
 from agent.runtime import Agent
-from agent.signing import RequestSigner, create_key_pair
 from buffer.base import Record
 from buffer.sqlite import SqliteBuffer
 from config.loader import load_config

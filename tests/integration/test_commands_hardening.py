@@ -47,14 +47,14 @@ BYPASSES = [
 def refusals(caplog: pytest.LogCaptureFixture, reason: str) -> list[logging.LogRecord]:
     return [
         record for record in caplog.records
-        if record.name == "agent.commands" and f"refused ({reason})" in record.getMessage()
+        if record.name == "agent.link.commands" and f"refused ({reason})" in record.getMessage()
     ]
 
 
 def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         record for record in caplog.records
-        if record.name == "agent.commands" and record.exc_info is not None
+        if record.name == "agent.link.commands" and record.exc_info is not None
     ]
 
 
@@ -62,7 +62,7 @@ async def test_answers_never_land_in_an_event_status_or_command_stream(
     tmp_path: Path, broker: MosquittoBroker, plant: FillingLinePlant,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.commands")
+    caplog.set_level(logging.INFO, logger="agent.link.commands")
     legitimate = "ops/replies/console-1"  # outside every agent's streams
     with Subscriber(broker, "#") as everything, Requester(broker) as hub:
         await everything.wait_subscribed_async()
@@ -101,7 +101,7 @@ async def test_hostile_numbers_and_nesting_are_refused_as_malformed(
     tmp_path: Path, broker: MosquittoBroker, plant: FillingLinePlant,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.commands")
+    caplog.set_level(logging.INFO, logger="agent.link.commands")
     huge = "9" * 5_000
     nested = "[" * 600 + "]" * 600
     now = int(time.time())

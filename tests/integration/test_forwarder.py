@@ -11,8 +11,8 @@ from pathlib import Path
 
 import msgpack
 
-from agent.forwarder import Forwarder
-from agent.mqtt_session import MqttSession
+from agent.link.forwarder import Forwarder
+from agent.link.mqtt_session import MqttSession
 from buffer.base import Record
 from buffer.sqlite import SqliteBuffer
 from events.wire import decode_batch

@@ -24,8 +24,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from agent.forwarder import Forwarder
-from agent.mqtt_session import MqttSession, PubAckTimeout
+from agent.link.forwarder import Forwarder
+from agent.link.mqtt_session import MqttSession, PubAckTimeout
 from agent.runtime import Agent
 from buffer.base import Record
 from buffer.sqlite import SqliteBuffer
@@ -214,7 +214,7 @@ async def test_a_denied_topic_pauses_its_lane_and_resumes_after_the_acl_is_fixed
     assert after.pending == 0 and after.dead_letters == 0
     assert forwarder.counters.events_dead_lettered_total == 0
     assert forwarder.counters.lanes_paused_total == 1
-    messages = [r.getMessage() for r in caplog.records if r.name == "agent.forwarder"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "agent.link.forwarder"]
     paused_lines = [m for m in messages if "hub refuses topic" in m]
     assert paused_lines == [paused_lines[0]] and STATE_TOPIC in paused_lines[0], messages
     assert "0x87" in paused_lines[0]

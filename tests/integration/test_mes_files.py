@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.status import sources_status
+from agent.link.status import sources_status
 from connectors.base import Reading
 from testkit.broker import MosquittoBroker, Subscriber
 from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id

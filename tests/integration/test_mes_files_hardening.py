@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.link.status import sources_status
 from agent.runtime import Agent
-from agent.status import sources_status
 from connectors.base import SourceHealth
 from testkit.broker import MosquittoBroker, Subscriber
 from testkit.events import EVENTS_TOPIC

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.status import sources_status
+from agent.link.status import sources_status
 from buffer.sqlite import ID_TEXT_SQL
 from testkit.broker import MosquittoBroker, Subscriber, free_loopback_port
 from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id

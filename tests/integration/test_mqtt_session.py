@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.mqtt_session import (
+from agent.link.mqtt_session import (
     ConnectionLost,
     MqttSession,
     NotConnected,
@@ -188,7 +188,7 @@ async def test_subscriptions_are_restored_after_reconnect(broker: MosquittoBroke
 WILL_CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from agent.mqtt_session import MqttSession, WillMessage
+    from agent.link.mqtt_session import MqttSession, WillMessage
 
     async def main() -> None:
         will = WillMessage({topic!r}, {payload!r}, content_type="application/json")
@@ -313,7 +313,7 @@ async def test_max_packet_size_from_connack_is_enforced_before_sending() -> None
 async def test_session_started_before_the_broker_connects_once_it_is_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.mqtt_session")
+    caplog.set_level(logging.INFO, logger="agent.link.mqtt_session")
     broker = MosquittoBroker()  # port chosen, nothing listening yet
     try:
         async with session_to(broker, reconnect_min_s=0.2, reconnect_max_s=1.0) as session:
@@ -340,7 +340,7 @@ async def test_session_started_before_the_broker_connects_once_it_is_up(
 async def test_refused_connack_is_logged_with_its_reason_and_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.mqtt_session")
+    caplog.set_level(logging.INFO, logger="agent.link.mqtt_session")
     with MosquittoBroker(["allow_anonymous false"]) as broker:
         async with session_to(broker, username="agent1", password="s3cret-pw") as session:
             assert not await session.wait_connected(1.5)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.status import sources_status
+from agent.link.status import sources_status
 from connectors.opcua.certificates import create_application_certificate
 from connectors.opcua.trust import TrustStore
 from testkit.broker import MosquittoBroker, Subscriber, free_loopback_port

@@ -14,8 +14,8 @@ from pathlib import Path
 import msgpack
 
 from agent.demo.plant import REACTOR_MATERIAL, REACTOR_TEMPERATURE, FillingLinePlant
-from agent.pipeline import UNMAPPABLE_READING_KIND
-from agent.status import snapshot
+from agent.flow.pipeline import UNMAPPABLE_READING_KIND
+from agent.link.status import snapshot
 from buffer.sqlite import ID_TEXT_SQL
 from testkit.agent_process import REPO
 from testkit.broker import MosquittoBroker, Subscriber

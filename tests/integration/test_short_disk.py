@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.mapping import Mapper
-from agent.mapping_state import CounterBaselines
-from agent.pipeline import Pipeline
-from agent.status_file import STATUS_FILE, StatusFile, read_status
+from agent.flow.mapping import Mapper
+from agent.flow.mapping_state import CounterBaselines
+from agent.flow.pipeline import Pipeline
+from agent.service.status_file import STATUS_FILE, StatusFile, read_status
 from buffer.base import BufferUnavailable, Record
 from buffer.sqlite import SqliteBuffer
 from connectors.base import Reading, SourceUnavailable
@@ -121,7 +121,7 @@ async def test_the_status_file_on_a_full_disk_is_said_once_and_written_when_spac
         assert status.write({"state": "running", "n": 1})
         filler = Filler(state)
         filler.top_up()
-        with caplog.at_level(logging.INFO, logger="agent.status_file"):
+        with caplog.at_level(logging.INFO, logger="agent.service.status_file"):
             assert not status.write({"state": "running", "n": 2})
             assert not status.write({"state": "running", "n": 3})
             assert read_status(state)["n"] == 1  # type: ignore[index]  # the previous one stays

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from agent.cli.fleet import fleet_rows
+from agent.link.status import REDUCED_FORMS, reduced_status, snapshot
 from agent.runtime import Agent
-from agent.status import REDUCED_FORMS, reduced_status, snapshot
 from config.loader import load_config
 from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
 from testkit.commands import Requester
@@ -110,7 +110,7 @@ async def test_a_status_over_the_broker_packet_size_is_published_compact_and_fle
 
 
 def large_status(sources: int, *, down: int = 0) -> dict[str, Any]:
-    """A full status document of the shape `agent.status.snapshot` makes."""
+    """A full status document of the shape `agent.link.status.snapshot` makes."""
     return {
         "state": "online", "site": "plant-a", "agent": "edge-01", "version": "1.0.0",
         "at": "2026-11-26T14:00:00.000+00:00", "started_at": "2026-11-26T13:00:00+00:00",

@@ -18,10 +18,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from agent.forwarder import BacklogPacing, Forwarder
-from agent.mapping import Mapper
-from agent.mqtt_session import MqttSession
-from agent.pipeline import Pipeline
+from agent.flow.mapping import Mapper
+from agent.flow.pipeline import Pipeline
+from agent.link.forwarder import BacklogPacing, Forwarder
+from agent.link.mqtt_session import MqttSession
 from buffer.base import BufferFull, Capacity, OverflowPolicy, OverflowReason, Record
 from buffer.sqlite import SqliteBuffer
 from config.schema import AgentConfig

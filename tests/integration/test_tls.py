@@ -19,9 +19,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.credentials import CredentialError, hub_credentials
-from agent.mqtt_session import MqttSession
-from agent.status import offline_payload
+from agent.link.mqtt_session import MqttSession
+from agent.link.status import offline_payload
+from agent.service.credentials import CredentialError, hub_credentials
 from config.schema import HubSection
 from testkit.broker import MosquittoBroker
 from testkit.tcp_proxy import TcpProxy

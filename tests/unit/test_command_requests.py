@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.commands import parse_request, response_topic_problem
-from agent.signing import Refused, RequestVerifier
+from agent.link.commands import parse_request, response_topic_problem
+from agent.link.signing import Refused, RequestVerifier
 
 
 @pytest.mark.parametrize("topic", [

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.mapping import MappingContext, SignalMapper, UnmappableReading
+from agent.flow.mapping import MappingContext, SignalMapper, UnmappableReading
 from config.schema import SignalMapping
 from connectors.base import Quality, Reading, Value
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.mapping import Mapper
+from agent.flow.mapping import Mapper
 from config.schema import AgentConfig
 from connectors.base import Quality, Reading, Value
 from events.models import Event

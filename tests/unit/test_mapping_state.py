@@ -7,8 +7,8 @@ import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.mapping import Mapper
-from agent.mapping_state import CounterBaselines
+from agent.flow.mapping import Mapper
+from agent.flow.mapping_state import CounterBaselines
 from config.schema import AgentConfig
 from connectors.base import Reading
 

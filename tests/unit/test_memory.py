@@ -1,4 +1,4 @@
-"""agent.memory caps glibc's malloc arenas: counted by glibc itself (`malloc_stats`, which
+"""agent.service.memory caps glibc's malloc arenas: counted by glibc itself (`malloc_stats`, which
 prints one "Arena N:" block per arena to stderr) in a real child process whose threads
 allocate, with and without the cap."""
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 CHILD = textwrap.dedent(
     """
     import ctypes, sys, threading
-    from agent.memory import limit_malloc_arenas
+    from agent.service.memory import limit_malloc_arenas
     print(limit_malloc_arenas() if sys.argv[1] == "cap" else "-", flush=True)
     start = threading.Barrier(8)
     def work():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.mapping import Mapper
+from agent.flow.mapping import Mapper
 from config.schema import RECORD_FIELDS, AgentConfig
 from connectors.mes_files.config import MesFilesSettings
 from connectors.mes_files.connector import MesFilesConnector
@@ -79,6 +79,35 @@ def test_record_fields_agree_with_the_event_model(kind: EventKind) -> None:
     model_required = {n for n, f in model_fields.items() if f.is_required()} - derived
     # machine.downtime: phase is required by the model, derived for a record without it.
     assert required == model_required - ({"phase"} if kind is EventKind.MACHINE_DOWNTIME else set())
+
+
+def test_record_fields_are_the_published_contract() -> None:
+    """Derived from the models, the record fields are what they were when written by hand: a
+    model change that would move them shows here."""
+    assert RECORD_FIELDS == {
+        EventKind.WORKORDER_RELEASED: (
+            frozenset({"order"}), frozenset({"product", "quantity", "unit", "due_at"})
+        ),
+        EventKind.WORKORDER_COMPLETED: (
+            frozenset({"order", "unit"}), frozenset({"product", "good", "scrap"})
+        ),
+        EventKind.PRODUCTION_COUNT: (frozenset({"count"}), frozenset({"increment"})),
+        EventKind.MACHINE_DOWNTIME: (
+            frozenset(), frozenset({"phase", "reason", "reason_raw", "started_at"})
+        ),
+        EventKind.QUALITY_HOLD: (
+            frozenset({"lot", "phase", "reason"}),
+            frozenset({"material", "quantity", "unit", "note"}),
+        ),
+        EventKind.INVENTORY_ADJUSTED: (
+            frozenset({"material", "location", "delta", "unit", "reason"}), frozenset({"lot"})
+        ),
+        EventKind.MATERIAL_CONSUMED: (
+            frozenset({"material", "quantity", "unit"}), frozenset({"lot", "order", "location"})
+        ),
+    }
+    with pytest.raises(ValueError, match="never comes from an MES record"):
+        EVENT_TYPES[EventKind.TELEMETRY].record_fields()
 
 
 def test_config_refuses_unknown_fields_and_keys(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from agent.pipeline import _ReadingQueue
+from agent.flow.pipeline import _ReadingQueue
 from connectors.base import Reading
 
 _T = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.mapping import MappingContext, RecordRule, UnmappableReading
+from agent.flow.mapping import MappingContext, RecordRule, UnmappableReading
 from config.schema import check_record_fields
 from connectors.base import Reading
 from connectors.records import RecordSettings, RowError, read_record

@@ -1,10 +1,11 @@
-"""What a reload refuses (`agent.reload_rules`): the rule SIGHUP and the remote command share."""
+"""What a reload refuses (`agent.service.reload_rules`): the rule that SIGHUP and the remote
+command share."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agent.reload_rules import reload_refusal
+from agent.service.reload_rules import reload_refusal
 from config.loader import load_config
 from config.schema import AgentConfig
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.logs import JsonFormatter, KeyValueFormatter, configure
+from agent.service.logs import JsonFormatter, KeyValueFormatter, configure
 from config.loader import ConfigError, load_config
 
 HEAD = """

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from agent.cli.fleet import fleet_rows
-from agent.commands import parse_request, redacted
-from agent.signing import (
+from agent.link.commands import parse_request, redacted
+from agent.link.signing import (
     NonceCache,
     Refused,
     RequestSigner,

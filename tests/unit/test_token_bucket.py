@@ -1,4 +1,4 @@
-"""The one token bucket (`agent.token_bucket`), on a clock the test moves."""
+"""The one token bucket (`agent.link.token_bucket`), on a clock the test moves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agent.token_bucket import TokenBucket
+from agent.link.token_bucket import TokenBucket
 
 
 class Clock:

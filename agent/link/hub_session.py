@@ -3,10 +3,10 @@ turns hub settings into a session.
 
 The agent's runtime (its own link: will, status on connect, commands) and the hub tools
 (`edge-agent remote`, `fleet`, `tail`) all connect through `hub_session`, so they agree on
-the broker's address, its TLS and password handling (`agent.credentials`) and the session's
+the broker's address, its TLS and password handling (`agent.service.credentials`) and the session's
 tuning (keepalive, session expiry, PUBACK deadline, reconnect backoff): whatever a caller wants
 different it says in the `HubSection` it passes (the hub tools build theirs from their options).
-`agent.mqtt_session` itself stays free of the config: it is the MQTT code the hub shares.
+`agent.link.mqtt_session` itself stays free of the config: it is the MQTT code the hub shares.
 
 Reading the secrets and TLS files happens here, when the session is built, not when it
 connects: a `CredentialError` (a config error: it names the key) comes out of `hub_session`
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 
-from agent.credentials import hub_credentials
-from agent.mqtt_session import MqttSession, OnConnected, OnMessage, WillMessage
+from agent.link.mqtt_session import MqttSession, OnConnected, OnMessage, WillMessage
+from agent.service.credentials import hub_credentials
 from config.hub import HubSection
 
 __all__ = ["hub_session"]

@@ -19,7 +19,7 @@ meanwhile the queue fills and `emit` blocks, so the sources pause (backpressure)
   Logged once as an error, shown in status (`backpressure`) until a batch goes in again.
 - `BufferUnavailable` (I/O error, busy): logged once, retried the same way.
 - `BufferCorrupt`: propagates; the agent stops (the next start moves the file aside).
-- The counter baselines' pending write (`agent.mapping_state`, before the commit) fails with
+- The counter baselines' pending write (`agent.flow.mapping_state`, before the commit) fails with
   the short-disk condition (`connectors.base.is_short_disk`: disk or quota full, read-only
   remount, I/O error, no descriptors left): the batch is held and does not commit (the
   baselines protocol needs that write first), `disk_short` shows in status, it is logged once
@@ -40,6 +40,9 @@ never an event: it is kept for a person to look at, not for the hub. Its id is d
 fact (source, signal, timestamp, value), so a re-sent reading keeps its id. While the buffer
 cannot take them they are held and retried like events; at stop, what could not go in is counted
 in the log and not kept.
+
+Why ~520 lines: the commit cycle (map, append, set aside, report overflow, settle the
+commit futures) is one sequence with one retry rule; it stays in one file.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ from datetime import UTC, datetime
 
 import msgpack
 
-from agent.mapping import Mapper
-from agent.mapping_state import CounterBaselines
+from agent.flow.mapping import Mapper
+from agent.flow.mapping_state import CounterBaselines
 from buffer.base import Buffer, BufferFull, BufferUnavailable, Overflow, Record
 from connectors.backoff import Backoff
 from connectors.base import Reading, is_short_disk

@@ -7,7 +7,7 @@ false, "command", "agent", "at", "error": {"reason", "message"}}``.
 
 Commands: read-only ``status`` (full detail), ``sources``, ``buffer``, ``config`` (secrets
 redacted), ``ping``; mutating ``replay`` (since, until, types), ``reload``, ``pause`` and
-``resume`` (source). Mutating requests must be signed (`agent.signing`) by a key the config
+``resume`` (source). Mutating requests must be signed (`agent.link.signing`) by a key the config
 allows for that command; read-only ones may come unsigned if ``allow_unsigned_read_only``.
 
 Invariants
@@ -16,8 +16,8 @@ Invariants
   message callback, on the loop) does O(1) work: it checks the size, then puts the request on
   a bounded queue (``queue_size``); a full queue drops the request (reason ``overloaded``,
   counted, no answer: answering a flood would double it). One worker task takes requests at most
-  ``rate_per_s`` per second (`agent.token_bucket`, ``burst``), so parsing, Ed25519 verification and
-  SQLite reads for commands take a bounded share of the loop.
+  ``rate_per_s`` per second (`agent.link.token_bucket`, ``burst``), so parsing, Ed25519
+  verification and SQLite reads for commands take a bounded share of the loop.
 - A payload over ``max_request_bytes`` is never kept: only the refusal is queued.
 - Every refusal is answered (when the request has a Response Topic) with a reason code and a
   message saying what was wrong, counted per reason, and logged at most once per reason per
@@ -31,6 +31,10 @@ Invariants
   or infinity, nesting deeper than 32 levels); never a traceback.
 - A command that raises is a bug: logged with its traceback, answered ``internal_error``; the
   worker goes on. Each command runs within ``_COMMAND_TIMEOUT_S``.
+
+Why one module of ~650 lines: every command's handler is here beside the one bounded queue
+and worker that run them and the parse boundary and reply-topic guard they all pass through,
+so what an unsigned or hostile request can reach is visible in one file.
 """
 
 from __future__ import annotations
@@ -51,10 +55,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from paho.mqtt.properties import Properties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from agent.mqtt_session import MqttSessionError, PacketTooLarge, PubAck
-from agent.reload_rules import reload_refusal
-from agent.signing import Refused, RequestVerifier
-from agent.status import (
+from agent.link.mqtt_session import MqttSessionError, PacketTooLarge, PubAck
+from agent.link.signing import Refused, RequestVerifier
+from agent.link.status import (
     REDUCED_FORMS,
     buffer_status,
     config_fingerprint,
@@ -62,7 +65,8 @@ from agent.status import (
     snapshot,
     sources_status,
 )
-from agent.token_bucket import TokenBucket
+from agent.link.token_bucket import TokenBucket
+from agent.service.reload_rules import reload_refusal
 from config.commands import (
     MUTATING_COMMANDS,
     RAW_KEY_PREFIX,
@@ -627,7 +631,7 @@ async def reload_config(agent: AgentView) -> ReloadOutcome:
 
 def _answers_smallest_last(document: dict[str, Any], topic_root: str) -> Iterator[dict[str, Any]]:
     """The answer, then smaller ones for a broker whose Maximum Packet Size it exceeds: a
-    `status` result in its reduced forms (`agent.status.reduced_status`), and last a refusal
+    `status` result in its reduced forms (`agent.link.status.reduced_status`), and last a refusal
     that says why and what to ask for instead."""
     yield document
     result = document.get("result")

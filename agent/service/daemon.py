@@ -12,16 +12,17 @@ Lifecycle
    and validated on a worker thread and a new `Agent` is built on the same open buffer. Nothing
    is stopped yet. If anything fails (invalid file, unreadable secret, bad certificate), the
    running generation keeps running and the reason is logged and kept in status.json. A change
-   of `agent.state_dir` or `[buffer]` is refused the same way (`agent.reload_rules`): the
+   of `agent.state_dir` or `[buffer]` is refused the same way (`agent.service.reload_rules`): the
    buffer stays open across a reload, so those need a restart. Otherwise the running
    generation stops in the runtime's documented order (sources, pipeline commit, forwarder
    drain, hub session closed with status `offline`/`reloading`): every reading handed over
    is committed and every event stays in the buffer, which the new generation forwards. Then
    `READY=1` again.
    Requests that arrive while one is being handled are coalesced into one more reload.
-4. All along: `WATCHDOG=1` from the event loop (see `agent.systemd`), and every
-   `hub.status_interval_s` a `STATUS=` line and a new status.json (`agent.status_file`), also
-   written when ready, after each reload and at the stop (`"state": "stopped"`).
+4. All along: `WATCHDOG=1` from the event loop (see `agent.service.systemd`), and every
+   `hub.status_interval_s` a `STATUS=` line and a new status.json
+   (`agent.service.status_file`), also written when ready, after each reload and at the stop
+   (`"state": "stopped"`).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, logs
-from agent.credentials import CredentialError
-from agent.reload_rules import reload_refusal
+from agent import __version__
 from agent.runtime import Agent
-from agent.status_file import ProblemLog, StatusFile, iso
-from agent.systemd import SystemdNotifier
+from agent.service import logs
+from agent.service.credentials import CredentialError
+from agent.service.reload_rules import reload_refusal
+from agent.service.status_file import ProblemLog, StatusFile, iso
+from agent.service.systemd import SystemdNotifier
 from config.loader import ConfigError, load_config
 from config.schema import AgentConfig
 

@@ -52,7 +52,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.mqtt_session import PacketTooLarge
+from agent.link.mqtt_session import PacketTooLarge
 
 if TYPE_CHECKING:
     from agent.view import AgentView

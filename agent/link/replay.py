@@ -8,7 +8,7 @@ own session) both call. What it promises (docs/hub-contract.md, "Replay"):
   `[since, until)`, of the given event types (each matches a stored type exactly or by its
   unversioned name; None: all), again: same topic (`{topic_base}/{type}`), same `id` and
   `seq`, one message per type and chunk of at most `batch_max_events`, with the MQTT v5 user
-  property `replay=true` (`agent.forwarder.REPLAY_PROPERTY`), so the hub can tell a replay
+  property `replay=true` (`agent.link.forwarder.REPLAY_PROPERTY`), so the hub can tell a replay
   from first delivery; within a type, in `seq` order.
 - Each event carries the site and agent it was accepted under (`Buffer.identities`; a buffer
   no agent has noted an identity in yet: `fallback`), so a rename since does not relabel it.
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.forwarder import REPLAY_PROPERTY
-from agent.mqtt_session import NotConnected, PacketTooLarge, PubAck
+from agent.link.forwarder import REPLAY_PROPERTY
+from agent.link.mqtt_session import NotConnected, PacketTooLarge, PubAck
 from buffer.base import Buffer, StoredRecord
 from events.wire import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
 
@@ -44,7 +44,7 @@ _log = logging.getLogger(__name__)
 
 
 class ReplayPublisher(Protocol):
-    """What a replay publishes through: an `agent.mqtt_session.MqttSession`."""
+    """What a replay publishes through: an `agent.link.mqtt_session.MqttSession`."""
 
     @property
     def connected(self) -> bool: ...

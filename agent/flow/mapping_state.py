@@ -26,7 +26,7 @@ When a write fails (a full disk, a read-only remount, no descriptors left: the s
 condition of `connectors.base.is_short_disk`, or any other `OSError`), the protocol keeps its
 guarantee:
 - step 1 fails: `before_commit` raises the `OSError` and the batch must not commit (the
-  pipeline holds it and calls `before_commit` again until it succeeds, see `agent.pipeline`);
+  pipeline holds it and calls `before_commit` again until it succeeds, see `agent.flow.pipeline`);
   the file says what it said before (the write goes to a temporary file that is removed);
 - step 3 fails: the batch is committed and the file still says `pending`, the safe reading.
   `after_commit` does not raise; the file is marked stale and the next `before_commit`
@@ -45,7 +45,7 @@ import logging
 import os
 from pathlib import Path
 
-from agent.mapping import Mapper
+from agent.flow.mapping import Mapper
 
 _log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What a reload refuses to change: the one rule a SIGHUP and the remote `reload` command share.
 
-A reload keeps the process's buffer open and builds a new `Agent` on it (`agent.service`), so
+A reload keeps the process's buffer open and builds a new `Agent` on it (`agent.service.daemon`), so
 whatever the open buffer depends on cannot change without a restart:
 
 - `agent.state_dir`: the buffer's file lives there (and the state-dir lock is held on it);
@@ -8,8 +8,8 @@ whatever the open buffer depends on cannot change without a restart:
 
 Everything else (sources, mapping, hub, commands, logging) is taken by the new generation.
 A config that changes one of the two is refused as a whole, the running one is kept, and the
-refusal says which key and that a restart applies it. `agent.service` (SIGHUP, and the remote
-`reload` once the file validated) and `agent.commands.reload_config` (which answers the remote
+refusal says which key and that a restart applies it. `agent.service.daemon` (SIGHUP, and the remote
+`reload` once the file validated) and `agent.link.commands.reload_config` (which answers the remote
 request before the reload runs, so it must never say "reloading" for a config that will be
 refused) both ask `reload_refusal`.
 """

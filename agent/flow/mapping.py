@@ -25,7 +25,7 @@ no pending alert. A source re-sends its current values on reconnect with their o
 source timestamps, so a repeat of an already-accepted fact gets the same event id and the
 buffer drops it, and the history is rebuilt from that same fact. Counter baselines can be
 carried across restarts (`counter_baselines` / `restore_counter_baselines`, persisted by
-`agent.mapping_state`) so that the first increment after a restart is known; a baseline that
+`agent.flow.mapping_state`) so that the first increment after a restart is known; a baseline that
 might be stale is never used (a missing increment is reported as null, never invented).
 
 Within a batch, readings are mapped in source-timestamp order, and at equal timestamps the
@@ -34,6 +34,11 @@ done bits of work orders last, so siblings written in the same PLC scan are seen
 A reading that cannot be mapped (a text where a number is expected, a state missing from the
 table, a dead-lettered code) raises `UnmappableReading` with the reason: the pipeline counts it
 and sets it aside; it never becomes a half-filled event.
+
+Why one module of ~750 lines: the order of the steps above is the contract, and every step
+(`SignalMapper`: measured values, states, counters, derived events; `RecordRule`: MES records)
+reads and writes the same per-asset state that `Mapper` holds. Split, that order and that state
+would have to be followed across files; the value coercions at the end are private to them.
 """
 
 from __future__ import annotations
