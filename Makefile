@@ -96,8 +96,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check agent connectors buffer config events tests bench testkit
 	$(BIN)/mypy
 
+# Two pytest workers (pytest-xdist), a whole test file to each (--dist loadfile: a file's
+# session fixtures, such as the .deb build, run once); PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-test mosquitto-binary packaging-tools node-opcua lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Starts a local mosquitto on 1883 for the demo when the binary exists and nothing listens there.
 demo: $(VENV)/.installed
