@@ -70,15 +70,10 @@ from events.wire import AgentIdentity, IdentityHistory
 
 _log = logging.getLogger(__name__)
 
-BUFFER_FILE = "buffer.sqlite"
 HOUSEKEEPING_INTERVAL_S = 60.0
 # Waiting at start for a state dir that cannot be written (see the module docstring).
 _STORE_RETRY_MIN_S = 0.5
 _STORE_RETRY_MAX_S = 5.0
-
-
-def buffer_path(config: AgentConfig) -> Path:
-    return config.agent.state_dir / BUFFER_FILE
 
 
 class AgentHost:

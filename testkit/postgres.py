@@ -7,6 +7,7 @@ skipped database test would pass unnoticed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -20,21 +21,31 @@ ADMIN_URL = os.environ.get(
 )
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """The URL of a new, empty, uniquely named database; dropped (sessions and all) after."""
-    name = f"edge_test_{uuid.uuid4().hex[:12]}"
+@contextlib.asynccontextmanager
+async def scratch_database(prefix: str = "edge_test") -> AsyncIterator[str]:
+    """The URL of a new, empty, uniquely named database; dropped (sessions and all) after. For
+    code that picks its peer by parameter and cannot take the `postgres_url` fixture."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = await _admin()
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
-    admin = await _admin()
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
     finally:
-        await admin.close()
+        admin = await _admin()
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """The URL of a new, empty, uniquely named database; dropped (sessions and all) after."""
+    async with scratch_database() as url:
+        yield url
 
 
 async def _admin() -> asyncpg.Connection:

@@ -39,13 +39,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.runtime import BUFFER_FILE
     from agent.service.status_file import (
         StatusUnreadable,
         process_alive,
         read_buffer_stats,
         read_status,
     )
+    from agent.store import BUFFER_FILE
     from config.loader import ConfigError, load_config
 
     config_problems: list[str] = []

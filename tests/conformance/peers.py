@@ -22,12 +22,11 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
@@ -36,7 +35,7 @@ from agent.source_types import SOURCE_TYPES
 from config.schema import Source
 from testkit.broker import free_loopback_port
 from testkit.opcua_servers import TEMPERATURE, LineServer, serve_line
-from testkit.postgres import ADMIN_URL
+from testkit.postgres import ADMIN_URL, scratch_database
 
 # The instant every peer's fact carries: a fixed source timestamp, so a fact offered twice is
 # the same fact.
@@ -324,28 +323,8 @@ async def open_peer(name: str, tmp_path: Path) -> AsyncIterator[Peer]:
     elif name == "mes-sql-sqlite":
         yield SqlitePeer(tmp_path / "mes.db")
     else:
-        async with _scratch_database() as url:
+        async with scratch_database("edge_conf") as url:
             peer = PostgresPeer(url)
             await peer._execute(_TABLE.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY")
                                 .replace("REAL", "float8"))
             yield peer
-
-
-@contextlib.asynccontextmanager
-async def _scratch_database() -> AsyncIterator[str]:
-    """A new database for one test, as `testkit.postgres.postgres_url` makes it (that one is a
-    fixture; the peer is chosen by parameter)."""
-    name = f"edge_conf_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_URL, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
-    finally:
-        admin = await asyncpg.connect(ADMIN_URL, timeout=5)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()

@@ -17,7 +17,8 @@ from typing import Any
 from asyncua.ua.status_codes import StatusCodes
 
 from agent.demo.plant import FILLER_TEMPERATURE, GOOD_COUNT, STATE, FillingLinePlant
-from agent.runtime import Agent, buffer_path
+from agent.runtime import Agent
+from agent.store import buffer_file as buffer_path
 from config.loader import load_config
 from testkit.broker import MosquittoBroker, Subscriber
 from testkit.events import EVENTS_TOPIC, accepted_in_buffer, decode_events, unique_by_id
