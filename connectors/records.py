@@ -123,7 +123,7 @@ def read_record(
         timestamp = received_at.astimezone(UTC)
     else:
         timestamp = _time(
-            _lookup(row, settings.time_column), settings.time_column, settings.time_format, zone
+            lookup(row, settings.time_column), settings.time_column, settings.time_format, zone
         )
     fields: list[tuple[str, Value]] = []
     unit: str | None = None
@@ -131,7 +131,7 @@ def read_record(
         if spec.column is None:
             fields.append((name, spec.value))
             continue
-        value = _cell(_lookup(row, spec.column), spec, settings, zone)
+        value = _cell(lookup(row, spec.column), spec, settings, zone)
         fields.append((name, value))
         if spec.unit is not None and value is not None:
             unit = spec.unit
@@ -140,7 +140,7 @@ def read_record(
     return Record(timestamp, tuple(fields))
 
 
-def _lookup(row: Mapping[str, object], column: str) -> object:
+def lookup(row: Mapping[str, object], column: str) -> object:
     """`row[column]`; for nested JSON also a dotted path (`order.id`). Missing: None."""
     if column in row:
         return row[column]
@@ -152,13 +152,14 @@ def _lookup(row: Mapping[str, object], column: str) -> object:
     return value
 
 
-def _blank(value: object) -> bool:
+def blank(value: object) -> bool:
+    """No value: missing, or only white space."""
     return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _cell(value: object, spec: FieldSettings, settings: RecordSettings, zone: ZoneInfo) -> Value:
     column = spec.column
-    if _blank(value):
+    if blank(value):
         if spec.required:
             raise RowError(f"column {column!r} is empty", str(column))
         return None
@@ -202,7 +203,7 @@ def _time(value: object, column: str, fmt: str, zone: ZoneInfo) -> datetime:
         parsed = value
     elif isinstance(value, date):
         parsed = datetime(value.year, value.month, value.day)
-    elif _blank(value) or not isinstance(value, str):
+    elif blank(value) or not isinstance(value, str):
         raise RowError(f"time column {column!r} is empty or not text", str(column))
     else:
         text = value.strip()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from connectors.base import Value
 from connectors.mes_files.config import MesFilesSettings
-from connectors.records import RowError, read_record
+from connectors.records import RowError, blank, lookup, read_record
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -148,7 +148,7 @@ def _reason(error: RowError, row: Mapping[str, object], settings: MesFilesSettin
     column = error.column
     is_time = column == settings.time_column
     name = f"{'time column' if is_time else 'column'} {column!r}"
-    if _blank(_cell(row, column)):
+    if blank(lookup(row, column)):
         return f"{name} is empty"
     if is_time:
         return f"{name}: expected {_a_time(settings.time_format)}"
@@ -164,22 +164,6 @@ def _reason(error: RowError, row: Mapping[str, object], settings: MesFilesSettin
 
 def _a_time(fmt: str) -> str:
     return "an ISO 8601 time" if fmt == "iso" else f"a time in {fmt!r}"
-
-
-def _cell(row: Mapping[str, object], column: str) -> object:
-    """The value at `column` (a key, or a dotted path into JSON); None when missing."""
-    if column in row:
-        return row[column]
-    value: object = row
-    for part in column.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def _blank(value: object) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 # -- CSV ------------------------------------------------------------------------------------
