@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import http.client
-import json
 import os
 import random
 import socket
@@ -48,6 +46,7 @@ from testkit.durability import (
     last_seq,
     simulated_agent_config,
 )
+from testkit.mes_http import completions_webhook_source, post_completion
 from testkit.mqtt_proxy import MqttProxy
 from testkit.short_disk import Filler, small_tmpfs
 
@@ -134,7 +133,10 @@ def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) 
                     hub_url=proxy.url, state_dir=root / "state", rate_hz=rate_hz,
                     extra_buffer=scenario.extra_buffer(root), extra_hub=scenario.extra_hub,
                 )
-                + (webhook_source(root, webhook_port) if scenario.webhook else "")
+                + (
+                    completions_webhook_source(webhook_port, root / "tokens")
+                    if scenario.webhook else ""
+                )
             )
             agent = AgentProcess(config, root / "agent.log", nofile=scenario.nofile).start()
             try:
@@ -310,46 +312,8 @@ def acl_denial(f: Faults) -> None:
         f.broker.reload()
 
 
-WEBHOOK_TOKEN = "bench-webhook-token"
 IDLE_CONNECTIONS = 1100  # more than the agent's whole descriptor limit (`NOFILE`)
 NOFILE = 1024  # what systemd gives a unit without LimitNOFILE=
-
-
-def webhook_source(root: Path, port: int) -> str:
-    tokens = root / "tokens"
-    tokens.write_text(WEBHOOK_TOKEN + "\n")
-    return f"""
-[[sources]]
-name = "mes-webhook"
-type = "mes-http"
-listen = "127.0.0.1:{port}"
-tokens_file = "{tokens}"
-header_timeout_s = 2.0
-
-  [[sources.routes]]
-  path = "/mes/completions"
-  event = "workorder.completed"
-  asset = "line1"
-    [sources.routes.columns]
-    order = {{ column = "orderId" }}
-    good = {{ column = "good", type = "float", unit = "kg" }}
-"""
-
-
-def post_completion(port: int, order: str) -> int:
-    """One authenticated POST on a fresh connection: its HTTP status, 0 if none came."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(
-            "POST", "/mes/completions", body=json.dumps({"orderId": order, "good": 5}),
-            headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}",
-                     "Content-Type": "application/json"},
-        )
-        return connection.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return 0
-    finally:
-        connection.close()
 
 
 def descriptor_flood(f: Faults) -> None:

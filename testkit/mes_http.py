@@ -1,7 +1,10 @@
-"""An agent config with one `mes-http` source (two routes), and posts to it."""
+"""An agent config with one `mes-http` source (two routes), a one-route webhook source to add
+beside others, and posts to it."""
 
 from __future__ import annotations
 
+import http.client
+import json
 from pathlib import Path
 
 from testkit.durability import agent_header
@@ -58,3 +61,41 @@ def completion(order: str, good: float = 10.0, minute: int = 0) -> dict[str, obj
         "orderId": order, "material": "MAT-1", "qty": {"good": good, "scrap": 1},
         "finishedAt": f"2026-11-26T08:{minute:02d}:00+01:00",
     }
+
+
+def completions_webhook_source(port: int, tokens_file: Path) -> str:
+    """A `[[sources]]` block: a webhook on `port` with one route, completions of work orders
+    (`orderId`, `good` in kg), idle connections closed after 2 s; `tokens_file` gets `TOKEN`."""
+    tokens_file.write_text(f"{TOKEN}\n")
+    return f"""
+[[sources]]
+name = "mes-webhook"
+type = "mes-http"
+listen = "127.0.0.1:{port}"
+tokens_file = "{tokens_file}"
+header_timeout_s = 2.0
+
+  [[sources.routes]]
+  path = "/mes/completions"
+  event = "workorder.completed"
+  asset = "line1"
+    [sources.routes.columns]
+    order = {{ column = "orderId" }}
+    good = {{ column = "good", type = "float", unit = "kg" }}
+"""
+
+
+def post_completion(port: int, order: str) -> int:
+    """One authenticated POST to `completions_webhook_source` on a fresh connection: its HTTP
+    status, 0 when no answer came."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "POST", "/mes/completions", body=json.dumps({"orderId": order, "good": 5}),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        return connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        connection.close()

@@ -8,8 +8,6 @@ meanwhile (each of its commits writes counters.json: it needs descriptors too)."
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import resource
 import socket
@@ -25,7 +23,7 @@ import pytest
 from testkit.agent_process import REPO, AgentProcess
 from testkit.broker import MosquittoBroker, Subscriber, free_loopback_port
 from testkit.durability import EVENTS_TOPIC, agent_header, arrivals
-from testkit.mes_http import TOKEN
+from testkit.mes_http import completions_webhook_source, post_completion
 
 pytestmark = pytest.mark.e2e
 
@@ -49,9 +47,7 @@ class LimitedAgentProcess(AgentProcess):
 
 
 def config_text(tmp_path: Path, hub_url: str, port: int) -> str:
-    tokens = tmp_path / "tokens"
-    tokens.write_text(f"{TOKEN}\n")
-    return agent_header(hub_url=hub_url, state_dir=tmp_path / "state") + f"""
+    return agent_header(hub_url=hub_url, state_dir=tmp_path / "state") + """
 [[sources]]
 name = "sim"
 type = "simulated"
@@ -62,37 +58,7 @@ rate_hz = 100
   waveform = "counter"
   event = "production.count"
   asset = "line1/sim"
-
-[[sources]]
-name = "mes-webhook"
-type = "mes-http"
-listen = "127.0.0.1:{port}"
-tokens_file = "{tokens}"
-header_timeout_s = 2.0
-
-  [[sources.routes]]
-  path = "/mes/completions"
-  event = "workorder.completed"
-  asset = "line1"
-    [sources.routes.columns]
-    order = {{ column = "orderId" }}
-    good = {{ column = "good", type = "float", unit = "kg" }}
-"""
-
-
-def post(port: int, order: str) -> int:
-    """One authenticated POST on a fresh connection; its status (0: the connection failed)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    body = json.dumps({"orderId": order, "good": 5})
-    try:
-        connection.request("POST", "/mes/completions", body=body, headers={
-            "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json",
-        })
-        return connection.getresponse().status
-    except (ConnectionError, TimeoutError, http.client.HTTPException):
-        return 0
-    finally:
-        connection.close()
+""" + completions_webhook_source(port, tmp_path / "tokens")
 
 
 def open_idle(port: int, count: int) -> list[socket.socket]:
@@ -147,7 +113,7 @@ def test_more_idle_connections_than_descriptors_do_not_kill_the_agent(
             idle = open_idle(port, IDLE_SOCKETS)
             counted = len(events_of(subscriber, "production.count"))
             # Over the cap: a legitimate post is answered (503 at once, or taken: 202).
-            assert post(port, "WO-1") in (202, 503)
+            assert post_completion(port, "WO-1") in (202, 503)
             wait_for(lambda: len(events_of(subscriber, "production.count")) > counted + 50,
                      agent, "counter events flowing while the webhook is flooded")
             for sock in idle:
@@ -156,7 +122,7 @@ def test_more_idle_connections_than_descriptors_do_not_kill_the_agent(
             statuses: list[int] = []
 
             def answered_202() -> bool:
-                statuses.append(post(port, "WO-2"))
+                statuses.append(post_completion(port, "WO-2"))
                 return statuses[-1] == 202
 
             wait_for(answered_202, agent, "a 202 once the idle connections are gone")
