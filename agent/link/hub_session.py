@@ -46,6 +46,7 @@ def hub_session(
         client_id=client_id,
         keepalive_s=hub.keepalive_s,
         tls=credentials.tls,
+        client_cert_expires_at=credentials.client_cert_expires_at,
         username=credentials.username,
         password=credentials.password,
         session_expiry_s=hub.session_expiry_s,

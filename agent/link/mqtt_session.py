@@ -214,11 +214,13 @@ def _reason_text(reason: ReasonCode) -> str:
 
 
 # OpenSSL's words for the TLS failures an operator can fix, and what to fix.
+_EXPIRED_CERT_HINT = (
+    "TLS: the broker refused this agent's certificate: it has expired (renew hub.cert_file)"
+)
 _TLS_HINTS = (
     ("CERTIFICATE_VERIFY_FAILED", "TLS: the broker's certificate is not trusted (check hub.ca_file "
      "and that the hub URL's host name is in the certificate)"),
-    ("ALERT_CERTIFICATE_EXPIRED", "TLS: the broker refused this agent's certificate: it has "
-     "expired (renew hub.cert_file)"),
+    ("ALERT_CERTIFICATE_EXPIRED", _EXPIRED_CERT_HINT),
     ("ALERT_CERTIFICATE_REQUIRED", "TLS: the broker requires a client certificate (set "
      "hub.cert_file and hub.key_file)"),
     ("ALERT_UNKNOWN_CA", "TLS: the broker does not trust the CA of this agent's certificate "
@@ -254,6 +256,7 @@ class MqttSession:
         client_id: str,
         keepalive_s: int = 30,
         tls: ssl.SSLContext | None = None,
+        client_cert_expires_at: float | None = None,
         username: str | None = None,
         password: str | None = None,
         session_expiry_s: int = 0,
@@ -275,6 +278,7 @@ class MqttSession:
         self._client_id = client_id
         self._keepalive_s = keepalive_s
         self._tls = tls
+        self._client_cert_expires_at = client_cert_expires_at
         self._username = username
         self._password = password
         self._session_expiry_s = session_expiry_s
@@ -691,6 +695,11 @@ class MqttSession:
             return
         connack = self._connack
         if connack is not None and not connack.done():
+            expires_at = self._client_cert_expires_at
+            if expires_at is not None and time.time() > expires_at and "TLS:" not in reason:
+                # Under TLS 1.3 the broker checks the client certificate after the handshake;
+                # its alert can be lost to the connection's close (EOF, reset).
+                reason = f"{_EXPIRED_CERT_HINT} [{reason}]"
             connack.set_result(f"{reason} before CONNACK")
         if self._link_up:
             self._loss_reason = reason

@@ -32,6 +32,9 @@ class HubCredentials:
     tls: ssl.SSLContext | None
     username: str | None
     password: str | None
+    # When the agent's own client certificate expires (epoch s): under TLS 1.3 a broker that
+    # refuses an expired one may only close the connection, so the session says why itself.
+    client_cert_expires_at: float | None = None
 
 
 def resolve_path(key: str, reference: str) -> Path:
@@ -102,6 +105,18 @@ def tls_context(hub: HubSection) -> ssl.SSLContext:
 def hub_credentials(hub: HubSection) -> HubCredentials:
     """Read everything the hub connection needs; CredentialError says what is missing."""
     password = read_secret("hub.password", hub.password) if hub.password else None
+    tls = tls_context(hub) if hub.tls else None
+    expires_at = None
+    if tls is not None and hub.cert_file:
+        from cryptography import x509
+
+        certfile = _readable("hub.cert_file", hub.cert_file)
+        try:
+            with open(certfile, "rb") as file:
+                certificate = x509.load_pem_x509_certificate(file.read())
+            expires_at = certificate.not_valid_after_utc.timestamp()
+        except (OSError, ValueError):
+            expires_at = None  # tls_context loaded it; only the expiry hint is lost
     return HubCredentials(
-        tls=tls_context(hub) if hub.tls else None, username=hub.username, password=password
+        tls=tls, username=hub.username, password=password, client_cert_expires_at=expires_at
     )
