@@ -1,5 +1,7 @@
 """Durability, measured: the real agent process under faults, at a steady rate, for a bounded
-time per scenario. Prints one table row per scenario:
+time per scenario. Prints one table row per scenario, and writes the figures as JSON
+(`bench/results.durability.json`, or `--out`; `bench.report` renders the docs' table from the
+committed `bench/results.durability.reference.json`):
 
     scenario | produced | accepted | delivered | lost | duplicated | max delivery delay
 
@@ -13,8 +15,15 @@ time per scenario. Prints one table row per scenario:
   reported"). duplicated: arrivals of an id already seen; delay: arrival at the hub minus
   acceptance, worst case.
 
-Run: `.venv/bin/python -m bench.durability [--seconds 15] [--rate 500]`. Figures are printed,
-never asserted (the tests assert the guarantees).
+Run: `.venv/bin/python -m bench.durability [--seconds 15] [--rate 500] [--only WORD ...]
+[--out FILE]`. Figures are printed, never asserted (the tests assert the guarantees).
+
+The results file holds `bench.results.about_the_run` (mode `full`, or `partial` with `--only`),
+the run's `seconds_per_scenario`, `rate_hz`, `events_per_tick` and `seconds`, and `scenarios`:
+one object per scenario, in the table's order, with `scenario` (its name), `produced`,
+`accepted`, `delivered`, `lost` (silent losses only), `evicted_reported`, `duplicated`,
+`max_delay_s` and `webhook_posts` (HTTP status, "0" for no answer, to a count); or only
+`scenario` and `skipped` (the reason) for a scenario that could not run here.
 """
 
 from __future__ import annotations
@@ -26,15 +35,19 @@ import contextlib
 import os
 import random
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench import report
+from bench.results import about_the_run, write
 from testkit.agent_process import AgentProcess
 from testkit.blackhole import TcpProxy
 from testkit.broker import MosquittoBroker, free_loopback_port
@@ -50,6 +63,7 @@ from testkit.mes_http import completions_webhook_source, post_completion
 from testkit.mqtt_proxy import MqttProxy
 from testkit.short_disk import Filler, small_tmpfs
 
+RESULTS = Path(__file__).resolve().parent / "results.durability.json"
 SIGNALS = 2
 RUNNING = "running: 1 source(s)"
 OVERFLOW_TYPE = "agent.buffer.overflow.v1"
@@ -110,7 +124,8 @@ def threaded_mqtt_proxy(target_port: int) -> Iterator[MqttProxy]:
         loop.close()
 
 
-def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) -> list[str]:
+def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) -> dict[str, Any]:
+    """The scenario's figures (see the module docstring: one object of `scenarios`)."""
     rng = random.Random(7)
     with (
         tempfile.TemporaryDirectory() as work,
@@ -163,7 +178,7 @@ def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) 
                 agent.ensure_stopped()
             messages, received_at = subscriber.snapshot()
             subscriber.stop()
-        report = check_delivery(buffer_file, messages, received_at=received_at)
+        delivery = check_delivery(buffer_file, messages, received_at=received_at)
         top = last_seq(buffer_file)
         everything = arrivals(messages)
         ticks = sorted(
@@ -176,18 +191,16 @@ def run_scenario(name: str, seconds: float, rate_hz: float, scenario: Scenario) 
             if arrival.event["type"] == OVERFLOW_TYPE:
                 for first, last in arrival.event["data"].get("seq_ranges", []):
                     reported.update(range(int(first), int(last) + 1))
-        silent = [seq for seq in report.seq_gaps if seq not in reported]
-        evicted = len(reported & set(report.seq_gaps))
-    lost = str(len(silent)) + (f" (+{evicted} evicted, reported)" if evicted else "")
-    if answers:
-        tally = collections.Counter(answers)
-        name += " (webhook posts meanwhile: " + ", ".join(
-            f"{status or 'no answer'} x{n}" for status, n in sorted(tally.items())
-        ) + ")"
-    return [
-        name, str(made), str(top), str(report.delivered), lost,
-        str(report.duplicated), f"{report.max_delay_s:.2f} s",
-    ]
+        silent = [seq for seq in delivery.seq_gaps if seq not in reported]
+        evicted = len(reported & set(delivery.seq_gaps))
+    return {
+        "scenario": name, "produced": made, "accepted": top, "delivered": delivery.delivered,
+        "lost": len(silent), "evicted_reported": evicted, "duplicated": delivery.duplicated,
+        "max_delay_s": delivery.max_delay_s,
+        "webhook_posts": {
+            str(status): n for status, n in sorted(collections.Counter(answers).items())
+        },
+    }
 
 
 def steady(f: Faults) -> None:
@@ -369,24 +382,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="fault time per scenario")
     parser.add_argument("--rate", type=float, default=500.0, help="source ticks per second")
-    header = ["scenario", "produced", "accepted", "delivered", "lost", "duplicated",
-              "max delivery delay"]
     parser.add_argument("--only", nargs="*", help="run only scenarios whose name contains these")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON results file")
     args = parser.parse_args()
+    started = time.monotonic()
+    results = about_the_run("partial" if args.only else "full")
+    results.update(benchmark=report.DURABILITY.benchmark, seconds_per_scenario=args.seconds,
+                   rate_hz=args.rate, events_per_tick=SIGNALS, scenarios=[])
     chosen = {
         name: scenario for name, scenario in SCENARIOS.items()
         if not args.only or any(word in name for word in args.only)
     }
-    rows = []
     for name, scenario in chosen.items():
+        print(f"{name} ...", file=sys.stderr, flush=True)
         try:
-            rows.append(run_scenario(name, args.seconds, args.rate, scenario))
+            figures = run_scenario(name, args.seconds, args.rate, scenario)
         except pytest.skip.Exception as skipped:  # small_tmpfs: not root, or no mount here
-            rows.append([name, f"skipped: {skipped.msg}", *("-" for _ in header[2:])])
-    print(f"| {' | '.join(header)} |")
-    print(f"|{'|'.join('---' for _ in header)}|")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
+            figures = {"scenario": name, "skipped": skipped.msg}
+        results["scenarios"].append(figures)
+    results["seconds"] = time.monotonic() - started
+    print(report.render_durability(results), end="")
+    write(args.out, results)
+    print(f"\n{results['seconds']:.0f} s; figures written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
-"""The performance tables of docs/performance.md, rendered from a `bench.run` results file.
+"""The performance tables of docs/performance.md, rendered from the benchmarks' results files.
 
-`bench.run` writes every figure it measures to `bench/results.json` (git ignores it); the
-figures the docs show come from the committed `bench/results.reference.json`, through this
-module, never typed in by hand. The rendered tables sit in docs/performance.md between the
-`BEGIN` and `END` marker lines below; `tests/unit/test_docs.py` checks that what is there
-equals `render(reference)`, so the docs and the reference file cannot drift apart.
+Two benchmarks write every figure they measure to a JSON file (git ignores both): `bench.run`
+to `bench/results.json`, `bench.durability` to `bench/results.durability.json`. The figures
+the docs show come from their committed reference copies (`SECTIONS`: `RUN` and `DURABILITY`),
+through this module, never typed in by hand. Each section's tables sit in docs/performance.md
+between its own `begin` and `end` marker lines; `tests/unit/test_docs.py` checks that what is
+there equals `section.render(reference)`, so the docs and the reference files cannot drift
+apart.
 
     .venv/bin/python -m bench.report [FILE] [--write]
 
-prints the tables of FILE (default: the reference file); `--write` puts them into
-docs/performance.md instead. After a run worth publishing: copy `bench/results.json` over the
-reference and run `python -m bench.report --write`.
+prints the tables of FILE (its section is told by its `benchmark` field; none: `bench.run`), or
+of every reference file; `--write` puts them into docs/performance.md instead. After a run
+worth publishing: copy its results file over the reference and run
+`python -m bench.report --write`.
 
 Rendering is a pure function of the results: the same file always gives the same text.
 A figure a results file lacks (NaN in JSON) shows as an en dash.
@@ -21,24 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "bench" / "results.reference.json"
 PERFORMANCE_DOC = REPO / "docs" / "performance.md"
-BEGIN = "<!-- bench.report: BEGIN (python -m bench.report --write; do not edit by hand) -->"
-END = "<!-- bench.report: END -->"
 MIB_IN_MB = 2**20 / 1e6
 
 Results = Mapping[str, Any]
 
 
-def render(results: Results) -> str:
-    """The Markdown of every table, for one results file (ends with a newline)."""
+def render_run(results: Results) -> str:
+    """The Markdown of `bench.run`'s tables, for one results file (ends with a newline)."""
     parts = [
-        _measured_on(results),
+        _measured_on(results, "bench.run"),
         _ingest_table(results["ingest"]),
         _startup_table(results["ingest"]),
         _backlog_table(results["backlog"]),
@@ -49,38 +50,86 @@ def render(results: Results) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def generated_section(text: str) -> str:
-    """What stands between the markers of `text` (a docs page), without the marker lines."""
-    begin, end = _marker_lines(text)
-    lines = text.splitlines(keepends=True)
-    return "".join(lines[begin + 1:end])
+def render_durability(results: Results) -> str:
+    """The Markdown of `bench.durability`'s table, for one results file (ends with a newline)."""
+    conditions = (
+        f"{_number(results['seconds_per_scenario'], None)} s of faults per scenario at "
+        f"{_number(results['rate_hz'], None)} ticks/s of the simulated source, "
+        f"{results['events_per_tick']} events per tick"
+    )
+    parts = [
+        _measured_on(results, "bench.durability", conditions),
+        _durability_table(results["scenarios"]),
+    ]
+    return "\n\n".join(parts) + "\n"
 
 
-def with_section(text: str, rendered: str) -> str:
-    """`text` with the part between its markers replaced by `rendered`."""
-    begin, end = _marker_lines(text)
-    lines = text.splitlines(keepends=True)
-    return "".join([*lines[:begin + 1], rendered, *lines[end:]])
+@dataclass(frozen=True)
+class Section:
+    """One generated part of docs/performance.md: the benchmark whose results it shows, its
+    committed reference results, its marker lines and how it is rendered."""
+
+    benchmark: str
+    reference: Path
+    render: Callable[[Results], str]
+    begin: str
+    end: str
+
+    def generated(self, text: str) -> str:
+        """What stands between this section's markers in `text` (a docs page), without the
+        marker lines."""
+        begin, end = self._marker_lines(text)
+        lines = text.splitlines(keepends=True)
+        return "".join(lines[begin + 1:end])
+
+    def replaced(self, text: str, rendered: str) -> str:
+        """`text` with the part between this section's markers replaced by `rendered`."""
+        begin, end = self._marker_lines(text)
+        lines = text.splitlines(keepends=True)
+        return "".join([*lines[:begin + 1], rendered, *lines[end:]])
+
+    def _marker_lines(self, text: str) -> tuple[int, int]:
+        lines = text.splitlines()
+        if lines.count(self.begin) != 1 or lines.count(self.end) != 1:
+            raise ValueError(f"expected one {self.begin!r} line and one {self.end!r} line")
+        begin, end = lines.index(self.begin), lines.index(self.end)
+        if end < begin:
+            raise ValueError(f"{self.end!r} comes before {self.begin!r}")
+        return begin, end
 
 
-def _marker_lines(text: str) -> tuple[int, int]:
-    lines = text.splitlines()
-    if lines.count(BEGIN) != 1 or lines.count(END) != 1:
-        raise ValueError(f"expected one {BEGIN!r} line and one {END!r} line")
-    begin, end = lines.index(BEGIN), lines.index(END)
-    if end < begin:
-        raise ValueError(f"{END!r} comes before {BEGIN!r}")
-    return begin, end
+_DO_NOT_EDIT = "(python -m bench.report --write; do not edit by hand)"
+RUN = Section(
+    "bench.run", REPO / "bench" / "results.reference.json", render_run,
+    f"<!-- bench.report: BEGIN {_DO_NOT_EDIT} -->", "<!-- bench.report: END -->",
+)
+DURABILITY = Section(
+    "bench.durability", REPO / "bench" / "results.durability.reference.json", render_durability,
+    f"<!-- bench.report durability: BEGIN {_DO_NOT_EDIT} -->",
+    "<!-- bench.report durability: END -->",
+)
+SECTIONS = (RUN, DURABILITY)
 
 
-def _measured_on(results: Results) -> str:
+def section_of(results: Results) -> Section:
+    """The section a results file fills, by its `benchmark` field (`bench.run`'s files have
+    none)."""
+    benchmark = results.get("benchmark", RUN.benchmark)
+    for section in SECTIONS:
+        if section.benchmark == benchmark:
+            return section
+    raise ValueError(f"no docs section shows the results of {benchmark!r}")
+
+
+def _measured_on(results: Results, benchmark: str, conditions: str = "") -> str:
     machine = results["machine"]
     load = ", ".join(f"{value:g}" for value in machine["load_average_at_start"])
     text = (
-        f"Measured: `bench.run` {results['mode']} run of {results['started_at']}, "
+        f"Measured: `{benchmark}` {results['mode']} run of {results['started_at']}, "
         f"{machine['cpus']} CPUs, Python {machine['python']}, load average at start {load}, "
         f"`[buffer] synchronous = \"{results['buffer_synchronous']}\"`, "
-        f"{_number(results['seconds'], 0)} s in all."
+        + (f"{conditions}, " if conditions else "")
+        + f"{_number(results['seconds'], 0)} s in all."
     )
     if results.get("note"):
         text += f"\n\n{results['note']}"
@@ -175,6 +224,34 @@ def _targets_table(targets: Sequence[Results], *, quick: bool) -> str:
     return _table([title, "measured", "limit", ""], "-|-:|-:|-", rows)
 
 
+def _durability_table(scenarios: Sequence[Results]) -> str:
+    rows = []
+    for row in scenarios:
+        if "skipped" in row:
+            rows.append([row["scenario"], f"skipped: {row['skipped']}", *["\u2013"] * 5])
+            continue
+        name = row["scenario"]
+        if row["webhook_posts"]:
+            name += " (webhook posts meanwhile: " + ", ".join(
+                f"{'no answer' if status == '0' else status} x{count}"
+                for status, count in row["webhook_posts"].items()
+            ) + ")"
+        lost = _number(row["lost"], 0)
+        if row["evicted_reported"]:
+            lost += f" (+{_number(row['evicted_reported'], 0)} evicted, reported)"
+        rows.append([
+            name, _number(row["produced"], 0), _number(row["accepted"], 0),
+            _number(row["delivered"], 0), lost, _number(row["duplicated"], 0),
+            f"{_number(row['max_delay_s'], 2)} s",
+        ])
+    return _table(
+        ["scenario", "produced", "accepted", "delivered", "lost", "duplicated",
+         "max delivery delay"],
+        "-|-:|-:|-:|-:|-:|-:",
+        rows,
+    )
+
+
 def _table(header: Sequence[str], alignment: str, rows: Iterable[Sequence[str]]) -> str:
     lines = [_row(header), f"|{alignment.replace('-', '---')}|"]
     lines.extend(_row(row) for row in rows)
@@ -196,16 +273,26 @@ def _number(value: float, decimals: int | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="?", type=Path, default=REFERENCE,
-                        help="a bench.run results file (default: the reference)")
+    parser.add_argument("results", nargs="?", type=Path,
+                        help="a bench.run or bench.durability results file (default: every "
+                             "reference file)")
     parser.add_argument("--write", action="store_true",
                         help=f"put the tables into {PERFORMANCE_DOC.relative_to(REPO)}")
     args = parser.parse_args(argv)
-    rendered = render(json.loads(args.results.read_text()))
+    files = [args.results] if args.results else [section.reference for section in SECTIONS]
+    text = PERFORMANCE_DOC.read_text()
+    printed = []
+    for path in files:
+        results = json.loads(path.read_text())
+        section = section_of(results)
+        rendered = section.render(results)
+        if args.write:
+            text = section.replaced(text, rendered)
+        printed.append(rendered)
     if args.write:
-        PERFORMANCE_DOC.write_text(with_section(PERFORMANCE_DOC.read_text(), rendered))
+        PERFORMANCE_DOC.write_text(text)
     else:
-        print(rendered, end="")
+        print("\n".join(printed), end="")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,6 @@ phase, as collapsed stacks in DIR.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import signal
 import sys
 import tempfile
@@ -41,7 +38,7 @@ from typing import Any
 from bench.backlog_drain import drain, fill
 from bench.ingest import Phase, footprint, run_ingest
 from bench.large_file import run_large_file
-from config.schema import BufferSection
+from bench.results import about_the_run, write
 from testkit.broker import MosquittoBroker
 from testkit.durability import TimedSubscriber
 
@@ -212,19 +209,13 @@ def main() -> None:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    results: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "buffer_synchronous": BufferSection().synchronous,
-    }
+    results = about_the_run("quick" if args.quick else "full")
     with tempfile.TemporaryDirectory(prefix="bench-run-") as work:
         results.update(measure(QUICK if args.quick else FULL, Path(work), args.profile))
     results["targets"] = targets(results)
     results["seconds"] = time.monotonic() - started
     print_table(results)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write(args.out, results)
     print(f"\n{results['seconds']:.0f} s; figures written to {args.out}")
 
 
