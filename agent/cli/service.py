@@ -19,12 +19,12 @@ import argparse
 import json
 import re
 import sys
-import time
 import tomllib
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from agent.cli.tables import ago
 
 EXIT_RUNNING, EXIT_FAILURE, EXIT_INVALID, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -168,7 +168,8 @@ def _text(site: str, agent_id: str, report: dict[str, Any]) -> str:
     if snapshot is None:
         lines.append("  agent: not running; it never ran with this state dir (no status.json)")
     else:
-        written = f"snapshot written {_ago(snapshot.get('written_at'))}"
+        written_at = ago(snapshot.get("written_at"), unknown="at an unknown time")
+        written = f"snapshot written {written_at}"
         if report["running"]:
             lines.append(
                 f"  agent: running, pid {snapshot.get('pid')}, since {snapshot.get('started_at')}"
@@ -233,12 +234,3 @@ def _buffer_line(buffer: dict[str, Any]) -> str:
         f"letter(s), last seq {buffer['last_seq']}, {buffer['file_bytes'] / 1e6:.1f} MB"
     )
 
-
-def _ago(moment: object) -> str:
-    if not isinstance(moment, str):
-        return "at an unknown time"
-    try:
-        seconds = time.time() - datetime.fromisoformat(moment).timestamp()
-    except ValueError:
-        return f"at {moment}"
-    return f"{seconds:.0f} s ago" if seconds < 3600 else f"at {moment}"

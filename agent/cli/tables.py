@@ -1,4 +1,5 @@
-"""Text for a terminal, shared by the hub tools (`remote`, `fleet`): aligned tables and ages.
+"""Text for a terminal, shared by the CLI's commands (`remote`, `fleet`, `status`): aligned
+tables and ages.
 
 Pure functions of their arguments (the clock is a parameter where it matters), so tests can
 render an answer without a broker.
@@ -25,13 +26,22 @@ def age_text(seconds: Any) -> str:
     return f"{seconds:.0f} s" if isinstance(seconds, int | float) else "-"
 
 
-def ago(moment: str | None, now: float | None = None) -> str:
-    """`42 s ago` for an ISO 8601 time; `-` for none; the text itself if it is not a time."""
-    if not moment:
-        return "-"
+RECENT_S = 3600.0  # younger than this: how long ago; older: the moment itself
+SKEW_S = 60.0  # a moment up to this far ahead (the other clock is fast) still reads as now
+
+
+def ago(moment: object, now: float | None = None, *, unknown: str = "-") -> str:
+    """When `moment` (an ISO 8601 time) was, for an operator: `42 s ago` within the last hour;
+    `at 2026-12-03T15:23:49+00:00` (the text as written, to match against a journal) for an
+    older one, one further ahead than a skewed clock explains, or text that is not a time;
+    `unknown` for none (None, an empty or non-text value)."""
+    if not isinstance(moment, str) or not moment:
+        return unknown
     try:
         at = datetime.fromisoformat(moment)
     except ValueError:
-        return moment
+        return f"at {moment}"
     seconds = (now if now is not None else time.time()) - at.timestamp()
-    return f"{max(seconds, 0):.0f} s ago"
+    if -SKEW_S < seconds < RECENT_S:
+        return f"{max(seconds, 0):.0f} s ago"
+    return f"at {moment}"
