@@ -34,7 +34,6 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationInfo,
@@ -43,6 +42,7 @@ from pydantic import (
 )
 
 from config import units
+from config.fields import STRICT
 from config.masterdata import CsvTableError, read_csv_table
 from events.kinds import EventKind, MachineState
 
@@ -62,10 +62,6 @@ NUMERIC_EVENTS = (EventKind.TELEMETRY, EventKind.QUALITY_ALERT, EventKind.MACHIN
 TRIGGERED_EVENTS = (EventKind.QUALITY_ALERT, EventKind.MACHINE_DOWNTIME)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 @dataclass(frozen=True, slots=True)
 class Problem:
     """A finding on one key: where (its key path) and what is wrong."""
@@ -75,13 +71,15 @@ class Problem:
     value: object
 
 
-class Trigger(_Strict):
+class Trigger(BaseModel):
     """When a quality.alert or machine.downtime is active (its start) and when it ends.
 
     `above = 80.0, hysteresis = 2.0`: starts when the value goes above 80, ends when it falls
     below 78. `below = 5.0`: starts below 5. `when = true`: a boolean signal, active while it has
     that value. Limits are in the unit the event carries (after `to_unit` conversion).
     """
+
+    model_config = STRICT
 
     above: FiniteFloat | None = None
     below: FiniteFloat | None = None
@@ -101,8 +99,10 @@ class Trigger(_Strict):
         return self
 
 
-class WorkorderFields(_Strict):
+class WorkorderFields(BaseModel):
     """Sibling signals (by name, same asset) whose latest values form a workorder.completed."""
+
+    model_config = STRICT
 
     order: SignalRef
     good: SignalRef | None = None
@@ -110,8 +110,10 @@ class WorkorderFields(_Strict):
     product: SignalRef | None = None
 
 
-class SignalMapping(_Strict):
+class SignalMapping(BaseModel):
     """How one signal becomes canonical events (pure; see `agent.flow.mapping`)."""
+
+    model_config = STRICT
 
     event: EventKind | None = None
     asset: AssetName
@@ -241,8 +243,10 @@ class SignalMapping(_Strict):
             yield "trigger", "a telemetry value is a number: use `above` or `below`, not `when`"
 
 
-class UnitsSection(_Strict):
+class UnitsSection(BaseModel):
     """The enterprise unit of each kind of quantity (optional; default: keep the source unit)."""
+
+    model_config = STRICT
 
     temperature: str | None = None
     pressure: str | None = None
@@ -278,8 +282,10 @@ class UnitsSection(_Strict):
         return target or code
 
 
-class LookupTable(_Strict):
+class LookupTable(BaseModel):
     """A master-data table: plant code -> enterprise code."""
+
+    model_config = STRICT
 
     file: Path | None = None
     entries: dict[str, Annotated[str, Field(min_length=1)]] = {}
@@ -316,8 +322,10 @@ class LookupTable(_Strict):
         return self._codes
 
 
-class AssetSection(_Strict):
+class AssetSection(BaseModel):
     """Where an asset sits in the enterprise: an ISA-95 path."""
+
+    model_config = STRICT
 
     path: Annotated[
         str,
