@@ -156,14 +156,17 @@ class SqliteReader:
         self.where = f"SQLite {settings.sqlite_path}"
 
     async def connect(self) -> None:
+        # The file is opened on a thread this call awaits, and aiosqlite is handed the open
+        # connection. (`aiosqlite.connect` opens it on its own worker thread, and when that
+        # fails it stops the worker without waiting: the worker then reports to the event loop
+        # after this call returned, "Event loop is closed" once the loop has ended.) Handed an
+        # open connection, aiosqlite's worker cannot fail to start, and `close` waits for it.
         uri = f"{self._settings.sqlite_path.absolute().as_uri()}?mode=ro"
         try:
-            # `timeout`: how long a read waits for a writer's lock before "database is locked".
-            self._connection = await aiosqlite.connect(
-                uri, uri=True, timeout=self._settings.timeout_s
-            )
+            opened = await asyncio.to_thread(_open_sqlite, uri, self._settings.timeout_s)
         except sqlite3.Error as error:
             raise SourceUnavailable(f"cannot open {self.where}: {error}") from error
+        self._connection = await aiosqlite.Connection(lambda: opened, iter_chunk_size=64)
         self._connection.row_factory = sqlite3.Row
         await _probe(self)
 
@@ -197,6 +200,13 @@ class SqliteReader:
                 await connection.close()
             except sqlite3.Error:
                 pass
+
+
+def _open_sqlite(uri: str, timeout_s: float) -> sqlite3.Connection:
+    """The SQLite file of `uri`, for aiosqlite's worker thread: `check_same_thread=False`, as
+    this thread only opens it and that one alone uses it from then on. `timeout`: how long a
+    read waits for a writer's lock before "database is locked"."""
+    return sqlite3.connect(uri, uri=True, timeout=timeout_s, check_same_thread=False)
 
 
 async def _probe(reader: TableReader) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import stat
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -288,13 +289,15 @@ async def test_sqlite_file_is_opened_read_only(tmp_path: Path) -> None:
         assert await reader.fetch_after(None, 10) == [{"id": 1}]
 
     missing = tmp_path / "not-there.db"
+    threads = set(threading.enumerate())
     with pytest.raises(SourceUnavailable, match=r"not-there\.db"):
         await open_reader(MesSqlSettings(url=f"sqlite:///{missing}", table="orders",
                                          cursor=("id",))).connect()
     assert not missing.exists()  # read-only: never created
-    # aiosqlite stops its worker thread after a failed open in the background; let it finish
-    # while this test's event loop still runs (the agent's loop outlives it anyway).
-    await asyncio.sleep(0.2)
+    # The failed open left no thread of its own behind, to report to this event loop after
+    # it closed (the loop's executor, "asyncio_N", is the loop's to end).
+    assert [thread.name for thread in threading.enumerate()
+            if thread not in threads and not thread.name.startswith("asyncio_")] == []
 
 
 # Cursor text ---------------------------------------------------------------------------------
