@@ -54,9 +54,10 @@ from agent.link.replay import replay_retained
 from agent.link.status import CONTENT_TYPE as STATUS_CONTENT_TYPE
 from agent.link.status import StatusPublisher, config_fingerprint, offline_payload
 from agent.service import descriptors
-from agent.source_types import build_connector
 from buffer.base import Buffer, BufferUnavailable
-from config.schema import AgentConfig, MesHttpSource, Source
+from config.schema import AgentConfig
+from config.source_models import MesHttpSource
+from config.source_types import Source, build_connector
 from connectors.backoff import Backoff
 from connectors.base import (
     Connector,

@@ -2,11 +2,12 @@
 
 One file per section, each the one place its defaults are declared: `[agent]`
 (`config.agent`), `[hub]` (`config.hub`), `[buffer]` (`config.buffer`), `[commands]`
-(`config.commands`), `[units]`, `[lookups]` and `[assets]` (`config.mapping`). Component
-settings live next to their component (`connectors.opcua.config`) and are composed here with
-the mapping fields into the `[[sources]]` models. The sections stay in `config/` rather than
-beside the agent's code they configure because `config` may not import `agent`
-(`tests/unit/test_architecture.py`).
+(`config.commands`), `[units]`, `[lookups]` and `[assets]` (`config.mapping`), and
+`[[sources]]`: one entry per source, validated by the model its `type` names in the
+source-type registry (`config.source_types`; the models are in `config.source_models`, the
+connector's settings, which live next to their component (`connectors.opcua.config`), composed
+with the mapping fields). The sections stay in `config/` rather than beside the agent's code
+they configure because `config` may not import `agent` (`tests/unit/test_architecture.py`).
 
 Every model forbids unknown keys (`config.fields.STRICT`), so a typo is an error that
 `edge-agent check-config` names, never a setting silently ignored. This module checks what
@@ -15,22 +16,15 @@ spans sections: unique source names and the mapping's references across sections
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Literal, Self
+from typing import Annotated
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 # The sections, importable from here as before the split (`config.schema.HubSection`).
 from config.agent import AgentSection as AgentSection
 from config.buffer import BufferSection as BufferSection
 from config.commands import CommandsSection as CommandsSection
-from config.fields import STRICT, AssetPath
+from config.fields import STRICT
 from config.hub import HubSection as HubSection
 from config.mapping import (  # the mapping part of the schema lives in config/mapping.py
     AssetSection,
@@ -40,167 +34,15 @@ from config.mapping import (  # the mapping part of the schema lives in config/m
     raise_problems,
 )
 from config.mapping import SignalMapping as SignalMapping
-from connectors.base import SourceSettings
-from connectors.mes_files.config import MesFilesSettings
-from connectors.mes_http.config import MesHttpSettings, RouteSettings
-from connectors.mes_sql.config import MesSqlSettings
-from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings
-from connectors.records import UNIT_FIELD, FieldSettings, RecordSettings
-from connectors.simulated.config import SimulatedSettings, SimulatedSignalSettings
-from events.kinds import EventKind
-from events.models import EVENT_TYPES
 
-
-class OpcUaSignal(OpcUaSignalSettings, SignalMapping):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="after")
-    def _events_are_alarms(self) -> OpcUaSignal:
-        # An event notifier yields alarm events, not values; and only it yields them.
-        alarm = self.event is EventKind.MACHINE_ALARM
-        if (self.mode == "events") != alarm:
-            raise ValueError(
-                "an event notifier (mode = \"events\") feeds event = \"machine.alarm\", and "
-                "machine.alarm comes only from mode = \"events\""
-            )
-        return self
-
-
-class OpcUaSource(OpcUaSettings, SourceSettings):
-    """An OPC UA server (`connectors.opcua`)."""
-
-    type: Literal["opcua"]
-    signals: Annotated[list[OpcUaSignal], Field(min_length=1)]
-
-    @model_validator(mode="after")
-    def _unique_nodes(self) -> OpcUaSource:
-        seen: set[str] = set()
-        for signal in self.signals:
-            if signal.node in seen:
-                raise ValueError(f"node {signal.node!r} is listed twice in source {self.name!r}")
-            seen.add(signal.node)
-        return self
-
-
-class SimulatedSignal(SimulatedSignalSettings, SignalMapping):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SimulatedSource(SimulatedSettings, SourceSettings):
-    """A fixed-rate simulated source (`connectors.simulated`), for demos, tests and benchmarks."""
-
-    type: Literal["simulated"]
-    signals: Annotated[list[SimulatedSignal], Field(min_length=1)]
-
-
-# Event types an MES record can become, with the fields a record may fill: required and
-# optional, derived from the `events.models` models (`EventType.record_fields`).
-RECORD_FIELDS: dict[EventKind, tuple[frozenset[str], frozenset[str]]] = {
-    kind: event_type.record_fields()
-    for kind, event_type in EVENT_TYPES.items()
-    if event_type.record is not None
-}
-
-
-def check_record_fields(event: EventKind, columns: Mapping[str, FieldSettings]) -> None:
-    """The columns of a record source fit its event type; ValueError says what does not."""
-    fields = RECORD_FIELDS.get(event)
-    if fields is None:
-        raise ValueError(
-            f"event {event.value!r} cannot come from an MES record; "
-            f"supported: {', '.join(kind.value for kind in RECORD_FIELDS)}"
-        )
-    required, optional = fields
-    unknown = sorted(set(columns) - required - optional)
-    if unknown:
-        raise ValueError(
-            f"{event.value} has no field(s) {', '.join(map(repr, unknown))}; "
-            f"its fields: {', '.join(sorted(required | optional))}"
-        )
-    given = set(columns)
-    if any(spec.unit is not None for spec in columns.values()):
-        given.add(UNIT_FIELD)  # a column's unit fills the event's unit
-    missing = sorted(required - given)
-    if missing:
-        raise ValueError(
-            f"{event.value} needs column(s) for {', '.join(map(repr, missing))}"
-            + (" (or a column with `unit`)" if UNIT_FIELD in missing else "")
-        )
-    for name in sorted(required & set(columns)):
-        if not columns[name].required:
-            raise ValueError(f"field {name!r} is required by {event.value}")
-
-
-class _OneEventRecords(BaseModel):
-    """A record source of one event type: a file drop or an interface table. Each record
-    (signal "record") becomes one event of `event` for `asset`, its fields from `columns`."""
-
-    event: EventKind
-    asset: AssetPath
-
-    @property
-    def signals(self) -> tuple[()]:
-        """No signals: its records are whole events (`agent.flow.mapping`)."""
-        return ()
-
-    def record_rules(self) -> list[tuple[str, EventKind, str]]:
-        """(signal, event, asset) of its readings."""
-        return [("record", self.event, self.asset)]
-
-    @model_validator(mode="after")
-    def _columns_fit_event(self) -> Self:
-        assert isinstance(self, RecordSettings)
-        check_record_fields(self.event, self.columns)
-        return self
-
-
-class MesFilesSource(MesFilesSettings, _OneEventRecords, SourceSettings):
-    """A folder of MES batch files (`connectors.mes_files`)."""
-
-    type: Literal["mes-files"]
-
-
-class MesHttpRoute(RouteSettings):
-    """One webhook endpoint: each posted object becomes one event of `event` for `asset`."""
-
-    event: EventKind  # narrows the connector's plain name
-    asset: AssetPath
-
-    @model_validator(mode="after")
-    def _columns_fit_event(self) -> MesHttpRoute:
-        check_record_fields(self.event, self.columns)
-        return self
-
-
-class MesHttpSource(MesHttpSettings, SourceSettings):
-    """An HTTP endpoint the MES posts JSON to (`connectors.mes_http`)."""
-
-    type: Literal["mes-http"]
-    routes: Annotated[list[MesHttpRoute], Field(min_length=1)]  # type: ignore[assignment]
-
-    @property
-    def signals(self) -> tuple[()]:
-        """A webhook has no signals: its objects are whole records (`agent.flow.mapping`)."""
-        return ()
-
-    def record_rules(self) -> list[tuple[str, EventKind, str]]:
-        """(signal, event, asset) of its readings: a route's objects are signal = its path."""
-        return [(route.path, route.event, route.asset) for route in self.routes]
-
-
-class MesSqlSource(MesSqlSettings, RecordSettings, _OneEventRecords, SourceSettings):
-    """An interface table (or query) in the MES database (`connectors.mes_sql`)."""
-
-    type: Literal["mes-sql"]
-
-
-# The `[[sources]]` model of each type, by its `type` tag: the rows of
-# `agent.source_types.SOURCE_TYPES` name the same models (a test holds them together).
-RECORD_SOURCES = (MesFilesSource, MesHttpSource, MesSqlSource)
-Source = Annotated[
-    OpcUaSource | SimulatedSource | MesFilesSource | MesHttpSource | MesSqlSource,
-    Field(discriminator="type"),
-]
+# The `[[sources]]` models and their union, importable from here as before the registry moved
+# to config (`config.schema.OpcUaSource`).
+from config.source_models import RECORD_FIELDS as RECORD_FIELDS
+from config.source_models import MesHttpSource as MesHttpSource
+from config.source_models import OpcUaSource as OpcUaSource
+from config.source_models import check_record_fields as check_record_fields
+from config.source_types import RECORD_SOURCES as RECORD_SOURCES
+from config.source_types import Source
 
 
 class AgentConfig(BaseModel):
@@ -222,7 +64,7 @@ class AgentConfig(BaseModel):
     # line) instead of at the file as a whole.
     @field_validator("sources")
     @classmethod
-    def _unique_sources(cls, sources: list[OpcUaSource]) -> list[OpcUaSource]:
+    def _unique_sources(cls, sources: list[Source]) -> list[Source]:
         names = [source.name for source in sources]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:

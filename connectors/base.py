@@ -6,7 +6,7 @@ peer says into `Reading`s and hands them to the runtime through `emit`.
 Lifecycle (owned by the runtime, `agent.runtime.SourceRunner`):
 
 1. The runtime constructs the connector from its validated config (its row in
-   `agent.source_types`).
+   `config.source_types`).
 2. It calls `run(emit)` and awaits it. `run` connects, subscribes or polls, and calls
    `await emit(readings)` for each batch, for as long as it can. `emit` returns once the
    readings are handed over; it may block to apply backpressure, and a connector must not
@@ -46,12 +46,13 @@ Adding a source type (a Modbus TCP source, say; docs/developer-guide.md works it
    its signals' `ModbusSignalSettings(SignalSettings)`), `connector.py` (`ModbusConnector`,
    keeping this contract), optionally `probe.py`, and `sample.toml` (every key, annotated;
    tests/unit/test_samples.py loads it).
-2. One registry row in `agent.source_types.SOURCE_TYPES`: `"modbus"` → its `[[sources]]`
-   model, its builder and its probe, each importing the connector's module only when called
-   (an agent without a Modbus source never imports its client library). The `[[sources]]`
-   model is the settings with `SourceSettings` (name, type) and the mapping keys of its
-   signals, three lines in `config.schema` beside the others; a test fails until the model,
-   the `Source` union and the row agree.
+2. One registry row in `config.source_types.SOURCE_TYPES`:
+   `"modbus": signal_type("modbus", ModbusSettings, ModbusSignalSettings, _build_modbus,
+   _probe_modbus)`, its builder and probe two small functions beside it that import the
+   connector's module only when called (an agent without a Modbus source never imports its
+   client library). The row makes the `[[sources]]` model (the settings with `name`, `type`
+   and the mapping keys of each signal) and the config's `Source` union takes it from there;
+   a type with rules of its own writes its model in `config.source_models` instead.
 3. One peer fixture in tests/conformance/peers.py: a real peer (a Modbus server on a loopback
    port), settings that work, settings that cannot, a way to take the peer down and to make it
    report the same fact twice. The conformance suite then runs every clause against it.

@@ -1,7 +1,7 @@
 """`edge-agent check-config CONFIG --connect`: ask each source's peer whether the config will
 work there, before the agent is (re)started.
 
-Each source type's probe (`agent.source_types`) asks its own peer: an OPC UA server resolves
+Each source type's probe (`config.source_types`) asks its own peer: an OPC UA server resolves
 every node and says its data type (which must fit the event it feeds), a database runs the
 poll query once, a file drop's folder must be there and writable, a webhook's listen address
 must be free to bind. A simulated source has no peer and is skipped, saying so. One line per
@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from agent.source_types import probe_source
 from config.schema import AgentConfig
+from config.source_types import probe_source
 from connectors.base import ProbeResult, SourceConfigError, SourceUnavailable
 
 EXIT_OK, EXIT_FAILURE = 0, 1

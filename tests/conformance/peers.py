@@ -1,7 +1,7 @@
 """One real peer per connector, for the connector conformance suite (test_connector_contract.py).
 
 A peer gives the suite what it needs to drive the clauses of `connectors.base` against its
-connector, built through its row in `agent.source_types`:
+connector, built through its row in `config.source_types`:
 
 - `source()`: a `[[sources]]` entry that works against the peer; `misconfigured()`: one that
   cannot (the connector must end with `SourceConfigError`).
@@ -31,8 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
 
-from agent.source_types import SOURCE_TYPES
-from config.schema import Source
+from config.source_types import SOURCE_TYPES, Source
 from testkit.broker import free_loopback_port
 from testkit.opcua_servers import TEMPERATURE, LineServer, serve_line
 from testkit.postgres import ADMIN_URL, scratch_database
@@ -66,7 +65,7 @@ class Peer(Protocol):
 
 
 def _validate(entry: dict[str, Any]) -> Source:
-    model: Any = SOURCE_TYPES[entry["type"]].settings
+    model: Any = SOURCE_TYPES[entry["type"]].model
     source: Source = model.model_validate(entry)
     return source
 
