@@ -54,6 +54,10 @@ What the caller must do (STYLE.md, habit 2):
     │   ├── FileUnreadable           poison: connectors.mes_files.records; the file set aside
     │   ├── CsvTableError            config: config.masterdata; a lookup file, reported by the
     │   │                            loader as a config problem
+    │   ├── SchemaError              answer: events.compat; a published schema `schema check`
+    │   │                            cannot read (the file and where in it; exit 2)
+    │   ├── NotConvertible           poison: events.versions; an event the retired version
+    │   │                            cannot say: no dual-published copy, counted in status
     │   └── UnitError                config: config.units; reported by the loader
     ├── LookupError
     │   └── AddressNotFound          config: connectors.opcua.addressing; that signal only fails,

@@ -38,6 +38,7 @@ from pathlib import Path
 from paho.mqtt.properties import Properties
 
 from agent import store
+from agent.flow.dual_publish import DualPublisher
 from agent.flow.mapping import Mapper
 from agent.flow.mapping_state import COUNTERS_FILE, CounterBaselines
 from agent.flow.pipeline import Pipeline
@@ -67,6 +68,7 @@ from connectors.base import (
     SourceUnavailable,
     is_short_disk,
 )
+from events.formats import FORMATS
 from events.wire import AgentIdentity, IdentityHistory
 
 _log = logging.getLogger(__name__)
@@ -252,6 +254,7 @@ class Agent:
             batch_max_wait_s=hub.batch_max_wait_ms / 1000,
             max_inflight=hub.max_inflight,
             pacing=store.pacing(config),
+            wire_format=FORMATS[hub.format],
         )
         self.mapper = Mapper.from_config(config)
         baselines = CounterBaselines(config.agent.state_dir / COUNTERS_FILE, self.mapper)
@@ -265,6 +268,7 @@ class Agent:
             priorities=store.priorities(config),
             overflow_priority=store.overflow_priority(config),
             baselines=baselines,
+            dual_publish=DualPublisher(config.contracts.dual_publish_until),
         )
         host = AgentHost(buffer, self.pipeline, self.mapper)
         self.sources = [
@@ -379,8 +383,9 @@ class Agent:
         """Send delivered events accepted in [since, until) again (remote `replay`).
 
         The one replay (`agent.link.replay`, as `edge-agent buffer replay`), on this agent's
-        session, one message in flight at a time (the forwarder holds the rest of the broker's
-        Receive Maximum), each PUBACK waited for at most 10 s (the command's budget is 30 s).
+        session, in its hub format, one message in flight at a time (the forwarder holds the
+        rest of the broker's Receive Maximum), each PUBACK waited for at most 10 s (the
+        command's budget is 30 s).
         ValueError (`ReplayStopped`) if the hub is not connected or the link goes down;
         ValueError if the broker refused some of the events."""
         outcome = await replay_retained(
@@ -388,7 +393,7 @@ class Agent:
             fallback=AgentIdentity(site=self.config.agent.site, agent=self.config.agent.id),
             since=since, until=until, kinds=types,
             batch_max_events=self.config.hub.batch_max_events,
-            max_inflight=1, ack_timeout_s=10.0,
+            max_inflight=1, ack_timeout_s=10.0, wire_format=self.forwarder.wire_format,
         )
         if outcome.refused:
             raise ValueError(outcome.summary())

@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from events.wire import decode_batch
 from testkit.agent_process import AgentProcess
 from testkit.broker import MosquittoBroker, free_loopback_port
 from testkit.durability import TimedSubscriber, simulated_agent_config, user_property
+from testkit.events import decode_message_of
 
 RUNNING = "running: 1 source(s)"
 _SIGNAL = "  [[sources.signals]]\n"
@@ -164,7 +164,7 @@ def _hub_view(
         if "/events/" not in message.topic:
             continue
         backlog = user_property(message, "backlog") == "true"
-        for event in decode_batch(message.payload):
+        for event in decode_message_of(message):  # any hub format
             if event["seq"] <= top:
                 backlog_seqs.add(event["seq"])
                 last_backlog = max(last_backlog, at)

@@ -40,10 +40,10 @@ from typing import Any
 from bench.backlog_drain import percentile
 from bench.demo_path import cpu_seconds, peak_rss_mb
 from bench.opcua_subscription import NAMESPACE, LineChild
-from events.wire import decode_batch
 from testkit.agent_process import AgentProcess
 from testkit.broker import MosquittoBroker, free_loopback_port
 from testkit.durability import TimedSubscriber
+from testkit.events import decode_message_of
 
 RUNNING = "running: 1 source(s)"
 # Every wait for arrivals ends when nothing new arrived for this long.
@@ -102,7 +102,7 @@ class Tally:
             self._next += 1
             if "/events/" not in message.topic:
                 continue
-            for event in decode_batch(message.payload):
+            for event in decode_message_of(message):  # any hub format
                 data = event["data"]
                 key = (int(str(data["signal"]).rsplit("V", 1)[1]), float(data["value"]))
                 if key in self.arrived:

@@ -1,7 +1,8 @@
 """The performance tables of docs/performance.md, rendered from the benchmarks' results files.
 
-Two benchmarks write every figure they measure to a JSON file (git ignores both): `bench.run`
-to `bench/results.json`, `bench.durability` to `bench/results.durability.json`. The figures
+Three benchmarks write every figure they measure to a JSON file (git ignores them):
+`bench.run` to `bench/results.json`, `bench.durability` to `bench/results.durability.json`,
+`bench.wire_formats` to `bench/results.wire_formats.json`. The figures
 the docs show come from their committed reference copies (`SECTIONS`: `RUN` and `DURABILITY`),
 through this module, never typed in by hand. Each section's tables sit in docs/performance.md
 between its own `begin` and `end` marker lines; `tests/unit/test_docs.py` checks that what is
@@ -64,6 +65,28 @@ def render_durability(results: Results) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def render_wire_formats(results: Results) -> str:
+    """The Markdown of `bench.wire_formats`' table, for one results file (ends with a newline)."""
+    conditions = (
+        f"telemetry events, `batch_max_events = {results['batch_max_events']}`, "
+        f"`max_inflight = {results['max_inflight']}`"
+    )
+    rows = [
+        [f"`{row['format']}`", _number(row["events"], 0), _number(row["events_per_message"], 0),
+         _number(row["bytes_per_event"], 0), _number(row["encode_us_per_event"], 1),
+         _number(row["acked_per_s"], 0), _number(row["decoded_per_s"], 0),
+         _number(row["sdk_read_us_per_event"], 1)]
+        for row in results["formats"]
+    ]
+    table = _table(
+        ["format", "events", "events/message", "bytes/event", "encode µs/event",
+         "PUBACK-acked events/s", "decoded at the hub events/s", "SDK read µs/event"],
+        "-|-:|-:|-:|-:|-:|-:|-:",
+        rows,
+    )
+    return "\n\n".join([_measured_on(results, "bench.wire_formats", conditions), table]) + "\n"
+
+
 @dataclass(frozen=True)
 class Section:
     """One generated part of docs/performance.md: the benchmark whose results it shows, its
@@ -108,7 +131,13 @@ DURABILITY = Section(
     f"<!-- bench.report durability: BEGIN {_DO_NOT_EDIT} -->",
     "<!-- bench.report durability: END -->",
 )
-SECTIONS = (RUN, DURABILITY)
+WIRE_FORMATS = Section(
+    "bench.wire_formats", REPO / "bench" / "results.wire_formats.reference.json",
+    render_wire_formats,
+    f"<!-- bench.report wire formats: BEGIN {_DO_NOT_EDIT} -->",
+    "<!-- bench.report wire formats: END -->",
+)
+SECTIONS = (RUN, DURABILITY, WIRE_FORMATS)
 
 
 def section_of(results: Results) -> Section:

@@ -10,7 +10,9 @@
    the backlog drains while 200 live events/s go out beside it (drain rate, live latency).
 3. A large MES file (`bench.large_file`): the real agent process ingesting one 2,000,000-row
    CSV from its file drop (rows/s committed, the agent's peak RSS; issue 13, item 9).
-4. The targets of issues 8 and 13, each with its measured figure and pass/fail.
+4. The hub formats side by side (`bench.wire_formats`): SQLite buffer → forwarder → mosquitto →
+   a decoding subscriber, per `[hub] format` (issue 15).
+5. The targets of issues 8 and 13, each with its measured figure and pass/fail.
 
 Prints a table and writes everything as JSON (`bench/results.json`, or `--out`). Children (the
 server, the agents, mosquitto, the bare client) are always ended, also on SIGTERM. Only
@@ -39,6 +41,8 @@ from bench.backlog_drain import drain, fill
 from bench.ingest import Phase, footprint, run_ingest
 from bench.large_file import run_large_file
 from bench.results import about_the_run, write
+from bench.wire_formats import print_table as print_formats_table
+from bench.wire_formats import run_wire_formats
 from testkit.broker import MosquittoBroker
 from testkit.durability import TimedSubscriber
 
@@ -57,12 +61,15 @@ class Scale:
     footprint_items: int
     footprint_s: float
     large_file_rows: int
+    format_events: int
 
 
 FULL = Scale(items=(1000, 10000), moderate_s=10, max_s=15, backlog=1_000_000,
-             footprint_items=10000, footprint_s=5, large_file_rows=2_000_000)
+             footprint_items=10000, footprint_s=5, large_file_rows=2_000_000,
+             format_events=50_000)
 QUICK = Scale(items=(100, 1000), moderate_s=2, max_s=3, backlog=20_000,
-              footprint_items=1000, footprint_s=2, large_file_rows=50_000)
+              footprint_items=1000, footprint_s=2, large_file_rows=50_000,
+              format_events=5_000)
 
 
 def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
@@ -92,6 +99,9 @@ def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
                           "drain": drained}
     print(f"large file: {scale.large_file_rows:,} rows ...", file=sys.stderr, flush=True)
     results["large_file"] = run_large_file(scale.large_file_rows, work / "large_file")
+    formats = work / "wire_formats"
+    formats.mkdir()
+    results["wire_formats"] = run_wire_formats(scale.format_events, formats)
     return results
 
 
@@ -184,6 +194,7 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"{large['rows']:,} rows ({large['file_bytes'] / 2**20:,.0f} MiB) committed in "
           f"{large['seconds']:.1f} s = {large['rows_per_s']:,.0f} rows/s; "
           f"{large['accepted']:,} accepted; agent peak RSS {large['peak_rss_mib']:.0f} MiB")
+    print_formats_table(results["wire_formats"])
     print("\nTargets (issues 8 and 13)" + (" — quick run: small counts, not the targets' conditions"
                                    if results["mode"] == "quick" else ""))
     width = max(len(row["target"]) for row in results["targets"])

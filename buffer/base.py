@@ -23,7 +23,9 @@ The buffer knows nothing about events, MQTT or sources: it stores bytes with a f
 - `ack` marks records delivered; they stay for the retention window (so repeats of their id are
   still recognised, and they can be replayed) and are then purged.
 - `dead_letter` moves records that can never be delivered aside, with the reason.
-- `retained` reads the delivered records still kept (`ack`, above) for a replay;
+- `retained` reads the delivered records still kept (`ack`, above) for a replay, by time or by
+  seq range; `holdings` says what the buffer still holds of a seq range (retained, pending,
+  dead-lettered, gone), so a replay by seq range can say exactly what it could not send;
   `retry_dead_letters` puts dead letters that had been accepted back in the queue.
 - `set_aside` stores records that were never accepted (a reading the pipeline rejected) straight
   into the dead letters, with the reason: they get no `seq` (the gap-free sequence only numbers
@@ -112,6 +114,29 @@ class DeadLetter:
     accepted_at: float | None
     reason: str
     dead_at: float
+
+
+SeqRanges = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SeqHoldings:
+    """What the buffer holds of the seqs `first`..`last` (`Buffer.holdings`): each a tuple of
+    inclusive (first, last) ranges, ascending, together exactly `first`..`last`.
+
+    `retained`: delivered and still kept: what a replay sends. `pending`: not delivered yet
+    (the forwarder sends them). `dead_letters`: accepted, then set aside (`dead_letter`).
+    `gone`: accepted and no longer held: delivered and purged (past the retention), or evicted
+    for room (an overflow report named those). `not_accepted`: above `last_seq`: no record
+    had these seqs (yet)."""
+
+    first: int
+    last: int
+    retained: SeqRanges = ()
+    pending: SeqRanges = ()
+    dead_letters: SeqRanges = ()
+    gone: SeqRanges = ()
+    not_accepted: SeqRanges = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +247,22 @@ class Buffer(Protocol):
         ...
 
     def retained(
-        self, *, since: float, until: float | None = None, kind: str | None = None
+        self,
+        *,
+        since: float,
+        until: float | None = None,
+        kind: str | None = None,
+        seqs: tuple[int, int] | None = None,
     ) -> AsyncIterator[list[StoredRecord]]:
         """The delivered records still retained (what a replay sends), accepted in
         [since, until), in seq order, in chunks; `kind` matches a stored kind exactly or its
-        unversioned name (`telemetry` matches `telemetry.v1`)."""
+        unversioned name (`telemetry` matches `telemetry.v1`); `seqs` (first, last): only
+        those with a seq in that inclusive range."""
+        ...
+
+    async def holdings(self, first: int, last: int) -> SeqHoldings:
+        """What the buffer holds of the seqs `first`..`last` (1 <= first <= last), from one
+        consistent read (`SeqHoldings`)."""
         ...
 
     async def purge(self, now: float | None = None) -> int: ...

@@ -1,7 +1,8 @@
 """`[hub]`: the broker the agent forwards to (`agent.link.hub_session` builds the session from
-it), how it batches (`agent.link.forwarder`), its status interval (`agent.link.status`), and its
-TLS identity and password: references to where they are, never the secrets themselves
-(`SecretRef`, `FileRef`; read by `agent.service.credentials`). The hub tools (`edge-agent
+it), how it batches and in which format (`agent.link.forwarder`, `events.formats`), its status
+interval (`agent.link.status`), and its TLS identity and password: references to where they
+are, never the secrets themselves (`SecretRef`, `FileRef`; read by
+`agent.service.credentials`). The hub tools (`edge-agent
 remote`, `fleet`, `tail`) check their options against this same model.
 """
 
@@ -15,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_val
 
 from config.fields import STRICT
 from connectors.credentials import CREDENTIAL_PREFIX, FILE_PREFIX, check_reference
+from events.formats import DEFAULT_FORMAT, FormatName
 
 __all__ = ["FileRef", "HubSection", "SecretRef"]
 
@@ -61,6 +63,10 @@ class HubSection(BaseModel):
     batch_max_events: Annotated[int, Field(ge=1, le=10_000)] = 500
     batch_max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 50.0
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 16
+    # How events are put into MQTT messages (`events.formats`; docs/hub-contract.md,
+    # "Formats"): the CloudEvents MQTT binding's structured or binary mode (one event per
+    # message), or a batch of events per message, as JSON or msgpack.
+    format: FormatName = DEFAULT_FORMAT
     # Seconds a published message may wait for its PUBACK before the connection is dropped and
     # everything unacknowledged is sent again on the next one (a path that lost its PUBACKs).
     puback_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 30.0

@@ -2,7 +2,8 @@
 
 One file per section, each the one place its defaults are declared: `[agent]`
 (`config.agent`), `[hub]` (`config.hub`), `[buffer]` (`config.buffer`), `[commands]`
-(`config.commands`), `[units]`, `[lookups]` and `[assets]` (`config.mapping`), and
+(`config.commands`), `[contracts]` (`config.contracts`), `[units]`, `[lookups]` and `[assets]`
+(`config.mapping`), and
 `[[sources]]`: one entry per source, validated by the model its `type` names in the
 source-type registry (`config.source_types`; the models are in `config.source_models`, the
 connector's settings, which live next to their component (`connectors.opcua.config`), composed
@@ -24,6 +25,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from config.agent import AgentSection as AgentSection
 from config.buffer import BufferSection as BufferSection
 from config.commands import CommandsSection as CommandsSection
+from config.contracts import ContractsSection as ContractsSection
 from config.fields import STRICT
 from config.hub import HubSection as HubSection
 from config.mapping import (  # the mapping part of the schema lives in config/mapping.py
@@ -54,6 +56,7 @@ class AgentConfig(BaseModel):
     hub: HubSection
     buffer: BufferSection = BufferSection()
     commands: CommandsSection = CommandsSection()
+    contracts: ContractsSection = ContractsSection()
     units: UnitsSection = UnitsSection()
     lookups: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], LookupTable] = {}
     assets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")],

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar, cast
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
+from config.correlation import check_correlate_by
 from config.fields import STRICT, AssetPath
 from config.mapping import SignalMapping
 from connectors.base import ConnectorSettings, SignalSettings, SourceSettings
@@ -207,6 +208,7 @@ class _OneEventRecords(RecordSource):
     def _columns_fit_event(self) -> Self:
         assert isinstance(self, RecordSettings)
         check_record_fields(self.event, self.columns)
+        check_correlate_by(self.event, self.correlate_by)
         return self
 
 
@@ -242,6 +244,7 @@ class MesHttpRoute(RouteSettings):
     @model_validator(mode="after")
     def _columns_fit_event(self) -> MesHttpRoute:
         check_record_fields(self.event, self.columns)
+        check_correlate_by(self.event, self.correlate_by)
         return self
 
 

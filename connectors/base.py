@@ -126,6 +126,10 @@ class Reading:
     # (key, value; None deletes the key): a database cursor, an idempotency key answered.
     # Keys start with the source's name and a slash. Not part of the fact.
     state: tuple[tuple[str, str | None], ...] = field(default=(), compare=False)
+    # The W3C trace context the fact came with, as received and not validated (a webhook
+    # request's `traceparent` and `tracestate` headers): (header name, value). The mapping
+    # continues a valid one and ignores the rest. Not part of the fact.
+    trace: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 # Hand readings over; the result is their commit future (see the module docstring).

@@ -17,6 +17,9 @@ afterwards; this module only reads and types them.
     good = { column = "GOOD_QTY", type = "float", unit = "kg" }
     reason = { value = "MES-CORRECTION" }      # a constant
     started_at = { column = "START", type = "time", format = "%d.%m.%Y %H:%M" }
+
+`correlate_by` names the event field that says which business object a record belongs to
+(its `correlationid`); each event type has its own default (`config.correlation`).
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ class RecordSettings(BaseModel):
     time_format: Annotated[str, Field(min_length=1, max_length=64)] = "iso"
     time_zone: str = "UTC"
     columns: Annotated[dict[FieldName, FieldSettings], Field(min_length=1)]
+    # The event field whose value ties the event to its business object (`correlationid`
+    # `<field>:<value>`, e.g. `order:WO-1`); None: the event type's own (`config.correlation`);
+    # "none": no correlationid. Checked against the event type's fields where the source's
+    # event is known (`config.schema`).
+    correlate_by: FieldName | None = None
 
     @field_validator("time_zone")
     @classmethod

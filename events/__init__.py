@@ -12,8 +12,13 @@ Modules, one job each:
 - `events.kinds`: the vocabulary: event kinds (unversioned names, as written in config),
   machine states, delivery classes (priorities), the agent's own event kinds.
 - `events.models`: the versioned data models and their registry (`EVENT_TYPES`), the
-  CloudEvents envelope model, the JSON Schemas the CLI prints, the agent's own event models,
-  and `Event` (a canonical event before the buffer accepted it).
+  CloudEvents envelope model, the published JSON Schemas (`json_schemas`, with `$id`s,
+  units, versions), the agent's own event models, and `Event` (a canonical event before the
+  buffer accepted it).
+- `events.compat`: the compatibility policy as code: `compare` published schemas with this
+  agent's (`edge-agent schema check`, the contract test), `read_published` for a folder.
+- `events.examples`: one realistic example event per type (the schemas' `examples`).
+- `events.catalog`: the schemas as the Markdown catalog in docs/hub-contract.md.
 - `events.ids`: deterministic ids (`event_id`, `record_id`) and the RFC 3339 time text.
 - `events.wire`: the wire format: `CONTENT_TYPE`, the stored-body encoding, the identity splice,
   batch encode/decode and `validate_envelope`.

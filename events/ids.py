@@ -6,6 +6,11 @@ Invariants:
   id, so the buffer drops repeats and consumers can de-duplicate by id. The namespace and the
   key layout are part of the contract: changing either changes every id.
 - `rfc3339` is the one text form of a time on the wire: UTC, microseconds, a `Z`.
+- `traceparent` is the W3C trace context of an event (CloudEvents distributed-tracing
+  extension). The agent's span id is derived from the event id, so the same fact always
+  carries the same span; the trace id is the caller's (an MES request's `traceparent`) or, when
+  none came with the fact, derived from the event id too: a fresh trace rooted at the event,
+  which costs nothing to store (it is computed again when publishing).
 """
 
 from __future__ import annotations
@@ -37,6 +42,36 @@ def record_id(*, site: str, source: str, key: str, type_name: str) -> str:
     """The deterministic id of one MES record (`key`: file digest and line, idempotency key
     and index, table cursor) turned into one event type: the same record, the same id."""
     return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join((site, source, "record", key, type_name))))
+
+
+def traceparent(event_id: str, parent: str | None = None) -> str:
+    """`00-<trace id>-<span id>-<flags>`: the agent's span of event `event_id`, as a child of
+    `parent` (a valid `traceparent` received with the fact; its trace id and flags are kept)
+    or as the root of a trace of its own (sampled). `parent` must be valid (`parse_traceparent`)."""
+    digits = event_id.replace("-", "")
+    span = digits[16:32] if digits[16:32].strip("0") else "1" + digits[17:32]
+    if parent is None:
+        return f"00-{digits}-{span}-01"
+    _, trace, _, flags = parent.split("-")[:4]
+    return f"00-{trace}-{span}-{flags}"
+
+
+def parse_traceparent(text: str) -> str | None:
+    """`text` when it is a W3C `traceparent` the agent can continue (version 00, or a later
+    version's first four fields; trace and parent ids not all zeros), else None."""
+    parts = text.strip().lower().split("-")
+    if len(parts) < 4 or (parts[0] == "00" and len(parts) != 4):
+        return None
+    version, trace, parent, flags = parts[:4]
+    hexdigits = set("0123456789abcdef")
+    if (
+        len(version) != 2 or version == "ff" or not set(version) <= hexdigits
+        or len(trace) != 32 or not set(trace) <= hexdigits or not trace.strip("0")
+        or len(parent) != 16 or not set(parent) <= hexdigits or not parent.strip("0")
+        or len(flags) != 2 or not set(flags) <= hexdigits
+    ):
+        return None
+    return f"00-{trace}-{parent}-{flags}"
 
 
 def rfc3339(timestamp: datetime) -> str:

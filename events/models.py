@@ -1,19 +1,25 @@
 """The versioned event types (data contracts), their registry and the envelope model.
 
 Invariants:
-- A change to a model's fields is a new version: add V2 beside V1, point `EVENT_TYPES` at the
-  one this agent emits and keep the other published in `RETIRED_EVENT_MODELS`, so that its JSON
-  Schema stays available to consumers of older agents.
+- A change to a model follows the compatibility policy (docs/hub-contract.md, `events.compat`
+  enforces it against tests/contracts/): an optional field added keeps the type and bumps its
+  `SCHEMA_MINOR_VERSIONS` entry; anything else is a new major version: add V2 beside V1, point
+  `EVENT_TYPES` at the one this agent emits and keep the other published in
+  `RETIRED_EVENT_MODELS` (its successor in `SUPERSEDED`), so that its JSON Schema stays
+  available to consumers of older agents and of the dual-published copies.
 - `EVENT_TYPES` maps every `EventKind` to exactly one emitted `EventType` (kind, version,
   model, default delivery class); its `name` (`<kind>.v<N>`) is the envelope's `type`.
 - `CloudEvent` is the envelope as consumers see it after decoding (see the package docstring
-  for its layout); `json_schemas` prints it per type, for the CLI and the hub.
+  for its layout); `json_schemas` publishes it per type, for the CLI and the hub: every field
+  described, its unit annotated where it has one (`x-unit`, `x-unit-field`), an example from
+  `events.examples`.
 - The agent's own events (`AGENT_EVENT_MODELS`) come from no signal: their source is
   `/{site}/{agent}/agent`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,13 +27,45 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from events.compat import (
+    EXTENSION_NAME,
+    EXTENSION_TYPES,
+    SUPERSEDED_BY,
+    UNIT,
+    UNIT_FIELD,
+    VERSION,
+)
+from events.examples import ENVELOPE, EXAMPLES
 from events.kinds import EventKind, MachineState, Priority
 
 SPECVERSION = "1.0"
+# The content type of every event's data: a JSON object (in the msgpack batch: a map).
+DATACONTENTTYPE = "application/json"
+# Stable identifiers of the published schemas (location-independent URNs: a hub registers the
+# files of `edge-agent schema --out` under them). The event schema describes one event in the
+# CloudEvents JSON format (envelope and data); its `data` subschema has an `$id` of its own,
+# which the event's `dataschema` attribute names.
+SCHEMA_URN = "urn:plant-edge-agent:events:"
+
+
+def schema_id(type_name: str) -> str:
+    """The `$id` of the event schema of a versioned type, e.g. `...:telemetry.v1`."""
+    return f"{SCHEMA_URN}{type_name}"
+
+
+def data_schema_id(type_name: str) -> str:
+    """The `$id` of the data schema of a versioned type: every event's `dataschema`."""
+    return f"{SCHEMA_URN}{type_name}:data"
 
 
 # ---------------------------------------------------------------------------------------------
-# Event types (data contracts). A change to a model's fields is a new version: add V2, keep V1.
+# Event types (data contracts). An incompatible change is a new version: add V2, keep V1.
+
+# Units in the published schemas (events.compat): a fixed UCUM unit, or the sibling field
+# that holds the value's unit.
+_SECONDS: dict[str, Any] = {UNIT: "s"}
+_PIECES: dict[str, Any] = {UNIT: "1"}
+_IN_UNIT: dict[str, Any] = {UNIT_FIELD: "unit"}
 
 
 class _Data(BaseModel):
@@ -39,19 +77,25 @@ class _Data(BaseModel):
 class TelemetryV1(_Data):
     """A process value with its unit (UCUM code when known)."""
 
-    value: float | None = Field(description="The value; null when the source reported none.")
-    unit: str | None = Field(default=None, description="UCUM unit code, e.g. Cel, bar, kg.")
+    value: float | None = Field(
+        description="The value, in `unit`; null when the source reported none.",
+        json_schema_extra=_IN_UNIT,
+    )
+    unit: str | None = Field(
+        default=None, description="UCUM unit code of `value`, e.g. Cel, bar, kg; null: none."
+    )
 
 
 class MachineStateV1(_Data):
     """A machine changed state (or its state was read for the first time)."""
 
-    state: MachineState
+    state: MachineState = Field(description="The state the machine is in now.")
     previous: MachineState | None = Field(
         default=None, description="The state before; null on the first reading."
     )
     previous_duration_s: float | None = Field(
-        default=None, ge=0, description="How long the previous state lasted, when known."
+        default=None, ge=0, description="How long the previous state lasted, when known.",
+        json_schema_extra=_SECONDS,
     )
     raw: bool | int | float | str = Field(description="The raw value the state was mapped from.")
 
@@ -59,9 +103,12 @@ class MachineStateV1(_Data):
 class ProductionCountV1(_Data):
     """A production counter reading with the increment since the previous reading."""
 
-    count: int = Field(ge=0)
+    count: int = Field(
+        ge=0, description="The counter's value: parts counted.", json_schema_extra=_PIECES
+    )
     increment: int | None = Field(
-        default=None, ge=0, description="Parts since the previous reading; null on the first one."
+        default=None, ge=0, description="Parts since the previous reading; null on the first one.",
+        json_schema_extra=_PIECES,
     )
     reset: bool = Field(default=False, description="The counter went back (reset) before this.")
 
@@ -69,28 +116,41 @@ class ProductionCountV1(_Data):
 class QualityAlertV1(_Data):
     """A quality limit was crossed (`start`) or is back within limits (`end`)."""
 
-    phase: Literal["start", "end"]
-    severity: Literal["info", "warning", "critical"]
-    value: bool | float | None = Field(description="The value (in `unit`) that crossed.")
+    phase: Literal["start", "end"] = Field(
+        description="`start`: the limit was crossed; `end`: the value is back within limits."
+    )
+    severity: Literal["info", "warning", "critical"] = Field(
+        description="The severity the mapping rule gives this limit."
+    )
+    value: bool | float | None = Field(
+        description="The value (in `unit`) that crossed.", json_schema_extra=_IN_UNIT
+    )
     unit: str | None = Field(default=None, description="UCUM unit code of value and limit.")
     limit: float | None = Field(
-        default=None, description="The limit crossed (on end: the limit less the hysteresis)."
+        default=None, description="The limit crossed (on end: the limit less the hysteresis).",
+        json_schema_extra=_IN_UNIT,
     )
     started_at: datetime | None = Field(default=None, description="On end: when it started.")
-    duration_s: float | None = Field(default=None, ge=0, description="On end: how long.")
+    duration_s: float | None = Field(
+        default=None, ge=0, description="On end: how long.", json_schema_extra=_SECONDS
+    )
 
 
 class MachineDowntimeV1(_Data):
     """A machine stopped (`start`) or runs again (`end`), with the reason when a signal gives it."""
 
-    phase: Literal["start", "end"]
+    phase: Literal["start", "end"] = Field(
+        description="`start`: the machine stopped; `end`: it runs again."
+    )
     reason: str | None = Field(
         default=None, description="Enterprise reason code (from a master-data lookup)."
     )
     reason_raw: str | None = Field(default=None, description="The plant's own reason code.")
     value: bool | float | None = Field(description="The value that started or ended it.")
     started_at: datetime | None = Field(default=None, description="On end: when it started.")
-    duration_s: float | None = Field(default=None, ge=0, description="On end: how long.")
+    duration_s: float | None = Field(
+        default=None, ge=0, description="On end: how long.", json_schema_extra=_SECONDS
+    )
 
 
 class MachineAlarmV1(_Data):
@@ -115,8 +175,13 @@ class WorkorderCompletedV1(_Data):
 
     order: str = Field(description="The work order id.")
     product: str | None = Field(default=None, description="Enterprise product/material code.")
-    good: int | None = Field(default=None, ge=0, description="Good parts of the order.")
-    scrap: int | None = Field(default=None, ge=0, description="Scrapped parts of the order.")
+    good: int | None = Field(
+        default=None, ge=0, description="Good parts of the order.", json_schema_extra=_PIECES
+    )
+    scrap: int | None = Field(
+        default=None, ge=0, description="Scrapped parts of the order.",
+        json_schema_extra=_PIECES,
+    )
 
 
 class WorkorderCompletedV2(_Data):
@@ -125,8 +190,13 @@ class WorkorderCompletedV2(_Data):
 
     order: str = Field(min_length=1, description="The work order id.")
     product: str | None = Field(default=None, description="Enterprise product/material code.")
-    good: float | None = Field(default=None, ge=0, description="Good quantity, in `unit`.")
-    scrap: float | None = Field(default=None, ge=0, description="Scrapped quantity, in `unit`.")
+    good: float | None = Field(
+        default=None, ge=0, description="Good quantity, in `unit`.", json_schema_extra=_IN_UNIT
+    )
+    scrap: float | None = Field(
+        default=None, ge=0, description="Scrapped quantity, in `unit`.",
+        json_schema_extra=_IN_UNIT,
+    )
     unit: str = Field(
         min_length=1, description='UCUM unit code of good and scrap ("1": pieces; kg, m, L).'
     )
@@ -142,8 +212,13 @@ class WorkorderReleasedV1(_Data):
 
     order: str = Field(min_length=1, description="The work order id.")
     product: str | None = Field(default=None, description="Enterprise product/material code.")
-    quantity: float | None = Field(default=None, gt=0, description="Planned quantity, in `unit`.")
-    unit: str | None = Field(default=None, min_length=1, description="UCUM unit code.")
+    quantity: float | None = Field(
+        default=None, gt=0, description="Planned quantity, in `unit`.",
+        json_schema_extra=_IN_UNIT,
+    )
+    unit: str | None = Field(
+        default=None, min_length=1, description="UCUM unit code of `quantity`."
+    )
     due_at: datetime | None = Field(default=None, description="When it is due (UTC).")
 
     @model_validator(mode="after")
@@ -156,11 +231,17 @@ class QualityHoldV1(_Data):
     """A lot was put on quality hold (`placed`) or let go (`released`)."""
 
     lot: str = Field(min_length=1, description="The lot (batch) id.")
-    phase: Literal["placed", "released"]
+    phase: Literal["placed", "released"] = Field(
+        description="`placed`: the lot is on hold; `released`: it was let go."
+    )
     reason: str = Field(min_length=1, description="The reason code.")
     material: str | None = Field(default=None, description="Enterprise material code.")
-    quantity: float | None = Field(default=None, ge=0, description="Quantity held, in `unit`.")
-    unit: str | None = Field(default=None, min_length=1, description="UCUM unit code.")
+    quantity: float | None = Field(
+        default=None, ge=0, description="Quantity held, in `unit`.", json_schema_extra=_IN_UNIT
+    )
+    unit: str | None = Field(
+        default=None, min_length=1, description="UCUM unit code of `quantity`."
+    )
     note: str | None = Field(default=None, description="Free text from the quality system.")
 
     @model_validator(mode="after")
@@ -175,8 +256,11 @@ class InventoryAdjustedV1(_Data):
     material: str = Field(min_length=1, description="Enterprise material code.")
     lot: str | None = Field(default=None, description="The lot (batch) id.")
     location: str = Field(min_length=1, description="Storage location.")
-    delta: float = Field(description="Quantity change, in `unit`; negative for a reduction.")
-    unit: str = Field(min_length=1, description="UCUM unit code.")
+    delta: float = Field(
+        description="Quantity change, in `unit`; negative for a reduction.",
+        json_schema_extra=_IN_UNIT,
+    )
+    unit: str = Field(min_length=1, description="UCUM unit code of `delta`.")
     reason: str = Field(min_length=1, description="The reason code.")
 
     @model_validator(mode="after")
@@ -191,8 +275,10 @@ class MaterialConsumedV1(_Data):
 
     material: str = Field(min_length=1, description="Enterprise material code.")
     lot: str | None = Field(default=None, description="The lot (batch) id.")
-    quantity: float = Field(gt=0, description="Quantity consumed, in `unit`.")
-    unit: str = Field(min_length=1, description="UCUM unit code.")
+    quantity: float = Field(
+        gt=0, description="Quantity consumed, in `unit`.", json_schema_extra=_IN_UNIT
+    )
+    unit: str = Field(min_length=1, description="UCUM unit code of `quantity`.")
     order: str | None = Field(default=None, description="The work order that consumed it.")
     location: str | None = Field(default=None, description="Where it was taken from.")
 
@@ -284,16 +370,55 @@ class CloudEvent(BaseModel, Generic[DataT]):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    specversion: Literal["1.0"]
-    id: str
-    source: str
-    type: str
-    time: datetime
-    subject: str
-    site: str
-    agent: str
+    specversion: Literal["1.0"] = Field(description="CloudEvents version: always 1.0.")
+    id: str = Field(
+        description="Stable UUIDv5 of the source fact: the same fact always has the same id, "
+        "so a consumer drops duplicates by it."
+    )
+    source: str = Field(
+        description="URI reference of where the fact came from: `/{site}/{agent}/{source}` "
+        "(`/{site}/{agent}/agent` for the agent's own events)."
+    )
+    type: str = Field(description="The versioned event type, `<kind>.v<major>`.")
+    time: datetime = Field(
+        description="The source timestamp of the fact (RFC 3339, UTC, microseconds)."
+    )
+    subject: str = Field(description="The asset the fact is about, e.g. `line1/filler`.")
+    site: str = Field(description="The plant's site id (`[agent] site`).")
+    agent: str = Field(description="The agent's id, unique within its site (`[agent] id`).")
     seq: int = Field(ge=1, description="Per-agent sequence: +1 for every accepted event.")
-    quality: Literal["good", "uncertain", "bad"]
+    # Spliced into every published event by the forwarder (events.wire), never stored.
+    datacontenttype: Literal["application/json"] = Field(
+        description="The content type of `data`: always a JSON object."
+    )
+    dataschema: str = Field(description="The URI (`$id`) of the data schema of this type.")
+    partitionkey: str = Field(
+        description="`{site}/{agent}` (CloudEvents partitioning extension): a bridge to a "
+        "partitioned log (Kafka) that keys by it keeps each agent's order."
+    )
+    traceparent: str = Field(
+        pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        description="W3C trace context (CloudEvents distributed-tracing extension): the MES "
+        "request's trace when the fact came with one, else a trace rooted at this event.",
+    )
+    tracestate: str | None = Field(
+        default=None, description="W3C tracestate received with the fact, passed through."
+    )
+    correlationid: str | None = Field(
+        default=None,
+        description="Ties the events of one business object together (a work order's "
+        "release, consumption, completion and hold): `<object>:<id>`, e.g. `order:WO-1`.",
+    )
+    causationid: str | None = Field(
+        default=None,
+        description="The `id` of the event this one was derived from (an alert from the "
+        "telemetry it crossed on, a completion from counters, a dual-published copy of a "
+        "retired version from its successor).",
+    )
+    quality: Literal["good", "uncertain", "bad"] = Field(
+        description="The source's quality of the value: `bad` values are forwarded, marked, "
+        "with the source's status name in `status`."
+    )
     status: str | None = Field(
         default=None, description="The source's status name when quality is not good."
     )
@@ -317,29 +442,88 @@ class CloudEvent(BaseModel, Generic[DataT]):
         description="\"true\" when the agent read this value from the source's history after "
         "a connection gap (OPC UA HistoryRead); same id as if it had been read live.",
     )
-    data: DataT
+    data: DataT = Field(description="The event type's data (its own schema: `dataschema`).")
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """The JSON Schema of every event type's full envelope, keyed by versioned type name."""
-    schemas: dict[str, dict[str, Any]] = {}
-    for event_type in EVENT_TYPES.values():
-        model = CloudEvent[event_type.model]  # type: ignore[name-defined]
-        schema = model.model_json_schema()
-        schema["title"] = event_type.name
-        schema["properties"]["type"]["const"] = event_type.name
-        schemas[event_type.name] = schema
-    for name, retired_model in RETIRED_EVENT_MODELS.items():
-        schema = CloudEvent[retired_model].model_json_schema()  # type: ignore[valid-type]
-        schema["title"] = name
-        schema["properties"]["type"]["const"] = name
-        schemas[name] = schema
-    for name, agent_model in AGENT_EVENT_MODELS.items():
-        schema = CloudEvent[agent_model].model_json_schema()  # type: ignore[valid-type]
-        schema["title"] = name
-        schema["properties"]["type"]["const"] = name
-        schemas[name] = schema
-    return schemas
+    """The published JSON Schema of every event type (emitted, retired and the agent's own),
+    keyed by versioned type name: what `edge-agent schema` prints and `schema check` compares
+    (docs/hub-contract.md, "Schemas").
+
+    Each is one event in the CloudEvents JSON format, draft 2020-12, `$id` `schema_id(type)`;
+    its `data` subschema is a resource of its own, `$id` `data_schema_id(type)` (every event's
+    `dataschema`), with its own `$defs`. Both are open as the compatibility policy says: the
+    data admits other fields, the envelope other attributes named and typed as CloudEvents
+    extensions are. The agent's own models stay closed: it never sends what they do not list.
+    """
+    models: dict[str, type[BaseModel]] = {t.name: t.model for t in EVENT_TYPES.values()}
+    models.update(RETIRED_EVENT_MODELS)
+    models.update(AGENT_EVENT_MODELS)
+    return {name: _event_schema(name, model) for name, model in models.items()}
+
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# The minor version of each published schema (`x-version` "MAJOR.MINOR", 0 when not named
+# here): a compatible change (an optional field added, docs/hub-contract.md "Compatibility
+# policy") bumps its type's entry; anything else is a new major version, a new type.
+SCHEMA_MINOR_VERSIONS: dict[str, int] = {}
+# Every retired version and the version that replaced it (its schema's `x-superseded-by`).
+SUPERSEDED: dict[str, str] = {"workorder.completed.v1": "workorder.completed.v2"}
+
+
+def _event_schema(type_name: str, data_model: type[BaseModel]) -> dict[str, Any]:
+    envelope = CloudEvent[data_model].model_json_schema()  # type: ignore[valid-type]
+    envelope.pop("$defs", None)  # the data model's: the data resource carries its own
+    properties: dict[str, Any] = envelope["properties"]
+    properties.pop("data")
+    if "$ref" in json.dumps(properties):
+        raise RuntimeError(f"{type_name}: an envelope attribute refers to a definition")
+    data = data_model.model_json_schema()
+    data["additionalProperties"] = True  # consumers ignore the fields they do not know
+    data["description"] = " ".join((data_model.__doc__ or "").split())
+    for each in (properties, data["properties"]):
+        for attribute in each.values():
+            attribute.pop("title", None)  # pydantic's, made from the field name
+    properties["type"]["const"] = type_name
+    properties["dataschema"]["const"] = data_schema_id(type_name)
+    data = properties["data"] = {"$id": data_schema_id(type_name), **data}
+    major = type_name.rpartition(".v")[2]
+    schema: dict[str, Any] = {
+        "$schema": SCHEMA_DIALECT,
+        "$id": schema_id(type_name),
+        "title": type_name,
+        "description": f"One `{type_name}` event in the CloudEvents JSON format. "
+        + " ".join((data_model.__doc__ or "").split("\n\n")[0].split()),
+        VERSION: f"{major}.{SCHEMA_MINOR_VERSIONS.get(type_name, 0)}",
+    }
+    if type_name in SUPERSEDED:
+        schema["description"] += (
+            f" Retired: superseded by `{SUPERSEDED[type_name]}`; agents publish it beside its "
+            "successor only within their dual-publish window (`[contracts] "
+            "dual_publish_until`)."
+        )
+        schema["deprecated"] = True
+        schema[SUPERSEDED_BY] = SUPERSEDED[type_name]
+    schema.update(
+        type="object",
+        properties=properties,
+        required=envelope["required"],
+        # Extension attributes as CloudEvents 1.0 names and types them: a consumer ignores
+        # those it does not know (docs/hub-contract.md, "Compatibility policy").
+        propertyNames={"pattern": EXTENSION_NAME},
+        additionalProperties={"type": list(EXTENSION_TYPES)},
+        examples=[_example(type_name)],
+    )
+    data["examples"] = [schema["examples"][0]["data"]]
+    return schema
+
+
+def _example(type_name: str) -> dict[str, Any]:
+    """The type's example (events.examples) as a whole event, attributes in a reader's order."""
+    example = {**ENVELOPE, **EXAMPLES[type_name]}
+    example.update(type=type_name, dataschema=data_schema_id(type_name))
+    order = [name for name in CloudEvent.model_fields if name in example]
+    return {name: example[name] for name in order}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,17 +531,22 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 
 class BufferOverflowV1(BaseModel):
-    """The buffer gave events up for room (README, "Delivery guarantees"): what, why, which seqs.
+    """The buffer gave events up for room: what, why, which seqs.
 
     `evicted` events had been accepted (their seqs are gaps, named in `seq_ranges`); `sampled`
     and `refused` events were never accepted (they used no seq)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    priority_class: Literal["critical", "business", "telemetry"]
+    priority_class: Literal["critical", "business", "telemetry"] = Field(
+        description="The delivery class of the events given up."
+    )
     event_type: str = Field(description="The versioned type of the events given up.")
-    reason: Literal["evicted", "sampled", "refused"]
-    count: int = Field(ge=1)
+    reason: Literal["evicted", "sampled", "refused"] = Field(
+        description="`evicted`: accepted events deleted for room; `sampled`: new events not "
+        "kept by the sampling policy; `refused`: new events turned away."
+    )
+    count: int = Field(ge=1, description="How many events were given up.")
     seq_ranges: list[tuple[int, int]] = Field(
         default_factory=list, description="Inclusive [first, last] seq ranges of evicted events."
     )

@@ -10,8 +10,15 @@ Invariants:
   `seq` alone (`with_seq`).
 - A site or agent renamed in the config relabels only what is accepted after the rename
   (`IdentityHistory`): each seq is spliced with the identity it was accepted under.
-- One MQTT message carries a msgpack array of envelopes (`encode_batch`); its MQTT v5 content
-  type is `CONTENT_TYPE`. `decode_batch` and `validate_envelope` are the consumer's side.
+- Nor does it store what is constant per type and agent: `datacontenttype`, `dataschema`
+  (`events.models.data_schema_id` of the kind) and `partitionkey` (`{site}/{agent}`) are
+  spliced in too, and so is `traceparent` when the body holds none (a fact that came without
+  a trace): `events.ids.traceparent(id)`, derived from the id at publish time. A body holds
+  one when its bytes contain the msgpack key `traceparent` (`_TRACEPARENT_KEY`) and its map,
+  decoded only then, has that key (the bytes alone may be a data value).
+- The msgpack batch (`encode_batch`, MQTT v5 content type `CONTENT_TYPE`) is one of the hub
+  formats (`events.formats`, which also has the others and the consumer's `decode_message`);
+  `decode_batch` and `validate_envelope` are the consumer's side of this one.
 """
 
 from __future__ import annotations
@@ -26,13 +33,16 @@ from typing import Any, Protocol, cast
 import msgpack
 from pydantic import BaseModel
 
-from events.ids import rfc3339
+from events.ids import rfc3339, traceparent
 from events.models import (
     AGENT_EVENT_MODELS,
+    DATACONTENTTYPE,
     EVENT_TYPES_BY_NAME,
+    RETIRED_EVENT_MODELS,
     SPECVERSION,
     CloudEvent,
     Event,
+    data_schema_id,
 )
 
 CONTENT_TYPE = "application/cloudevents-batch+msgpack"
@@ -115,7 +125,19 @@ _COMPACT_MARKER = bytes((COMPACT_BODY,))
 
 
 def envelope(event: Event, *, site: str, agent: str) -> dict[str, Any]:
-    """The envelope without `seq`, as a map: what the hub gets, less the seq."""
+    """The envelope without `seq`, as a map: what the hub gets, less the seq (the stored
+    fields and the published constants the forwarder splices in)."""
+    fields = _stored_fields(event, site=site, agent=agent)
+    published = {
+        "datacontenttype": DATACONTENTTYPE,
+        "dataschema": data_schema_id(event.type.name),
+        "partitionkey": partition_key(site, agent),
+        "traceparent": traceparent(event.id),
+    }
+    return {**fields, **{key: value for key, value in published.items() if key not in fields}}
+
+
+def _stored_fields(event: Event, *, site: str, agent: str) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "specversion": SPECVERSION,
         "id": event.id,
@@ -135,16 +157,19 @@ def envelope(event: Event, *, site: str, agent: str) -> dict[str, Any]:
 
 
 def encode_body(event: Event, *, site: str, agent: str) -> bytes:
-    """The envelope as the buffer stores it (format 2, see `COMPACT_BODY`): without `seq` and
-    without what the record or the agent already holds. Its record must carry `event.id` as
-    its id and `event.type.name` as its kind; `site` and `agent` must be the agent's own (the
-    forwarder splices its `AgentIdentity` back in)."""
-    fields = envelope(event, site=site, agent=agent)
+    """The envelope as the buffer stores it (format 2, see `COMPACT_BODY`): without `seq`,
+    without what the record or the agent already holds and without the published constants
+    (module docstring). Its record must carry `event.id` as its id and `event.type.name` as
+    its kind; `site` and `agent` must be the agent's own (the forwarder splices its
+    `AgentIdentity` back in)."""
+    fields = _stored_fields(event, site=site, agent=agent)
     spliced = {
         "specversion": SPECVERSION, "id": event.id, "type": event.type.name,
         "site": site, "agent": agent,
     }
-    if any(fields[key] != value for key, value in spliced.items()):
+    if any(fields[key] != value for key, value in spliced.items()) or any(
+        key in fields for key in _PUBLISHED_CONSTANTS
+    ):
         # An extension shadows one of them: keep the whole envelope (format 1).
         return msgpack.packb(fields, use_bin_type=True)
     stored = {key: value for key, value in fields.items() if key not in spliced}
@@ -182,12 +207,13 @@ def _expand(
     event: StoredEvent, identity: AgentIdentity | None, types: dict[str, bytes]
 ) -> bytes:
     """One envelope (with `seq`) from a stored body, without decoding the stored entries:
-    `seq`, `id`, `type`, `specversion`, `site` and `agent` come first, then the stored map's
-    entries as they are. `types` caches the encoded `type` entry (and the agent's constant
-    entries after it) per kind. On the forwarder's hot path: byte splicing only."""
+    `seq`, `id`, `type`, `dataschema`, the agent's constants (`specversion`, `site`, `agent`,
+    `datacontenttype`, `partitionkey`) and a derived `traceparent` (when the body holds none)
+    come first, then the stored map's entries as they are. `types` caches the encoded entries
+    from `type` to `partitionkey` per kind. On the forwarder's hot path: byte splicing only."""
     body = event.body
     if body[0] != COMPACT_BODY:
-        return with_seq(body, event.seq)  # format 1: all but seq is in the body
+        return _expand_whole(event, identity)
     head = body[1]
     if 0x80 <= head <= 0x8F:
         count, entries = head & 0x0F, 2
@@ -200,33 +226,82 @@ def _expand(
         if identity is None:
             raise ValueError("a body stored without site and agent needs the agent's identity")
         fixed = types[event.kind] = (
-            _TYPE_KEY + msgpack.packb(event.kind) + _constant_entries(identity)
+            _TYPE_KEY + msgpack.packb(event.kind)
+            + _DATASCHEMA_KEY + msgpack.packb(data_schema_id(event.kind))
+            + _constant_entries(identity)
         )
     seq = event.seq
     record_id = event.id
+    uuid_text = len(record_id) == 36 and record_id.isascii()
+    if _TRACEPARENT_KEY in body and "traceparent" in msgpack.unpackb(body[1:], raw=False):
+        # The bytes alone may be a value ("traceparent" as a product name): the decode, only
+        # for the bodies that hold them, tells a stored trace from that.
+        count, trace = count + 9, b""
+    else:  # derived from the id: one string format
+        text = traceparent(record_id)
+        count, trace = count + 10, _TRACEPARENT_KEY + (
+            b"\xd9\x37" + text.encode() if len(text) == 55 else msgpack.packb(text)
+        )
     return b"".join((
-        _map_header(count + 6),
+        _map_header(count),
         _SEQ_KEY + (b"\xce" + seq.to_bytes(4, "big") if 0 <= seq < 2**32 else msgpack.packb(seq)),
-        _ID_KEY + (
-            b"\xd9\x24" + record_id.encode() if len(record_id) == 36 and record_id.isascii()
-            else msgpack.packb(record_id)
-        ),
+        _ID_KEY + (b"\xd9\x24" + record_id.encode() if uuid_text else msgpack.packb(record_id)),
         fixed,
+        trace,
         body[entries:],
     ))
 
 
+def _expand_whole(event: StoredEvent, identity: AgentIdentity | None) -> bytes:
+    """A body stored whole (format 1, by older agents): `seq` first, then the stored entries,
+    then the published constants it lacks (decoded and encoded again: not the hot path).
+    Its `partitionkey` is the site and agent stored in it (else `identity`'s)."""
+    whole = with_seq(event.body, event.seq)
+    fields = msgpack.unpackb(whole, raw=False)
+    site, agent = fields.get("site"), fields.get("agent")
+    if not (isinstance(site, str) and isinstance(agent, str)) and identity is not None:
+        site, agent = identity.site, identity.agent
+    missing = {
+        key: value
+        for key, value in (
+            ("datacontenttype", DATACONTENTTYPE),
+            ("dataschema", data_schema_id(event.kind)),
+            ("partitionkey", partition_key(site, agent) if site and agent else None),
+            ("traceparent", traceparent(str(fields.get("id", event.id)))),
+        )
+        if key not in fields and value is not None
+    }
+    if not missing:
+        return whole
+    return msgpack.packb({**fields, **missing}, use_bin_type=True)
+
+
+def partition_key(site: str, agent: str) -> str:
+    """The `partitionkey` of an agent's events (CloudEvents partitioning extension): a bridge
+    to a partitioned log (Kafka) that keys by it keeps each agent's order."""
+    return f"{site}/{agent}"
+
+
 _ID_KEY = msgpack.packb("id")
 _TYPE_KEY = msgpack.packb("type")
+_DATASCHEMA_KEY = msgpack.packb("dataschema")
+# A body that holds these bytes carries its own `traceparent` (the fact came with a trace).
+_TRACEPARENT_KEY = msgpack.packb("traceparent")
+# Attributes every published event carries that the compact body never stores (an extension
+# of one of these names keeps the whole envelope, format 1).
+_PUBLISHED_CONSTANTS = ("datacontenttype", "dataschema", "partitionkey")
 
 
 @functools.lru_cache(maxsize=16)
 def _constant_entries(identity: AgentIdentity) -> bytes:
-    """`specversion`, `site` and `agent`, encoded once per agent."""
+    """`specversion`, `site`, `agent`, `datacontenttype` and `partitionkey`, encoded once per
+    agent."""
     return b"".join(
         msgpack.packb(key) + msgpack.packb(value)
         for key, value in (
-            ("specversion", SPECVERSION), ("site", identity.site), ("agent", identity.agent)
+            ("specversion", SPECVERSION), ("site", identity.site), ("agent", identity.agent),
+            ("datacontenttype", DATACONTENTTYPE),
+            ("partitionkey", partition_key(identity.site, identity.agent)),
         )
     )
 
@@ -246,6 +321,15 @@ def encode_batch(
     format), with `seq` and the fields the buffer does not store spliced in: the site and
     agent of `identity`, or of the identity each seq was accepted under (`IdentityHistory`).
     `identity` may be None only when every body is stored whole (format 1); else ValueError."""
+    parts = expand_envelopes(events, identity)
+    return array_header(len(parts)) + b"".join(parts)
+
+
+def expand_envelopes(
+    events: Iterable[StoredEvent], identity: AgentIdentity | IdentityHistory | None
+) -> list[bytes]:
+    """Each event's whole envelope as one msgpack map (what `encode_batch` puts in its array);
+    `identity` as there."""
     if isinstance(identity, IdentityHistory):
         events = list(events)
         changes = identity.changes
@@ -256,11 +340,10 @@ def encode_batch(
             for event in events:
                 own = identity.at(event.seq)
                 parts.append(_expand(event, own, by_identity.setdefault(own, {})))
-            return array_header(len(parts)) + b"".join(parts)
+            return parts
         identity = changes[-1][1] if changes else None
     types: dict[str, bytes] = {}
-    parts = [_expand(event, identity, types) for event in events]
-    return array_header(len(parts)) + b"".join(parts)
+    return [_expand(event, identity, types) for event in events]
 
 
 def decode_batch(payload: bytes) -> list[dict[str, Any]]:
@@ -272,8 +355,10 @@ def decode_batch(payload: bytes) -> list[dict[str, Any]]:
 
 
 def validate_envelope(envelope: dict[str, Any]) -> CloudEvent[Any]:
-    """Validate a decoded envelope against its type's contract (raises pydantic's error)."""
-    agent_model = AGENT_EVENT_MODELS.get(str(envelope.get("type")))
+    """Validate a decoded envelope against its type's contract (raises pydantic's error). A
+    retired version's copy (`[contracts] dual_publish_until`) against the retired model."""
+    name = str(envelope.get("type"))
+    agent_model = AGENT_EVENT_MODELS.get(name) or RETIRED_EVENT_MODELS.get(name)
     if agent_model is not None:
         return CloudEvent[agent_model].model_validate(envelope)  # type: ignore[valid-type]
     event_type = EVENT_TYPES_BY_NAME.get(str(envelope.get("type")))

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from buffer.sqlite import ID_TEXT_SQL
-from events.wire import decode_batch
 from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from testkit.events import decode_message_of
 
 EVENTS_TOPIC = "mfg/plant-a/edge-01/events/#"
 
@@ -173,7 +173,7 @@ def arrivals(
         backlog = user_property(message, "backlog") == "true"
         replay = user_property(message, "replay") == "true"
         at = received_at[index] if index < len(received_at) else time.time()
-        for event in decode_batch(message.payload):
+        for event in decode_message_of(message):  # any hub format
             assert message.topic.endswith("/events/" + event["type"]), (message.topic, event)
             result.append(Arrival(event, backlog, replay, at))
     return result

@@ -184,11 +184,12 @@ async def _replay_async(
     config: Any, since: float, until: float | None, kind: str | None
 ) -> ReplayOutcome:
     """Open the buffer (the state dir lock: the agent must be stopped) and a session of its
-    own, and replay through `agent.link.replay.replay_retained`, as many messages in flight as the
-    config and the broker allow."""
+    own, and replay through `agent.link.replay.replay_retained`, in the config's hub format, as
+    many messages in flight as the config and the broker allow."""
     from agent import store
     from agent.link.hub_session import hub_session
     from agent.link.replay import replay_retained
+    from events.formats import FORMATS
     from events.wire import AgentIdentity
 
     hub = config.hub
@@ -208,6 +209,7 @@ async def _replay_async(
                 batch_max_events=hub.batch_max_events,
                 max_inflight=min(hub.max_inflight, session.receive_maximum),
                 ack_timeout_s=hub.connect_timeout_s * 3,
+                wire_format=FORMATS[hub.format],
             )
 
 

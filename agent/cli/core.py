@@ -3,6 +3,9 @@
     edge-agent run -c CONFIG          run the agent until SIGINT/SIGTERM
     edge-agent check-config CONFIG    validate a config file (exit 0 valid, 2 invalid)
     edge-agent schema [TYPE]          print the JSON Schema of the event types
+    edge-agent schema check --against DIR
+                                      compare them with the published ones in DIR (exit 0
+                                      compatible, 1 a breaking change, 2 DIR unreadable)
     edge-agent demo [--hub URL]       a simulated plant and the agent forwarding its signals
 """
 
@@ -36,9 +39,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     check.set_defaults(handler=_check_config)
 
-    schema = commands.add_parser("schema", help="print the JSON Schema of event types")
-    schema.add_argument("type", nargs="?", help="one type, e.g. telemetry.v1 (default: all)")
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of event types, or check them (`schema check`)"
+    )
+    # `check` is no event type's name (they are versioned: `telemetry.v1`), so it can share the
+    # TYPE position: `edge-agent schema check --against DIR`.
+    schema.add_argument(
+        "type", nargs="?",
+        help="one type, e.g. telemetry.v1 (default: all); `check`: compare this agent's "
+        "schemas with the published ones (--against)",
+    )
     schema.add_argument("--out", type=Path, help="write one TYPE.schema.json per type into DIR")
+    schema.add_argument(
+        "--markdown", action="store_true",
+        help="print them as the catalog of docs/hub-contract.md (fields, units, examples)",
+    )
+    schema.add_argument(
+        "--against", type=Path, metavar="DIR",
+        help="with `check`: the folder of published TYPE.schema.json files (as --out writes)",
+    )
     schema.set_defaults(handler=_schema)
 
     demo = commands.add_parser("demo", help="run a simulated plant and the agent against it")
@@ -119,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
 def _schema(args: argparse.Namespace) -> int:
     from events.models import json_schemas
 
+    if args.type == "check" or args.against is not None:
+        return _schema_check(args)
     schemas = json_schemas()
     if args.type is not None:
         wanted = args.type if args.type in schemas else f"{args.type}.v1"
@@ -129,6 +150,11 @@ def _schema(args: argparse.Namespace) -> int:
             )
             return EXIT_INVALID
         schemas = {wanted: schemas[wanted]}
+    if args.markdown:
+        from events.catalog import render
+
+        print(render(schemas), end="")
+        return EXIT_OK
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         for name, schema in schemas.items():
@@ -138,6 +164,52 @@ def _schema(args: argparse.Namespace) -> int:
     document = next(iter(schemas.values())) if args.type else schemas
     print(json.dumps(document, indent=2))
     return EXIT_OK
+
+
+def _schema_check(args: argparse.Namespace) -> int:
+    """Every change from the published schemas in `--against` to this agent's, one a line;
+    exit 1 when one breaks consumers, 2 when the folder or a file cannot be read."""
+    from events.compat import SCHEMA_FILE_SUFFIX, SchemaError, compare, read_published
+    from events.models import json_schemas
+
+    if args.type != "check" or args.against is None or args.out is not None:
+        print("edge-agent schema: compare with `schema check --against DIR` (no TYPE, no --out)",
+              file=sys.stderr)
+        return EXIT_INVALID
+    folder: Path = args.against
+    files: dict[str, str] = {}
+    try:
+        for path in sorted(folder.iterdir()):
+            if path.name.endswith(SCHEMA_FILE_SUFFIX):
+                try:
+                    files[str(path)] = path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as error:
+                    raise SchemaError(f"{path}: not UTF-8 text ({error.reason})") from error
+        published = read_published(files)
+    except OSError as error:
+        print(f"edge-agent schema check: {error.filename or folder}: cannot read it: "
+              f"{error.strerror or error}", file=sys.stderr)
+        return EXIT_INVALID
+    except SchemaError as error:
+        where = "" if str(error).startswith(str(folder)) else f"{folder}: "
+        print(f"edge-agent schema check: {where}{error}", file=sys.stderr)
+        return EXIT_INVALID
+    changes = compare(published, json_schemas())
+    for change in changes:
+        print(f"{'BREAKING' if change.breaking else 'note'}  {change}")
+    breaking = [change for change in changes if change.breaking]
+    notes = len(changes) - len(breaking)
+    print(
+        f"{len(published)} published types in {folder}: {_count(len(breaking), 'breaking change')}"
+        f", {_count(notes, 'note')}"
+        + (": consumers of the published schemas would refuse or misread these events"
+           if breaking else ": compatible")
+    )
+    return EXIT_FAILURE if breaking else EXIT_OK
+
+
+def _count(number: int, what: str) -> str:
+    return f"{number} {what}{'' if number == 1 else 's'}"
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -221,6 +221,21 @@ def _hub_and_sources(snapshot: dict[str, Any]) -> list[str]:
             f"  forwarded: {forwarder.get('events_forwarded_total', 0)} events this run,"
             f" {forwarder.get('events_dead_lettered_total', 0)} dead-lettered"
         )
+    lines += _dual_publish_lines(snapshot.get("event_types") or {})
+    return lines
+
+
+def _dual_publish_lines(event_types: dict[str, Any]) -> list[str]:
+    """One line per retired version published beside its successor (`[contracts]
+    dual_publish_until`): its window, and whether it is still open."""
+    lines: list[str] = []
+    for retired, window in (event_types.get("dual_publish") or {}).items():
+        state = "publishing" if window.get("open") else "ended"
+        lines.append(
+            f"  dual publish {retired} beside {window.get('beside')}: {state}, until "
+            f"{window.get('until')} ({window.get('copies_total', 0)} copies, "
+            f"{window.get('skipped_total', 0)} not convertible)"
+        )
     return lines
 
 

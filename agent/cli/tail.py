@@ -2,9 +2,10 @@
 
     edge-agent tail --hub URL [--site S] [--agent A] [--type T] [--count N] [--duration S] [--json]
 
-It subscribes to `{prefix}/{site}/{agent}/events/#` (`+` for any), decodes each batch
-(`events.wire`) and prints one line per event (or one JSON object with `--json`); a message
-that is not an event batch is named on stderr and skipped. With `--count` it stops after N
+It subscribes to `{prefix}/{site}/{agent}/events/#` (`+` for any), decodes each message in
+whichever hub format it came (`events.formats.decode_message`, told by its content type) and
+prints one line per event (or one JSON object with `--json`); a message that holds no events
+is named on stderr and skipped. With `--count` it stops after N
 events and exits 1 if fewer came within `--duration`. A reader that closes stdout early
 (`... | head`) ends it quietly (`agent.cli.main`). The hub connection: `agent.cli.hub`.
 """
@@ -39,29 +40,33 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 async def _tail_events(args: argparse.Namespace) -> int:
-    from events.wire import decode_batch
+    from events.formats import decode_message
 
     printed = 0
     done = asyncio.Event()
     wanted = args.type
     reader_gone = False  # stdout's reader closed early (`... | head`): stop, as `main` says
 
-    def on_message(topic: str, payload: bytes, _properties: Any) -> None:
+    def on_message(topic: str, payload: bytes, properties: Any) -> None:
         nonlocal reader_gone
         if done.is_set():
             return
         try:
-            print_events(topic, payload)
+            print_events(topic, payload, properties)
         except BrokenPipeError:  # raised in a session callback, which would only log it
             reader_gone = True
             done.set()
 
-    def print_events(topic: str, payload: bytes) -> None:
+    def print_events(topic: str, payload: bytes, properties: Any) -> None:
         nonlocal printed
         try:
-            events = decode_batch(payload)
+            events = decode_message(
+                payload,
+                getattr(properties, "ContentType", None),
+                getattr(properties, "UserProperty", None) or (),
+            )
         except Exception as error:  # a consumer tool: say what could not be read, go on
-            print(f"# {topic}: not an event batch ({type(error).__name__})", file=sys.stderr)
+            print(f"# {topic}: not an events message ({type(error).__name__})", file=sys.stderr)
             return
         for event in events:
             kind = str(event.get("type", ""))

@@ -35,7 +35,7 @@ from agent.link.mqtt_session import MqttSession
 from agent.runtime import Agent
 from agent.service import logs
 from config.schema import AgentConfig
-from events.wire import decode_batch
+from events.formats import decode_message
 
 SITE, AGENT_ID, PREFIX = "plant-a", "edge-01", "mfg"
 
@@ -200,7 +200,11 @@ class HubView:
 
     def on_message(self, topic: str, payload: bytes, properties: object) -> None:
         try:
-            events = decode_batch(payload)
+            events = decode_message(
+                payload,
+                getattr(properties, "ContentType", None),
+                getattr(properties, "UserProperty", None) or (),
+            )
         except Exception:
             return
         self.received += len(events)

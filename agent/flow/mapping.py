@@ -18,6 +18,19 @@ Per reading, in this order:
    reset and rollover); machine.state (on change, with previous state and its duration);
    quality.alert / machine.downtime start and end (threshold with hysteresis, or a boolean);
    workorder.completed (when the done bit rises, from the latest sibling values).
+4. The envelope's context: asset path, work order and product (the asset's, else its nearest
+   parent's), and the three ids that tie events together (docs/hub-contract.md):
+   - `correlationid`, the business object (`config.correlation`): `order:<order>` for a
+     completion and for every event of an asset with a work order context; for a record,
+     the field its source's `correlate_by` names (or its type's default);
+   - `causationid`, the event this one was derived from: a quality.alert's is the telemetry
+     event of the same reading; a completion's is the production.count event of the latest
+     reading of its `good` (else `scrap`) counter, when that counter is a production.count
+     signal;
+   - `traceparent` (and `tracestate`), only when the fact came with a valid W3C trace
+     context (a webhook request's headers): the event's span as a child of the caller's.
+     Without one nothing is stored (the publisher derives a trace from the event id). An
+     invalid header is ignored: counted per source and route, logged once per route.
 
 History and restarts: derived events depend on the signal's history, kept in memory. After a
 restart the first reading of a signal has no history: no previous state, no increment (null),
@@ -33,7 +46,8 @@ done bits of work orders last, so siblings written in the same PLC scan are seen
 
 A reading that cannot be mapped (a text where a number is expected, a state missing from the
 table, a dead-lettered code) raises `UnmappableReading` with the reason: the pipeline counts it
-and sets it aside; it never becomes a half-filled event.
+and sets it aside; it never becomes a half-filled event. (The one log line of this module is
+the warning about a route's invalid trace headers, once per route.)
 
 Why one module of ~750 lines: the order of the steps above is the contract, and every step
 (`SignalMapper`: measured values, states, counters, derived events; `RecordRule`: MES records)
@@ -43,6 +57,7 @@ would have to be followed across files; the value coercions at the end are priva
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from collections.abc import Iterable, Sequence
@@ -51,6 +66,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
+from config.correlation import ORDER_FIELD, correlation_fields
 from config.mapping import (
     LookupTable,
     SignalMapping,
@@ -59,14 +75,20 @@ from config.mapping import (
     signal_name,
 )
 from config.masterdata import code_text
-from config.schema import RECORD_SOURCES, AgentConfig
+from config.schema import RECORD_SOURCES, AgentConfig, MesHttpSource
 from config.units import Conversion, conversion
 from connectors.base import Quality, Reading, Value
-from events.ids import event_id, record_id, rfc3339
+from connectors.records import RecordSettings
+from events.ids import event_id, parse_traceparent, record_id, rfc3339, traceparent
 from events.kinds import EventKind, MachineState
 from events.models import EVENT_TYPES, Event, EventType
 
+_log = logging.getLogger(__name__)
+
 CLAMPED_STATUS = "UncertainEngineeringUnitsExceeded"
+# A `tracestate` longer than this is not passed on (W3C Trace Context: 512 characters at most
+# are propagated); nor is one with characters outside printable ASCII.
+_TRACESTATE_MAX_CHARS = 512
 _TYPE_NAMES = {kind: event_type.name for kind, event_type in EVENT_TYPES.items()}
 _QUALITY_TEXT = {quality: quality.value for quality in Quality}
 _timestamp_of = operator.attrgetter("timestamp")
@@ -88,6 +110,8 @@ class MappingCounters:
 
     codes_unmapped_total: dict[str, int] = field(default_factory=dict)
     codes_dead_lettered_total: dict[str, int] = field(default_factory=dict)
+    # Trace context headers ignored as invalid, per `<source><route>` (mes-webhook/mes/orders).
+    trace_headers_invalid_total: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -105,6 +129,9 @@ class AssetValues:
 
     latest: dict[str, object] = field(default_factory=dict)
     context: dict[str, _Code] = field(default_factory=dict)  # "workorder" / "product"
+    # Each production.count signal's mapper and latest mapped reading: a completion names
+    # that count's event as its cause (`causationid`), its id made only then.
+    counts: dict[str, tuple[SignalMapper, Reading]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -116,6 +143,7 @@ class _Derived:
     unmapped: list[str] = field(default_factory=list)
     quality: str | None = None  # overrides the reading's quality
     status: str | None = None
+    cause: str | None = None  # the id of the event this one is derived from (`causationid`)
 
 
 @dataclass(slots=True)
@@ -160,6 +188,17 @@ class SignalMapper:
         (those need the agent's `Mapper`)."""
         return Mapper([self]).map(reading)
 
+    def event_id(self, reading: Reading, kind: EventKind) -> str:
+        """The id of the `kind` event of `reading` (the source fact and the event type)."""
+        return event_id(
+            site=self.context.site,
+            source=self.source,
+            signal=self.signal,
+            timestamp=reading.timestamp,
+            value=reading.value,
+            type_name=_TYPE_NAMES[kind],
+        )
+
     # -- the per-signal steps ------------------------------------------------------------
 
     def derive(self, reading: Reading, asset: AssetValues) -> list[_Derived]:
@@ -188,11 +227,16 @@ class SignalMapper:
                 derived.quality, derived.status = Quality.UNCERTAIN.value, CLAMPED_STATUS
             if rule.trigger is None:
                 return [derived]
-            return [derived, *self._triggered(reading, asset, EventKind.QUALITY_ALERT, number)]
+            alerts = self._triggered(reading, asset, EventKind.QUALITY_ALERT, number)
+            for alert in alerts:  # derived from this telemetry event
+                alert.cause = self.event_id(reading, EventKind.TELEMETRY)
+            return [derived, *alerts]
         if rule.event is EventKind.PRODUCTION_COUNT:
             count = _as_count(reading.value, self.name)
             asset.latest[self.name] = count
-            return [_Derived(EventKind.PRODUCTION_COUNT, self._count(count))]
+            counted = _Derived(EventKind.PRODUCTION_COUNT, self._count(count))
+            asset.counts[self.name] = (self, reading)
+            return [counted]
         if rule.event is EventKind.MACHINE_STATE:
             return self._machine_state(reading)
         if rule.event is EventKind.WORKORDER_COMPLETED:
@@ -411,7 +455,14 @@ class SignalMapper:
             value = asset.latest.get(ref) if ref is not None else None
             data[key] = _as_count(value, ref) if value is not None else None  # type: ignore[arg-type]
         data["unit"] = "1"  # PLC counters count pieces
-        return [_Derived(EventKind.WORKORDER_COMPLETED, data, unmapped)]
+        completed = _Derived(EventKind.WORKORDER_COMPLETED, data, unmapped)
+        for ref in (fields.good, fields.scrap):  # derived from the count it reports
+            counted = asset.counts.get(ref) if ref is not None else None
+            if counted is not None:
+                counter, latest = counted
+                completed.cause = counter.event_id(latest, EventKind.PRODUCTION_COUNT)
+                break
+        return [completed]
 
 
 def _alarm_data(name: str, reading: Reading) -> dict[str, object]:
@@ -496,6 +547,9 @@ class RecordRule:
     signal: str
     kind: EventKind
     asset: str
+    # The data fields to take the correlationid from, the first with a value
+    # (`config.correlation.correlation_fields`); empty: none.
+    correlate_by: tuple[str, ...] = ()
 
     def event_data(self, reading: Reading) -> dict[str, object]:
         data, problems = self._validated(reading)
@@ -527,6 +581,15 @@ class RecordRule:
                 for item in error.errors()
             ]
         return data.model_dump(mode="json"), []
+
+
+def _record_settings(source: object, signal: str) -> RecordSettings:
+    """The record settings behind a record source's rule: a webhook's route (its signal is the
+    route's path), else the source itself (a file drop, an interface table)."""
+    if isinstance(source, MesHttpSource):
+        return next(route for route in source.routes if route.path == signal)
+    assert isinstance(source, RecordSettings), source
+    return source
 
 
 def _downtime_fields(fields: dict[str, object], time: datetime) -> None:
@@ -586,7 +649,12 @@ class Mapper:
             for signal in source.signals
         ]
         records = [
-            RecordRule(context, source.name, signal, event, asset)
+            RecordRule(
+                context, source.name, signal, event, asset,
+                correlate_by=correlation_fields(
+                    event, _record_settings(source, signal).correlate_by
+                ),
+            )
             for source in config.sources
             if isinstance(source, RECORD_SOURCES)
             for signal, event, asset in source.record_rules()
@@ -692,17 +760,28 @@ class Mapper:
             extensions["unmapped"] = ",".join(dict.fromkeys(unmapped))
         if reading.backfilled:  # read from the source's history after a gap (issue 9)
             extensions["backfilled"] = "true"
+        order = (
+            derived.data.get(ORDER_FIELD) if derived.kind is EventKind.WORKORDER_COMPLETED
+            else extensions.get("workorder")
+        )
+        if order is not None:
+            extensions["correlationid"] = f"{ORDER_FIELD}:{order}"
+        if derived.cause is not None:
+            extensions["causationid"] = derived.cause
         quality = derived.quality or _QUALITY_TEXT[reading.quality]
         status = derived.status if derived.quality is not None else reading.status
+        own_id = event_id(
+            site=mapper.context.site,
+            source=mapper.source,
+            signal=mapper.signal,
+            timestamp=reading.timestamp,
+            value=reading.value,
+            type_name=type_name,
+        )
+        if reading.trace:
+            self._continue_trace(reading, own_id, extensions)
         return Event(
-            id=event_id(
-                site=mapper.context.site,
-                source=mapper.source,
-                signal=mapper.signal,
-                timestamp=reading.timestamp,
-                value=reading.value,
-                type_name=type_name,
-            ),
+            id=own_id,
             type=event_type,
             source=mapper.cloudevents_source,
             time=reading.timestamp,
@@ -724,22 +803,66 @@ class Mapper:
 
     def _record_event(self, rule: RecordRule, reading: Reading) -> Event:
         event_type = EVENT_TYPES[rule.kind]
+        data = rule.event_data(reading)
+        own_id = self._record_id(rule, reading)
         extensions: dict[str, str] = {}
         path = self._asset_paths.get(rule.asset)
         if path is not None:
             extensions["assetpath"] = path
+        for name in rule.correlate_by:
+            value = data.get(name)
+            if value is not None and value != "":
+                extensions["correlationid"] = f"{name}:{value}"
+                break
+        if reading.trace:
+            self._continue_trace(reading, own_id, extensions)
         context = rule.context
         return Event(
-            id=self._record_id(rule, reading),
+            id=own_id,
             type=event_type,
             source=f"/{context.site}/{context.agent}/{rule.source}",
             time=reading.timestamp,
             subject=rule.asset,
             quality=reading.quality.value,
             status=reading.status,
-            data=rule.event_data(reading),
+            data=data,
             extensions=extensions,
         )
+
+    def _continue_trace(self, reading: Reading, own_id: str, extensions: dict[str, str]) -> None:
+        """The event's span as a child of the trace context the fact came with (a webhook
+        request's headers): `traceparent`, and `tracestate` passed on. An invalid header is
+        ignored (the event then starts a trace of its own, or goes without the tracestate):
+        counted per source and route, logged once per route. A `tracestate` without a
+        `traceparent` means nothing (W3C Trace Context) and is dropped."""
+        headers = dict(reading.trace)
+        received = headers.get("traceparent")
+        if received is None:
+            return
+        parent = parse_traceparent(received)
+        if parent is None:
+            self._invalid_trace_header(reading, "traceparent", received)
+            return
+        extensions["traceparent"] = traceparent(own_id, parent)
+        state = headers.get("tracestate", "").strip()
+        if not state:
+            return
+        if len(state) <= _TRACESTATE_MAX_CHARS and state.isascii() and state.isprintable():
+            extensions["tracestate"] = state
+        else:
+            self._invalid_trace_header(reading, "tracestate", state)
+
+    def _invalid_trace_header(self, reading: Reading, header: str, received: str) -> None:
+        where = f"{reading.source}{reading.signal}"
+        totals = self.counters.trace_headers_invalid_total
+        totals[where] = totals.get(where, 0) + 1
+        if totals[where] == 1:
+            _log.warning(
+                "source %s route %s sends an invalid %s header (%r): ignored, its events start "
+                "a trace of their own; further ones are counted in status "
+                "(mapping.trace_headers_invalid_total)",
+                reading.source, reading.signal, header, received[:80],
+            )
 
     def _context_of(self, asset: str) -> dict[str, _Code]:
         """The asset's work order and product: its own, else its nearest parent's."""

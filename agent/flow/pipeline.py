@@ -26,6 +26,10 @@ meanwhile the queue fills and `emit` blocks, so the sources pause (backpressure)
   when it starts and once when it ends, and the write is retried with the same capped backoff.
   Any other `OSError` there is not the disk's state but a fault (permissions): it propagates.
 
+While a retired major version is published beside its successor (`[contracts]
+dual_publish_until`, `agent.flow.dual_publish`), each successor event's retired copy is
+appended right after it, in the same transaction.
+
 Whatever the buffer gave up for room (`AppendResult.overflow`) is counted per class and type
 and becomes `agent.buffer.overflow.v1` events (critical by default) appended right after, so the
 hub learns what it is missing and which seqs are gaps.
@@ -59,6 +63,7 @@ from datetime import UTC, datetime
 
 import msgpack
 
+from agent.flow.dual_publish import DualPublisher
 from agent.flow.mapping import Mapper
 from agent.flow.mapping_state import CounterBaselines
 from buffer.base import Buffer, BufferFull, BufferUnavailable, Overflow, Record
@@ -115,10 +120,13 @@ class Pipeline:
         priorities: Mapping[str, int] | None = None,
         overflow_priority: int = Priority.CRITICAL,
         baselines: CounterBaselines | None = None,
+        dual_publish: DualPublisher | None = None,
     ) -> None:
         """`priorities`: delivery class per unversioned event type, overriding the defaults.
-        `baselines`: persists counter baselines around each commit (agent.mapping_state)."""
+        `baselines`: persists counter baselines around each commit (agent.mapping_state).
+        `dual_publish`: the retired versions to publish beside their successors (none)."""
         self._mapper = mapper
+        self.dual_publish = dual_publish or DualPublisher({})
         self._baselines = baselines
         self._buffer = buffer
         self._site = site
@@ -222,6 +230,7 @@ class Pipeline:
 
     async def _commit(self, readings: list[Reading]) -> None:
         events, rejected = self._mapper.map_all(readings)
+        events = self.dual_publish.beside(events)
         self.counters.readings_total += len(readings)
         for reading, reason in rejected:
             self.counters.readings_unmappable_total += 1

@@ -24,7 +24,11 @@ Per connection (`MqttSession.connection_epoch`):
    Packet Size or the message size the broker was seen to refuse (a single event that cannot
    fit is dead-lettered), publish QoS 1 with at most min(`max_inflight`, broker's Receive
    Maximum) messages unacknowledged. Each message's events are spliced back into whole
-   envelopes (`events.wire.encode_batch`: seq, id, type and the agent's `identity`).
+   envelopes (`events.wire`: seq, id, type and the agent's `identity`) and encoded in the
+   hub's format (`[hub] format`, `events.formats`): a format of one event per message (the
+   CloudEvents binding's structured and binary modes) caps `batch_max_events` at 1 per
+   message, so there is nothing to halve and an event too large alone is dead-lettered as
+   above. An event the format cannot encode is dead-lettered too (found by halving).
 4. On PUBACK success, queue the seqs for `buffer.ack` (acks are committed in batches by one
    task, which lets 10 ms of PUBACKs gather first; at most 16,000 queued seqs, then publishing
    waits for them to be recorded). On a failure reason code: 0x95 (packet too large, e.g. a
@@ -90,8 +94,9 @@ from agent.link.mqtt_session import (
 from agent.link.token_bucket import TokenBucket
 from buffer.base import Buffer, BufferUnavailable, StoredRecord
 from connectors.backoff import Backoff
+from events.formats import BACKLOG_PROPERTY, DEFAULT_FORMAT, FORMATS, WireFormat
 from events.kinds import Priority
-from events.wire import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
+from events.wire import AgentIdentity, IdentityHistory
 
 _log = logging.getLogger(__name__)
 
@@ -110,12 +115,10 @@ _ACK_RETRY_MIN_S = 0.5
 _ACK_RETRY_MAX_S = 5.0
 # Share of each lease per delivery class while several have pending events.
 CLASS_SHARES: dict[int, int] = {Priority.CRITICAL: 8, Priority.BUSINESS: 4, Priority.TELEMETRY: 1}
-BACKLOG_PROPERTY = ("backlog", "true")
 # A connection that drops within this many seconds with the same message in flight, this many
 # times in a row, is taken as the broker refusing that message (see `_suspect_poison`).
 _SUSPECT_CONNECTION_S = 5.0
 _SUSPECT_STRIKES = 3
-REPLAY_PROPERTY = ("replay", "true")
 # A backlog lease fills up to this many messages of `batch_max_events`.
 _BACKLOG_LEASE_MESSAGES = 4
 # At most this many PUBACKed seqs wait to be recorded before publishing pauses for them.
@@ -205,10 +208,12 @@ class Forwarder:
         pacing: BacklogPacing | None = None,
         lane_probe_min_s: float = 1.0,
         lane_probe_max_s: float = 60.0,
+        wire_format: WireFormat = FORMATS[DEFAULT_FORMAT],
     ) -> None:
         """`identity`: the agent's site and id, spliced into every event stored without them
         (`events.wire.encode_body`), or the buffer's history of them (`identity` can be
         replaced before `run`); None only where every body is stored whole.
+        `wire_format`: how events become MQTT messages (`[hub] format`).
         `pacing`: how fast the backlog lane may go; None: as fast as the broker takes it.
         `lane_probe_min_s`, `lane_probe_max_s`: how often a refused topic is probed again."""
         if not 0 < lane_probe_min_s <= lane_probe_max_s:
@@ -217,6 +222,7 @@ class Forwarder:
         self._session = session
         self._topic_base = topic_base.rstrip("/")
         self.identity = identity
+        self.wire_format = wire_format
         self._batch_max_events = batch_max_events
         self._batch_max_wait_s = batch_max_wait_s
         self._max_inflight = max_inflight
@@ -403,7 +409,7 @@ class Forwarder:
                 await asyncio.sleep(self._batch_max_wait_s)
 
     async def _publish(self, records: list[StoredRecord], epoch: int, *, backlog: bool) -> bool:
-        size = self._batch_max_events
+        size = min(self._batch_max_events, self.wire_format.max_events_per_message or 1 << 30)
         for kind, group in groupby(records, key=lambda record: record.kind):
             topic = f"{self._topic_base}/{kind}"
             events = list(group)
@@ -460,7 +466,16 @@ class Forwarder:
         packet size (or a size it refused); a single event that cannot fit is dead-lettered.
         `probe`: the lone event that asks a paused topic again. False when the connection is no
         longer usable."""
-        payload = encode_batch(records, self.identity)
+        try:
+            message = self.wire_format.encode(records, self.identity)
+        except ValueError as error:
+            if len(records) == 1:
+                await self._dead_letter(
+                    records, f"cannot be encoded as {self.wire_format.name}: {error}"
+                )
+                return True
+            return await self._split(topic, records, epoch, backlog=backlog)
+        payload = message.payload
         refused = self._refused_payload_size
         if refused is not None and len(payload) >= refused:
             if len(records) == 1:
@@ -484,8 +499,11 @@ class Forwarder:
                 topic,
                 payload,
                 qos=1,
-                content_type=CONTENT_TYPE,
-                user_properties=(BACKLOG_PROPERTY,) if backlog else (),
+                content_type=message.content_type,
+                user_properties=(
+                    (*message.user_properties, BACKLOG_PROPERTY) if backlog
+                    else message.user_properties
+                ),
             )
         except NotConnected:
             slots.release()

@@ -7,17 +7,19 @@ own session) both call. What it promises (docs/hub-contract.md, "Replay"):
 - It sends the delivered events still retained (`Buffer.retained`), accepted in
   `[since, until)`, of the given event types (each matches a stored type exactly or by its
   unversioned name; None: all), again: same topic (`{topic_base}/{type}`), same `id` and
-  `seq`, one message per type and chunk of at most `batch_max_events`, with the MQTT v5 user
-  property `replay=true` (`agent.link.forwarder.REPLAY_PROPERTY`), so the hub can tell a replay
-  from first delivery; within a type, in `seq` order.
+  `seq`, in the hub's format (`wire_format`, `[hub] format`), one message per type and chunk
+  of at most `batch_max_events` (one event per message in the binding's structured and binary
+  modes), with the MQTT v5 user property `replay=true` (`events.formats.REPLAY_PROPERTY`), so
+  the hub can tell a replay from first delivery; within a type, in `seq` order.
 - Each event carries the site and agent it was accepted under (`Buffer.identities`; a buffer
   no agent has noted an identity in yet: `fallback`), so a rename since does not relabel it.
 - At most `max_inflight` messages wait for their PUBACK at a time (the caller's share of the
   broker's Receive Maximum: a running agent's forwarder holds the rest).
-- A message over the broker's Maximum Packet Size is split in halves; an event that is too
-  large on its own, a message the broker refuses (PUBACK reason >= 0x80) or one without a
-  PUBACK within `ack_timeout_s` is *refused*: counted, and the replay goes on with the rest (a
-  replay is a repair: it sends what can be sent and says exactly how much could not).
+- A message over the broker's Maximum Packet Size (or with an event the format cannot encode)
+  is split in halves; an event that is too large on its own or that the format cannot encode,
+  a message the broker refuses (PUBACK reason >= 0x80) or one without a PUBACK within
+  `ack_timeout_s` is *refused*: counted, and the replay goes on with the rest (a replay is a
+  repair: it sends what can be sent and says exactly how much could not).
 - If the link to the hub is down at the start, or goes down, `ReplayStopped` says how many
   events were sent before; nothing after that was attempted.
 
@@ -33,10 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.link.forwarder import REPLAY_PROPERTY
 from agent.link.mqtt_session import NotConnected, PacketTooLarge, PubAck
 from buffer.base import Buffer, StoredRecord
-from events.wire import CONTENT_TYPE, AgentIdentity, IdentityHistory, encode_batch
+from events.formats import REPLAY_PROPERTY, WireFormat
+from events.wire import AgentIdentity, IdentityHistory
 
 __all__ = ["ReplayOutcome", "ReplayPublisher", "ReplayStopped", "replay_retained"]
 
@@ -94,17 +96,22 @@ async def replay_retained(
     batch_max_events: int,
     max_inflight: int,
     ack_timeout_s: float,
+    wire_format: WireFormat,
+    seqs: tuple[int, int] | None = None,
 ) -> ReplayOutcome:
-    """Publish the retained delivered events of [since, until) again; see the module docstring."""
+    """Publish the retained delivered events of [since, until) again (with `seqs` (first,
+    last): only those of that inclusive seq range); see the module docstring."""
     if not publisher.connected:
         raise ReplayStopped("the hub is not connected; nothing replayed", 0)
     history = await buffer.identities()
     identity: AgentIdentity | IdentityHistory = IdentityHistory.of(history) if history else fallback
-    replay = _Replay(publisher, identity, max(1, max_inflight), ack_timeout_s)
-    chunk_size = max(1, batch_max_events)
+    replay = _Replay(publisher, identity, wire_format, max(1, max_inflight), ack_timeout_s)
+    chunk_size = max(1, min(batch_max_events, wire_format.max_events_per_message or 1 << 30))
     try:
         for kind in sorted(set(kinds)) if kinds else [None]:
-            async for records in buffer.retained(since=since, until=until, kind=kind):
+            async for records in buffer.retained(
+                since=since, until=until, kind=kind, seqs=seqs
+            ):
                 by_kind: dict[str, list[StoredRecord]] = defaultdict(list)
                 for record in records:
                     by_kind[record.kind].append(record)
@@ -132,11 +139,13 @@ class _Replay:
         self,
         publisher: ReplayPublisher,
         identity: AgentIdentity | IdentityHistory,
+        wire_format: WireFormat,
         max_inflight: int,
         ack_timeout_s: float,
     ) -> None:
         self._publisher = publisher
         self._identity = identity
+        self._format = wire_format
         self._slots = asyncio.Semaphore(max_inflight)
         self._ack_timeout_s = ack_timeout_s
         self._inflight: set[asyncio.Task[None]] = set()
@@ -144,21 +153,22 @@ class _Replay:
         self.refused = 0
 
     async def publish(self, topic: str, chunk: list[StoredRecord]) -> None:
-        """Send one message (split in halves while too large); NotConnected if the link is
-        down."""
+        """Send one message (split in halves while too large, or while an event of it cannot be
+        encoded); NotConnected if the link is down."""
+        try:
+            message = self._format.encode(chunk, self._identity)
+        except ValueError:
+            await self._halve(topic, chunk)
+            return
         await self._slots.acquire()
         try:
             future = self._publisher.publish(
-                topic, encode_batch(chunk, self._identity), qos=1, content_type=CONTENT_TYPE,
-                user_properties=(REPLAY_PROPERTY,),
+                topic, message.payload, qos=1, content_type=message.content_type,
+                user_properties=(*message.user_properties, REPLAY_PROPERTY),
             )
         except PacketTooLarge:
             self._slots.release()
-            if len(chunk) == 1:
-                self.refused += 1
-                return
-            await self.publish(topic, chunk[: len(chunk) // 2])
-            await self.publish(topic, chunk[len(chunk) // 2 :])
+            await self._halve(topic, chunk)
             return
         except BaseException:
             self._slots.release()
@@ -166,6 +176,14 @@ class _Replay:
         task = asyncio.ensure_future(self._settle_one(future, len(chunk)))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    async def _halve(self, topic: str, chunk: list[StoredRecord]) -> None:
+        """Send `chunk` as two messages; a lone event is refused."""
+        if len(chunk) == 1:
+            self.refused += 1
+            return
+        await self.publish(topic, chunk[: len(chunk) // 2])
+        await self.publish(topic, chunk[len(chunk) // 2 :])
 
     async def _settle_one(self, future: asyncio.Future[PubAck], count: int) -> None:
         try:

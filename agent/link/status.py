@@ -6,10 +6,12 @@ What it says
 stale status), per source its state (running, retrying, paused, failed), connected, last value
 time, readings and errors; per buffer class (telemetry, business, critical) pending events,
 evictions and its oldest pending age (and the oldest over all classes); the forwarder:
-connected, last PUBACK, events per second over the last minute, the topics the broker refuses
-(`paused_lanes`: topic, reason code, since) and the connections dropped by the PUBACK deadline;
-the command server's counters. The same topic is the MQTT will (`offline`, reason "connection
-lost"); a clean stop publishes `offline` with reason "stopped".
+connected, the hub format it publishes in (`format`, `[hub] format`), last PUBACK, events per
+second over the last minute, the topics the broker refuses (`paused_lanes`: topic, reason code,
+since) and the connections dropped by the PUBACK deadline; the command server's counters; the
+event types it publishes (`event_types`: per kind the versions, newest first, and each
+dual-publish window of a retired version). The same topic is the MQTT will (`offline`,
+reason "connection lost"); a clean stop publishes `offline` with reason "stopped".
 
 It always fits the broker
 -------------------------
@@ -20,8 +22,8 @@ fits (`form` says which; `details` names the command topic whose `status` answer
 - `full`: everything above (no `form` key).
 - `compact`: what `edge-agent fleet` reads, and little more: state, site, agent, `at`,
   interval, version, config fingerprint; per source its state and connected; pending and oldest
-  pending age, in all and per buffer class; the forwarder's connected, last PUBACK and paused
-  lanes; backpressure.
+  pending age, in all and per buffer class; the forwarder's connected, format, last PUBACK and
+  paused lanes; backpressure.
 - `summary`: `compact` listing only the sources that are not running and connected (the ones
   fleet flags), the totals in `sources_summary`.
 - `minimal`: state, site, agent, times, interval, `sources_summary`, forwarder connected: a
@@ -125,9 +127,17 @@ async def snapshot(agent: AgentView) -> dict[str, Any]:
         "mapping": {  # master-data codes no lookup knew, per lookup table
             "codes_unmapped_total": dict(agent.mapper.counters.codes_unmapped_total),
             "codes_dead_lettered_total": dict(agent.mapper.counters.codes_dead_lettered_total),
+            # Webhook trace headers ignored as invalid, per source and route.
+            "trace_headers_invalid_total": dict(
+                agent.mapper.counters.trace_headers_invalid_total
+            ),
         },
+        # The versions published per kind, and each retired one published beside its
+        # successor for a window (`[contracts] dual_publish_until`).
+        "event_types": agent.pipeline.dual_publish.status(),
         "forwarder": {
             "connected": agent.session.connected,
+            "format": agent.forwarder.wire_format.name,
             "events_forwarded_total": agent.forwarder.counters.events_forwarded_total,
             "events_dead_lettered_total": agent.forwarder.counters.events_dead_lettered_total,
             "last_puback_at": _iso_ts(agent.forwarder.counters.last_puback_at),
@@ -217,7 +227,8 @@ def reduced_status(document: dict[str, Any], form: str, *, details: str) -> dict
         },
         pipeline={"backpressure": document.get("pipeline", {}).get("backpressure")},
         forwarder={
-            key: forwarder.get(key) for key in ("connected", "last_puback_at", "paused_lanes")
+            key: forwarder.get(key)
+            for key in ("connected", "format", "last_puback_at", "paused_lanes")
         },
     )
     return reduced

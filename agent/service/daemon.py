@@ -264,6 +264,8 @@ class AgentService:
         }
         document["pipeline"] = dataclasses.asdict(agent.pipeline.counters)
         document["forwarder"] = dataclasses.asdict(agent.forwarder.counters)
+        # The versions it publishes, and each dual-publish window (`agent.flow.dual_publish`).
+        document["event_types"] = agent.pipeline.dual_publish.status()
         try:
             stats = await agent.buffer.stats()
         except Exception as error:  # the buffer's own errors are reported by its users

@@ -16,7 +16,9 @@ capacity.py      room making, the overflow policies, eviction, the disk checks, 
 leasing.py       `lease` (lanes, priorities, shares), `rewind`, `ack`
 dead_letters.py  `dead_letter`, `set_aside`, `dead_letters`, `retry_dead_letters`
 source_state.py  source state written with the records, the identity history
-buffer.py        `SqliteBuffer`: `append` (where the seams meet), `stats`, `retained`
+buffer.py        `SqliteBuffer`: `append` (where the seams meet), `stats`, `retained`,
+                 `holdings`
+holdings.py      what the file holds of a seq range (retained, pending, dead, gone)
 statements.py    SQL building blocks and how sqlite3 errors are classified
 ```
 

@@ -14,9 +14,18 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
-from buffer.base import AppendResult, BufferFull, BufferStats, Overflow, Record, StoredRecord
+from buffer.base import (
+    AppendResult,
+    BufferFull,
+    BufferStats,
+    Overflow,
+    Record,
+    SeqHoldings,
+    StoredRecord,
+)
 from buffer.sqlite.capacity import CapacityMixin, count_evictions
 from buffer.sqlite.dead_letters import DeadLettersMixin
+from buffer.sqlite.holdings import read_holdings
 from buffer.sqlite.leasing import LeasingMixin
 from buffer.sqlite.opening import OpeningMixin
 from buffer.sqlite.schema import COLUMNS, READ_COLUMNS, id_text, stored_id
@@ -144,16 +153,24 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
         )
 
     async def retained(
-        self, *, since: float, until: float | None = None, kind: str | None = None
+        self,
+        *,
+        since: float,
+        until: float | None = None,
+        kind: str | None = None,
+        seqs: tuple[int, int] | None = None,
     ) -> AsyncIterator[list[StoredRecord]]:
         """Delivered records still retained, accepted in [since, until), in seq order, in chunks.
 
         `kind` matches a stored kind exactly or its unversioned name (`telemetry` matches
-        `telemetry.v1`)."""
-        after = 0
+        `telemetry.v1`); `seqs` (first, last) keeps those with a seq in that inclusive range."""
+        after = 0 if seqs is None else max(0, seqs[0] - 1)
         while True:
             clauses = ["acked_at IS NOT NULL", "seq > ?", "accepted_at >= ?"]
             params: list[Any] = [after, since]
+            if seqs is not None:
+                clauses.append("seq <= ?")
+                params.append(seqs[1])
             if until is not None:
                 clauses.append("accepted_at < ?")
                 params.append(until)
@@ -172,6 +189,14 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
                 return
             yield records
             after = records[-1].seq
+
+    async def holdings(self, first: int, last: int) -> SeqHoldings:
+        """What the file holds of the seqs `first`..`last` (`buffer.sqlite.holdings`)."""
+        async with self._transaction("holdings", write=False) as db:
+            (last_seq,) = one(
+                await db.execute_fetchall("SELECT value FROM meta WHERE key = 'last_seq'")
+            )
+            return await read_holdings(db, first, last, int(last_seq))
 
     async def stats(self) -> BufferStats:
         """Exact counts, from one consistent snapshot of the file."""

@@ -13,6 +13,10 @@ What a post's answer promises (the HTTP layer is `connectors.mes_http.server`):
   the consumers drop as repeats. An answered key is also remembered in the buffer's source
   state (committed with the post's records, kept `idempotency_ttl_s`): a resend answers 202
   with `replayed` and the same ids, and the same key with another body answers 409.
+
+Trace context: a post's `traceparent` and `tracestate` headers travel on each of its readings
+(`Reading.trace`, as received); the mapping makes each event's span a child of the MES's
+request when the header is valid (an invalid one is ignored, never a reason to refuse).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +41,7 @@ from connectors.mes_http.server import (
     ItemError,
     Outcome,
     Rejected,
+    TraceHeaders,
     WebhookServer,
 )
 from connectors.records import RowError, read_record
@@ -87,7 +92,11 @@ class MesHttpConnector:
     # -- one post -------------------------------------------------------------------------------
 
     async def _on_post(
-        self, route: RouteSettings, items: list[dict[str, Any]], key: str | None
+        self,
+        route: RouteSettings,
+        items: list[dict[str, Any]],
+        key: str | None,
+        trace: TraceHeaders,
     ) -> Outcome:
         if self._host.backpressure():
             self.health.counters["posts_busy_total"] += 1
@@ -96,13 +105,13 @@ class MesHttpConnector:
             json.dumps(items, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
         if key is None:
-            return await self._take(route, items, f"body:{digest}", digest, None)
+            return await self._take(route, items, f"body:{digest}", digest, None, trace)
         state_key = f"{self.name}/idem/{route.path}/{key}"
         async with self._one_post_per_key(state_key):  # a resend sees the first's answer
             answered = (await self._host.source_state(state_key)).get(state_key)
             if answered is not None:
                 return self._replay(answered, digest, key)
-            return await self._take(route, items, f"key:{key}", digest, state_key)
+            return await self._take(route, items, f"key:{key}", digest, state_key, trace)
 
     def _replay(self, answered: str, digest: str, key: str) -> Outcome:
         stored = json.loads(answered)
@@ -119,18 +128,15 @@ class MesHttpConnector:
         record_key: str,
         digest: str,
         state_key: str | None,
+        trace: TraceHeaders,
     ) -> Outcome:
-        readings, ids, errors = self._readings(route, items, record_key)
+        readings, ids, errors = self._readings(route, items, record_key, trace)
         if errors:
             self.health.counters["posts_rejected_total"] += 1
             return Rejected(errors)
         if state_key is not None:
             answer = json.dumps({"digest": digest, "ids": ids})
-            last = readings[-1]
-            readings[-1] = Reading(
-                last.source, last.signal, last.value, last.timestamp,
-                attributes=last.attributes, state=((state_key, answer),),
-            )
+            readings[-1] = replace(readings[-1], state=((state_key, answer),))
         assert self._emit is not None
         try:
             await asyncio.wait_for(self._commit(readings), self._settings.commit_timeout_s)
@@ -155,7 +161,11 @@ class MesHttpConnector:
             await committed
 
     def _readings(
-        self, route: RouteSettings, items: list[dict[str, Any]], record_key: str
+        self,
+        route: RouteSettings,
+        items: list[dict[str, Any]],
+        record_key: str,
+        trace: TraceHeaders,
     ) -> tuple[list[Reading], list[str], list[ItemError]]:
         received_at = datetime.now(UTC)
         readings: list[Reading] = []
@@ -174,6 +184,7 @@ class MesHttpConnector:
                 timestamp=record.timestamp,
                 quality=Quality.GOOD,
                 attributes=record.fields,
+                trace=trace,
             )
             event_id, problems = self._host.check_record(reading)
             for name, message in problems:

@@ -23,6 +23,10 @@ sees a request that failed one:
    409 (the key was used before with a different body), `Busy` 503 with `Retry-After`. A
    handler that raises answers 500 and is logged with its traceback: a bug, not the client's.
 
+The handler also gets the request's W3C trace context headers (`traceparent`, `tracestate`)
+as they came, unchecked (`trace_headers`): they never refuse a request; the mapping continues
+a valid one and ignores the rest.
+
 Before any of that, the connection itself (`connectors.mes_http.connections`): beyond
 `max_connections` open at once a new one is answered 503 and closed at once; one that has not
 sent its request headers within `header_timeout_s` is closed; a body that has not fully arrived
@@ -104,8 +108,13 @@ class Conflict:
 
 
 Outcome = Accepted | Rejected | Busy | Conflict
-# (route, the posted objects, idempotency key or None) -> what to answer.
-Handler = Callable[[RouteSettings, list[dict[str, Any]], str | None], Awaitable[Outcome]]
+# The W3C trace context headers of a request, as received: (name, value) pairs.
+TraceHeaders = tuple[tuple[str, str], ...]
+# (route, the posted objects, idempotency key or None, trace headers) -> what to answer.
+Handler = Callable[
+    [RouteSettings, list[dict[str, Any]], str | None, TraceHeaders], Awaitable[Outcome]
+]
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 class WebhookServer:
@@ -441,7 +450,7 @@ class _Endpoint:
         items = parse_objects(body)
         key = idempotency_key(request.headers.get("Idempotency-Key"), items,
                               self.settings.idempotency_field)
-        outcome = await self.on_post(route, items, key)
+        outcome = await self.on_post(route, items, key, trace_headers(request))
         match outcome:
             case Accepted(ids=ids, replayed=replayed):
                 body_out = {"accepted": len(ids), "ids": ids, "replayed": replayed}
@@ -497,6 +506,17 @@ def idempotency_key(
         raise _Refused(400, f"field {payload_field!r} (the idempotency key) is "
                             f"{_json_type(value)}, not a string or an integer")
     return _checked_key(str(value), f"field {payload_field!r} (the idempotency key)")
+
+
+def trace_headers(request: web.Request) -> TraceHeaders:
+    """The request's `traceparent` and `tracestate`, as received. A header sent more than once
+    is joined with commas, as HTTP combines repeated fields: a repeated `tracestate` is one
+    list, a repeated `traceparent` is invalid (as W3C Trace Context says)."""
+    return tuple(
+        (name, ",".join(values))
+        for name in TRACE_HEADERS
+        if (values := request.headers.getall(name, []))
+    )
 
 
 def _checked_key(key: str, where: str) -> str:

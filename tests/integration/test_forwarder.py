@@ -1,5 +1,5 @@
 """The forwarder against a real mosquitto and a real SQLite buffer: the ack rule, broker
-limits and refusals."""
+limits and refusals, in every hub format (`[hub] format`)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from agent.link.forwarder import Forwarder
 from agent.link.mqtt_session import MqttSession
 from buffer.base import Record
 from buffer.sqlite import SqliteBuffer
-from events.wire import decode_batch
-from testkit.broker import MosquittoBroker, Subscriber
+from events.formats import FORMATS, FormatName
+from testkit.broker import MosquittoBroker, ReceivedMessage, Subscriber
+from testkit.cloudevents_hub import read_message
 
 TOPIC_BASE = "mfg/plant-a/edge-01/events"
+EVERY_FORMAT = pytest.mark.parametrize("wire_format", sorted(FORMATS))
 
 
 def record(n: int, size: int = 50, kind: str = "telemetry.v1") -> Record:
-    body = msgpack.packb({"id": f"e{n}", "type": kind, "pad": "x" * size})
+    body = msgpack.packb({
+        "specversion": "1.0", "id": f"e{n}", "type": kind, "source": "/plant-a/edge-01/test",
+        "site": "plant-a", "agent": "edge-01", "data": {"signal": "s", "pad": "x" * size},
+    })
     return Record(id=f"e{n}", kind=kind, priority=0, body=body)
 
 
@@ -34,16 +40,32 @@ async def until(condition: Callable[[], bool], what: str, limit_s: float = 15.0)
         await asyncio.sleep(0.05)
 
 
+def seqs_read_by_the_sdk(messages: list[ReceivedMessage]) -> list[int]:
+    """The `seq` of every event, each message read as a hub would, with the CloudEvents SDK."""
+    return [
+        int(event.get_extension("seq"))  # binary mode: its canonical string
+        for message in messages
+        for event in read_message(
+            message.topic, message.payload, message.content_type,
+            [(str(k), str(v)) for k, v in getattr(message.properties, "UserProperty", [])],
+        ).events
+    ]
+
+
 @asynccontextmanager
 async def forwarding(
-    tmp_path: Path, broker: MosquittoBroker, *, batch_max_events: int
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    *,
+    batch_max_events: int,
+    wire_format: FormatName = "cloudevents-batch-msgpack",
 ) -> AsyncIterator[tuple[SqliteBuffer, Forwarder]]:
     async with SqliteBuffer.open(tmp_path / "buffer.sqlite") as buffer:
         session = MqttSession(host=broker.host, port=broker.port, client_id="fwd-test")
         async with session:
             forwarder = Forwarder(
                 buffer, session, topic_base=TOPIC_BASE, batch_max_wait_s=0.01,
-                batch_max_events=batch_max_events,
+                batch_max_events=batch_max_events, wire_format=FORMATS[wire_format],
             )
             task = asyncio.create_task(forwarder.run())
             try:
@@ -54,13 +76,16 @@ async def forwarding(
                 await asyncio.gather(task, return_exceptions=True)
 
 
+@EVERY_FORMAT
 async def test_oversized_batches_are_split_and_an_oversized_event_is_dead_lettered(
-    tmp_path: Path,
+    tmp_path: Path, wire_format: FormatName
 ) -> None:
     with MosquittoBroker(["max_packet_size 3000"]) as broker, Subscriber(
         broker, f"{TOPIC_BASE}/#"
     ) as subscriber:
-        async with forwarding(tmp_path, broker, batch_max_events=100) as (buffer, forwarder):
+        async with forwarding(
+            tmp_path, broker, batch_max_events=100, wire_format=wire_format
+        ) as (buffer, forwarder):
             records = [record(n, size=200) for n in range(1, 41)]
             records.insert(20, record(999, size=5000))  # cannot fit any message
             await buffer.append(records)
@@ -72,13 +97,14 @@ async def test_oversized_batches_are_split_and_an_oversized_event_is_dead_letter
     assert forwarder.counters.events_dead_lettered_total == 1
     assert len(messages) > 1, "the batch was split"
     assert all(len(message.payload) < 3000 for message in messages)
-    seqs = [event["seq"] for message in messages for event in decode_batch(message.payload)]
+    seqs = seqs_read_by_the_sdk(messages)
     oversized_seq = 21
     assert sorted(seqs) == [seq for seq in range(1, 42) if seq != oversized_seq]
 
 
+@EVERY_FORMAT
 async def test_a_denied_topic_keeps_its_events_pending_and_the_rest_flows(
-    tmp_path: Path,
+    tmp_path: Path, wire_format: FormatName
 ) -> None:
     # The broker's ACL lets this client publish telemetry but not machine states: mosquitto
     # answers the refused publish with PUBACK 0x87 (not authorized) and keeps the connection.
@@ -88,7 +114,9 @@ async def test_a_denied_topic_keeps_its_events_pending_and_the_rest_flows(
     with MosquittoBroker(["acl_file {workdir}/acl"], files={"acl": acl}) as broker, Subscriber(
         broker, f"{TOPIC_BASE}/#"
     ) as subscriber:
-        async with forwarding(tmp_path, broker, batch_max_events=10) as (buffer, forwarder):
+        async with forwarding(
+            tmp_path, broker, batch_max_events=10, wire_format=wire_format
+        ) as (buffer, forwarder):
             await buffer.append(
                 [record(1), record(2, kind="machine.state.v1"), record(3), record(4)]
             )
@@ -102,14 +130,17 @@ async def test_a_denied_topic_keeps_its_events_pending_and_the_rest_flows(
         await subscriber.wait_for_async(1)
     assert stats.pending == 1 and stats.dead_letters == 0
     assert forwarder.counters.events_dead_lettered_total == 0
-    received = [e["seq"] for m in subscriber.messages for e in decode_batch(m.payload)]
+    received = seqs_read_by_the_sdk(subscriber.messages)
     assert received == [1, 3, 4]
 
 
-async def test_nothing_is_acked_without_a_puback(tmp_path: Path) -> None:
+@EVERY_FORMAT
+async def test_nothing_is_acked_without_a_puback(tmp_path: Path, wire_format: FormatName) -> None:
     broker = MosquittoBroker()
     with broker:
-        async with forwarding(tmp_path, broker, batch_max_events=5) as (buffer, forwarder):
+        async with forwarding(
+            tmp_path, broker, batch_max_events=5, wire_format=wire_format
+        ) as (buffer, forwarder):
             await buffer.append([record(n) for n in range(1, 6)])
             forwarder.wake()
             await until(lambda: forwarder.counters.events_forwarded_total == 5, "5 forwarded")

@@ -10,14 +10,14 @@ import pytest
 
 from connectors.base import SourceConfigError
 from connectors.mes_http.config import MesHttpSettings, RouteSettings
-from connectors.mes_http.server import Outcome, WebhookServer
+from connectors.mes_http.server import Outcome, TraceHeaders, WebhookServer
 from connectors.mes_sql.config import MesSqlSettings
 
 BASE = Path("/etc/plant-edge-agent")
 
 
 async def never_called(route: RouteSettings, items: list[dict[str, Any]],
-                       key: str | None) -> Outcome:
+                       key: str | None, trace: TraceHeaders) -> Outcome:
     raise AssertionError("no request is sent")
 
 

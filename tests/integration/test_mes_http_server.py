@@ -20,7 +20,15 @@ from pydantic import ValidationError
 
 from connectors.base import SourceConfigError
 from connectors.mes_http.config import MesHttpSettings, RouteSettings
-from connectors.mes_http.server import Accepted, Busy, Conflict, Outcome, Rejected, WebhookServer
+from connectors.mes_http.server import (
+    Accepted,
+    Busy,
+    Conflict,
+    Outcome,
+    Rejected,
+    TraceHeaders,
+    WebhookServer,
+)
 from testkit.tls import cert_pem, issue, key_pem, make_ca
 
 TOKEN = "s3cret-token-one"
@@ -48,7 +56,8 @@ class RecordingHandler:
     calls: list[Call] = field(default_factory=list)
 
     async def __call__(
-        self, route: RouteSettings, items: list[dict[str, Any]], key: str | None
+        self, route: RouteSettings, items: list[dict[str, Any]], key: str | None,
+        trace: TraceHeaders = (),
     ) -> Outcome:
         self.calls.append(Call(route.path, items, key))
         if isinstance(self.outcome, Exception):

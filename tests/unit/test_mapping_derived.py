@@ -321,6 +321,7 @@ def test_events_carry_asset_path_work_order_and_product_of_their_line() -> None:
         "workorder": "WO-1",
         "product": "B-2",
         "unmapped": "materials:B-2",
+        "correlationid": "order:WO-1",  # the business object of the work order context
     }
     decoded = envelope(after)
     assert decoded["workorder"] == "WO-1" and decoded["assetpath"].endswith("/line1/filler")
