@@ -49,7 +49,7 @@ table, a dead-lettered code) raises `UnmappableReading` with the reason: the pip
 and sets it aside; it never becomes a half-filled event. (The one log line of this module is
 the warning about a route's invalid trace headers, once per route.)
 
-Why one module of ~750 lines: the order of the steps above is the contract, and every step
+Why one module of ~880 lines: the order of the steps above is the contract, and every step
 (`SignalMapper`: measured values, states, counters, derived events; `RecordRule`: MES records)
 reads and writes the same per-asset state that `Mapper` holds. Split, that order and that state
 would have to be followed across files; the value coercions at the end are private to them.

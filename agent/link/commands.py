@@ -32,7 +32,7 @@ Invariants
 - A command that raises is a bug: logged with its traceback, answered ``internal_error``; the
   worker goes on. Each command runs within ``_COMMAND_TIMEOUT_S``.
 
-Why one module of ~650 lines: every command's handler is here beside the one bounded queue
+Why one module of ~700 lines: every command's handler is here beside the one bounded queue
 and worker that run them and the parse boundary and reply-topic guard they all pass through,
 so what an unsigned or hostile request can reach is visible in one file.
 """

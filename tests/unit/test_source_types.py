@@ -227,7 +227,7 @@ def test_a_new_type_is_one_row() -> None:
     union = source_union(table.values())
     sources: TypeAdapter[list[Any]] = TypeAdapter(list[union])  # type: ignore[valid-type]  # made at run time
     register, drop, simulated = sources.validate_python([
-        {"name": "plc", "type": "register", "host": "10.0.0.7",
+        {"name": "plc", "type": "register", "host": "127.0.0.1",
          "signals": [{"node": "40001", "width": 32, "asset": "line1", "event": "telemetry"}]},
         {"name": "mes", "type": "drop", "folder": "in", "event": "workorder.released",
          "asset": "line1", "columns": {"order": {"column": "wo"}}},
@@ -251,7 +251,7 @@ def test_a_new_type_is_one_row() -> None:
     async def probed() -> list[ProbeResult]:
         return await probe(register)
 
-    assert asyncio.run(probed()) == [ProbeResult("10.0.0.7/40001", seen="32")]
+    assert asyncio.run(probed()) == [ProbeResult("127.0.0.1/40001", seen="32")]
 
     # A record type: its records' event and asset come with the model; no probe given.
     assert isinstance(drop, RecordSource)
