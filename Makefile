@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install install-test demo test lint bench clean mosquitto-binary packaging-tools deb \
-        node-opcua
+        node-opcua chromium
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"' || \
@@ -86,6 +86,17 @@ $(NODE_OPCUA)/node_modules/.installed: $(NODE_OPCUA)/package.json $(NODE_OPCUA)/
 	cd $(NODE_OPCUA) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Debian's headless Chromium for the dashboard tests (tests/hub/test_dashboard.py render the
+# pages to PNG and read the DOM the browser built).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "the dashboard tests need chromium; run: sudo apt-get install -y chromium"; exit 1; \
+	  fi; }
+
 # The .deb in dist/ (see packaging/build-deb).
 deb:
 	packaging/build-deb --out dist
@@ -93,13 +104,13 @@ deb:
 # ruff, then mypy --strict over the same tree: the packages, testkit/, tests/ and bench/ (the
 # list is [tool.mypy] packages in pyproject.toml, so a bare `mypy` checks exactly this).
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check agent connectors buffer config events tests bench testkit
+	$(BIN)/ruff check agent connectors buffer config events hub tests bench testkit
 	$(BIN)/mypy
 
 # Two pytest workers (pytest-xdist), a whole test file to each (--dist loadfile: a file's
 # session fixtures, such as the .deb build, run once); PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
-test: $(VENV)/.installed-test mosquitto-binary packaging-tools node-opcua lint
+test: $(VENV)/.installed-test mosquitto-binary packaging-tools node-opcua chromium lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Starts a local mosquitto on 1883 for the demo when the binary exists and nothing listens there.

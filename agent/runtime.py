@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from paho.mqtt.properties import Properties
 
@@ -398,6 +399,28 @@ class Agent:
         if outcome.refused:
             raise ValueError(outcome.summary())
         return outcome.sent
+
+    async def replay_seqs(self, first: int, last: int) -> dict[str, Any]:
+        """Send the retained delivered events of seqs `first`..`last` again (remote `replay`
+        by seq range: the hub's gap healing), as `replay`; the answer names what was sent and,
+        from `Buffer.holdings` read before, what of the range is pending (the forwarder sends
+        it), dead-lettered, gone (past the retention or evicted) or not accepted yet."""
+        holdings = await self.buffer.holdings(first, last)
+        outcome = await replay_retained(
+            self.buffer, self.session, topic_base=f"{self.topic_root}/events",
+            fallback=AgentIdentity(site=self.config.agent.site, agent=self.config.agent.id),
+            since=0.0, until=None, kinds=None,
+            batch_max_events=self.config.hub.batch_max_events,
+            max_inflight=1, ack_timeout_s=10.0, wire_format=self.forwarder.wire_format,
+            seqs=(first, last),
+        )
+        return {
+            "first_seq": first, "last_seq": last,
+            "replayed": outcome.sent, "refused": outcome.refused,
+            "retained": holdings.retained, "pending": holdings.pending,
+            "dead_letters": holdings.dead_letters, "gone": holdings.gone,
+            "not_accepted": holdings.not_accepted,
+        }
 
     async def request_reload(self) -> ReloadOutcome:
         """Re-read the config file (remote `reload`): an invalid file is refused and the

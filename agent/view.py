@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from agent.flow.mapping import Mapper
@@ -158,6 +158,12 @@ class AgentView(Protocol):
 
     async def replay(self, *, since: float, until: float, types: Sequence[str] | None) -> int:
         """Send delivered events accepted in [since, until) again; ValueError if it cannot."""
+        ...
+
+    async def replay_seqs(self, first: int, last: int) -> dict[str, Any]:
+        """Send the retained delivered events of seqs `first`..`last` again; the answer says
+        what was sent and what the buffer holds of the range otherwise; ValueError if it
+        cannot."""
         ...
 
     async def request_reload(self) -> ReloadResult:

@@ -95,6 +95,25 @@ def load_config(path: Path) -> AgentConfig:
     return config.model_copy(update={"agent": agent, "sources": sources})
 
 
+ModelT = typing.TypeVar("ModelT", bound=BaseModel)
+
+
+def load_model(path: Path, model: type[ModelT]) -> ModelT:
+    """Read, parse and validate another TOML file of this project (the hub's `hub.toml`)
+    against `model`, with the same located problems as `load_config`; `ConfigError` lists
+    every problem found."""
+    text = _read_text(path)
+    data = _parse(path, text)
+    try:
+        return model.model_validate(data, context={"config_dir": path.absolute().parent})
+    except ValidationError as error:
+        locator = TomlKeyLocator(text)
+        details = _without_consequences(error.errors())
+        raise ConfigError(
+            [_schema_problem(path, locator, detail, model) for detail in details]
+        ) from error
+
+
 def _resolve_key_files(path: Path, text: str, config: AgentConfig) -> AgentConfig:
     """Make `[commands.keys]` file paths absolute (relative to the config file) and check that
     each one holds an Ed25519 public key, so check-config finds a bad key file."""
@@ -223,8 +242,13 @@ def _syntax_problem(path: Path, error: tomllib.TOMLDecodeError) -> ConfigProblem
 # --- schema errors ------------------------------------------------------------------------------
 
 
-def _schema_problem(path: Path, locator: TomlKeyLocator, error: ErrorDetails) -> ConfigProblem:
-    walk = _SchemaWalk.of(error["loc"])
+def _schema_problem(
+    path: Path,
+    locator: TomlKeyLocator,
+    error: ErrorDetails,
+    root: type[BaseModel] = AgentConfig,
+) -> ConfigProblem:
+    walk = _SchemaWalk.of(error["loc"], root)
     key_path = walk.path
     kind = error["type"]
     if kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -397,10 +421,10 @@ class _SchemaWalk:
     annotation: object
 
     @classmethod
-    def of(cls, loc: Sequence[KeyPart]) -> _SchemaWalk:
+    def of(cls, loc: Sequence[KeyPart], root: type[BaseModel] = AgentConfig) -> _SchemaWalk:
         path: list[KeyPart] = []
         owner: type[BaseModel] | None = None
-        current: object = AgentConfig
+        current: object = root
         for element in loc:
             annotation, discriminator = _strip(current)
             if discriminator is not None and isinstance(element, str):

@@ -20,11 +20,22 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import buffer, core, fleet, keys, mapping, opcua, remote, service, tail
+from agent.cli import (
+    buffer,
+    core,
+    fleet,
+    hub_run,
+    keys,
+    mapping,
+    opcua,
+    remote,
+    service,
+    tail,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
-_GROUPS = [core, remote, fleet, tail, keys, mapping, service, buffer, opcua]
+_GROUPS = [core, remote, fleet, tail, keys, mapping, service, buffer, opcua, hub_run]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,9 +6,10 @@ Correlation Data, as JSON: ``{"ok": true, "command", "agent", "at", "result"}`` 
 false, "command", "agent", "at", "error": {"reason", "message"}}``.
 
 Commands: read-only ``status`` (full detail), ``sources``, ``buffer``, ``config`` (secrets
-redacted), ``ping``; mutating ``replay`` (since, until, types), ``reload``, ``pause`` and
-``resume`` (source). Mutating requests must be signed (`agent.link.signing`) by a key the config
-allows for that command; read-only ones may come unsigned if ``allow_unsigned_read_only``.
+redacted), ``ping``; mutating ``replay`` (since, until, types; or a seq range: first_seq,
+last_seq), ``reload``, ``pause`` and ``resume`` (source). Mutating requests must be signed
+(`agent.link.signing`) by a key the config allows for that command; read-only ones may come
+unsigned if ``allow_unsigned_read_only``.
 
 Invariants
 ----------
@@ -53,7 +54,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from paho.mqtt.properties import Properties
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from agent.link.mqtt_session import MqttSessionError, PacketTooLarge, PubAck
 from agent.link.signing import Refused, RequestVerifier
@@ -109,12 +117,41 @@ class NoArgs(_Args):
 EventTypeName = Annotated[str, Field(strict=True, pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
 
 
+# The most seqs one replay by seq range may name (the hub splits a larger gap).
+MAX_REPLAY_SEQS = 1_000_000
+SeqNumber = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
+
+
 class ReplayArgs(_Args):
-    since: AwareDatetime = Field(description="replay events accepted at or after this time")
+    """Two forms: by time (`since`, `until`, `types`) or by seq range (`first_seq`,
+    `last_seq`, both inclusive: the hub's gap healing), never both."""
+
+    since: AwareDatetime | None = Field(
+        default=None, description="replay events accepted at or after this time"
+    )
     until: AwareDatetime | None = Field(default=None, description="... and before this time")
     types: Annotated[list[EventTypeName], Field(min_length=1, max_length=20)] | None = Field(
         default=None, description="event types, e.g. telemetry or telemetry.v1 (default: all)"
     )
+    first_seq: SeqNumber | None = Field(default=None, description="replay seqs from this one")
+    last_seq: SeqNumber | None = Field(default=None, description="... to this one (inclusive)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ReplayArgs:
+        by_seq = self.first_seq is not None or self.last_seq is not None
+        if not by_seq:
+            if self.since is None:
+                raise ValueError("give since (a time range) or first_seq and last_seq")
+            return self
+        if self.first_seq is None or self.last_seq is None:
+            raise ValueError("a replay by seq range needs both first_seq and last_seq")
+        if self.since is not None or self.until is not None or self.types is not None:
+            raise ValueError("first_seq/last_seq cannot be combined with since, until or types")
+        if self.last_seq < self.first_seq:
+            raise ValueError("last_seq must be at least first_seq")
+        if self.last_seq - self.first_seq >= MAX_REPLAY_SEQS:
+            raise ValueError(f"at most {MAX_REPLAY_SEQS} seqs per replay by seq range")
+        return self
 
 
 class SourceArgs(_Args):
@@ -354,6 +391,9 @@ class CommandServer:
 
     async def _replay(self, args: dict[str, Any]) -> Any:
         parsed = _parse_args(ReplayArgs, args)
+        if parsed.first_seq is not None and parsed.last_seq is not None:
+            return await self._replay_seqs(parsed.first_seq, parsed.last_seq)
+        assert parsed.since is not None  # ReplayArgs: one form or the other
         until = parsed.until or datetime.now(UTC)
         if until <= parsed.since:
             raise Refused("bad_args", "args.until must be after args.since")
@@ -367,6 +407,15 @@ class CommandServer:
             raise Refused("bad_args", str(error)) from error
         return {"replayed": replayed, "since": parsed.since.isoformat(),
                 "until": until.isoformat(), "types": parsed.types}
+
+    async def _replay_seqs(self, first: int, last: int) -> Any:
+        """Replay by seq range: what was sent, and what of the range the buffer holds
+        otherwise (`Buffer.holdings`: pending, dead letters, gone, not accepted), so the hub
+        can record exactly what it will never get."""
+        try:
+            return await self._agent.replay_seqs(first, last)
+        except ValueError as error:
+            raise Refused("bad_args", str(error)) from error
 
     async def _reload(self, args: dict[str, Any]) -> Any:
         _parse_args(NoArgs, args)

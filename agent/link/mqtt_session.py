@@ -17,6 +17,8 @@ Session expiry.
     for QoS 1 messages it received, and a new paho client re-sends nothing, so the ack rule
     below holds either way. ``close()`` sets the expiry to 0 in its DISCONNECT: a clean stop
     leaves no session behind. With ``session_expiry_s`` = 0, every connection is clean.
+    ``resume_at_start`` (the hub) makes the first connection resume too (clean_start=False):
+    a process restarted with the same client id gets what the broker kept for it.
 
 The ack rule.
     ``publish()`` returns one future per message. For QoS 1 it resolves only with the broker's
@@ -60,6 +62,16 @@ Lifecycle.
     credentials, not authorized) are retried the same way. ``close()`` publishes the final
     messages, waits (bounded) for their PUBACKs and sends DISCONNECT 0 (normal), so the broker
     discards the will; any other end of the connection makes the broker publish the will.
+
+Manual acknowledgement (the hub's landing).
+    With ``on_delivery`` set, paho acknowledges nothing by itself (``manual_ack=True``): each
+    message reaches the loop as an ``InboundMessage`` whose ``ack()`` sends its PUBACK. The
+    caller acks only once it has made the message durable (the hub: after its transaction
+    committed). ``ack()`` on a message of a connection that has since dropped does nothing: the
+    broker sends the message again (on the resumed session) or, with the session gone, the
+    message is lost at the broker (the hub's gap healing asks the agent for it again).
+    ``receive_maximum`` (CONNECT) bounds how many unacknowledged messages the broker sends at
+    once, so the caller's in-hand queue is bounded by it.
 
 Errors
 ------
@@ -106,6 +118,7 @@ from connectors.backoff import Backoff
 
 __all__ = [
     "ConnectionLost",
+    "InboundMessage",
     "MqttSession",
     "MqttSessionError",
     "NotConnected",
@@ -126,6 +139,7 @@ _PUBACK_CHECK_MAX_S = 1.0
 
 OnConnected = Callable[[], Awaitable[None]]
 OnMessage = Callable[[str, bytes, Properties | None], None]
+OnDelivery = Callable[["InboundMessage"], None]
 
 
 class MqttSessionError(Exception):
@@ -174,6 +188,19 @@ class PubAck:
 
 
 _QOS0_ACK = PubAck(0, "Success")
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A message received with manual acknowledgement (``on_delivery``): ``ack()`` sends its
+    PUBACK on the connection it came on (nothing if that connection is gone)."""
+
+    topic: str
+    payload: bytes
+    properties: Properties | None
+    qos: int
+    mid: int
+    ack: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -267,6 +294,9 @@ class MqttSession:
         reconnect_max_s: float = 30.0,
         on_connected: OnConnected | None = None,
         on_message: OnMessage | None = None,
+        on_delivery: OnDelivery | None = None,
+        receive_maximum: int | None = None,
+        resume_at_start: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
         if reconnect_min_s <= 0 or reconnect_max_s < reconnect_min_s:
@@ -282,7 +312,8 @@ class MqttSession:
         self._username = username
         self._password = password
         self._session_expiry_s = session_expiry_s
-        self._resume_session = False  # clean_start=False from the second connection on
+        # clean_start=False from the second connection on (from the first: resume_at_start)
+        self._resume_session = resume_at_start and session_expiry_s > 0
         self._will = will
         self._connect_timeout_s = connect_timeout_s
         self._puback_timeout_s = puback_timeout_s
@@ -290,6 +321,8 @@ class MqttSession:
         self._reconnect_max_s = reconnect_max_s
         self._on_connected = on_connected
         self._on_message = on_message
+        self._on_delivery = on_delivery
+        self._client_receive_maximum = receive_maximum
         self._log = logger or logging.getLogger(__name__)
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -472,9 +505,12 @@ class MqttSession:
         self._client = client
         self._connack = connack
         properties: Properties | None = None
-        if self._session_expiry_s > 0:
+        if self._session_expiry_s > 0 or self._client_receive_maximum is not None:
             properties = _new_properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = self._session_expiry_s
+            if self._session_expiry_s > 0:
+                properties.SessionExpiryInterval = self._session_expiry_s
+            if self._client_receive_maximum is not None:
+                properties.ReceiveMaximum = self._client_receive_maximum
         client.connect_async(
             self._host,
             self._port,
@@ -587,6 +623,7 @@ class MqttSession:
             client_id=self._client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
             reconnect_on_failure=False,
+            manual_ack=self._on_delivery is not None,
         )
         client.max_inflight_messages_set(_PAHO_MAX_INFLIGHT)
         client.max_queued_messages_set(0)  # unlimited: the caller bounds what is in flight
@@ -652,6 +689,12 @@ class MqttSession:
             except UnicodeDecodeError:
                 return
             properties = getattr(message, "properties", None)
+            if self._on_delivery is not None:
+                to_loop(
+                    self._handle_delivery, topic, bytes(message.payload), properties,
+                    message.qos, message.mid,
+                )
+                return
             to_loop(self._handle_message, topic, bytes(message.payload), properties)
 
         client.on_log = on_log
@@ -745,6 +788,27 @@ class MqttSession:
             self._on_message(topic, payload, properties)
         except Exception:
             self._log.exception("on_message callback failed for topic %s", topic)
+
+    def _handle_delivery(
+        self,
+        client: mqtt.Client,
+        topic: str,
+        payload: bytes,
+        properties: Properties | None,
+        qos: int,
+        mid: int,
+    ) -> None:
+        if client is not self._client or self._on_delivery is None:
+            return  # a late message of an older connection: the broker sends it again
+
+        def ack() -> None:
+            if client is self._client and self._link_up:
+                client.ack(mid, qos)
+
+        try:
+            self._on_delivery(InboundMessage(topic, payload, properties, qos, mid, ack))
+        except Exception:
+            self._log.exception("on_delivery callback failed for topic %s", topic)
 
     # -- publishing and subscribing on the current client ------------------------------------
 

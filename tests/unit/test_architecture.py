@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-APPLICATION = {"agent", "connectors", "buffer", "config", "events"}
+APPLICATION = {"agent", "connectors", "buffer", "config", "events", "hub"}
 HARNESS = {"testkit", "tests"}
 OURS = APPLICATION | HARNESS
 ALLOWED = {
@@ -22,6 +22,9 @@ ALLOWED = {
     "connectors": {"connectors"},
     "config": {"config", "connectors", "events"},
     "agent": APPLICATION,
+    # The hub: the contract, the config loader, the backoff, and of the agent only the shared
+    # MQTT session and command signing (test_hub_uses_only_the_shared_link_code).
+    "hub": {"hub", "events", "config", "connectors", "agent"},
     "testkit": APPLICATION | {"testkit"},
 }
 
@@ -50,6 +53,30 @@ def test_nothing_of_the_application_imports_the_harness(package: str) -> None:
     for path in sorted((REPO / package).rglob("*.py")):
         wrong = imported_packages(path) & HARNESS
         assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}"
+
+
+HUB_MAY_IMPORT_OF_AGENT = {"agent.link.mqtt_session", "agent.link.signing"}
+
+
+def test_hub_uses_only_the_shared_link_code() -> None:
+    """The hub shares the MQTT session and the signing code; never the agent's runtime or
+    any other part of it."""
+    agent_modules = {module_name(path) for path in (REPO / "agent").rglob("*.py")}
+    files = sorted((REPO / "hub").rglob("*.py"))
+    assert files
+    for path in files:
+        used = {name for name in imported_modules(path, agent_modules) if name != "agent"}
+        wrong = used - HUB_MAY_IMPORT_OF_AGENT
+        assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}"
+
+
+def test_only_the_cli_and_the_tests_import_the_hub() -> None:
+    for package in sorted(OURS - {"hub"}):
+        for path in sorted((REPO / package).rglob("*.py")):
+            relative = path.relative_to(REPO)
+            if relative.parts[0] == "tests" or relative.parts[:2] == ("agent", "cli"):
+                continue
+            assert "hub" not in imported_packages(path), f"{relative} imports hub"
 
 
 def test_packaging_folder_is_not_a_python_package() -> None:

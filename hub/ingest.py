@@ -1,0 +1,238 @@
+"""The hub's landing: the shared subscription's messages into PostgreSQL, acknowledged after
+the commit.
+
+::
+
+    broker ──PUBLISH (QoS 1)──▶ MqttSession (manual ack) ──InboundMessage──▶ queue
+        ▲                                                                      │ batch of up to
+        └──────────── PUBACK, each message, in order ◀── commit ◀── HubStore.land ◀ N messages
+
+Invariants
+----------
+- The ack rule: a message's PUBACK is sent only after every event in it was committed (or
+  recorded as rejected), so a crash at any moment loses nothing: the broker still has what was
+  not acknowledged and sends it again; `HubStore.land` makes the repeat a no-op.
+- Bounded: the broker sends at most ``receive_maximum`` unacknowledged messages (MQTT v5
+  Receive Maximum, set in CONNECT), so the queue never holds more; one batch is at most
+  ``batch_max_messages``.
+- A batch PostgreSQL refuses is retried (backoff from ``retry_min_s`` up to 30 s), unacked
+  meanwhile; the log says so once and once more when it lands again.
+- A message or event no event can be read from (`events.formats.decode_message` refused it, or
+  the map lacks a valid id, site, agent, seq or type) is a poison record: it is kept in
+  `rejected_messages` with the reason and acknowledged, so it never blocks the stream.
+- Every format of the wire contract is read (`decode_message`: the content type and the user
+  properties say which); a replayed message (user property ``replay=true``) lands the same way,
+  marked `replayed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.link.mqtt_session import InboundMessage
+from connectors.backoff import Backoff
+from events.formats import REPLAY_PROPERTY, decode_message
+from hub.store import OVERFLOW_TYPE, HubStore, LandingRow, StoreUnavailable, envelope_json
+
+__all__ = ["Landing", "LandingCounters", "landing_row", "read_message"]
+
+_log = logging.getLogger(__name__)
+_RETRY_MAX_S = 30.0
+Rejected = tuple[str, str, bytes]  # topic, reason, payload
+
+
+@dataclass(slots=True)
+class LandingCounters:
+    messages_total: int = 0
+    events_landed_total: int = 0
+    events_duplicate_total: int = 0
+    rejected_total: int = 0
+    batches_total: int = 0
+    store_failures_total: int = 0
+
+
+class Landing:
+    """Takes `InboundMessage`s (`offer`, the session's `on_delivery`) and lands them (`run`)."""
+
+    def __init__(
+        self,
+        store: HubStore,
+        *,
+        batch_max_messages: int = 500,
+        batch_max_wait_ms: float = 50.0,
+        retry_min_s: float = 0.5,
+        landed_by: str = "",
+    ) -> None:
+        self._store = store
+        self._landed_by = landed_by
+        self._batch_max = batch_max_messages
+        self._wait_s = batch_max_wait_ms / 1000
+        self._retry_min_s = retry_min_s
+        self._queue: asyncio.Queue[InboundMessage] = asyncio.Queue()
+        self.counters = LandingCounters()
+
+    def offer(self, message: InboundMessage) -> None:
+        """On the loop (the session's callback): O(1), never blocks (bounded by the broker's
+        Receive Maximum, module docstring)."""
+        self._queue.put_nowait(message)
+
+    async def run(self) -> None:
+        """Land batches for ever (cancel to stop: what is not committed stays unacked)."""
+        while True:
+            batch = await self._next_batch()
+            await self._land(batch)
+
+    async def _next_batch(self) -> list[InboundMessage]:
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self._wait_s
+        while len(batch) < self._batch_max:
+            if self._queue.empty():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
+                continue
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _land(self, batch: list[InboundMessage]) -> None:
+        received_at = datetime.now(UTC)
+        rows: list[LandingRow] = []
+        rejects: list[Rejected] = []
+        for message in batch:
+            message_rows, message_rejects = read_message(message)
+            rows.extend(message_rows)
+            rejects.extend(message_rejects)
+        backoff = Backoff(self._retry_min_s, _RETRY_MAX_S)
+        failing_since: float | None = None
+        while True:
+            try:
+                result = await self._store.land(rows, received_at, self._landed_by)
+                for topic, reason, payload in rejects:
+                    await self._store.reject(topic, reason, payload, received_at)
+                break
+            except StoreUnavailable as error:
+                self.counters.store_failures_total += 1
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    _log.warning("database unavailable: %s; retrying (messages unacked)", error)
+                await asyncio.sleep(backoff.next_s())
+        if failing_since is not None:
+            _log.info("database back after %.0f s", time.monotonic() - failing_since)
+        for message in batch:  # after the commit, in the order received
+            message.ack()
+        self.counters.messages_total += len(batch)
+        self.counters.batches_total += 1
+        self.counters.events_landed_total += result.landed
+        self.counters.events_duplicate_total += result.duplicates
+        self.counters.rejected_total += len(rejects)
+        if rejects:
+            _log.warning("%d message(s)/event(s) rejected (see rejected_messages)", len(rejects))
+
+
+def _user_properties(message: InboundMessage) -> list[tuple[str, str]]:
+    values = getattr(message.properties, "UserProperty", None) or []
+    return [(str(name), str(value)) for name, value in values]
+
+
+def read_message(message: InboundMessage) -> tuple[list[LandingRow], list[Rejected]]:
+    """The rows of one message, and what was rejected of it: (topic, reason, payload)."""
+    content_type = getattr(message.properties, "ContentType", None)
+    user_properties = _user_properties(message)
+    try:
+        events = decode_message(message.payload, content_type, user_properties)
+    except (ValueError, TypeError) as error:  # json and msgpack errors are ValueErrors
+        return [], [(message.topic, f"not a message of the wire contract: {error}",
+                     message.payload)]
+    replayed = REPLAY_PROPERTY in user_properties
+    rows: list[LandingRow] = []
+    rejects: list[Rejected] = []
+    for event in events:
+        try:
+            rows.append(landing_row(event, message.topic, replayed))
+        except ValueError as error:
+            rejects.append((message.topic, f"event not landed: {error}", _event_bytes(event)))
+    return rows, rejects
+
+
+def _event_bytes(event: object) -> bytes:
+    return json.dumps(event, default=str).encode("utf-8", errors="replace")
+
+
+def _text(event: dict[str, Any], name: str) -> str:
+    value = event.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"attribute {name!r} must be a non-empty string, not {value!r}"[:200])
+    return value
+
+
+def _optional_text(event: dict[str, Any], name: str) -> str | None:
+    value = event.get(name)
+    return value if isinstance(value, str) else None
+
+
+def landing_row(event: Any, topic: str, replayed: bool) -> LandingRow:
+    """One event map (the JSON form) as a row; ValueError saying what is wrong with it."""
+    if not isinstance(event, dict):
+        raise ValueError(f"an event must be a map, not {type(event).__name__}")
+    try:
+        event_id = uuid.UUID(str(event.get("id")))
+    except ValueError:
+        raise ValueError(f"attribute 'id' is not a UUID: {event.get('id')!r}"[:200]) from None
+    seq = event.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
+        raise ValueError(f"attribute 'seq' must be a whole number >= 1, not {seq!r}"[:200])
+    kind = _text(event, "type")
+    raw_time = event.get("time")
+    when: datetime | None = None
+    if raw_time is not None:
+        try:
+            when = datetime.fromisoformat(str(raw_time))
+        except ValueError:
+            raise ValueError(f"attribute 'time' is not RFC 3339: {raw_time!r}"[:200]) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    evicted, detail = _evicted(event, kind)
+    return LandingRow(
+        id=event_id, site=_text(event, "site"), agent=_text(event, "agent"), seq=seq, type=kind,
+        source=_optional_text(event, "source"), subject=_optional_text(event, "subject"),
+        time=when, replayed=replayed, topic=topic, envelope=envelope_json(event),
+        evicted=evicted, overflow_detail=detail,
+    )
+
+
+def _evicted(event: dict[str, Any], kind: str) -> tuple[tuple[tuple[int, int], ...], str]:
+    """An `agent.buffer.overflow` event's evicted seq ranges (events.models.BufferOverflowV1)
+    and the detail recorded with them."""
+    data = event.get("data")
+    if kind != OVERFLOW_TYPE or not isinstance(data, dict) or data.get("reason") != "evicted":
+        return (), ""
+    ranges = tuple(_ranges(data.get("seq_ranges") or ()))
+    detail = (
+        f"agent.buffer.overflow event {event.get('id')}: {data.get('count')} "
+        f"{data.get('event_type')} event(s) of class {data.get('priority_class')} evicted"
+    )
+    return ranges, detail
+
+
+def _ranges(values: Iterable[Any]) -> Iterable[tuple[int, int]]:
+    for value in values:
+        if (
+            isinstance(value, list | tuple) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and 1 <= value[0] <= value[1]
+        ):
+            yield int(value[0]), int(value[1])
+        else:
+            raise ValueError(f"overflow event: bad seq range {value!r}"[:200])
