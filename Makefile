@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install install-test demo test lint bench clean mosquitto-binary packaging-tools deb \
+.PHONY: install install-test demo hub-demo test lint bench clean mosquitto-binary packaging-tools deb \
         node-opcua chromium
 
 $(BIN)/python:
@@ -122,6 +122,11 @@ demo: $(VENV)/.installed
 	  trap "kill $$MPID 2>/dev/null" EXIT INT TERM; sleep 0.5; \
 	fi; \
 	$(BIN)/edge-agent demo $(DEMO_ARGS)
+
+# The whole path on one machine: the demo plant and agent, a hub landing in this machine's
+# PostgreSQL (database edge_demo, made if missing) and its dashboard on 127.0.0.1:8780.
+hub-demo:
+	$(MAKE) demo DEMO_ARGS="--with-hub $(DEMO_ARGS)"
 
 # The agent against this machine's limits (issue 8): a table, and bench/results.json.
 # BENCH_ARGS=--quick for a short smoke run; --out FILE; --profile DIR (needs py-spy).

@@ -41,6 +41,12 @@ What the caller must do (STYLE.md, habit 2):
     ├── Refused                      answer: agent.signing; a request not executed (reason code)
     ├── StatusUnreadable             answer: agent.status_file; status.json cannot be read
     ├── HubToolFailure               answer: agent.cli.hub; a hub tool prints it, exits 1
+    ├── DemoHubError                 answer: agent.demo.hub; the demo's hub cannot start (no
+    │                                PostgreSQL, say): printed, exit 1
+    ├── HubStartError                config: hub.run; a file the hub's config names is unusable
+    │                                (key, password, CA, the dashboard's port): exit 2
+    ├── StoreUnavailable             transient: hub.store; PostgreSQL failed a batch (nothing
+    │                                of it committed, nothing acknowledged): retry with backoff
     ├── NoHistory                    answer: connectors.opcua.history; no backfill for the node
     ├── UntrustedCertificate         transient: connectors.opcua.trust; raised on as
     │                                SourceUnavailable, retried until the server is trusted

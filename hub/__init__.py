@@ -12,8 +12,14 @@
                    {first_seq, last_seq} to {prefix}/{site}/{agent}/cmd/replay; the answer's
                    `gone` ranges ──▶ seq_lost (beyond the agent's retention)
 
+       hub.status: every agent's retained status (ordinary subscription) ─▶ agent_status,
+                   status_samples (backlog over time)
+       hub.health ─▶ hub.web: dashboard `/`, `/agents/SITE/AGENT`, `/api/fleet`, `/metrics`
+
 Modules: `hub.config` (`hub.toml`), `hub.store` (schema and landing), `hub.ingest` (the ack
-rule), `hub.gaps` (gap healing), `hub.ranges` (seq range arithmetic), `hub.run` (one process).
+rule), `hub.gaps` (gap healing), `hub.ranges` (seq range arithmetic), `hub.status` (agents'
+statuses), `hub.health` (the one reading of synchronization health), `hub.web` (its pages and
+metrics), `hub.run` (one process).
 
 Dependencies: the event contract (`events`), the config loader (`config`), the shared MQTT
 session and command signing (`agent.link.mqtt_session`, `agent.link.signing`) and the backoff

@@ -7,7 +7,9 @@ signing key, a password file, a CA file) are taken relative to the file, as the 
 
 Sections: ``[broker]`` (the MQTT v5 broker and the shared subscription), ``[database]``
 (PostgreSQL), ``[landing]`` (batching), ``[gaps]`` (gap detection and signed replay requests;
-without the section, gap healing is off).
+without the section, gap healing is off), ``[status]`` (the agents' retained statuses kept in
+the database, `hub.status`), ``[dashboard]`` (the web dashboard and `/metrics`, `hub.web`;
+without the section, no web server).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from config.loader import load_model
 
 __all__ = [
     "BrokerSection",
+    "DashboardSection",
     "DatabaseSection",
     "GapsSection",
     "HubConfig",
     "LandingSection",
+    "StatusSection",
     "load_hub_config",
 ]
 
@@ -185,6 +189,51 @@ class GapsSection(BaseModel):
         return self
 
 
+class StatusSection(BaseModel):
+    """The agents' retained statuses (`hub.status`): the latest per agent, and samples of it
+    for the backlog-over-time plots."""
+
+    model_config = STRICT
+
+    # Subscribe to `{prefix}/+/+/status` (every hub process sees every status).
+    enabled: bool = True
+    # One sample per agent at most this often (status_samples; the agents publish every
+    # `[hub] status_interval_s`, 30 s by default, and on every change).
+    sample_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # Samples older than this are deleted.
+    keep_hours: Annotated[float, Field(gt=0, le=24 * 90)] = 48.0
+
+
+class DashboardSection(BaseModel):
+    """The web dashboard, `/api/fleet` and `/metrics` (`hub.web`)."""
+
+    model_config = STRICT
+
+    enabled: bool = True
+    # Loopback by default: put a reverse proxy (TLS) in front to serve it further.
+    host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65_535)] = 8780  # 0: any free port (logged)
+    # An agent with no event landed for longer is flagged `stale`.
+    stale_after_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = 300.0
+    # An agent whose oldest pending event (its status) is older is flagged `behind`.
+    behind_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = 300.0
+    # The pages reload themselves this often.
+    refresh_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    # The plots of an agent's page cover this many hours.
+    history_hours: Annotated[float, Field(gt=0, le=24 * 90)] = 6.0
+    # HTTP basic auth on every path (optional): both or neither.
+    username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    password_file: Path | None = None
+
+    _paths = field_validator("password_file")(_relative_to_config)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DashboardSection:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("basic auth needs both `username` and `password_file`")
+        return self
+
+
 class HubConfig(BaseModel):
     model_config = STRICT
 
@@ -192,6 +241,8 @@ class HubConfig(BaseModel):
     database: DatabaseSection
     landing: LandingSection = LandingSection()
     gaps: GapsSection = GapsSection(enabled=False)
+    status: StatusSection = StatusSection()
+    dashboard: DashboardSection = DashboardSection(enabled=False)
 
 
 def load_hub_config(path: Path) -> HubConfig:

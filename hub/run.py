@@ -1,14 +1,18 @@
 """One hub process: `edge-agent hub run -c hub.toml`.
 
-Start order (and stop in reverse): the store (schema, partitions), the MQTT session (manual
-ack, the shared subscription and this process's reply topic), then the tasks in one TaskGroup:
-landing, gap healing, partition upkeep. SIGTERM or SIGINT cancels the group: what was not
-committed is not acknowledged, so the broker sends it again (to this process when it comes
-back with the same session, or to another one of the group). A SIGKILL loses nothing either:
+Start order (and stop in reverse): the store (schema, partitions) and the status tables
+(`hub.status`), the web server (`hub.web`: dashboard, `/api/fleet`, `/metrics`; it reads the
+database only, so it answers while the broker is away), the MQTT session (manual ack, the shared
+subscription, the agents' statuses on an ordinary subscription, this process's reply topic),
+then the tasks in one TaskGroup: landing, status recording, gap healing, partition upkeep.
+SIGTERM or SIGINT cancels the group: what was not committed is not acknowledged, so the broker
+sends it again (to this process when it comes back with the same session, or to another one of
+the group). A SIGKILL loses nothing either:
 the same rule holds without any clean-up.
 
-The log says `hub ready: subscribed to ...` once the subscription is made (tests and operators
-wait for it).
+The log says `hub dashboard on http://HOST:PORT/` once the web server listens (the real port
+when the config says 0) and `hub ready: subscribed to ...` once the subscription is made (tests
+and operators wait for both).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from agent.link.mqtt_session import InboundMessage, MqttSession
@@ -25,7 +30,9 @@ from agent.link.signing import RequestSigner
 from hub.config import HubConfig
 from hub.gaps import GapHealer
 from hub.ingest import Landing
+from hub.status import StatusRecorder, make_status_schema
 from hub.store import HubStore
+from hub.web import serve_dashboard
 
 __all__ = ["HubStartError", "run_hub"]
 
@@ -58,6 +65,37 @@ def _password(config: HubConfig) -> str | None:
         raise HubStartError(f"broker.password_file: cannot read {path}: {error}") from error
 
 
+def _dashboard_password(config: HubConfig) -> str | None:
+    path = config.dashboard.password_file
+    if not config.dashboard.enabled or path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as error:
+        raise HubStartError(f"dashboard.password_file: cannot read {path}: {error}") from error
+
+
+@contextlib.asynccontextmanager
+async def _dashboard(
+    config: HubConfig, store: HubStore, password: str | None
+) -> AsyncIterator[None]:
+    if not config.dashboard.enabled:
+        yield
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            url = await stack.enter_async_context(serve_dashboard(
+                store.pool, config.dashboard, config.broker.topic_prefix, password=password,
+            ))
+        except OSError as error:
+            raise HubStartError(
+                f"dashboard: cannot listen on {config.dashboard.host}:{config.dashboard.port}:"
+                f" {error}"
+            ) from error
+        _log.info("hub dashboard on %s", url)
+        yield
+
+
 def _tls(config: HubConfig) -> ssl.SSLContext | None:
     broker = config.broker
     if not broker.tls:
@@ -74,6 +112,7 @@ async def run_hub(config: HubConfig, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set, SIGTERM or SIGINT (module docstring)."""
     signer = _signer(config)
     password, tls = _password(config), _tls(config)
+    dashboard_password = _dashboard_password(config)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -85,6 +124,14 @@ async def run_hub(config: HubConfig, stop: asyncio.Event | None = None) -> None:
         partition_days_ahead=database.partition_days_ahead,
         command_timeout_s=database.command_timeout_s,
     ) as store:
+        await make_status_schema(store.pool)
+        statuses: StatusRecorder | None = None
+        if config.status.enabled:
+            statuses = StatusRecorder(
+                store.pool, topic_prefix=broker.topic_prefix,
+                sample_interval_s=config.status.sample_interval_s,
+                keep_hours=config.status.keep_hours,
+            )
         landing = Landing(
             store, batch_max_messages=config.landing.batch_max_messages,
             batch_max_wait_ms=config.landing.batch_max_wait_ms,
@@ -98,6 +145,9 @@ async def run_hub(config: HubConfig, stop: asyncio.Event | None = None) -> None:
                 task = asyncio.ensure_future(_reply(healer, message))
                 replies.add(task)
                 task.add_done_callback(replies.discard)
+                return
+            if statuses is not None and statuses.owns(message.topic):
+                statuses.offer(message)
                 return
             landing.offer(message)
 
@@ -116,8 +166,10 @@ async def run_hub(config: HubConfig, stop: asyncio.Event | None = None) -> None:
                 reply_root=f"{broker.topic_prefix}/_hub/{broker.client_id}/reply",
                 signer=signer,
             )
-        async with session:
+        async with _dashboard(config, store, dashboard_password), session:
             await session.subscribe(broker.events_filter, qos=1)
+            if statuses is not None:
+                await session.subscribe(statuses.filter, qos=1)
             if healer is not None:
                 await session.subscribe(healer.reply_filter, qos=1)
             async with asyncio.TaskGroup() as group:
@@ -128,6 +180,8 @@ async def run_hub(config: HubConfig, stop: asyncio.Event | None = None) -> None:
                 ]
                 if healer is not None:
                     tasks.append(group.create_task(healer.run(), name="hub-gaps"))
+                if statuses is not None:
+                    tasks.append(group.create_task(statuses.run(), name="hub-statuses"))
                 await stop.wait()
                 _log.info("hub stopping")
                 for task in tasks:

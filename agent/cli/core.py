@@ -66,6 +66,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     demo.add_argument("--state-dir", type=Path, default=Path("demo-state"))
     demo.add_argument("--rate", type=float, default=10.0, help="plant ticks per second")
     demo.add_argument("--opcua-port", type=int, default=0, help="plant port (default: free one)")
+    demo.add_argument(
+        "--with-hub", action="store_true",
+        help="also run a hub: land the events in PostgreSQL and serve its dashboard",
+    )
+    demo.add_argument("--database", help="with --with-hub: the PostgreSQL database (default "
+                      "postgresql://postgres@127.0.0.1:5432/edge_demo, made if missing)")
+    demo.add_argument("--dashboard-port", type=int, default=8780,
+                      help="with --with-hub: the dashboard's port on 127.0.0.1 (default 8780)")
     demo.set_defaults(handler=_demo)
 
 
@@ -213,6 +221,7 @@ def _count(number: int, what: str) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from agent.demo.hub import DEFAULT_DATABASE
     from agent.demo.run import run_demo
 
     return run_demo(
@@ -221,5 +230,7 @@ def _demo(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         rate=args.rate,
         opcua_port=args.opcua_port,
+        database=(args.database or DEFAULT_DATABASE) if args.with_hub else None,
+        dashboard_port=args.dashboard_port,
     )
 

@@ -5,6 +5,10 @@ this process with a generated config; a small subscriber on the hub counts what 
 prints the first event of each type, decoded. A progress line shows events read, buffered,
 forwarded, the backlog and whether the hub is connected. With no broker the agent keeps
 buffering and says so; when a broker appears the backlog drains.
+
+With ``--with-hub`` (`make hub-demo`) the hub's half runs too (`agent.demo.hub`): an
+`edge-agent hub run` child process lands the events in the machine's PostgreSQL and serves its
+dashboard; the progress line adds what landed there.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from agent.demo.hub import DemoHub, DemoHubError
 from agent.demo.plant import (
     FILLER_TEMPERATURE,
     GOOD_COUNT,
@@ -74,7 +79,10 @@ def mes_sources(state_dir: Path, http_port: int) -> list[dict[str, Any]]:
     ]
 
 
-def demo_config(hub: str, opcua_port: int, state_dir: Path, http_port: int = 0) -> AgentConfig:
+def demo_config(
+    hub: str, opcua_port: int, state_dir: Path, http_port: int = 0,
+    hub_key: Path | None = None,
+) -> AgentConfig:
     signal_rules: list[dict[str, Any]] = [
         {"node": GOOD_COUNT, "event": "production.count", "asset": "line1/filler",
          "name": "good_count"},
@@ -94,6 +102,9 @@ def demo_config(hub: str, opcua_port: int, state_dir: Path, http_port: int = 0) 
             "hub": {"url": hub, "topic_prefix": PREFIX, "status_interval_s": 10,
                     "reconnect_max_s": 5},
             "buffer": {"retention_s": 3600},
+            # The demo hub's key may ask for a replay of a gap (`agent.demo.hub`).
+            **({"commands": {"keys": {"hub": str(hub_key)}, "allow": {"replay": ["hub"]}}}
+               if hub_key is not None else {}),
             "sources": [
                 {"name": "line1", "type": "opcua",
                  "endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/plant/",
@@ -105,13 +116,35 @@ def demo_config(hub: str, opcua_port: int, state_dir: Path, http_port: int = 0) 
 
 
 def run_demo(
-    *, hub: str, duration: float | None, state_dir: Path, rate: float, opcua_port: int
+    *, hub: str, duration: float | None, state_dir: Path, rate: float, opcua_port: int,
+    database: str | None = None, dashboard_port: int = 8780,
 ) -> int:
     parts = urlsplit(hub)
     if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         print(f"the demo only talks to a broker on this machine; got {hub}", file=sys.stderr)
         return 2
     logs.configure("warning")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if database is None:
+        return _run_plant(hub, duration, state_dir, rate, opcua_port, None)
+    with DemoHub(broker_url=hub, database_url=database, state_dir=state_dir,
+                 dashboard_port=dashboard_port) as demo_hub:
+        try:
+            asyncio.run(demo_hub.prepare())
+            demo_hub.start()
+            demo_hub.wait_ready()
+        except DemoHubError as error:
+            print(f"edge-agent demo --with-hub: {error}", file=sys.stderr)
+            return 1
+        print(f"hub landing in {database}; dashboard {demo_hub.dashboard_url} "
+              f"(log {demo_hub.state_dir / 'hub.log'})")
+        return _run_plant(hub, duration, state_dir, rate, opcua_port, demo_hub)
+
+
+def _run_plant(
+    hub: str, duration: float | None, state_dir: Path, rate: float, opcua_port: int,
+    demo_hub: DemoHub | None,
+) -> int:
     port = opcua_port or _free_port()
     plant = subprocess.Popen(
         [sys.executable, "-m", "agent.demo.plant", "--port", str(port), "--rate", str(rate)],
@@ -125,8 +158,11 @@ def run_demo(
         http_port = _free_port()
         (state_dir / "mes-drop").mkdir(parents=True, exist_ok=True)
         (state_dir / "mes-tokens").write_text(MES_TOKEN + "\n")
-        config = demo_config(hub, port, state_dir, http_port)
-        return asyncio.run(_run(config, duration, http_port))
+        config = demo_config(
+            hub, port, state_dir, http_port,
+            hub_key=demo_hub.public_key if demo_hub is not None else None,
+        )
+        return asyncio.run(_run(config, duration, http_port, demo_hub))
     finally:
         plant.send_signal(signal.SIGTERM)
         try:
@@ -135,7 +171,10 @@ def run_demo(
             plant.kill()
 
 
-async def _run(config: AgentConfig, duration: float | None, http_port: int = 0) -> int:
+async def _run(
+    config: AgentConfig, duration: float | None, http_port: int = 0,
+    demo_hub: DemoHub | None = None,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -156,7 +195,7 @@ async def _run(config: AgentConfig, duration: float | None, http_port: int = 0) 
         if duration is not None:
             loop.call_later(duration, stop.set)
         mes = asyncio.create_task(_mes_samples(config, http_port)) if http_port else None
-        await _progress(agent, hub, stop, config.hub.url)
+        await _progress(agent, hub, stop, config.hub.url, demo_hub)
         await runner
         if mes is not None:
             mes.cancel()
@@ -168,6 +207,9 @@ async def _run(config: AgentConfig, duration: float | None, http_port: int = 0) 
     print(f"\nstopped after {elapsed:.1f} s: {agent.pipeline.counters.readings_total} readings, "
           f"{agent.pipeline.counters.events_accepted_total} events accepted, {forwarded} "
           f"forwarded ({forwarded / elapsed:.0f} events/s), {hub.received} received at the hub")
+    if demo_hub is not None:
+        landed = await demo_hub.wait_landed(forwarded)
+        print(f"landed in PostgreSQL ({demo_hub.database_url}, table events): {landed}")
     if forwarded:
         print(f"CPU of this process (agent and hub view): {cpu:.1f} s, "
               f"{cpu / forwarded * 1e6:.0f} µs per forwarded event")
@@ -214,7 +256,9 @@ class HubView:
                 print(f"\nat the hub, on {topic}:\n  {json.dumps(event)}", flush=True)
 
 
-async def _progress(agent: Agent, hub: HubView, stop: asyncio.Event, url: str) -> None:
+async def _progress(
+    agent: Agent, hub: HubView, stop: asyncio.Event, url: str, demo_hub: DemoHub | None
+) -> None:
     tty = sys.stdout.isatty()
     said_unreachable = False
     last_line = 0.0
@@ -235,6 +279,8 @@ async def _progress(agent: Agent, hub: HubView, stop: asyncio.Event, url: str) -
             f"{agent.forwarder.counters.events_forwarded_total} | backlog {stats.pending} | "
             f"hub {'connected' if connected else 'unreachable'} | received at hub {hub.received}"
         )
+        if demo_hub is not None:
+            line += f" | landed in PostgreSQL {await demo_hub.landed()}"
         if tty:
             print("\r" + line.ljust(110), end="", flush=True)
         elif time.monotonic() - last_line >= 2.0:

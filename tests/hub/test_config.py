@@ -49,3 +49,22 @@ def test_seq_ranges() -> None:
     assert complement([(2, 3), (6, 8), (7, 12)], 1, 14) == [(1, 1), (4, 5), (13, 14)]
     assert complement([], 3, 5) == [(3, 5)]
     assert split((10, 34), 10) == [(10, 19), (20, 29), (30, 34)]
+
+
+def test_status_and_dashboard_sections(tmp_path: Path) -> None:
+    example = load_hub_config(EXAMPLE)
+    assert example.status.enabled and example.status.keep_hours == 48.0
+    dashboard = example.dashboard
+    assert dashboard.enabled and (dashboard.host, dashboard.port) == ("127.0.0.1", 8780)
+    path = tmp_path / "hub.toml"
+    base = '[broker]\nurl = "mqtt://127.0.0.1:1883"\nclient_id = "hub-1"\n' \
+        '[database]\nurl = "postgresql://h/db"\n'
+    path.write_text(base)
+    bare = load_hub_config(path)
+    assert not bare.dashboard.enabled and bare.status.enabled  # no section: no web server
+    path.write_text(base + '[dashboard]\nport = 0\nusername = "ops"\n')
+    with pytest.raises(ConfigError, match="password_file"):
+        load_hub_config(path)
+    path.write_text(base + '[dashboard]\nport = 0\nusername = "ops"\n'
+                    'password_file = "secrets/pw"\n')
+    assert load_hub_config(path).dashboard.password_file == tmp_path / "secrets/pw"

@@ -38,6 +38,7 @@ from pydantic import BaseModel
 from agent import cli
 from bench import report
 from config.schema import AgentConfig
+from hub.config import HubConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -281,9 +282,16 @@ def toml_problems(snippet: str) -> list[str]:
         document = tomllib.loads(snippet)
     except tomllib.TOMLDecodeError as error:
         return [f"not valid TOML: {error}"]
+    # A hub.toml snippet (docs/hub-guide.md) has only the hub's sections; check it against
+    # the hub's model, every other snippet against the agent's.
+    tables = set(document) | set(commented_keys(snippet))
+    model: type[BaseModel] = (
+        HubConfig if tables and tables <= set(HubConfig.model_fields) else AgentConfig
+    )
+    root = "hub" if model is HubConfig else "config"
     return [
-        *key_problems(document, [AgentConfig], "config"),
-        *key_problems(commented_keys(snippet), [AgentConfig], "config (commented out)"),
+        *key_problems(document, [model], root),
+        *key_problems(commented_keys(snippet), [model], f"{root} (commented out)"),
     ]
 
 
@@ -340,6 +348,11 @@ def test_the_key_checker_finds_made_up_keys() -> None:
     assert toml_problems('[hub]\nurl = "mqtt://h:1883"\n# keepalive_s = 30\n') == []
     assert toml_problems('[[sources]]\ntype = "mes-files"\nfolder = "drop"\n') == []
     assert toml_problems("[hub]\nurll = 1\n") == ["config.hub.urll: unknown key"]
+    assert toml_problems('[broker]\nurl = "mqtt://h:1883"\nclient_id = "h"\n') == []
+    assert toml_problems("[broker]\nurll = 1\n") == ["hub.broker.urll: unknown key"]
+    assert toml_problems("[dashboard]\n# portt = 1\n") == [
+        "hub (commented out).dashboard.portt: unknown key"
+    ]
     assert toml_problems('[[sources]]\ntype = "opcua"\nfolder = "drop"\n') == [
         "config.sources.folder: unknown key"
     ]

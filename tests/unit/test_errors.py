@@ -10,7 +10,7 @@ from pathlib import Path
 import agent.errors
 
 REPO = Path(__file__).resolve().parents[2]
-APPLICATION = ("agent", "buffer", "config", "connectors", "events")
+APPLICATION = ("agent", "buffer", "config", "connectors", "events", "hub")
 BUILTIN_EXCEPTIONS = {
     name for name, value in vars(builtins).items()
     if isinstance(value, type) and issubclass(value, BaseException)
