@@ -16,6 +16,10 @@ of its event type, or `"none"` for no `correlationid`), checked when the config 
 | material.consumed | `order:<order>`, else `lot:<lot>` |
 | quality.hold | `lot:<lot>` (a hold names a lot, not an order) |
 | inventory.adjusted | `lot:<lot>`, else `material:<material>` |
+| shipment.confirmed | `order:<order>` (the sales order), else `delivery:<delivery>` |
+| asn.received | `purchase_order:<purchase_order>`, else `asn:<asn>` |
+| invoice.posted | `order:<order>`, else `purchase_order:<po>`, else `invoice:<invoice>` |
+| material.produced | `order:<order>` |
 | production.count, machine.downtime | none |
 
 From plant signals: a `workorder.completed` carries `order:<its order>`; every other event of
@@ -53,6 +57,10 @@ DEFAULT_CORRELATION: dict[EventKind, tuple[str, ...]] = {
     EventKind.MATERIAL_CONSUMED: (ORDER_FIELD, "lot"),
     EventKind.QUALITY_HOLD: ("lot",),
     EventKind.INVENTORY_ADJUSTED: ("lot", "material"),
+    EventKind.SHIPMENT_CONFIRMED: (ORDER_FIELD, "delivery"),
+    EventKind.ASN_RECEIVED: ("purchase_order", "asn"),
+    EventKind.INVOICE_POSTED: (ORDER_FIELD, "purchase_order", "invoice"),
+    EventKind.MATERIAL_PRODUCED: (ORDER_FIELD,),
 }
 
 

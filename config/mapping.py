@@ -57,6 +57,10 @@ RECORD_ONLY_EVENTS = (
     EventKind.QUALITY_HOLD,
     EventKind.INVENTORY_ADJUSTED,
     EventKind.MATERIAL_CONSUMED,
+    EventKind.SHIPMENT_CONFIRMED,
+    EventKind.ASN_RECEIVED,
+    EventKind.INVOICE_POSTED,
+    EventKind.MATERIAL_PRODUCED,
 )
 NUMERIC_EVENTS = (EventKind.TELEMETRY, EventKind.QUALITY_ALERT, EventKind.MACHINE_DOWNTIME)
 TRIGGERED_EVENTS = (EventKind.QUALITY_ALERT, EventKind.MACHINE_DOWNTIME)
@@ -159,6 +163,11 @@ class SignalMapping(BaseModel):
     @model_validator(mode="after")
     def _fields_fit_event(self) -> SignalMapping:
         event = self.event
+        if event is EventKind.RECORD_REJECTED:
+            raise ValueError(
+                "record.rejected events are made by the agent from MES records it cannot "
+                "take; no signal feeds them"
+            )
         if event in RECORD_ONLY_EVENTS:
             raise ValueError(
                 f"{event.value} events come from MES records (a mes-files, mes-http or mes-sql "

@@ -31,6 +31,7 @@ from config.hub import HubSection as HubSection
 from config.mapping import (  # the mapping part of the schema lives in config/mapping.py
     AssetSection,
     LookupTable,
+    Problem,
     UnitsSection,
     cross_check,
     raise_problems,
@@ -45,6 +46,7 @@ from config.source_models import OpcUaSource as OpcUaSource
 from config.source_models import check_record_fields as check_record_fields
 from config.source_types import RECORD_SOURCES as RECORD_SOURCES
 from config.source_types import Source
+from connectors.records import RecordSettings
 
 
 class AgentConfig(BaseModel):
@@ -87,8 +89,32 @@ class AgentConfig(BaseModel):
                     for source in self.sources
                 ],
             )
+            + self._record_lookup_problems()
         )
         return self
+
+    def _record_lookup_problems(self) -> list[Problem]:
+        """Each record source's (or webhook route's) `lookups` name a `[lookups]` table."""
+        problems: list[Problem] = []
+        known = ", ".join(sorted(self.lookups)) or "none defined"
+        for i, source in enumerate(self.sources):
+            if isinstance(source, MesHttpSource):
+                parts: list[tuple[tuple[str | int, ...], RecordSettings]] = [
+                    (("sources", i, "routes", j), route) for j, route in enumerate(source.routes)
+                ]
+            elif isinstance(source, RecordSettings):
+                parts = [(("sources", i), source)]
+            else:
+                continue
+            for where, settings in parts:
+                for field, name in settings.lookups.items():
+                    if name not in self.lookups:
+                        problems.append(Problem(
+                            (*where, "lookups", field),
+                            f"unknown lookup {name!r} (define [lookups.{name}]; known: {known})",
+                            name,
+                        ))
+        return problems
 
     @property
     def client_id(self) -> str:

@@ -18,6 +18,12 @@ products of units) and the libraries that implement it (`pint` with a UCUM defin
 A closed table also turns any code outside it into a `check-config` error naming the file and
 line, instead of a parser accepting something surprising. A code missing here is one line to add.
 
+ERP unit codes: SAP and most ERPs exchange units as UN/ECE Recommendation 20 codes (`KGM`,
+`LTR`, `MTR`, `C62`/`EA`/`H87` for pieces). `REC20_TO_UCUM` maps each one this agent knows to
+its UCUM code and `UCUM_TO_REC20` back (one preferred Rec 20 code per UCUM code: `1` is `C62`,
+"one", of which `EA` (each) and `H87` (piece) are plant-floor synonyms). `ucum_code` reads a
+record's unit written either way; a hub that wants the ERP's codes maps back with `rec20_code`.
+
 This module is pure data and arithmetic; `config.schema` uses it to validate unit keys and
 `agent.flow.mapping` to convert values.
 """
@@ -227,3 +233,48 @@ def conversion(source: str, target: str) -> Conversion:
     if a.code == b.code:
         return Conversion(source, target, 1.0, 0.0)
     return Conversion(source, target, a.factor / b.factor, (a.offset - b.offset) / b.factor)
+
+
+# UN/ECE Recommendation 20 code -> UCUM code (the Rec 20 codes of the units above that ERPs
+# send; the common unit names SAP plants write on the floor, `EA`, `PCE`, are accepted too).
+REC20_TO_UCUM: dict[str, str] = {
+    # counted pieces: "one", each, piece (PCE: the retired Rec 20 code many ERPs still send)
+    "C62": "1", "EA": "1", "H87": "1", "PCE": "1", "P1": "%",
+    # mass
+    "KGM": "kg", "GRM": "g", "MGM": "mg", "TNE": "t", "LBR": "[lb_av]", "ONZ": "[oz_av]",
+    # volume
+    "LTR": "L", "MLT": "mL", "CLT": "cL", "DLT": "dL", "HLT": "hL", "MTQ": "m3",
+    "GLL": "[gal_us]", "GLI": "[gal_br]", "BLL": "[bbl_us]",
+    # length
+    "MTR": "m", "KMT": "km", "CMT": "cm", "MMT": "mm", "4H": "um", "INH": "[in_i]",
+    "FOT": "[ft_i]",
+    # duration
+    "SEC": "s", "C26": "ms", "MIN": "min", "HUR": "h", "DAY": "d",
+    # temperature, pressure
+    "KEL": "K", "CEL": "Cel", "FAH": "[degF]", "PAL": "Pa", "KPA": "kPa", "MPA": "MPa",
+    "BAR": "bar", "MBR": "mbar", "PS": "[psi]", "ATM": "atm",
+    # energy, power
+    "JOU": "J", "KJO": "kJ", "WHR": "W.h", "KWH": "kW.h", "MWH": "MW.h", "WTT": "W",
+    "KWT": "kW", "MAW": "MW",
+    # flows
+    "KGH": "kg/h", "KGS": "kg/s", "TNH": "t/h", "MQH": "m3/h", "MQS": "m3/s", "L2": "L/min",
+}
+# UCUM code -> its preferred Rec 20 code (the first listed above for it).
+UCUM_TO_REC20: dict[str, str] = {}
+for _rec20, _ucum in REC20_TO_UCUM.items():
+    UCUM_TO_REC20.setdefault(_ucum, _rec20)
+
+
+def ucum_code(code: str) -> str | None:
+    """A unit as a record may give it, UCUM (`kg`) or UN/ECE Rec 20 (`KGM`), as its UCUM
+    code; None when it is neither (an unknown code: the source's policy decides)."""
+    text = code.strip()
+    if text in UNITS:
+        return text
+    return REC20_TO_UCUM.get(text.upper())
+
+
+def rec20_code(code: str) -> str | None:
+    """The preferred UN/ECE Rec 20 code of a UCUM code (`kg` -> `KGM`, `1` -> `C62`); None
+    when Rec 20 has none this agent knows."""
+    return UCUM_TO_REC20.get(code)

@@ -96,6 +96,29 @@ class Quality(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a business record could not be taken, as its connector saw it (issue 16): the
+    mapping makes a `record.rejected` event of a reading that carries one.
+
+    `reason` names the column and what was expected, never quoting the record; `location`
+    says where it is (`<file>:<line>`, `<route> item <n>`, `<table> row <cursor>`); `keys`
+    are the business fields that could be read (event field -> value); `raw` is the record's
+    bounded, redacted copy (`connectors.records.raw_copy`). `set_aside`: the record also goes
+    to the buffer's dead letters (an interface with no channel back: a table); a file row has
+    its `rejected/` report, a webhook object its 400 answer."""
+
+    interface: str  # "file" | "webhook" | "table"
+    reason: str
+    location: str
+    column: str | None = None
+    keys: tuple[tuple[str, Value], ...] = ()
+    raw: str | None = None
+    raw_truncated: bool = False
+    stage: str = "read"  # "read" | "validate"
+    set_aside: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     """One value of one signal at one moment, as the source reported it.
 
@@ -130,6 +153,9 @@ class Reading:
     # request's `traceparent` and `tracestate` headers): (header name, value). The mapping
     # continues a valid one and ignores the rest. Not part of the fact.
     trace: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # A record its connector could not take (quality bad): why, where, what could be read.
+    # Derived from the record (its key is `value`), so not part of the fact's identity.
+    rejection: Rejection | None = field(default=None, compare=False)
 
 
 # Hand readings over; the result is their commit future (see the module docstring).

@@ -20,12 +20,29 @@ afterwards; this module only reads and types them.
 
 `correlate_by` names the event field that says which business object a record belongs to
 (its `correlationid`); each event type has its own default (`config.correlation`).
+
+A record that cannot be taken becomes a `record.rejected` event (issue 16); for it, this
+module reads what it still can (`readable_keys`: the business keys, each cell on its own, a
+bad one left out) and makes its raw copy (`raw_copy`): JSON of the record's fields, every
+field named in `secret_columns` or with a secret-looking name (password, token, secret,
+authorization, api key, ...) and every token-looking value (a bearer token, a JWT) replaced by
+`[redacted]`, cut at `RAW_COPY_MAX_CHARS` characters.
+
+`lookups` and `unknown_units`: master data and units on records, as for signals (applied by
+`agent.flow.mapping`: codes looked up, a Rec 20 unit read as UCUM, quantities converted to the
+`[units]` unit of their kind).
+
+`business_key` names the event fields that identify one business fact across re-sends (a
+work order's confirmation: order, operation, confirmation number): a record with the same key
+and other content corrects the earlier one (`agent.flow.corrections`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -86,12 +103,47 @@ class RecordSettings(BaseModel):
     # "none": no correlationid. Checked against the event type's fields where the source's
     # event is known (`config.schema`).
     correlate_by: FieldName | None = None
+    # Columns (or event fields) whose values never leave the plant in a rejected record's
+    # raw copy (`raw_copy`); secret-looking names are redacted without being listed.
+    secret_columns: Annotated[
+        tuple[Annotated[str, Field(min_length=1, max_length=200)], ...], Field(max_length=100)
+    ] = ()
+    # The fields (of `columns`) that name one business fact, e.g. order + operation +
+    # confirmation: a later record with the same values and other content is a correction of
+    # it (its event `supersedes` the earlier one, `agent.flow.corrections`). Empty: none.
+    business_key: Annotated[tuple[FieldName, ...], Field(max_length=8)] = ()
+    # Master data on records: event field -> the `[lookups.NAME]` table its code is looked up
+    # in (`material = "materials"`), as for a signal's `lookup`; the table's `unmapped` policy
+    # applies. Checked against `[lookups]` by `config.schema`.
+    lookups: dict[FieldName, Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = {}
+    # A record's `unit` in neither UCUM nor UN/ECE Rec 20 (`config.units.ucum_code`): "pass"
+    # it on as given (flagged in the event's `unmapped` as `unit:<code>`) or "reject" the
+    # record (`record.rejected`); counted per source either way.
+    unknown_units: Literal["pass", "reject"] = "pass"
 
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, name: str) -> str:
         _zone(name)
         return name
+
+    @model_validator(mode="after")
+    def _key_of_columns(self) -> Self:
+        unknown = [name for name in self.business_key if name not in self.columns]
+        if unknown:
+            raise ValueError(
+                f"business_key names {', '.join(map(repr, unknown))}, not in columns; it is "
+                f"made of event fields the record fills: {', '.join(self.columns)}"
+            )
+        if len(set(self.business_key)) != len(self.business_key):
+            raise ValueError("business_key names a field twice")
+        unknown = [name for name in self.lookups if name not in self.columns]
+        if unknown:
+            raise ValueError(
+                f"lookups name {', '.join(map(repr, unknown))}, not in columns; a lookup "
+                f"translates an event field the record fills: {', '.join(self.columns)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_unit(self) -> Self:
@@ -146,6 +198,79 @@ def read_record(
     if unit is not None:
         fields.append((UNIT_FIELD, unit))
     return Record(timestamp, tuple(fields))
+
+
+# The event fields a rejected record's event names when they can be read (`readable_keys`).
+KEY_FIELDS = ("order", "material", "product", "lot", "quantity", "good", "delta", "unit")
+REDACTED = "[redacted]"
+# The most of a raw copy kept, in characters (`events.models.RAW_COPY_MAX_CHARS`, the event's
+# own bound: connectors import nothing of events; tests/unit keeps the two equal).
+RAW_COPY_MAX_CHARS = 2048
+_SECRET_NAME = re.compile(
+    r"(?i)(passw|secret|token|authori[sz]ation|api[-_ ]?key|credential|cookie|session|"
+    r"private[-_ ]?key|signature)"
+)
+_TOKEN_VALUE = re.compile(
+    r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}|\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"
+    r"\.[A-Za-z0-9_-]*"
+)
+
+
+def readable_keys(
+    row: Mapping[str, object], settings: RecordSettings
+) -> tuple[tuple[str, Value], ...]:
+    """The business keys (`KEY_FIELDS`) of a row that could be read, each on its own (a cell
+    that cannot be read is left out): what a `record.rejected` event names."""
+    zone = _zone(settings.time_zone)
+    keys: list[tuple[str, Value]] = []
+    unit: str | None = None
+    for name, spec in settings.columns.items():
+        if name not in KEY_FIELDS:
+            continue
+        if spec.column is None:
+            keys.append((name, spec.value))
+            continue
+        try:
+            value = _cell(lookup(row, spec.column), spec.model_copy(update={"required": False}),
+                          settings, zone)
+        except RowError:
+            continue
+        if value is not None:
+            keys.append((name, value))
+            if spec.unit is not None:
+                unit = spec.unit
+    if unit is not None and UNIT_FIELD not in dict(keys):
+        keys.append((UNIT_FIELD, unit))
+    return tuple(keys)
+
+
+def raw_copy(
+    record: Mapping[str, object] | str, secret: Collection[str] = ()
+) -> tuple[str, bool]:
+    """The bounded, redacted copy of a rejected record (module docstring): its text and
+    whether it was cut short. A mapping becomes JSON (nested objects redacted too); a text
+    (a CSV line that has no fields) keeps only its token-looking values redacted."""
+    if isinstance(record, str):
+        text = _TOKEN_VALUE.sub(REDACTED, record)
+    else:
+        text = json.dumps(_redacted(record, frozenset(secret)), ensure_ascii=False, default=str)
+    if len(text) <= RAW_COPY_MAX_CHARS:
+        return text, False
+    return text[:RAW_COPY_MAX_CHARS], True
+
+
+def _redacted(value: object, secret: frozenset[str]) -> object:
+    if isinstance(value, Mapping):
+        return {
+            str(key): REDACTED if str(key) in secret or _SECRET_NAME.search(str(key))
+            else _redacted(item, secret)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_redacted(item, secret) for item in value]
+    if isinstance(value, str):
+        return _TOKEN_VALUE.sub(REDACTED, value)
+    return value
 
 
 def lookup(row: Mapping[str, object], column: str) -> object:

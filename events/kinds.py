@@ -31,6 +31,14 @@ class EventKind(enum.StrEnum):
     QUALITY_HOLD = "quality.hold"
     INVENTORY_ADJUSTED = "inventory.adjusted"
     MATERIAL_CONSUMED = "material.consumed"
+    # ERP-facing business events from MES/legacy-ERP records (issue 16).
+    SHIPMENT_CONFIRMED = "shipment.confirmed"
+    ASN_RECEIVED = "asn.received"
+    INVOICE_POSTED = "invoice.posted"
+    MATERIAL_PRODUCED = "material.produced"
+    # A business record the agent could not take (issue 16): made by the agent from the
+    # rejected record, never fed by a signal or configured as a record's event.
+    RECORD_REJECTED = "record.rejected"
 
 
 # What a machine is doing, as a machine.state event names it. No docstring: it would become the

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -283,6 +283,180 @@ class MaterialConsumedV1(_Data):
     location: str | None = Field(default=None, description="Where it was taken from.")
 
 
+# ISO 4217 alphabetic currency code: three capital letters (EUR, USD, JPY).
+_CURRENCY = r"^[A-Z]{3}$"
+
+
+class ShipmentConfirmedV1(_Data):
+    """One line (item) of an outbound delivery left the plant: goods issue of a shipment
+    (ERP: delivery / goods issue; ISA-95: a material lot moved out, MaterialActual of the
+    shipping segment). One event per delivery item, so that a file row, a webhook object and a
+    table row each say one; a hub groups them by `delivery`."""
+
+    delivery: str = Field(min_length=1, description="The outbound delivery (shipment) number.")
+    item: str | None = Field(
+        default=None, description="The delivery item (line) number within the delivery."
+    )
+    order: str | None = Field(default=None, description="The sales order it ships.")
+    customer: str | None = Field(default=None, description="The customer (ship-to party).")
+    material: str = Field(min_length=1, description="Enterprise material code shipped.")
+    lot: str | None = Field(default=None, description="The lot (batch) shipped.")
+    quantity: float = Field(
+        gt=0, description="Quantity shipped, in `unit`.", json_schema_extra=_IN_UNIT
+    )
+    unit: str = Field(min_length=1, description="UCUM unit code of `quantity`.")
+    carrier: str | None = Field(default=None, description="The carrier (forwarding agent).")
+    tracking: str | None = Field(default=None, description="The carrier's tracking number.")
+    shipped_at: datetime | None = Field(
+        default=None, description="When the goods left (goods issue), UTC."
+    )
+
+
+class AsnReceivedV1(_Data):
+    """One line of a supplier's advance ship notice (ASN, EDI DESADV) was received: material
+    on its way to the plant (ERP: inbound delivery; ISA-95: expected MaterialLot). One event
+    per ASN line; a hub groups them by `asn`."""
+
+    asn: str = Field(min_length=1, description="The advance ship notice number.")
+    item: str | None = Field(default=None, description="The ASN line number.")
+    supplier: str = Field(min_length=1, description="The supplier (vendor) code.")
+    purchase_order: str | None = Field(
+        default=None, description="The purchase order (PO) the goods are for."
+    )
+    material: str = Field(min_length=1, description="Enterprise material code expected.")
+    lot: str | None = Field(default=None, description="The supplier's lot (batch), if given.")
+    quantity: float = Field(
+        gt=0, description="Quantity expected, in `unit`.", json_schema_extra=_IN_UNIT
+    )
+    unit: str = Field(min_length=1, description="UCUM unit code of `quantity`.")
+    expected_at: datetime | None = Field(
+        default=None, description="When the goods are expected at the plant, UTC."
+    )
+
+
+class InvoicePostedV1(_Data):
+    """An invoice was posted: a customer invoice (billing) or a supplier invoice (invoice
+    receipt), with its amount in an ISO 4217 currency (ERP: billing document / invoice
+    verification; outside ISA-95 level 3, carried for the plant's local ERP)."""
+
+    invoice: str = Field(min_length=1, description="The invoice (billing document) number.")
+    kind: Literal["customer", "supplier"] = Field(
+        description="`customer`: billed to a customer; `supplier`: received from a supplier."
+    )
+    order: str | None = Field(default=None, description="The sales order it bills.")
+    purchase_order: str | None = Field(
+        default=None, description="The purchase order (PO) it settles (a supplier invoice)."
+    )
+    partner: str | None = Field(
+        default=None, description="The customer or supplier code, as `kind` says."
+    )
+    amount: float = Field(description="The gross amount, in `currency` (negative: a credit).")
+    currency: str = Field(
+        pattern=_CURRENCY, description="ISO 4217 alphabetic currency code, e.g. EUR, USD."
+    )
+    tax: float | None = Field(
+        default=None, description="The tax amount included in `amount`, in `currency`."
+    )
+    posting_date: date | None = Field(
+        default=None, description="The posting date in the plant's calendar (YYYY-MM-DD)."
+    )
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> InvoicePostedV1:
+        if self.amount == 0:
+            raise ValueError("amount: an invoice of 0 posts nothing")
+        return self
+
+
+class MaterialProducedV1(_Data):
+    """Produced material was received into stock: the goods receipt of a work order's output
+    (ERP: goods movement 101 to the order; ISA-95 / B2MML: ProductionPerformance →
+    SegmentResponse → MaterialActual with MaterialUse `Produced`)."""
+
+    order: str = Field(min_length=1, description="The work (production) order it came from.")
+    material: str = Field(min_length=1, description="Enterprise material code produced.")
+    lot: str | None = Field(default=None, description="The lot (batch) it was received as.")
+    quantity: float = Field(
+        gt=0, description="Quantity received, in `unit`.", json_schema_extra=_IN_UNIT
+    )
+    unit: str = Field(min_length=1, description="UCUM unit code of `quantity`.")
+    location: str | None = Field(
+        default=None, description="The storage location it was received into."
+    )
+    posting_date: date | None = Field(
+        default=None, description="The posting date in the plant's calendar (YYYY-MM-DD)."
+    )
+
+
+# The most of a rejected record's raw copy an event carries (characters, after redaction).
+RAW_COPY_MAX_CHARS = 2048
+
+
+class RecordRejectedV1(_Data):
+    """A business record from an MES interface (a file row, a webhook object, an interface
+    table row) that the agent could not take: why and where, the business keys it could read,
+    and a bounded, redacted copy of the record. `signal` is the record source's signal (a
+    webhook: the route's path; else `record`).
+
+    So the hub can list which production orders failed to post and why. The event's id
+    derives from the record's key (`record`): the same bad record again is a repeat."""
+
+    record_type: str = Field(
+        min_length=1, description="The event type the record was to become, e.g. "
+        "`workorder.completed.v2`."
+    )
+    interface: Literal["file", "webhook", "table"] = Field(
+        description="The MES interface it came from: a file drop, a webhook post, an "
+        "interface table (or query)."
+    )
+    stage: Literal["read", "validate"] = Field(
+        description="`read`: a field could not be read as configured (an empty required "
+        "cell, a number or time that does not parse); `validate`: it was read but makes no "
+        "valid event of `record_type` (the model's rule, e.g. a negative quantity)."
+    )
+    reason: str = Field(
+        min_length=1, max_length=2000,
+        description="What was wrong, naming the field or column (never quoting the record).",
+    )
+    location: str = Field(
+        min_length=1, max_length=500,
+        description="Where the record is: `<file>:<line>` for a file row, `<route> item <n>` "
+        "for a webhook object, `<table> row <cursor>` for a table row.",
+    )
+    column: str | None = Field(
+        default=None, max_length=200,
+        description="The column (CSV header, JSON key or path, SQL column) or event field at "
+        "fault, when one is.",
+    )
+    record: str = Field(
+        min_length=1, max_length=500,
+        description="The record's key at its interface (file digest and line, idempotency "
+        "key and index, table cursor): what the event id derives from.",
+    )
+    set_aside: bool = Field(
+        description="The record is also in the agent's dead letters (`edge-agent buffer "
+        "dead-letters`); false where the interface has its own channel back (a file's "
+        "`rejected/` report, a webhook's 400 answer)."
+    )
+    order: str | None = Field(default=None, description="The work order, when it could be read.")
+    material: str | None = Field(
+        default=None, description="The material (or product) code, when it could be read."
+    )
+    lot: str | None = Field(default=None, description="The lot (batch), when it could be read.")
+    quantity: float | None = Field(
+        default=None, description="The record's quantity (a quantity, good or delta field), "
+        "when it could be read, in `unit`.", json_schema_extra=_IN_UNIT,
+    )
+    unit: str | None = Field(default=None, description="The unit of `quantity`, as given.")
+    raw: str | None = Field(
+        default=None, max_length=RAW_COPY_MAX_CHARS,
+        description="The record as received (JSON of its fields or cells, a CSV line), with "
+        "secret-looking fields and token-looking values replaced by `[redacted]`; cut at "
+        f"{RAW_COPY_MAX_CHARS} characters.",
+    )
+    raw_truncated: bool = Field(default=False, description="`raw` was cut short.")
+
+
 @dataclass(frozen=True)
 class RecordShape:
     """How an MES record becomes an event of a type: the data fields the agent derives itself
@@ -357,6 +531,21 @@ EVENT_TYPES: dict[EventKind, EventType] = {
     EventKind.MACHINE_ALARM: EventType(
         EventKind.MACHINE_ALARM, 1, MachineAlarmV1, Priority.CRITICAL
     ),
+    EventKind.SHIPMENT_CONFIRMED: EventType(
+        EventKind.SHIPMENT_CONFIRMED, 1, ShipmentConfirmedV1, Priority.BUSINESS, RecordShape()
+    ),
+    EventKind.ASN_RECEIVED: EventType(
+        EventKind.ASN_RECEIVED, 1, AsnReceivedV1, Priority.BUSINESS, RecordShape()
+    ),
+    EventKind.INVOICE_POSTED: EventType(
+        EventKind.INVOICE_POSTED, 1, InvoicePostedV1, Priority.BUSINESS, RecordShape()
+    ),
+    EventKind.MATERIAL_PRODUCED: EventType(
+        EventKind.MATERIAL_PRODUCED, 1, MaterialProducedV1, Priority.BUSINESS, RecordShape()
+    ),
+    EventKind.RECORD_REJECTED: EventType(
+        EventKind.RECORD_REJECTED, 1, RecordRejectedV1, Priority.CRITICAL
+    ),
 }
 # Versions this agent no longer emits but older agents did: their contracts stay published.
 RETIRED_EVENT_MODELS: dict[str, type[_Data]] = {"workorder.completed.v1": WorkorderCompletedV1}
@@ -415,6 +604,17 @@ class CloudEvent(BaseModel, Generic[DataT]):
         "telemetry it crossed on, a completion from counters, a dual-published copy of a "
         "retired version from its successor).",
     )
+    supersedes: str | None = Field(
+        default=None,
+        description="The `id` of the event this one replaces: a business record sent again "
+        "with the same business key (`business_key` of its source) and other content. A "
+        "consumer replaces that event's fact with this one's, never counts both.",
+    )
+    supersedesreason: Literal["correction"] | None = Field(
+        default=None,
+        description="Why it replaces `supersedes`: `correction` (the record was corrected "
+        "at its source and sent again).",
+    )
     quality: Literal["good", "uncertain", "bad"] = Field(
         description="The source's quality of the value: `bad` values are forwarded, marked, "
         "with the source's status name in `status`."
@@ -466,7 +666,22 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # The minor version of each published schema (`x-version` "MAJOR.MINOR", 0 when not named
 # here): a compatible change (an optional field added, docs/hub-contract.md "Compatibility
 # policy") bumps its type's entry; anything else is a new major version, a new type.
-SCHEMA_MINOR_VERSIONS: dict[str, int] = {}
+# 1: the envelope's `supersedes` and `supersedesreason` (issue 16, corrections).
+SCHEMA_MINOR_VERSIONS: dict[str, int] = {
+    "agent.buffer.overflow.v1": 1,
+    "inventory.adjusted.v1": 1,
+    "machine.alarm.v1": 1,
+    "machine.downtime.v1": 1,
+    "machine.state.v1": 1,
+    "material.consumed.v1": 1,
+    "production.count.v1": 1,
+    "quality.alert.v1": 1,
+    "quality.hold.v1": 1,
+    "telemetry.v1": 1,
+    "workorder.completed.v1": 1,
+    "workorder.completed.v2": 1,
+    "workorder.released.v1": 1,
+}
 # Every retired version and the version that replaced it (its schema's `x-superseded-by`).
 SUPERSEDED: dict[str, str] = {"workorder.completed.v1": "workorder.completed.v2"}
 

@@ -61,6 +61,8 @@ class DownConversion:
         parent = extensions.get("traceparent") or traceparent(event.id)
         extensions["traceparent"] = traceparent(own_id, parent)
         extensions["causationid"] = event.id
+        if "supersedes" in extensions:  # the retired copy replaces the earlier copy
+            extensions["supersedes"] = retired_id(extensions["supersedes"], self.retired.name)
         data = self.retired.model.model_validate(self.data(event.data)).model_dump(mode="json")
         return replace(event, id=own_id, type=self.retired, data=data, extensions=extensions)
 

@@ -46,13 +46,21 @@ done bits of work orders last, so siblings written in the same PLC scan are seen
 
 A reading that cannot be mapped (a text where a number is expected, a state missing from the
 table, a dead-lettered code) raises `UnmappableReading` with the reason: the pipeline counts it
-and sets it aside; it never becomes a half-filled event. (The one log line of this module is
-the warning about a route's invalid trace headers, once per route.)
+and sets it aside; it never becomes a half-filled event. An MES record that cannot be mapped
+(its connector's `Reading.rejection`, or its model refused it) becomes a `record.rejected` event
+instead (`Mapper.map_all`: the reason, where, the business keys, a redacted copy), and is set
+aside as well unless its interface has its own channel back (`Rejection.set_aside`).
 
-Why one module of ~880 lines: the order of the steps above is the contract, and every step
-(`SignalMapper`: measured values, states, counters, derived events; `RecordRule`: MES records)
-reads and writes the same per-asset state that `Mapper` holds. Split, that order and that state
-would have to be followed across files; the value coercions at the end are private to them.
+MES records (`RecordRule`, `agent.flow.mapping_records`) get the master data and units signals
+get (lookups, UN/ECE Rec 20 units read as UCUM, `[units]` conversion); that module says how.
+(The one log line of this module is the warning about a route's invalid trace headers, once
+per route.)
+
+Why one module of ~900 lines: the order of the steps above is the contract, and every step
+(`SignalMapper`: measured values, states, counters, derived events) reads and writes the same
+per-asset state that `Mapper` holds. Split, that order and that state would have to be followed
+across files; the value coercions at the end are private to them. A record's own steps share no
+per-asset state: they are `agent.flow.mapping_records` (the envelope of its event stays here).
 """
 
 from __future__ import annotations
@@ -64,8 +72,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pydantic import ValidationError
-
+from agent.flow.mapping_records import (
+    RECORD_INTERFACES,
+    MappingContext,
+    MappingCounters,
+    RecordRule,
+    UnmappableReading,
+)
 from config.correlation import ORDER_FIELD, correlation_fields
 from config.mapping import (
     LookupTable,
@@ -83,6 +96,16 @@ from events.ids import event_id, parse_traceparent, record_id, rfc3339, tracepar
 from events.kinds import EventKind, MachineState
 from events.models import EVENT_TYPES, Event, EventType
 
+__all__ = [  # the record half's names, as importable from here as before the split
+    "RECORD_INTERFACES",
+    "Mapper",
+    "MappingContext",
+    "MappingCounters",
+    "RecordRule",
+    "SignalMapper",
+    "UnmappableReading",
+]
+
 _log = logging.getLogger(__name__)
 
 CLAMPED_STATUS = "UncertainEngineeringUnitsExceeded"
@@ -92,26 +115,6 @@ _TRACESTATE_MAX_CHARS = 512
 _TYPE_NAMES = {kind: event_type.name for kind, event_type in EVENT_TYPES.items()}
 _QUALITY_TEXT = {quality: quality.value for quality in Quality}
 _timestamp_of = operator.attrgetter("timestamp")
-
-
-class UnmappableReading(ValueError):
-    """A reading that no event can be made of; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class MappingContext:
-    site: str
-    agent: str
-
-
-@dataclass(slots=True)
-class MappingCounters:
-    """Counted for status: codes that no lookup knew, per table."""
-
-    codes_unmapped_total: dict[str, int] = field(default_factory=dict)
-    codes_dead_lettered_total: dict[str, int] = field(default_factory=dict)
-    # Trace context headers ignored as invalid, per `<source><route>` (mes-webhook/mes/orders).
-    trace_headers_invalid_total: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -535,54 +538,6 @@ def _as_count(value: Value, name: str) -> int:
     return count
 
 
-@dataclass(frozen=True, slots=True)
-class RecordRule:
-    """Readings of one source and signal that are whole MES records (file rows, webhook
-    objects, table rows): each reading's `attributes` are the fields of one `kind` event,
-    validated by its model; `value` is the record's key (file digest and line, idempotency key
-    and index, table cursor), so the event id is that of the record."""
-
-    context: MappingContext
-    source: str
-    signal: str
-    kind: EventKind
-    asset: str
-    # The data fields to take the correlationid from, the first with a value
-    # (`config.correlation.correlation_fields`); empty: none.
-    correlate_by: tuple[str, ...] = ()
-
-    def event_data(self, reading: Reading) -> dict[str, object]:
-        data, problems = self._validated(reading)
-        if data is None:
-            what = "; ".join(f"{field}: {message}" for field, message in problems)
-            raise UnmappableReading(
-                f"source {self.source!r} record {reading.value}: not a valid "
-                f"{EVENT_TYPES[self.kind].name}: {what}"
-            )
-        return data
-
-    def problems(self, reading: Reading) -> list[tuple[str, str]]:
-        """(field, message) of everything that keeps this record from being a valid event."""
-        return self._validated(reading)[1]
-
-    def _validated(
-        self, reading: Reading
-    ) -> tuple[dict[str, object] | None, list[tuple[str, str]]]:
-        if reading.quality is not Quality.GOOD:  # a record its connector could not read
-            return None, [("record", reading.status or "unreadable")]
-        fields: dict[str, object] = {"signal": reading.signal, **dict(reading.attributes)}
-        if self.kind is EventKind.MACHINE_DOWNTIME:
-            _downtime_fields(fields, reading.timestamp)
-        try:
-            data = EVENT_TYPES[self.kind].model.model_validate(fields)
-        except ValidationError as error:
-            return None, [
-                (".".join(map(str, item["loc"])) or "record", item["msg"])
-                for item in error.errors()
-            ]
-        return data.model_dump(mode="json"), []
-
-
 def _record_settings(source: object, signal: str) -> RecordSettings:
     """The record settings behind a record source's rule: a webhook's route (its signal is the
     route's path), else the source itself (a file drop, an interface table)."""
@@ -590,19 +545,6 @@ def _record_settings(source: object, signal: str) -> RecordSettings:
         return next(route for route in source.routes if route.path == signal)
     assert isinstance(source, RecordSettings), source
     return source
-
-
-def _downtime_fields(fields: dict[str, object], time: datetime) -> None:
-    """A downtime record with a start time is its end (the record's time) unless it says
-    otherwise; its duration is derived. The record has no signal value."""
-    started = fields.get("started_at")
-    if isinstance(started, str):  # a time field: ISO 8601 with its offset (connectors.records)
-        started = datetime.fromisoformat(started)
-    fields.setdefault("value", None)
-    if fields.get("phase") is None:
-        fields["phase"] = "end" if started is not None else "start"
-    if isinstance(started, datetime) and fields["phase"] == "end":
-        fields.setdefault("duration_s", (time - started).total_seconds())
 
 
 class Mapper:
@@ -623,6 +565,12 @@ class Mapper:
             key for key, m in self._mappers.items() if m.rule.event is EventKind.WORKORDER_COMPLETED
         }
         self._records = {(rule.source, rule.signal): rule for rule in records}
+        # Record rules with a business key, by their events' CloudEvents source and signal.
+        self._keyed = {
+            (f"/{rule.context.site}/{rule.context.agent}/{rule.source}", rule.signal): rule
+            for rule in self._records.values()
+            if rule.business_key
+        }
         self._asset_paths = asset_paths or {}
         self._assets: dict[str, AssetValues] = {}
         # Per asset: the values of it and of its parents that exist, nearest first (for
@@ -654,6 +602,16 @@ class Mapper:
                 correlate_by=correlation_fields(
                     event, _record_settings(source, signal).correlate_by
                 ),
+                interface=RECORD_INTERFACES.get(source.type, "file"),
+                secret_columns=_record_settings(source, signal).secret_columns,
+                business_key=_record_settings(source, signal).business_key,
+                lookups=tuple(
+                    (name, table, config.lookups[table])
+                    for name, table in _record_settings(source, signal).lookups.items()
+                ),
+                units=config.units,
+                unknown_units=_record_settings(source, signal).unknown_units,
+                counters=counters,
             )
             for source in config.sources
             if isinstance(source, RECORD_SOURCES)
@@ -712,8 +670,34 @@ class Mapper:
             try:
                 events.extend(self.map(reading))
             except UnmappableReading as error:
+                rule = self._records.get((reading.source, reading.signal))
+                if rule is not None:  # an MES record: the hub learns of it (record.rejected)
+                    events.append(self._rejected_event(rule, reading, str(error)))
+                    if reading.rejection is not None and not reading.rejection.set_aside:
+                        continue  # its interface has its own channel back (report, 400)
                 rejected.append((reading, str(error)))
         return events, rejected
+
+    def business_key(self, event: Event) -> tuple[str, tuple[str, ...]] | None:
+        """(record source name, (its signal, the values of its `business_key`...)) of a
+        record's event, when its source has one (None: not a record event, or no key)."""
+        if not self._keyed:
+            return None
+        rule = self._keyed.get((event.source, str(event.data.get("signal"))))
+        if rule is None or EVENT_TYPES[rule.kind] != event.type:
+            return None
+        values = tuple("" if (v := event.data.get(k)) is None else str(v)
+                       for k in rule.business_key)
+        return rule.source, (rule.signal, *values)
+
+    def event_type_of(self, source: str, signal: str) -> EventType | None:
+        """The event type a reading of this source and signal was to become (None: none
+        configured): the class its set-aside copy keeps."""
+        rule = self._records.get((source, signal))
+        if rule is not None:
+            return EVENT_TYPES[rule.kind]
+        mapper = self._mappers.get((source, signal))
+        return mapper.event_type if mapper is not None else None
 
     def _order(self, reading: Reading) -> tuple[datetime, bool]:
         return reading.timestamp, (reading.source, reading.signal) in self._done_bits
@@ -803,12 +787,14 @@ class Mapper:
 
     def _record_event(self, rule: RecordRule, reading: Reading) -> Event:
         event_type = EVENT_TYPES[rule.kind]
-        data = rule.event_data(reading)
+        data, unmapped = rule.event_data_flagged(reading)
         own_id = self._record_id(rule, reading)
         extensions: dict[str, str] = {}
         path = self._asset_paths.get(rule.asset)
         if path is not None:
             extensions["assetpath"] = path
+        if unmapped:
+            extensions["unmapped"] = ",".join(dict.fromkeys(unmapped))
         for name in rule.correlate_by:
             value = data.get(name)
             if value is not None and value != "":
@@ -825,6 +811,43 @@ class Mapper:
             subject=rule.asset,
             quality=reading.quality.value,
             status=reading.status,
+            data=data,
+            extensions=extensions,
+        )
+
+    def _rejected_event(self, rule: RecordRule, reading: Reading, reason: str) -> Event:
+        """The `record.rejected` event of a record that makes no event of its type: its id
+        from the record's key (a repeat of the bad record is a repeat of this event); its
+        correlationid the order (else the lot) it names, so the hub can tell which orders
+        failed to post."""
+        event_type = EVENT_TYPES[EventKind.RECORD_REJECTED]
+        data = rule.rejected_data(reading, reason)
+        own_id = record_id(
+            site=rule.context.site,
+            source=rule.source,
+            key=f"{reading.signal}:{reading.value}",
+            type_name=event_type.name,
+        )
+        extensions: dict[str, str] = {}
+        path = self._asset_paths.get(rule.asset)
+        if path is not None:
+            extensions["assetpath"] = path
+        for name in ("order", "lot", "material"):
+            value = data.get(name)
+            if isinstance(value, str) and value:
+                extensions["correlationid"] = f"{name}:{value}"
+                break
+        if reading.trace:
+            self._continue_trace(reading, own_id, extensions)
+        context = rule.context
+        return Event(
+            id=own_id,
+            type=event_type,
+            source=f"/{context.site}/{context.agent}/{rule.source}",
+            time=reading.timestamp,
+            subject=rule.asset,
+            quality="good",  # the fact (this record was refused) is certain
+            status=None,
             data=data,
             extensions=extensions,
         )

@@ -26,6 +26,10 @@ meanwhile the queue fills and `emit` blocks, so the sources pause (backpressure)
   when it starts and once when it ends, and the write is retried with the same capped backoff.
   Any other `OSError` there is not the disk's state but a fault (permissions): it propagates.
 
+A record source with a `business_key` has each of its events judged before the append
+(`agent.flow.corrections`): a repeat of a fact under another id is dropped, a correction carries
+`supersedes`; what is remembered per key commits in the same transaction as the events.
+
 While a retired major version is published beside its successor (`[contracts]
 dual_publish_until`, `agent.flow.dual_publish`), each successor event's retired copy is
 appended right after it, in the same transaction.
@@ -41,7 +45,15 @@ state missing from its table, a signal nobody configured) is a poison record: it
 reason, in the same commit cycle as the batch's events (right after them; one `set_aside` per
 distinct reason). Its body is a msgpack map describing the reading (`unmappable_reading_body`),
 never an event: it is kept for a person to look at, not for the hub. Its id is derived from the
-fact (source, signal, timestamp, value), so a re-sent reading keeps its id. While the buffer
+fact (source, signal, timestamp, value), so a re-sent reading keeps its id. A set-aside MES record
+keeps the delivery class of the event type it was to become (business for a completion).
+
+An MES record that makes no event (its connector could not read it, `Reading.rejection`, or
+its event model refused it) also becomes a `record.rejected.v1` event (critical), appended with
+the batch's events (`Mapper.map_all`): the hub learns which orders failed to post and why. A
+record whose interface has its own channel back (a file row: the `rejected/` report; a webhook
+object: its 400) is not set aside as well; one from an interface table or a record the model
+refused is. While the buffer
 cannot take them they are held and retried like events; at stop, what could not go in is counted
 in the log and not kept.
 
@@ -63,14 +75,15 @@ from datetime import UTC, datetime
 
 import msgpack
 
+from agent.flow.corrections import Corrections
 from agent.flow.dual_publish import DualPublisher
 from agent.flow.mapping import Mapper
 from agent.flow.mapping_state import CounterBaselines
 from buffer.base import Buffer, BufferFull, BufferUnavailable, Overflow, Record
 from connectors.backoff import Backoff
 from connectors.base import Reading, is_short_disk
-from events.kinds import Priority
-from events.models import BUFFER_OVERFLOW_TYPE, BufferOverflowV1, Event
+from events.kinds import EventKind, Priority
+from events.models import BUFFER_OVERFLOW_TYPE, EVENT_TYPES, BufferOverflowV1, Event
 from events.wire import encode_agent_event, encode_body
 
 _log = logging.getLogger(__name__)
@@ -80,6 +93,7 @@ _RETRY_MAX_S = 2.0
 _OVERFLOW_REPORT_ROUNDS = 3
 _OVERFLOW_ID_NAMESPACE = uuid.UUID("0b8f3e8e-54f1-5b7c-9d0e-2f6a1c3b7d21")
 _SET_ASIDE_ID_NAMESPACE = uuid.UUID("5d0c9a71-3e2b-5f48-8c61-7a4e2d9b0f13")
+RECORD_REJECTED_TYPE = EVENT_TYPES[EventKind.RECORD_REJECTED].name
 # The `kind` of a set-aside reading in the dead-letter table (it is not an event type).
 UNMAPPABLE_READING_KIND = "agent.reading.unmappable"
 CLASS_NAMES = {int(p): p.name.lower() for p in Priority}
@@ -93,6 +107,8 @@ class PipelineCounters:
     readings_unmappable_total: int = 0
     # Unmappable readings stored in the buffer's dead-letter table (`Buffer.set_aside`).
     readings_set_aside_total: int = 0
+    # MES records rejected (`record.rejected` events made).
+    records_rejected_total: int = 0
     last_seq: int = 0
     # (class, event type, reason) -> events given up for room since start.
     overflow_total: dict[tuple[str, str, str], int] = field(default_factory=dict)
@@ -146,6 +162,7 @@ class Pipeline:
         self._committed = 0
         self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self.counters = PipelineCounters()
+        self.corrections = Corrections(mapper, lambda key: self._buffer.source_state(key))
 
     async def emit(self, readings: Sequence[Reading]) -> asyncio.Future[None]:
         """Hand readings over; blocks while the queue is full (backpressure). Returns the
@@ -230,6 +247,10 @@ class Pipeline:
 
     async def _commit(self, readings: list[Reading]) -> None:
         events, rejected = self._mapper.map_all(readings)
+        self.counters.records_rejected_total += sum(
+            event.type.name == RECORD_REJECTED_TYPE for event in events
+        )
+        events, keys = await self._judge(events)
         events = self.dual_publish.beside(events)
         self.counters.readings_total += len(readings)
         for reading, reason in rejected:
@@ -243,12 +264,30 @@ class Pipeline:
         state: dict[str, str | None] = {}
         for reading in readings:
             state.update(reading.state)
+        state.update(keys)  # business keys judged (corrections): with their events
         if events:
             await self._append_events(events, state=None if rejected else state)
         if rejected:
             await self._set_aside(rejected)
         if state and (rejected or not events):
             await self._append([], state=state)
+        self.corrections.committed(keys)
+
+    async def _judge(self, events: list[Event]) -> tuple[list[Event], dict[str, str]]:
+        """Corrections and repeats of keyed business records (`agent.flow.corrections`); its
+        reads of committed state held and retried while the buffer is unavailable."""
+        backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S, jitter=False)
+        while True:
+            try:
+                return await self.corrections.judge(events)
+            except BufferUnavailable as error:
+                self.counters.buffer_errors_total += 1
+                if self._stopping:
+                    raise
+                if backoff.attempts == 0:
+                    _log.warning("buffer unavailable, holding %d event(s) for their business "
+                                 "keys: %s", len(events), error)
+            await asyncio.sleep(backoff.next_s())
 
     async def _append_events(
         self, events: list[Event], state: dict[str, str | None] | None = None
@@ -336,8 +375,8 @@ class Pipeline:
             self.counters.readings_set_aside_total += len(records)
 
     def _set_aside_record(self, reading: Reading) -> Record:
-        signal = self._mapper.signal(reading.source, reading.signal)
-        event_type = signal.event_type if signal is not None else None
+        # The class of the event it was to become (an MES record keeps its business class).
+        event_type = self._mapper.event_type_of(reading.source, reading.signal)
         priority = (
             self._priorities.get(event_type.kind.value, event_type.default_priority)
             if event_type is not None

@@ -120,6 +120,11 @@ async def snapshot(agent: AgentView) -> dict[str, Any]:
             "readings_unmappable_total": agent.pipeline.counters.readings_unmappable_total,
             # Of those, stored in the buffer's dead-letter table (the rest: being retried).
             "readings_set_aside_total": agent.pipeline.counters.readings_set_aside_total,
+            # MES records the agent could not take (record.rejected events), and keyed
+            # records that corrected an earlier one or repeated it (dropped).
+            "records_rejected_total": agent.pipeline.counters.records_rejected_total,
+            "records_corrected_total": agent.pipeline.corrections.corrections_total,
+            "records_repeated_total": agent.pipeline.corrections.repeats_total,
             # Buffer full of events that are never evicted: sources paused (README).
             "backpressure": agent.pipeline.counters.backpressure,
             "backpressure_since": _iso_ts(agent.pipeline.counters.backpressure_since),
@@ -130,6 +135,15 @@ async def snapshot(agent: AgentView) -> dict[str, Any]:
             # Webhook trace headers ignored as invalid, per source and route.
             "trace_headers_invalid_total": dict(
                 agent.mapper.counters.trace_headers_invalid_total
+            ),
+            # MES records, per source: codes no lookup knew, units neither UCUM nor UN/ECE
+            # Rec 20, units read as Rec 20 and sent as UCUM.
+            "record_codes_unmapped_total": dict(
+                agent.mapper.counters.record_codes_unmapped_total
+            ),
+            "record_units_unknown_total": dict(agent.mapper.counters.record_units_unknown_total),
+            "record_units_normalised_total": dict(
+                agent.mapper.counters.record_units_normalised_total
             ),
         },
         # The versions published per kind, and each retired one published beside its

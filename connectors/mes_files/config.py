@@ -44,6 +44,8 @@ class MesFilesSettings(ConnectorSettings, RecordSettings):
     # A JSON document is parsed whole (CSV is read row by row): this bounds its memory.
     max_json_bytes: Annotated[int, Field(ge=1, le=2**28)] = 16 * 2**20
     rows_per_emit: Annotated[int, Field(ge=1, le=10_000)] = 500
+    # Rejected rows sent as `record.rejected` events per file read (the rest: report only).
+    max_rejections_per_file: Annotated[int, Field(ge=0, le=1_000_000)] = 100
 
     @field_validator("encoding")
     @classmethod

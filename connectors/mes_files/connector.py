@@ -18,7 +18,12 @@ A file is complete when (`complete`): `stable`: its size and mtime have not chan
 What is set aside, each counted in `health.counters` and logged once, by name, never with
 the content:
 - Rows that cannot be read go to `rejected/<file>.rejects.csv` (line, reason, raw row; the
-  reason never quotes the file), written before the file moves; the good rows flow.
+  reason never quotes the file), written before the file moves; the good rows flow. Each also
+  goes out as a rejected reading (`Reading.rejection`: reason, `<file>:<line>`, column, the
+  keys that could be read, the row's redacted copy) in line order with the good rows and
+  committed with the same position, so the hub gets a `record.rejected` event per bad row
+  (not set aside: the report is the plant's copy), up to `max_rejections_per_file` per file
+  read; the rest are in the report only (`rejections_not_sent_total`).
 - A file that cannot be read as configured (`FileUnreadable`: a missing column, not JSON)
   moves to `rejected/` with `<file>.reject.txt` beside it (`files_rejected_total`).
 - A file that cannot be opened or read at all (EIO, EACCES) is rejected the same way
@@ -53,7 +58,9 @@ from typing import Any, BinaryIO, TypeVar
 from connectors.backoff import Backoff
 from connectors.base import (
     Emit,
+    Quality,
     Reading,
+    Rejection,
     SourceHealth,
     SourceHost,
     SourceUnavailable,
@@ -66,11 +73,13 @@ from connectors.mes_files.records import (
     FileUnreadable,
     ParsedFile,
     Record,
+    RowReject,
     check_file,
     read_chunks,
     record_key,
 )
 from connectors.mes_files.reports import RejectReport, fsync_dir, write_note
+from connectors.records import raw_copy, readable_keys
 
 _log = logging.getLogger(__name__)
 
@@ -81,6 +90,7 @@ REJECTED = "rejected"
 DISK_NOTICE = "disk"
 SKIPPED_NOTICE = "skipped"
 _T = TypeVar("_T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclasses.dataclass(slots=True)
@@ -108,7 +118,7 @@ class MesFilesConnector:
         self.health.counters.update(
             files_processed_total=0, files_rejected_total=0, rows_rejected_total=0,
             files_unreadable_total=0, entries_refused_total=0, files_skipped_total=0,
-            disk_pauses_total=0,
+            disk_pauses_total=0, rejections_not_sent_total=0,
         )
 
     async def run(self, emit: Emit) -> None:
@@ -205,7 +215,7 @@ class MesFilesConnector:
                 )
             digest = await _read(reader, lambda f: check_file(f, self._settings))
             modified_at = datetime.fromtimestamp(status.st_mtime, UTC)
-            rows = await self._emit_file(reader, digest, modified_at, report, emit)
+            rows = await self._emit_file(reader, digest, modified_at, report, emit, path.name)
         except FileUnreadable as error:
             await asyncio.to_thread(report.discard)
             _log.warning("source=%s file %r rejected: %s", self.name, path.name, error)
@@ -246,9 +256,11 @@ class MesFilesConnector:
         modified_at: datetime,
         report: RejectReport,
         emit: Emit,
+        file_name: str = "",
     ) -> int:
         """Emit the file's rows after its committed position, chunk by chunk, each chunk's
-        position with its last reading; write its rejects as they come. Returns once every
+        position with its last reading; write its rejects as they come (and emit them as
+        rejected readings, each a `record.rejected` event at the hub). Returns once every
         emitted row is committed (also when reading fails half-way): how many rows the file
         has in all, those committed before included."""
         key = f"{self.name}/file/{digest}"
@@ -256,6 +268,7 @@ class MesFilesConnector:
         chunks = read_chunks(reader.file, self._settings, modified_at)
         committed = None
         rows = 0
+        allowance = [self._settings.max_rejections_per_file]  # left to send, this read
         try:
             while (chunk := await _read(reader, lambda _: _next_chunk(chunks))) is not None:
                 if chunk.rejects:
@@ -263,7 +276,9 @@ class MesFilesConnector:
                         f"the reject report in {REJECTED}/", partial(report.add, chunk.rejects)
                     )
                 rows += len(chunk.records)
-                readings = self._chunk_readings(chunk, digest, key, after)
+                readings = self._chunk_readings(
+                    chunk, digest, key, after, file_name, modified_at, allowance
+                )
                 if readings:
                     committed = await emit(readings)
                     self.health.readings_total += len(readings)
@@ -279,14 +294,64 @@ class MesFilesConnector:
         return rows
 
     def _chunk_readings(
-        self, chunk: Chunk, digest: str, key: str, after: int
+        self,
+        chunk: Chunk,
+        digest: str,
+        key: str,
+        after: int,
+        file_name: str = "",
+        modified_at: datetime | None = None,
+        allowance: list[int] | None = None,
     ) -> list[Reading]:
+        """The chunk's records and rejects after the committed position, in line order; the
+        last carries the position. Rejects beyond the file's `allowance` (left to send, a
+        one-item list the caller keeps per file read) are reported, not sent."""
         records = [record for record in chunk.records if record.line > after]
-        readings = self._record_readings(digest, records)
+        rejects = [reject for reject in chunk.rejects if reject.line > after]
+        if allowance is not None and len(rejects) > allowance[0]:
+            self.health.counters["rejections_not_sent_total"] += len(rejects) - allowance[0]
+            rejects = rejects[: allowance[0]]
+        if allowance is not None:
+            allowance[0] -= len(rejects)
+        lines = [record.line for record in records] + [reject.line for reject in rejects]
+        readings = self._record_readings(digest, records) + [
+            self._rejected_reading(digest, reject, file_name, modified_at or _EPOCH)
+            for reject in rejects
+        ]
         if readings:
-            position = ((key, str(records[-1].line)),)
+            ordered = sorted(zip(lines, readings, strict=True), key=lambda pair: pair[0])
+            readings = [reading for _, reading in ordered]
+            position = ((key, str(ordered[-1][0])),)
             readings[-1] = dataclasses.replace(readings[-1], state=position)
         return readings
+
+    def _rejected_reading(
+        self, digest: str, reject: RowReject, file_name: str, modified_at: datetime
+    ) -> Reading:
+        """A row that cannot be read, as a rejected reading: its reason and line, the keys
+        that could be read, its redacted copy. Not set aside: `rejected/` reports it too."""
+        settings = self._settings
+        cells = reject.cells
+        raw, cut = raw_copy(cells if cells is not None else reject.raw, settings.secret_columns)
+        rejection = Rejection(
+            interface="file",
+            reason=reject.reason,
+            location=f"{file_name or digest[:12]}:{reject.line}",
+            column=reject.column,
+            keys=readable_keys(cells, settings) if cells is not None else (),
+            raw=raw,
+            raw_truncated=cut,
+            set_aside=False,
+        )
+        return Reading(
+            source=self.name,
+            signal=RECORD_SIGNAL,
+            value=record_key(digest, reject.line),
+            timestamp=modified_at,
+            quality=Quality.BAD,
+            status=reject.reason,
+            rejection=rejection,
+        )
 
     def _readings(self, parsed: ParsedFile) -> Sequence[Reading]:
         return self._record_readings(parsed.digest, parsed.records)

@@ -54,6 +54,10 @@ class RowReject:
     line: int
     reason: str
     raw: str  # the row as read (CSV: its cells joined by the delimiter; JSON: the item)
+    column: str | None = None  # the column at fault, when one is
+    # The row's cells by column (None: it has none, e.g. a CSV row with too few cells): what
+    # its `record.rejected` event reads business keys from and copies, redacted.
+    cells: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +137,8 @@ def _chunks(rows: Iterator[_Row], settings: MesFilesSettings, at: datetime) -> I
             try:
                 record = read_record(row, settings, received_at=at)
             except RowError as error:
-                rejects.append(RowReject(line, _reason(error, row, settings), raw))
+                reason = _reason(error, row, settings)
+                rejects.append(RowReject(line, reason, raw, error.column, row))
             else:
                 records.append(Record(line, record.timestamp, record.fields))
         if len(records) >= step or len(rejects) >= step:

@@ -4,7 +4,11 @@ What a post's answer promises (the HTTP layer is `connectors.mes_http.server`):
 - 202: every object of the post is committed to the buffer (the connector awaits the commit
   future `emit` returns). Nothing is taken before every object is checked: one bad object
   refuses the whole post with 400 and the field errors (index, field, message), so the MES
-  can fix and resend it as a whole.
+  can fix and resend it as a whole. Each bad object still reaches the hub, as a
+  `record.rejected` event (its reason, the business keys it has, its redacted copy), committed
+  before the 400 is answered (bounded by `commit_timeout_s`; past it the 400 goes out anyway);
+  the good objects of the post are not taken. A resend of the same bad post makes the same
+  `record.rejected` ids, dropped as repeats.
 - 503 (`Retry-After`): the buffer applies backpressure, or the commit took longer than
   `commit_timeout_s`; the objects may or may not be committed, and resending them is safe.
 - Resending is safe because a record's key is its post's idempotency key and index (header
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.base import Emit, Quality, Reading, SourceHealth, SourceHost
+from connectors.base import Emit, Quality, Reading, Rejection, SourceHealth, SourceHost
 from connectors.mes_http.config import MesHttpSettings, RouteSettings
 from connectors.mes_http.server import (
     Accepted,
@@ -44,7 +48,7 @@ from connectors.mes_http.server import (
     TraceHeaders,
     WebhookServer,
 )
-from connectors.records import RowError, read_record
+from connectors.records import RowError, raw_copy, read_record, readable_keys
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class MesHttpConnector:
         self._key_locks: dict[str, _KeyLock] = {}
         self.health.counters.update(
             posts_accepted_total=0, posts_rejected_total=0, posts_busy_total=0,
-            posts_replayed_total=0,
+            posts_replayed_total=0, records_rejected_total=0, rejections_unreported_total=0,
         )
 
     async def run(self, emit: Emit) -> None:
@@ -130,9 +134,10 @@ class MesHttpConnector:
         state_key: str | None,
         trace: TraceHeaders,
     ) -> Outcome:
-        readings, ids, errors = self._readings(route, items, record_key, trace)
+        readings, ids, errors, refused = self._readings(route, items, record_key, trace)
         if errors:
             self.health.counters["posts_rejected_total"] += 1
+            await self._report_refused(refused)
             return Rejected(errors)
         if state_key is not None:
             answer = json.dumps({"digest": digest, "ids": ids})
@@ -154,6 +159,19 @@ class MesHttpConnector:
         self.health.last_value_at = readings[-1].timestamp
         return Accepted(ids)
 
+    async def _report_refused(self, refused: Sequence[Reading]) -> None:
+        """Commit the refused objects' rejected readings (their `record.rejected` events),
+        waiting at most `commit_timeout_s`: the 400 goes out either way."""
+        if not refused:
+            return
+        self.health.counters["records_rejected_total"] += len(refused)
+        try:
+            await asyncio.wait_for(self._commit(refused), self._settings.commit_timeout_s)
+        except Exception as error:  # TimeoutError, or the agent stopped (BufferUnavailable)
+            self.health.counters["rejections_unreported_total"] += len(refused)
+            _log.warning("source=%s %d refused object(s) not reported to the hub: %s",
+                         self.name, len(refused), error or type(error).__name__)
+
     async def _commit(self, readings: Sequence[Reading]) -> None:
         assert self._emit is not None
         committed = await self._emit(readings)
@@ -166,21 +184,29 @@ class MesHttpConnector:
         items: list[dict[str, Any]],
         record_key: str,
         trace: TraceHeaders,
-    ) -> tuple[list[Reading], list[str], list[ItemError]]:
+    ) -> tuple[list[Reading], list[str], list[ItemError], list[Reading]]:
+        """The post's readings and their event ids, the field errors, and a rejected
+        reading per refused object (`record.rejected` at the hub)."""
         received_at = datetime.now(UTC)
         readings: list[Reading] = []
         ids: list[str] = []
         errors: list[ItemError] = []
+        refused: list[Reading] = []
         for index, item in enumerate(items):
+            key = f"{record_key}:{index}"
             try:
                 record = read_record(item, route, received_at=received_at)
             except RowError as error:
                 errors.append(ItemError(index=index, field=error.column, message=str(error)))
+                refused.append(self._refused(
+                    route, item, index, key, received_at, trace, str(error), error.column,
+                    readable_keys(item, route), "read",
+                ))
                 continue
             reading = Reading(
                 source=self.name,
                 signal=route.path,
-                value=f"{record_key}:{index}",
+                value=key,
                 timestamp=record.timestamp,
                 quality=Quality.GOOD,
                 attributes=record.fields,
@@ -189,9 +215,39 @@ class MesHttpConnector:
             event_id, problems = self._host.check_record(reading)
             for name, message in problems:
                 errors.append(ItemError(index=index, field=name, message=message))
+            if problems:
+                reason = "; ".join(f"{name}: {message}" for name, message in problems)
+                refused.append(self._refused(
+                    route, item, index, key, record.timestamp, trace, reason, problems[0][0],
+                    record.fields, "validate",
+                ))
             readings.append(reading)
             ids.append(event_id)
-        return readings, ids, errors
+        return readings, ids, errors, refused
+
+    def _refused(
+        self,
+        route: RouteSettings,
+        item: dict[str, Any],
+        index: int,
+        key: str,
+        at: datetime,
+        trace: TraceHeaders,
+        reason: str,
+        column: str,
+        keys: tuple[tuple[str, Any], ...],
+        stage: str,
+    ) -> Reading:
+        raw, cut = raw_copy(item, route.secret_columns)
+        rejection = Rejection(
+            interface="webhook", reason=reason, location=f"POST {route.path} item {index}",
+            column=None if column == "record" else column, keys=keys, raw=raw,
+            raw_truncated=cut, stage=stage, set_aside=False,
+        )
+        return Reading(
+            source=self.name, signal=route.path, value=key, timestamp=at,
+            quality=Quality.BAD, status=reason, trace=trace, rejection=rejection,
+        )
 
     @asynccontextmanager
     async def _one_post_per_key(self, state_key: str) -> AsyncIterator[None]:

@@ -11,7 +11,9 @@ same event id anyway, its key being its cursor).
 A row that cannot be read (a required column empty, a number that is not one, a value of a
 type no event field takes) still moves the cursor: it becomes a reading of quality bad that
 the mapper sets aside in the buffer's dead letters with the reason (`edge-agent buffer
-dead-letters`), since the table cannot be told. A mapped column missing from the table or
+dead-letters`), since the table cannot be told, and that reaches the hub as a
+`record.rejected` event (`Reading.rejection`: the reason and column, the row's cursor, the
+business keys that could be read, its redacted copy). A mapped column missing from the table or
 query stops the source (a config error), as does a cursor value that cannot be stored.
 """
 
@@ -26,13 +28,14 @@ from connectors.base import (
     Emit,
     Quality,
     Reading,
+    Rejection,
     SourceConfigError,
     SourceHealth,
     SourceHost,
 )
 from connectors.mes_sql.config import MesSqlSettings
 from connectors.mes_sql.drivers import Cursor, Row, decode_cursor, encode_cursor, open_reader, plain
-from connectors.records import RecordSettings, RowError, read_record
+from connectors.records import RecordSettings, RowError, raw_copy, read_record, readable_keys
 
 _log = logging.getLogger(__name__)
 
@@ -115,14 +118,37 @@ class MesSqlConnector:
         return readings, cursor
 
     def _reading(self, row: Row, key: str, now: datetime) -> Reading:
+        values: dict[str, object] = {}
         try:
-            values = {name: plain(row[name]) for name in self._records.column_names()}
+            for name in self._records.column_names():
+                values[name] = plain(row[name])
             record = read_record(values, self._records, received_at=now)
         except (RowError, ValueError) as error:
             self.health.counters["rows_unreadable_total"] += 1
             _log.warning("source=%s row %s cannot be read: %s", self.name, key, error)
+            status = f"row {key} cannot be read: {error}"
+            column = error.column if isinstance(error, RowError) else None
+            raw, cut = raw_copy(
+                {name: _text(value) for name, value in row.items()},
+                self._records.secret_columns,
+            )
+            where = self._settings.table or "query"
+            rejection = Rejection(
+                interface="table", reason=str(error), location=f"{where} row {key}",
+                column=column, keys=readable_keys(values, self._records), raw=raw,
+                raw_truncated=cut, set_aside=True,
+            )
             return Reading(
-                self.name, RECORD_SIGNAL, key, now, quality=Quality.BAD,
-                status=f"row {key} cannot be read: {error}",
+                self.name, RECORD_SIGNAL, key, now, quality=Quality.BAD, status=status,
+                rejection=rejection,
             )
         return Reading(self.name, RECORD_SIGNAL, key, record.timestamp, attributes=record.fields)
+
+
+def _text(value: object) -> object:
+    """A column value for a rejected row's copy: JSON's own types stay, others as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(bytes(value))} bytes>"
+    return str(value)

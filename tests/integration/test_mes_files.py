@@ -84,7 +84,7 @@ async def test_files_flow_wait_until_complete_and_reject_bad_rows(
             assert sources_status(agent)["mes-drop"]["counters"] == {
                 "files_processed_total": 3, "files_rejected_total": 0, "rows_rejected_total": 3,
                 "files_unreadable_total": 0, "entries_refused_total": 0,
-                "files_skipped_total": 0, "disk_pauses_total": 0,
+                "files_skipped_total": 0, "disk_pauses_total": 0, "rejections_not_sent_total": 0,
             }
         expected = {f"WO-{n}" for n in [*range(5), 100, 101, 102, 200, 202, 206]}
         assert set(orders_at_hub(subscriber)) == expected

@@ -97,7 +97,7 @@ async def test_links_fifos_and_folders_in_the_drop_are_never_read(
                 "files_processed_total": 1, "files_rejected_total": 0, "rows_rejected_total": 0,
                 "files_unreadable_total": 0, "entries_refused_total": 4,
                 "files_skipped_total": 1,  # the folder: left alone, reported once
-                "disk_pauses_total": 0,
+                "disk_pauses_total": 0, "rejections_not_sent_total": 0,
             }
     assert set(orders_at_hub(subscriber)) == {"WO-0", "WO-1", "WO-2"}  # never WO-900..902
     rejected = drop / "rejected"
@@ -188,6 +188,7 @@ async def test_unreadable_files_ahead_of_good_files_do_not_block_the_folder(
                     "files_processed_total": 2, "files_rejected_total": 0,
                     "rows_rejected_total": 0, "files_unreadable_total": 2,
                     "entries_refused_total": 0, "files_skipped_total": 2, "disk_pauses_total": 0,
+                    "rejections_not_sent_total": 0,
                 }
                 assert "skipped" in health(agent).notices
                 assert agent.sources[0].connector.health.connected

@@ -109,6 +109,7 @@ async def test_posts_become_events_once_each(tmp_path: Path, broker: MosquittoBr
                 "posts_accepted_total": 5, "posts_replayed_total": 2,
                 "posts_rejected_total": 1, "posts_busy_total": 0,
                 "posts_unauthorized_total": 0, "posts_refused_total": 0,
+                "records_rejected_total": 0, "rejections_unreported_total": 0,
             }
     orders = sorted(
         e["data"]["order"] for e in unique_by_id(business_events(subscriber)).values()
@@ -147,14 +148,23 @@ async def test_bad_posts_are_refused_and_nothing_of_them_is_taken(
             assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
             status, body, _ = await post(completions, [completion(f"WO-{n}") for n in range(60)])
             assert status == 413 and "4096" in body["error"]
-            assert agent.pipeline.counters.readings_total == 0
+            # The two refused objects reach the hub as record.rejected (issue 16), nothing else.
+            assert agent.pipeline.counters.readings_total == 2
             counters = sources_status(agent)["mes-webhook"]["counters"]
             assert counters == {
                 "posts_accepted_total": 0, "posts_replayed_total": 0,
                 "posts_rejected_total": 2, "posts_busy_total": 0,
                 "posts_unauthorized_total": 1, "posts_refused_total": 2,
+                "records_rejected_total": 2, "rejections_unreported_total": 0,
             }
-    assert business_events(subscriber) == []
+            await until(lambda: len(unique_by_id(business_events(subscriber))) >= 2,
+                        "the two rejections at the hub")
+    rejected = unique_by_id(business_events(subscriber)).values()
+    assert sorted((e["type"], e["data"]["location"]) for e in rejected) == [
+        ("record.rejected.v1", "POST /mes/completions item 1"),
+        ("record.rejected.v1", "POST /mes/inventory item 0"),
+    ]
+    assert agent.pipeline.counters.events_accepted_total == 2  # WO-7 was not taken
 
 
 async def test_a_full_buffer_answers_503_and_an_answered_key_survives_a_restart(

@@ -255,7 +255,8 @@ def test_a_new_optional_data_field_is_a_note() -> None:
             "description": "The line.",
         }
         fields(schemas, "telemetry.v1")["limits"] = {"type": "object"}
-        schemas["telemetry.v1"]["x-version"] = "1.1"
+        major, minor = schemas["telemetry.v1"]["x-version"].split(".")  # the next minor
+        schemas["telemetry.v1"]["x-version"] = f"{major}.{int(minor) + 1}"
 
     assert notes_only(optional) == [
         ("telemetry.v1", "", Kind.VERSION_CHANGED),

@@ -105,6 +105,23 @@ def test_record_fields_are_the_published_contract() -> None:
         EventKind.MATERIAL_CONSUMED: (
             frozenset({"material", "quantity", "unit"}), frozenset({"lot", "order", "location"})
         ),
+        # Issue 16: the ERP-facing types.
+        EventKind.MATERIAL_PRODUCED: (
+            frozenset({"order", "material", "quantity", "unit"}),
+            frozenset({"lot", "location", "posting_date"}),
+        ),
+        EventKind.SHIPMENT_CONFIRMED: (
+            frozenset({"delivery", "material", "quantity", "unit"}),
+            frozenset({"item", "order", "customer", "lot", "carrier", "tracking", "shipped_at"}),
+        ),
+        EventKind.ASN_RECEIVED: (
+            frozenset({"asn", "supplier", "material", "quantity", "unit"}),
+            frozenset({"item", "purchase_order", "lot", "expected_at"}),
+        ),
+        EventKind.INVOICE_POSTED: (
+            frozenset({"invoice", "kind", "amount", "currency"}),
+            frozenset({"order", "purchase_order", "partner", "tax", "posting_date"}),
+        ),
     }
     with pytest.raises(ValueError, match="never comes from an MES record"):
         EVENT_TYPES[EventKind.TELEMETRY].record_fields()
