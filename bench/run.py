@@ -12,7 +12,9 @@
    CSV from its file drop (rows/s committed, the agent's peak RSS; issue 13, item 9).
 4. The hub formats side by side (`bench.wire_formats`): SQLite buffer → forwarder → mosquitto →
    a decoding subscriber, per `[hub] format` (issue 15).
-5. The targets of issues 8 and 13, each with its measured figure and pass/fail.
+5. The hub (`bench.hub_landing`): events/s one `edge-agent hub run` process lands in
+   PostgreSQL per format, its CPU per event, gap detection and replay time (issue 17).
+6. The targets of issues 8 and 13, each with its measured figure and pass/fail.
 
 Prints a table and writes everything as JSON (`bench/results.json`, or `--out`). Children (the
 server, the agents, mosquitto, the bare client) are always ended, also on SIGTERM. Only
@@ -38,6 +40,8 @@ from types import FrameType
 from typing import Any
 
 from bench.backlog_drain import drain, fill
+from bench.hub_landing import print_table as print_hub_table
+from bench.hub_landing import run_hub_landing
 from bench.ingest import Phase, footprint, run_ingest
 from bench.large_file import run_large_file
 from bench.results import about_the_run, write
@@ -62,14 +66,16 @@ class Scale:
     footprint_s: float
     large_file_rows: int
     format_events: int
+    hub_events: int
+    hub_gaps: int
 
 
 FULL = Scale(items=(1000, 10000), moderate_s=10, max_s=15, backlog=1_000_000,
              footprint_items=10000, footprint_s=5, large_file_rows=2_000_000,
-             format_events=50_000)
+             format_events=50_000, hub_events=300_000, hub_gaps=3)
 QUICK = Scale(items=(100, 1000), moderate_s=2, max_s=3, backlog=20_000,
               footprint_items=1000, footprint_s=2, large_file_rows=50_000,
-              format_events=5_000)
+              format_events=5_000, hub_events=20_000, hub_gaps=1)
 
 
 def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
@@ -102,6 +108,9 @@ def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
     formats = work / "wire_formats"
     formats.mkdir()
     results["wire_formats"] = run_wire_formats(scale.format_events, formats)
+    hub = work / "hub_landing"
+    hub.mkdir()
+    results["hub_landing"] = run_hub_landing(scale.hub_events, hub, scale.hub_gaps)
     return results
 
 
@@ -195,6 +204,7 @@ def print_table(results: dict[str, Any]) -> None:
           f"{large['seconds']:.1f} s = {large['rows_per_s']:,.0f} rows/s; "
           f"{large['accepted']:,} accepted; agent peak RSS {large['peak_rss_mib']:.0f} MiB")
     print_formats_table(results["wire_formats"])
+    print_hub_table(results["hub_landing"])
     print("\nTargets (issues 8 and 13)" + (" — quick run: small counts, not the targets' conditions"
                                    if results["mode"] == "quick" else ""))
     width = max(len(row["target"]) for row in results["targets"])

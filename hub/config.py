@@ -160,6 +160,10 @@ class GapsSection(BaseModel):
     max_requests: Annotated[int, Field(ge=1, le=1000)] = 8
     # The most seqs one request names (a longer gap is asked for in parts, first part first).
     max_seqs_per_request: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # Gaps of one agent at most this many held seqs apart are asked for in one request (the
+    # held ones come again, as no-ops), so that a burst of small gaps is one request, not
+    # hundreds queued at the agent.
+    merge_within_seqs: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
     # Seconds to wait for the agent's answer to a request.
     reply_timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     # The hub's Ed25519 private key (`edge-agent keys create`); the agents list its public

@@ -21,8 +21,11 @@ Invariants
   backoff of the rows it overlaps (a gap split by a partial replay is not new).
 - One scan at a time across hub processes: a scan runs only while it holds a transaction-level
   advisory lock; a process that cannot take it skips that round (another one is scanning).
-- A request names at most ``max_seqs_per_request`` seqs (the first part of a longer gap) and
-  is recorded in `replay_requests` before it is published; its answer (to this process's reply
+- A request names at most ``max_seqs_per_request`` seqs (the first part of a longer gap);
+  an agent's gaps due together and at most ``merge_within_seqs`` held seqs apart are one
+  request (the held seqs between come again as no-ops). Of an answer's `gone` and
+  `dead_letters` ranges only what the hub does not hold is recorded lost. A request is
+  recorded in `replay_requests` before it is published; its answer (to this process's reply
   topic, matched by the request id as Correlation Data) is recorded against it. Requests are
   signed (`agent.link.signing.RequestSigner`) with the hub's key; the agent verifies it.
 - A request not answered within ``reply_timeout_s`` is marked `no_answer`; the gap is asked
@@ -118,22 +121,26 @@ class GapHealer:
                 "UPDATE replay_requests SET outcome = 'no_answer' "
                 "WHERE outcome = 'sent' AND requested_at < $1", cutoff,
             )
-            for (site, agent), max_seq in await self._store.agents():
+            for (site, agent), max_seq in await self._store.agents(conn):
                 rows = await self._rewrite_gaps(conn, site, agent, max_seq, now)
                 open_gaps += len(rows)
                 for row in rows:
                     request = await self._due(conn, site, agent, row, now)
                     if request is not None:
                         due.append((site, agent, request, row.requests + 1))
-        for site, agent, span, attempt in due:
+        requests = _merged_requests(
+            due, self._settings.max_seqs_per_request, self._settings.merge_within_seqs
+        )
+        for site, agent, span, attempt in requests:
             await self._request(site, agent, span, attempt, now)
-        return GapScan(ran=True, open_gaps=open_gaps, requested=len(due))
+        return GapScan(ran=True, open_gaps=open_gaps, requested=len(requests))
 
     async def _rewrite_gaps(
         self, conn: Any, site: str, agent: str, max_seq: int, now: datetime
     ) -> list[_GapRow]:
-        held = await self._store.held(site, agent)
-        lost = [(first, last) for first, last, _, _ in await self._store.lost(site, agent)]
+        # On the scan's own connection (hub.store: a second one could deadlock with answers).
+        held = await self._store.held(site, agent, conn)
+        lost = [(first, last) for first, last, _, _ in await self._store.lost(site, agent, conn)]
         missing = complement([*held, *lost], 1, max_seq) if max_seq else []
         old = [
             _GapRow(r["first_seq"], r["last_seq"], r["opened_at"], r["requests"],
@@ -271,9 +278,17 @@ class GapHealer:
             ("dead_letters", "dead_letter", f"dead-lettered at the agent (replay request "
              f"{request_id}): `edge-agent buffer dead-letters` there says why"),
         ):
-            for span in _spans(result.get(key)):
-                await self._store.record_lost(site, agent, span, reason, detail)
-                _log.warning("%s/%s seq %d-%d recorded lost: %s", site, agent, *span, reason)
+            spans = _spans(result.get(key))
+            if not spans:
+                continue
+            # A merged request spans held seqs too, and a seq may have landed meanwhile:
+            # only what the hub does not hold is lost.
+            held = await self._store.held(site, agent)
+            for low, high in spans:
+                for span in complement(held, low, high):
+                    await self._store.record_lost(site, agent, span, reason, detail)
+                    _log.warning("%s/%s seq %d-%d recorded lost: %s", site, agent, *span,
+                                 reason)
 
     async def _answer(
         self, request_id: uuid.UUID, outcome: str, replayed: int | None, answer: Any
@@ -299,6 +314,28 @@ class GapHealer:
                 _log.warning("gap scan failed: %s", error)
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self._settings.check_interval_s - elapsed))
+
+
+def _merged_requests(
+    due: list[tuple[str, str, Range, int]], max_seqs: int, within: int
+) -> list[tuple[str, str, Range, int]]:
+    """One request for neighbouring gaps of one agent: gaps at most `within` held seqs apart
+    are asked for together while the request names at most `max_seqs` seqs (the held seqs
+    between come again and are no-ops at the hub; many small requests would queue at the
+    agent, which answers commands one at a time). The attempt is the highest merged."""
+    merged: list[tuple[str, str, Range, int]] = []
+    for site, agent, (first, last), attempt in sorted(due):
+        if merged:
+            m_site, m_agent, (m_first, m_last), m_attempt = merged[-1]
+            if (
+                (m_site, m_agent) == (site, agent)
+                and first - m_last - 1 <= within
+                and last - m_first + 1 <= max_seqs
+            ):
+                merged[-1] = (site, agent, (m_first, last), max(attempt, m_attempt))
+                continue
+        merged.append((site, agent, (first, last), attempt))
+    return merged
 
 
 def _spans(value: Any) -> list[Range]:

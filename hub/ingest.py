@@ -12,9 +12,15 @@ Invariants
 - The ack rule: a message's PUBACK is sent only after every event in it was committed (or
   recorded as rejected), so a crash at any moment loses nothing: the broker still has what was
   not acknowledged and sends it again; `HubStore.land` makes the repeat a no-op.
+- Acks in order: up to ``max_in_flight`` batches land at once (each its own transaction on
+  its own pooled connection, so decoding one overlaps PostgreSQL's work on another), but a
+  batch's PUBACKs go out only after it committed *and* every earlier batch was acknowledged,
+  so the broker sees PUBACKs in the order it sent the PUBLISHes (MQTT 4.6). A batch that never
+  commits (the process dies, or a bug ends the task group) holds back every later one's acks:
+  they are sent again and are no-ops.
 - Bounded: the broker sends at most ``receive_maximum`` unacknowledged messages (MQTT v5
-  Receive Maximum, set in CONNECT), so the queue never holds more; one batch is at most
-  ``batch_max_messages``.
+  Receive Maximum, set in CONNECT), so the queue and the batches in flight never hold more;
+  one batch is at most ``batch_max_messages``.
 - A batch PostgreSQL refuses is retried (backoff from ``retry_min_s`` up to 30 s), unacked
   meanwhile; the log says so once and once more when it lands again.
 - A message or event no event can be read from (`events.formats.decode_message` refused it, or
@@ -31,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -41,12 +48,20 @@ from typing import Any
 from agent.link.mqtt_session import InboundMessage
 from connectors.backoff import Backoff
 from events.formats import REPLAY_PROPERTY, decode_message
-from hub.store import OVERFLOW_TYPE, HubStore, LandingRow, StoreUnavailable, envelope_json
+from hub.store import (
+    OVERFLOW_TYPE,
+    HubStore,
+    LandingRow,
+    LandResult,
+    StoreUnavailable,
+    envelope_json,
+)
 
 __all__ = ["Landing", "LandingCounters", "landing_row", "read_message"]
 
 _log = logging.getLogger(__name__)
 _RETRY_MAX_S = 30.0
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 Rejected = tuple[str, str, bytes]  # topic, reason, payload
 
 
@@ -71,12 +86,14 @@ class Landing:
         batch_max_wait_ms: float = 50.0,
         retry_min_s: float = 0.5,
         landed_by: str = "",
+        max_in_flight: int = 3,
     ) -> None:
         self._store = store
         self._landed_by = landed_by
         self._batch_max = batch_max_messages
         self._wait_s = batch_max_wait_ms / 1000
         self._retry_min_s = retry_min_s
+        self._in_flight = max(1, max_in_flight)
         self._queue: asyncio.Queue[InboundMessage] = asyncio.Queue()
         self.counters = LandingCounters()
 
@@ -86,10 +103,25 @@ class Landing:
         self._queue.put_nowait(message)
 
     async def run(self) -> None:
-        """Land batches for ever (cancel to stop: what is not committed stays unacked)."""
-        while True:
-            batch = await self._next_batch()
-            await self._land(batch)
+        """Land batches for ever (cancel to stop: what is not committed stays unacked).
+
+        Up to ``max_in_flight`` batches land at once, each in its own transaction on its own
+        connection (the store's row locks order them where they share an agent); their
+        messages are acknowledged in the order received: a batch's PUBACKs go out once it
+        committed and every batch before it was acknowledged."""
+        slots = asyncio.Semaphore(self._in_flight)
+        previous: asyncio.Event | None = None
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await slots.acquire()
+                try:
+                    batch = await self._next_batch()
+                except BaseException:
+                    slots.release()
+                    raise
+                acked = asyncio.Event()
+                group.create_task(self._land(batch, previous, acked, slots))
+                previous = acked
 
     async def _next_batch(self) -> list[InboundMessage]:
         batch = [await self._queue.get()]
@@ -106,7 +138,32 @@ class Landing:
             batch.append(self._queue.get_nowait())
         return batch
 
-    async def _land(self, batch: list[InboundMessage]) -> None:
+    async def _land(
+        self,
+        batch: list[InboundMessage],
+        previous: asyncio.Event | None,
+        acked: asyncio.Event,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            result, rejects = await self._commit(batch)
+            if previous is not None:
+                await previous.wait()
+            for message in batch:  # after the commit, in the order received
+                message.ack()
+            acked.set()  # only now: a batch that failed holds back every later one's acks
+        finally:
+            slots.release()
+        self.counters.messages_total += len(batch)
+        self.counters.batches_total += 1
+        self.counters.events_landed_total += result.landed
+        self.counters.events_duplicate_total += result.duplicates
+        self.counters.rejected_total += len(rejects)
+        if rejects:
+            _log.warning("%d message(s)/event(s) rejected (see rejected_messages)", len(rejects))
+
+    async def _commit(self, batch: list[InboundMessage]) -> tuple[LandResult, list[Rejected]]:
+        """Land the batch's events and record its rejects, retrying while PostgreSQL fails."""
         received_at = datetime.now(UTC)
         rows: list[LandingRow] = []
         rejects: list[Rejected] = []
@@ -130,15 +187,7 @@ class Landing:
                 await asyncio.sleep(backoff.next_s())
         if failing_since is not None:
             _log.info("database back after %.0f s", time.monotonic() - failing_since)
-        for message in batch:  # after the commit, in the order received
-            message.ack()
-        self.counters.messages_total += len(batch)
-        self.counters.batches_total += 1
-        self.counters.events_landed_total += result.landed
-        self.counters.events_duplicate_total += result.duplicates
-        self.counters.rejected_total += len(rejects)
-        if rejects:
-            _log.warning("%d message(s)/event(s) rejected (see rejected_messages)", len(rejects))
+        return result, rejects
 
 
 def _user_properties(message: InboundMessage) -> list[tuple[str, str]]:
@@ -177,23 +226,23 @@ def _text(event: dict[str, Any], name: str) -> str:
     return value
 
 
-def _optional_text(event: dict[str, Any], name: str) -> str | None:
-    value = event.get(name)
-    return value if isinstance(value, str) else None
-
-
 def landing_row(event: Any, topic: str, replayed: bool) -> LandingRow:
     """One event map (the JSON form) as a row; ValueError saying what is wrong with it."""
     if not isinstance(event, dict):
         raise ValueError(f"an event must be a map, not {type(event).__name__}")
-    try:
-        event_id = uuid.UUID(str(event.get("id")))
-    except ValueError:
-        raise ValueError(f"attribute 'id' is not a UUID: {event.get('id')!r}"[:200]) from None
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or _CANONICAL_UUID.fullmatch(event_id) is None:
+        try:  # another spelling of a UUID (upper case, braces, no dashes): canonical
+            event_id = str(uuid.UUID(str(event_id)))
+        except ValueError:
+            raise ValueError(f"attribute 'id' is not a UUID: {event_id!r}"[:200]) from None
     seq = event.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
         raise ValueError(f"attribute 'seq' must be a whole number >= 1, not {seq!r}"[:200])
-    kind = _text(event, "type")
+    kind, site, agent = event.get("type"), event.get("site"), event.get("agent")
+    if not (isinstance(kind, str) and kind and isinstance(site, str) and site
+            and isinstance(agent, str) and agent):
+        kind, site, agent = (_text(event, name) for name in ("type", "site", "agent"))
     raw_time = event.get("time")
     when: datetime | None = None
     if raw_time is not None:
@@ -203,12 +252,13 @@ def landing_row(event: Any, topic: str, replayed: bool) -> LandingRow:
             raise ValueError(f"attribute 'time' is not RFC 3339: {raw_time!r}"[:200]) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-    evicted, detail = _evicted(event, kind)
+    source, subject = event.get("source"), event.get("subject")
+    evicted, detail = _evicted(event, kind) if kind == OVERFLOW_TYPE else ((), "")
     return LandingRow(
-        id=event_id, site=_text(event, "site"), agent=_text(event, "agent"), seq=seq, type=kind,
-        source=_optional_text(event, "source"), subject=_optional_text(event, "subject"),
-        time=when, replayed=replayed, topic=topic, envelope=envelope_json(event),
-        evicted=evicted, overflow_detail=detail,
+        event_id, site, agent, seq, kind,
+        source if isinstance(source, str) else None,
+        subject if isinstance(subject, str) else None,
+        when, replayed, topic, envelope_json(event), evicted, detail,
     )
 
 

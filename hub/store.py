@@ -35,6 +35,16 @@ Invariants
   `agent.buffer.overflow` event with reason `evicted`) its `seq_ranges` recorded in
   `seq_lost`: all or nothing. A redelivered or replayed event changes nothing but the agent's
   `duplicates_total`.
+- One batch, few round trips: the rows in one binary COPY into the connection's temporary
+  `landing_stage` (emptied by every commit or rollback), then one statement that claims the
+  new ids in `event_ids` and inserts their `events` rows (`_LAND_STAGED`, returning the new
+  ids); then the agents' rows locked, one merge of `seq_held` per agent and one UPDATE of
+  every agent's `hub_agents` row. Ids are claimed in id order, so two batches that share ids
+  (a redelivery landing beside its first delivery on another process) wait for each other in
+  one order and cannot deadlock; the agents' rows are locked only after the bulk writes, so
+  batches for the same agents (several in flight in one process, or other processes) overlap
+  in all but the short coverage step. Measured in bench/hub_landing.py (docs/performance.md,
+  "Hub landing").
 - The caller acknowledges the batch's MQTT messages only after `land` returned (committed). A
   crash before that leaves the messages unacknowledged: the broker sends them again, and the
   first rule makes the second landing a no-op.
@@ -42,19 +52,26 @@ Invariants
   (site, agent) order, so two batches cannot deadlock) before `seq_held` is read and written,
   so two processes never merge one agent's ranges from the same stale read.
 - `seq_held` holds merged ranges: never overlapping, never adjacent.
+- A hub process that stops inside a transaction (frozen, SIGSTOPped, its VM paused) holds its
+  batch's row locks; the server ends such a session after `_IDLE_IN_TRANSACTION_MS` idle in
+  the transaction (`idle_in_transaction_session_timeout`), so the others go on; the batch was
+  not committed, so not acknowledged, and lands again.
+- The coverage reads (`agents`, `held`, `lost`) take the caller's connection when it has one:
+  the gap scan reads on the connection whose transaction holds the `gaps` rows it rewrites,
+  so it never needs a second one. (With reads on other pooled connections, replay answers
+  waiting on those rows could take every connection and the scan could never finish: a
+  deadlock until `command_timeout_s`, seen with about 20 answers arriving at once.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
 
@@ -159,22 +176,49 @@ SELECT site, agent FROM hub_agents
 WHERE (site, agent) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 ORDER BY site, agent FOR UPDATE
 """
-_NEW_IDS = """
-INSERT INTO event_ids (id, site, agent, seq, received_at)
-SELECT id, site, agent, seq, $5 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[])
-    AS t(id, site, agent, seq)
-ON CONFLICT (id) DO NOTHING RETURNING id
+# A batch is staged in a temporary table of each connection (`LandingRow`'s first fields, in
+# its order), emptied by every commit or rollback, and landed from there in one statement.
+_STAGE_COLUMNS = (
+    "id", "site", "agent", "seq", "type", "source", "subject", "time", "replayed", "topic",
+    "envelope",
+)
+_STAGED = len(_STAGE_COLUMNS)
+_MAKE_STAGE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS landing_stage (
+    id uuid, site text, agent text, seq bigint, type text, source text, subject text,
+    time timestamptz, replayed boolean, topic text, envelope jsonb
+) ON COMMIT DELETE ROWS
 """
-_INSERT_EVENTS = """
+_LAND_STAGED = """
+WITH new AS (
+    INSERT INTO event_ids (id, site, agent, seq, received_at)
+    SELECT id, site, agent, seq, $1 FROM landing_stage ORDER BY id
+    ON CONFLICT (id) DO NOTHING RETURNING id
+)
 INSERT INTO events (id, site, agent, seq, type, source, subject, time, received_at, replayed,
                     topic, landed_by, envelope)
-SELECT id, site, agent, seq, type, source, subject, time, $9, replayed, topic, $13,
-       envelope::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-            $7::text[], $8::timestamptz[], $10::boolean[], $11::text[], $12::text[])
-    AS t(id, site, agent, seq, type, source, subject, time, replayed, topic, envelope)
+SELECT s.id, s.site, s.agent, s.seq, s.type, s.source, s.subject, s.time, $1, s.replayed,
+       s.topic, $2, s.envelope
+FROM landing_stage s JOIN new USING (id)
+RETURNING id
+"""
+# Per agent of a batch: the highest seq, the receive and latest business time (NULL: no new
+# event of it in the batch) and the events received again.
+_UPDATE_AGENTS = """
+UPDATE hub_agents AS a SET
+    max_seq = greatest(a.max_seq, u.max_seq),
+    last_received_at = coalesce(u.received_at, a.last_received_at),
+    last_event_time = greatest(a.last_event_time, u.event_time),
+    duplicates_total = a.duplicates_total + u.repeats
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::timestamptz[],
+            $6::bigint[]) AS u(site, agent, max_seq, received_at, event_time, repeats)
+WHERE a.site = u.site AND a.agent = u.agent
 """
 _MAX_REJECTED_PAYLOAD = 65_536
+# A session idle inside a transaction this long belongs to a hub process that stopped mid-batch
+# (frozen, SIGSTOPped, its VM paused): the server ends it, so the row locks it holds do not stop
+# every other hub process (module docstring). A live hub is never idle in a transaction.
+_IDLE_IN_TRANSACTION_MS = 10_000
 
 
 class StoreUnavailable(Exception):
@@ -182,11 +226,11 @@ class StoreUnavailable(Exception):
     batch was not committed, retry it."""
 
 
-@dataclass(frozen=True, slots=True)
-class LandingRow:
-    """One event as it lands: the columns of `events`, read from the event map."""
+class LandingRow(NamedTuple):
+    """One event as it lands: the columns of `events`, read from the event map (a named
+    tuple: made once per event, the cheapest immutable record Python has)."""
 
-    id: uuid.UUID
+    id: str  # canonical (lower-case, dashed) UUID text
     site: str
     agent: str
     seq: int
@@ -227,10 +271,14 @@ class HubStore:
     ) -> AsyncIterator[HubStore]:
         """Connect, make the schema and the partitions ahead; the pool is closed on exit.
         StoreUnavailable if PostgreSQL cannot be reached."""
+        settings = {
+            "timezone": "UTC",
+            "idle_in_transaction_session_timeout": str(_IDLE_IN_TRANSACTION_MS),
+        }
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=pool_size, command_timeout=command_timeout_s,
-                server_settings={"timezone": "UTC"},
+                server_settings=settings, init=_make_stage,
             )
         except _DB_ERRORS as error:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {error}") from error
@@ -290,63 +338,69 @@ class HubStore:
         received_at: datetime,
         landed_by: str,
     ) -> int:
+        # 1. The batch into this connection's staging table (binary COPY of the rows as they
+        #    are: no per-row statement, no tuple or array per column), then, in one statement,
+        #    each new id claimed in `event_ids` in id order (two batches that share ids wait
+        #    for each other in one order: no deadlock) and the new ones' `events` rows.
+        await conn.copy_records_to_table(
+            "landing_stage", columns=_STAGE_COLUMNS, records=[row[:_STAGED] for row in rows]
+        )
+        new_ids = {
+            str(record[0]) for record in await conn.fetch(_LAND_STAGED, received_at, landed_by)
+        }
+        # 3. The agents' rows locked (made first if new), then their coverage and counters.
         agents = sorted({(row.site, row.agent) for row in rows})
+        await self._lock_agents(conn, agents)
+        by_agent: dict[AgentKey, list[LandingRow]] = {agent: [] for agent in agents}
+        repeats: dict[AgentKey, int] = dict.fromkeys(agents, 0)
+        for row in rows:
+            if row.id in new_ids:
+                by_agent[(row.site, row.agent)].append(row)
+            else:
+                repeats[(row.site, row.agent)] += 1
+        updates: list[tuple[str, str, int, datetime | None, datetime | None, int]] = []
+        lost: list[tuple[str, str, int, int, str, datetime]] = []
+        for agent in agents:
+            agent_rows = by_agent[agent]
+            if agent_rows:
+                await self._merge_held(conn, *agent, runs(row.seq for row in agent_rows))
+                times = [row.time for row in agent_rows if row.time is not None]
+                updates.append((*agent, max(row.seq for row in agent_rows), received_at,
+                                max(times) if times else None, repeats[agent]))
+                lost.extend(
+                    (*agent, first, last, row.overflow_detail, received_at)
+                    for row in agent_rows for first, last in row.evicted
+                )
+            else:
+                updates.append((*agent, 0, None, None, repeats[agent]))
+        await conn.execute(
+            _UPDATE_AGENTS,
+            [u[0] for u in updates], [u[1] for u in updates], [u[2] for u in updates],
+            [u[3] for u in updates], [u[4] for u in updates], [u[5] for u in updates],
+        )
+        if lost:
+            await conn.executemany(
+                "INSERT INTO seq_lost (site, agent, first_seq, last_seq, reason, detail, "
+                "recorded_at) VALUES ($1, $2, $3, $4, 'evicted', $5, $6) "
+                "ON CONFLICT DO NOTHING",
+                lost,
+            )
+        return len(new_ids)
+
+    @staticmethod
+    async def _lock_agents(conn: asyncpg.Connection, agents: list[AgentKey]) -> None:
+        """Lock the agents' `hub_agents` rows (FOR UPDATE, in (site, agent) order), making
+        the rows of agents not seen before."""
         sites, names = [a[0] for a in agents], [a[1] for a in agents]
+        locked = await conn.fetch(_LOCK_AGENTS, sites, names)
+        if len(locked) == len(agents):
+            return
         await conn.execute(
             "INSERT INTO hub_agents (site, agent) SELECT * FROM unnest($1::text[], $2::text[]) "
             "ORDER BY 1, 2 ON CONFLICT DO NOTHING",
             sites, names,
         )
         await conn.fetch(_LOCK_AGENTS, sites, names)
-        new_ids = {
-            record["id"]
-            for record in await conn.fetch(
-                _NEW_IDS,
-                [row.id for row in rows], [row.site for row in rows],
-                [row.agent for row in rows], [row.seq for row in rows], received_at,
-            )
-        }
-        repeats: dict[AgentKey, int] = defaultdict(int)
-        for row in rows:
-            if row.id not in new_ids:
-                repeats[(row.site, row.agent)] += 1
-        for (site, agent), count in sorted(repeats.items()):
-            await conn.execute(
-                "UPDATE hub_agents SET duplicates_total = duplicates_total + $3 "
-                "WHERE site = $1 AND agent = $2", site, agent, count,
-            )
-        new = [row for row in rows if row.id in new_ids]
-        if not new:
-            return 0
-        await conn.execute(
-            _INSERT_EVENTS,
-            [r.id for r in new], [r.site for r in new], [r.agent for r in new],
-            [r.seq for r in new], [r.type for r in new], [r.source for r in new],
-            [r.subject for r in new], [r.time for r in new], received_at,
-            [r.replayed for r in new], [r.topic for r in new], [r.envelope for r in new],
-            landed_by,
-        )
-        by_agent: dict[AgentKey, list[LandingRow]] = defaultdict(list)
-        for row in new:
-            by_agent[(row.site, row.agent)].append(row)
-        for (site, agent), agent_rows in sorted(by_agent.items()):
-            await self._merge_held(conn, site, agent, runs(row.seq for row in agent_rows))
-            times = [row.time for row in agent_rows if row.time is not None]
-            await conn.execute(
-                "UPDATE hub_agents SET max_seq = greatest(max_seq, $3), last_received_at = $4, "
-                "last_event_time = greatest(last_event_time, $5) WHERE site = $1 AND agent = $2",
-                site, agent, max(row.seq for row in agent_rows), received_at,
-                max(times) if times else None,
-            )
-            for row in agent_rows:
-                for first, last in row.evicted:
-                    await conn.execute(
-                        "INSERT INTO seq_lost (site, agent, first_seq, last_seq, reason, detail, "
-                        "recorded_at) VALUES ($1, $2, $3, $4, 'evicted', $5, $6) "
-                        "ON CONFLICT DO NOTHING",
-                        site, agent, first, last, row.overflow_detail, received_at,
-                    )
-        return len(new)
 
     @staticmethod
     async def _merge_held(
@@ -379,21 +433,28 @@ class HubStore:
 
     # -- coverage, read by `hub.gaps` and the operator -----------------------------------------
 
-    async def agents(self) -> list[tuple[AgentKey, int]]:
-        """Every agent seen, with its highest seq landed."""
-        rows = await self._pool.fetch("SELECT site, agent, max_seq FROM hub_agents ORDER BY 1, 2")
+    async def agents(self, conn: asyncpg.Connection | None = None) -> list[tuple[AgentKey, int]]:
+        """Every agent seen, with its highest seq landed (on `conn` if given: module
+        docstring)."""
+        rows = await (conn or self._pool).fetch(
+            "SELECT site, agent, max_seq FROM hub_agents ORDER BY 1, 2"
+        )
         return [((row["site"], row["agent"]), int(row["max_seq"])) for row in rows]
 
-    async def held(self, site: str, agent: str) -> list[Range]:
-        rows = await self._pool.fetch(
+    async def held(
+        self, site: str, agent: str, conn: asyncpg.Connection | None = None
+    ) -> list[Range]:
+        rows = await (conn or self._pool).fetch(
             "SELECT first_seq, last_seq FROM seq_held WHERE site = $1 AND agent = $2 "
             "ORDER BY first_seq", site, agent,
         )
         return [(int(row["first_seq"]), int(row["last_seq"])) for row in rows]
 
-    async def lost(self, site: str, agent: str) -> list[tuple[int, int, str, str]]:
+    async def lost(
+        self, site: str, agent: str, conn: asyncpg.Connection | None = None
+    ) -> list[tuple[int, int, str, str]]:
         """The agent's lost ranges: (first, last, reason, detail)."""
-        rows = await self._pool.fetch(
+        rows = await (conn or self._pool).fetch(
             "SELECT first_seq, last_seq, reason, detail FROM seq_lost WHERE site = $1 AND "
             "agent = $2 ORDER BY first_seq", site, agent,
         )
@@ -432,10 +493,25 @@ class HubStore:
         return self._pool
 
 
+# Without `default` the C encoder is a third faster, and an event map is a tree from a decoder
+# (never circular, so not checked); what JSON has no type for (msgpack bytes) goes through the
+# second one, as text.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+_JSON_ANY = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+async def _make_stage(conn: asyncpg.Connection) -> None:
+    """A new pooled connection's staging table (`land`)."""
+    await conn.execute(_MAKE_STAGE)
+
+
 def envelope_json(event: dict[str, Any]) -> str:
     """An event map as the JSON text of `events.envelope` (NUL is the one thing jsonb refuses:
     a ValueError, so the event is rejected with that reason)."""
-    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+    try:
+        text = _JSON.encode(event)
+    except TypeError:
+        text = _JSON_ANY.encode(event)
     if "\\u0000" in text:
         raise ValueError("the event holds a NUL character, which PostgreSQL jsonb cannot store")
     return text

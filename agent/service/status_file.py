@@ -11,9 +11,9 @@ Invariants
   reader sees the previous snapshot or the new one, never half of one, even after a crash.
 - A snapshot holds no secret and no payload: states, counters, times and error messages.
 - Writing it is best-effort (`StatusFile`): a failed write (a full disk, a read-only remount,
-  no descriptors left) never stops the agent and leaves the previous snapshot in place; it is
-  logged once when writes start failing and once when one succeeds again, and the next cycle
-  simply tries again.
+  no descriptors left, a value JSON cannot hold) never stops the agent and leaves the previous
+  snapshot in place; it is logged once when writes start failing and once when one succeeds
+  again, and the next cycle simply tries again.
 - `read_buffer_stats` opens the buffer file read-only (`mode=ro`) with plain `sqlite3` and only
   reads: it never creates, migrates or locks the file for writing, so it is safe next to the
   running agent (WAL readers do not block the writer). It reads the schema version 1 tables of
@@ -80,7 +80,7 @@ def iso(timestamp: float | None) -> str | None:
 def write_status(state_dir: Path, document: dict[str, Any]) -> None:
     """Replace `state_dir/status.json` atomically (blocking: call it on a worker thread)."""
     document = {"format": FORMAT_VERSION, "written_at": iso(time.time()), **document}
-    data = json.dumps(document, indent=2, default=str).encode() + b"\n"
+    data = json.dumps(json_ready(document), indent=2, default=str).encode() + b"\n"
     state_dir.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".status-", suffix=".tmp", dir=state_dir)
     try:
@@ -96,6 +96,19 @@ def write_status(state_dir: Path, document: dict[str, Any]) -> None:
         raise
 
 
+def json_ready(value: Any) -> Any:
+    """`value` with every map key JSON can hold: a tuple key (the pipeline's `overflow_total`,
+    keyed by class, event type and reason) becomes its parts joined by "/"."""
+    if isinstance(value, dict):
+        return {
+            ("/".join(map(str, key)) if isinstance(key, tuple) else key): json_ready(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
+
+
 class StatusFile:
     """The best-effort writer of `state_dir/status.json` (module docstring): `write` never
     raises an `OSError`; it says whether the snapshot reached the disk."""
@@ -109,6 +122,13 @@ class StatusFile:
         """Replace the snapshot (blocking: call it on a worker thread); False if it failed."""
         try:
             write_status(self.state_dir, document)
+        except (TypeError, ValueError) as error:
+            # A value JSON cannot hold: a bug in what the snapshot collects, which must not
+            # stop the agent (it did: a tuple key once ended an agent that had evicted).
+            self.failures_total += 1
+            _log.error("cannot encode the status snapshot: %s (a bug; the previous one stays)",
+                       error)
+            return False
         except OSError as error:
             self.failures_total += 1
             if not self._failing:

@@ -373,3 +373,14 @@ def test_performance_tables_are_the_reference_results_rendered(section: report.S
     reference = json.loads(section.reference.read_text())
     assert report.section_of(reference) is section  # the file is that benchmark's results
     assert section.generated(report.PERFORMANCE_DOC.read_text()) == section.render(reference)
+
+
+def test_the_hub_landing_tables_are_its_reference_results_rendered() -> None:
+    # bench.hub_landing renders its own section (`--write-docs`); bench.report's SECTIONS are
+    # the agent's benchmarks, which `python -m bench.report --write` renders together.
+    from bench import hub_landing
+
+    section = hub_landing.SECTION
+    reference = json.loads(section.reference.read_text())
+    assert reference["benchmark"] == section.benchmark
+    assert section.generated(report.PERFORMANCE_DOC.read_text()) == section.render(reference)
