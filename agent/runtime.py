@@ -6,7 +6,7 @@ descriptors, the short-disk condition of `connectors.base.is_short_disk`, or a b
 unavailable is waited for: logged once, retried with capped backoff, the start goes on by
 itself once it clears), start the MQTT session (its connection is
 kept up in the background; the hub may be down and the agent still runs), start the forwarder,
-the pipeline, the status publisher, then the sources.
+the pipeline, the status publisher (and `[web]`'s server, `agent.web`), then the sources.
 
 Stop order (the reverse, each step bounded by `agent.shutdown_grace_s`):
 1. sources are cancelled: connectors close their sessions;
@@ -56,6 +56,7 @@ from agent.link.replay import replay_retained
 from agent.link.status import CONTENT_TYPE as STATUS_CONTENT_TYPE
 from agent.link.status import StatusPublisher, config_fingerprint, offline_payload
 from agent.service import descriptors
+from agent.web import WebServer
 from buffer.base import Buffer, BufferUnavailable
 from config.schema import AgentConfig
 from config.source_models import MesHttpSource
@@ -131,6 +132,9 @@ class SourceRunner:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._connector_task: asyncio.Task[None] | None = None
+        # For `/metrics` (agent.web): connector starts (first and reconnects), and failures.
+        self.starts_total = 0
+        self.failures_total = 0
 
     @property
     def paused(self) -> bool:
@@ -161,6 +165,7 @@ class SourceRunner:
     async def _run_connector(self, emit: Emit) -> bool:
         """Run the connector in its own task (so `pause` can stop it); False if paused."""
         name = f"connector-{self.connector.name}"
+        self.starts_total += 1
         task = asyncio.create_task(self.connector.run(emit), name=name)
         self._connector_task = task
         try:
@@ -191,6 +196,7 @@ class SourceRunner:
                 raise SourceUnavailable("connector returned")
             except SourceConfigError as error:
                 self.state = "failed"
+                self.failures_total += 1
                 self.connector.health.last_error = str(error)
                 _log.error("source=%s stopped: %s (fix the config and restart)", name, error)
                 return
@@ -205,6 +211,7 @@ class SourceRunner:
                 # into an error (asyncua can); stop instead of retrying forever.
                 raise asyncio.CancelledError
             self.state = "retrying"
+            self.failures_total += 1
             self.connector.health.last_error = reason
             if time.monotonic() - started > 30.0:
                 self._backoff.reset()  # it ran for a while: start over
@@ -285,6 +292,9 @@ class Agent:
         self.config_fingerprint = config_fingerprint(config)
         self.status = StatusPublisher(self, interval_s=hub.status_interval_s)
         self.commands = CommandServer(self, config.commands, build_verifier(config))
+        # `[web]`: /metrics and the status page (agent.web); reads its TLS and password files
+        # now, so a bad one fails here like the hub's (CredentialError).
+        self.web = WebServer(self, config.web)
         # The process's reload path (`AgentService.request_reload`, the same one SIGHUP takes);
         # the remote `reload` command calls it once the file validated. None: in-place fallback.
         self.reload_hook: Callable[[], None] | None = None
@@ -318,11 +328,13 @@ class Agent:
             forwarder = group.create_task(self.forwarder.run(), name="forwarder")
             pipeline = group.create_task(self.pipeline.run(), name="pipeline")
             status = group.create_task(self.status.run(), name="status")
+            web = group.create_task(self.web.run(), name="web")  # agent.web; off: returns
             commands = group.create_task(self._serve_commands(), name="commands")
             housekeeping = group.create_task(self._housekeeping_loop(), name="housekeeping")
             sources = [
                 group.create_task(
-                    runner.run(self.pipeline.emit), name=f"source-{runner.connector.name}"
+                    runner.run(self.web.tap(self.pipeline.emit)),
+                    name=f"source-{runner.connector.name}",
                 )
                 for runner in self.sources
             ]
@@ -337,7 +349,7 @@ class Agent:
             await self.pipeline.stop(pipeline, grace)
             await self.forwarder.drain(grace)
             # The forwarder has returned by now unless the grace period ran out.
-            await _cancel([forwarder, status, housekeeping], grace)
+            await _cancel([forwarder, status, housekeeping, web], grace)
             await self.session.close(
                 final=[
                     (

@@ -54,6 +54,16 @@ class SourceView(Protocol):
         """`starting`, `running`, `retrying`, `paused` or `failed`."""
         ...
 
+    @property
+    def starts_total(self) -> int:
+        """Times the connector was started (the first start and every reconnect)."""
+        ...
+
+    @property
+    def failures_total(self) -> int:
+        """Times the connector failed (lost its session, raised) and was retried or stopped."""
+        ...
+
     async def pause(self) -> bool:
         """Stop the connector until `resume()`; False if it was paused already."""
         ...

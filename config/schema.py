@@ -37,6 +37,7 @@ from config.mapping import (  # the mapping part of the schema lives in config/m
     raise_problems,
 )
 from config.mapping import SignalMapping as SignalMapping
+from config.observability import WebSection
 
 # The `[[sources]]` models and their union, importable from here as before the registry moved
 # to config (`config.schema.OpcUaSource`).
@@ -59,6 +60,7 @@ class AgentConfig(BaseModel):
     buffer: BufferSection = BufferSection()
     commands: CommandsSection = CommandsSection()
     contracts: ContractsSection = ContractsSection()
+    web: WebSection = WebSection()  # /metrics and the status page (agent.web)
     units: UnitsSection = UnitsSection()
     lookups: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], LookupTable] = {}
     assets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")],

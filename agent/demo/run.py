@@ -102,6 +102,8 @@ def demo_config(
             "hub": {"url": hub, "topic_prefix": PREFIX, "status_interval_s": 10,
                     "reconnect_max_s": 5},
             "buffer": {"retention_s": 3600},
+            # The agent's status page and /metrics (agent.web), on a free loopback port.
+            "web": {"enabled": True, "port": 0},
             # The demo hub's key may ask for a replay of a gap (`agent.demo.hub`).
             **({"commands": {"keys": {"hub": str(hub_key)}, "allow": {"replay": ["hub"]}}}
                if hub_key is not None else {}),
@@ -195,8 +197,10 @@ async def _run(
         if duration is not None:
             loop.call_later(duration, stop.set)
         mes = asyncio.create_task(_mes_samples(config, http_port)) if http_port else None
+        announce = asyncio.create_task(_announce_web(agent, stop))
         await _progress(agent, hub, stop, config.hub.url, demo_hub)
         await runner
+        announce.cancel()
         if mes is not None:
             mes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -231,6 +235,18 @@ async def _mes_samples(config: AgentConfig, http_port: int) -> None:
             url, json=SAMPLE_POST, headers={"Authorization": f"Bearer {MES_TOKEN}"}
         ) as response:
             print(f"MES: POST {url} -> {response.status} {await response.text()}", flush=True)
+
+
+async def _announce_web(agent: Agent, stop: asyncio.Event) -> None:
+    """Say where the agent's status page and metrics are, once it listens (bounded)."""
+    for _ in range(100):
+        if agent.web.url is not None:
+            print(f"\nstatus page {agent.web.url}  ·  metrics {agent.web.url}metrics",
+                  flush=True)
+            return
+        if stop.is_set():
+            return
+        await asyncio.sleep(0.1)
 
 
 class HubView:

@@ -78,7 +78,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby
@@ -253,6 +253,8 @@ class Forwarder:
         self.backlog_boundary: int | None = None
         self.backlog_done = True
         self.counters = ForwarderCounters()
+        # Told each PUBACK's round trip in seconds (the metrics' histogram, `agent.web`).
+        self.on_puback: Callable[[float], None] | None = None
 
     def wake(self) -> None:
         """Tell the forwarder new events were accepted (called by the pipeline)."""
@@ -523,7 +525,7 @@ class Forwarder:
         future.add_done_callback(
             functools.partial(
                 self._settled, topic=topic, records=records, slots=slots, size=len(payload),
-                backlog=backlog, probe=probe,
+                backlog=backlog, probe=probe, sent_at=time.monotonic(),
             )
         )
         return True
@@ -547,6 +549,7 @@ class Forwarder:
         size: int,
         backlog: bool,
         probe: bool,
+        sent_at: float,
     ) -> None:
         self._inflight.discard(future)
         slots.release()
@@ -566,6 +569,8 @@ class Forwarder:
             return  # not acked: resent after the next rewind
         puback = future.result()
         self.counters.last_puback_at = time.time()
+        if self.on_puback is not None:
+            self.on_puback(time.monotonic() - sent_at)
         if puback.ok:
             self._to_ack.extend(record.seq for record in records)
             if backlog:

@@ -24,6 +24,7 @@ def test_demo_forwards_the_simulated_line_to_the_broker(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "at the hub, on mfg/plant-a/edge-01/events/" in result.stdout
     assert "hub connected" in result.stdout
+    assert "status page http://127.0.0.1:" in result.stdout  # agent.web, on a free port
     assert {e["type"] for e in events} >= {"telemetry.v1", "production.count.v1"}
     assert len(events) > 20
     # The MES side: a dropped file's two work orders and a webhook's inventory adjustment.

@@ -24,16 +24,8 @@ from hub.store import HubStore
 from hub.web import render_fleet, serve_dashboard
 from testkit.agent_process import REPO, AgentProcess
 from testkit.broker import MosquittoBroker
-from tests.hub.dashboard_harness import (
-    agent_config_for,
-    chromium_available,
-    dashboard_hub_config,
-    dashboard_url,
-    dump_dom,
-    get,
-    read_png,
-    screenshot,
-)
+from testkit.browser import chromium_available, dump_dom, read_png, screenshot
+from tests.hub.dashboard_harness import agent_config_for, dashboard_hub_config, dashboard_url, get
 from tests.hub.harness import HubProcess, hub_keys, wait_until
 
 A = ("plant-a", "edge-01")
