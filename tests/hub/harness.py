@@ -88,9 +88,12 @@ batch_max_wait_ms = 20
     return path
 
 
-def agent_config(home: Path, broker: MosquittoBroker, public_key: Path) -> Path:
+def agent_config(
+    home: Path, broker: MosquittoBroker, public_key: Path, *, extra_hub: str = ""
+) -> Path:
     """An agent with one simulated counter (one production.count event per reading, 100 a
-    second), which allows the hub's key for `replay` and `pause`."""
+    second), which allows the hub's key for `replay` and `pause`; `extra_hub`: more lines of
+    its `[hub]` section (e.g. its wire `format`)."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "agent.toml"
     path.write_text(f"""
@@ -107,6 +110,7 @@ reconnect_min_s = 0.2
 reconnect_max_s = 1.0
 batch_max_events = 10
 batch_max_wait_ms = 10
+{extra_hub}
 
 [buffer]
 retention_s = 3600
