@@ -479,7 +479,11 @@ class Forwarder:
             return await self._split(topic, records, epoch, backlog=backlog)
         payload = message.payload
         refused = self._refused_payload_size
-        if refused is not None and len(payload) >= refused:
+        limit = self._session.max_packet_size
+        # Over the broker's Maximum Packet Size (CONNACK) the session refuses it below with
+        # that exact reason; the size a PUBACK 0x95 taught us is for what fits a packet.
+        over_packet = limit is not None and len(payload) >= limit
+        if refused is not None and len(payload) >= refused and not over_packet:
             if len(records) == 1:
                 await self._dead_letter(
                     records,
