@@ -434,6 +434,20 @@ class Agent:
             "not_accepted": holdings.not_accepted,
         }
 
+    async def retry_dead_letters(self, seqs: Sequence[int]) -> tuple[int, int]:
+        """Put these dead letters back in the queue while the agent runs (remote `retry`):
+        `Buffer.retry_dead_letters` moves them back with their own seq and id and rewinds the
+        leases; the forwarder is then told to lease its backlog lane again (their seqs are
+        old, usually below the lane boundary of this connection) and woken. What was in flight
+        at that moment may go out twice: ids make a repeat harmless. Returns (moved back,
+        dropped because their id was accepted again since)."""
+        moved, dropped = await self.buffer.retry_dead_letters(seqs)
+        if moved:
+            self.forwarder.backlog_done = False
+            self.forwarder.wake()
+        self.status.changed()
+        return moved, dropped
+
     async def request_reload(self) -> ReloadOutcome:
         """Re-read the config file (remote `reload`): an invalid file is refused and the
         running config kept; a valid one goes to `reload_hook` (the SIGHUP path) when set.

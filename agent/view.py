@@ -6,10 +6,10 @@ the import graph has no cycle (`tests/unit/test_architecture.py` fails on any). 
 tool can hand them anything shaped like this.
 
 The view reads the state the agent already keeps (its config, counters, the session's link,
-each source's runner) and exposes the few things a command may do: replay, reload, pause and
-resume a source, replace the command settings, ask for a status now. Two attributes are
-written: `config` and `config_fingerprint`, by a reload that applies `[commands]` in place
-(`agent.link.commands.reload_config`). Everything else is read-only here.
+each source's runner) and exposes the few things a command may do: replay, retry dead
+letters, reload, pause and resume a source, replace the command settings, ask for a status
+now. Two attributes are written: `config` and `config_fingerprint`, by a reload that applies
+`[commands]` in place (`agent.link.commands.reload_config`). Everything else is read-only here.
 
 The parts that live in `agent.link.status` and `agent.link.commands` themselves (the
 publisher's rate, the server's counters) appear as the small protocols below, so this module
@@ -174,6 +174,11 @@ class AgentView(Protocol):
         """Send the retained delivered events of seqs `first`..`last` again; the answer says
         what was sent and what the buffer holds of the range otherwise; ValueError if it
         cannot."""
+        ...
+
+    async def retry_dead_letters(self, seqs: Sequence[int]) -> tuple[int, int]:
+        """Put the dead letters with these seqs back in the queue and have them forwarded;
+        (moved back, dropped because their id is held again)."""
         ...
 
     async def request_reload(self) -> ReloadResult:

@@ -30,10 +30,10 @@ __all__ = [
 ]
 
 
-READ_ONLY_COMMANDS = ("status", "sources", "buffer", "config", "ping")
-MUTATING_COMMANDS = ("replay", "reload", "pause", "resume")
-CommandName = Literal["status", "sources", "buffer", "config", "ping", "replay", "reload",
-                      "pause", "resume"]
+READ_ONLY_COMMANDS = ("status", "sources", "buffer", "config", "ping", "dead-letters")
+MUTATING_COMMANDS = ("replay", "reload", "pause", "resume", "retry")
+CommandName = Literal["status", "sources", "buffer", "config", "ping", "dead-letters", "replay",
+                      "reload", "pause", "resume", "retry"]
 RAW_KEY_PREFIX = "ed25519:"
 
 

@@ -167,7 +167,13 @@ class SourceHealth:
     """What status reporting shows about one source; the connector keeps it current."""
 
     connected: bool = False
+    # When the agent last received a value or record from the source (UTC): what staleness
+    # monitoring watches. Never a record's business time: an MES record may be back-dated by
+    # hours (a late shift report, a re-export) and still be fresh.
     last_value_at: datetime | None = None
+    # Record sources only (MES files, webhooks, interface tables): the business time (its
+    # time column) of the latest record received, kept apart from `last_value_at`.
+    last_business_time: datetime | None = None
     last_error: str | None = None
     readings_total: int = 0
     signal_errors: dict[str, str] = field(default_factory=dict)

@@ -17,6 +17,14 @@ afterwards; this module only reads and types them.
     good = { column = "GOOD_QTY", type = "float", unit = "kg" }
     reason = { value = "MES-CORRECTION" }      # a constant
     started_at = { column = "START", type = "time", format = "%d.%m.%Y %H:%M" }
+    posting_date = { column = "BUDAT", type = "date", format = "%d.%m.%Y" }
+    final = { column = "FINAL", type = "bool" }  # true/false, yes/no, 1/0, X (SAP) / blank
+
+Column types: `str`, `int`, `float`, `time` (a date-time, to UTC), `date` (a calendar date as
+the plant writes it, kept as YYYY-MM-DD: no time zone applies), `bool` (true/false, yes/no,
+1/0, `X`; an empty text cell is false, as SAP writes a flag: "X" or blank). A spreadsheet export
+that writes numbers with a decimal comma (`1.180,5`) sets `decimal = ","`: in number cells a
+`,` is the decimal mark and `.`, spaces and no-break spaces group thousands.
 
 `correlate_by` names the event field that says which business object a record belongs to
 (its `correlationid`); each event type has its own default (`config.correlation`).
@@ -72,7 +80,7 @@ class FieldSettings(BaseModel):
 
     column: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     value: str | int | float | None = None
-    type: Literal["str", "int", "float", "time"] = "str"
+    type: Literal["str", "int", "float", "time", "date", "bool"] = "str"
     required: bool = True
     unit: Annotated[str, Field(min_length=1, max_length=32)] | None = None
     format: Annotated[str, Field(min_length=1, max_length=64)] | None = None
@@ -82,8 +90,12 @@ class FieldSettings(BaseModel):
     def _one_origin(self) -> Self:
         if (self.column is None) == (self.value is None):
             raise ValueError("give either column (where it comes from) or value (a constant)")
-        if self.type != "time" and (self.format or self.time_zone):
-            raise ValueError("format and time_zone are for type = \"time\"")
+        if (self.type not in ("time", "date") and self.format) or (
+            self.type != "time" and self.time_zone
+        ):
+            raise ValueError(
+                "format and time_zone are for type = \"time\" (format also for \"date\")"
+            )
         if self.time_zone is not None:
             _zone(self.time_zone)
         return self
@@ -97,6 +109,9 @@ class RecordSettings(BaseModel):
     time_column: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     time_format: Annotated[str, Field(min_length=1, max_length=64)] = "iso"
     time_zone: str = "UTC"
+    # The decimal mark of number cells written as text: "." (1180.5) or "," (1.180,5, as
+    # spreadsheets in much of Europe export them; `.` and spaces then group thousands).
+    decimal: Literal[".", ","] = "."
     columns: Annotated[dict[FieldName, FieldSettings], Field(min_length=1)]
     # The event field whose value ties the event to its business object (`correlationid`
     # `<field>:<value>`, e.g. `order:WO-1`); None: the event type's own (`config.correlation`);
@@ -292,6 +307,8 @@ def blank(value: object) -> bool:
 
 def _cell(value: object, spec: FieldSettings, settings: RecordSettings, zone: ZoneInfo) -> Value:
     column = spec.column
+    if spec.type == "bool" and isinstance(value, str) and not value.strip():
+        return False  # a flag as SAP writes one: "X" or blank (a missing key or NULL: unset)
     if blank(value):
         if spec.required:
             raise RowError(f"column {column!r} is empty", str(column))
@@ -307,12 +324,62 @@ def _cell(value: object, spec: FieldSettings, settings: RecordSettings, zone: Zo
             kind = type(value).__name__
             raise RowError(f"column {column!r}: expected text, got {kind}", str(column))
         return str(value)
+    if spec.type == "date":
+        return _date(value, str(column), spec.format or "iso")
+    if spec.type == "bool":
+        return _flag(value, str(column))
+    if isinstance(value, str) and settings.decimal == ",":
+        value = _DIGIT_GROUPS.sub("", value).replace(",", ".")
     number = _number(value, str(column))
     if spec.type == "int":
         if not float(number).is_integer():
             raise RowError(f"column {column!r}: {value!r} is not a whole number", str(column))
         return int(number)
     return float(number)
+
+
+# Thousands separators of a decimal-comma number: `.`, spaces, no-break and thin spaces.
+_DIGIT_GROUPS = re.compile(r"[.\s\u00a0\u202f]")
+_TRUE = frozenset({"true", "yes", "y", "1", "x", "ja", "j"})
+_FALSE = frozenset({"false", "no", "n", "0", "nein"})
+
+
+def _flag(value: object, column: str) -> bool:
+    """A yes/no cell: a boolean, 0/1, or a text as plants write them (true/false, yes/no,
+    1/0, `X` as SAP marks a set flag); anything else is a RowError."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise RowError(
+        f"column {column!r}: {str(value)[:40]!r} is not a yes/no value (true/false, yes/no, "
+        "1/0, X)", column,
+    )
+
+
+def _date(value: object, column: str, fmt: str) -> str:
+    """A calendar date cell as YYYY-MM-DD: a native date (a database's), or a text in `fmt`
+    ("iso": YYYY-MM-DD; else a strptime format such as "%d.%m.%Y")."""
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if not isinstance(value, str):
+        raise RowError(f"date column {column!r}: expected a date, got {type(value).__name__}",
+                       column)
+    text = value.strip()
+    try:
+        parsed = date.fromisoformat(text) if fmt == "iso" else datetime.strptime(text, fmt).date()
+    except ValueError:
+        raise RowError(f"date column {column!r}: {text!r} does not match {fmt!r}", column) \
+            from None
+    return parsed.isoformat()
 
 
 def _number(value: object, column: str) -> int | float:

@@ -126,30 +126,47 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "quantity": 48.0, "unit": "kg", "order": _ORDER, "location": "LINE1-STAGING",
         },
     },
+    # The final confirmation of operation 0010 of a work order, from an MES record.
+    "workorder.completed.v3": {
+        "seq": 1059,
+        "id": "3e7b9d14-58a2-5c6f-9b01-c4d2e8f6a713",
+        "source": "/plant-a/edge-01/mes-webhook",
+        "subject": "line1/filler",
+        "traceparent": _WEBHOOK_TRACE,
+        "correlationid": f"order:{_ORDER}",
+        "data": {
+            "signal": "/mes/confirmations", "order": _ORDER, "operation": "0010",
+            "work_center": "FILL-01", "confirmation": "000482", "final": True,
+            "product": "SKU-4711", "good": 1180.0, "scrap": 20.0, "scrap_reason": "S03",
+            "rework": 4.0, "rework_reason": "R01", "unit": "1", "lot": "L-2026-1126-07",
+            "location": "FG01", "started_at": "2026-11-26T06:00:00Z",
+            "finished_at": "2026-11-26T15:29:12.491426Z", "posting_date": "2026-11-26",
+            "personnel": "10042",
+        },
+    },
+    # Retired: the copies of the v3 example above that agents publish within their
+    # dual-publish window (each one's causationid is the v3 event's id).
     "workorder.completed.v2": {
         "seq": 1049,
         "id": "6c2f8e47-1b9d-5a30-84e5-0d7b3c9f2a61",
-        "source": "/plant-a/edge-01/line1",
+        "source": "/plant-a/edge-01/mes-webhook",
         "subject": "line1/filler",
-        "traceparent": "00-6c2f8e471b9d5a3084e50d7b3c9f2a61-84e50d7b3c9f2a61-01",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-84e50d7b3c9f2a61-01",
         "correlationid": f"order:{_ORDER}",
-        "causationid": "0c8a1f3e-7d52-5a9b-b4c6-2e91d0f7a385",
-        "workorder": _ORDER,
+        "causationid": "3e7b9d14-58a2-5c6f-9b01-c4d2e8f6a713",
         "data": {
-            "signal": "order_done", "order": _ORDER, "product": "SKU-4711", "good": 1180.0,
-            "scrap": 20.0, "unit": "1",
+            "signal": "/mes/confirmations", "order": _ORDER, "product": "SKU-4711",
+            "good": 1180.0, "scrap": 20.0, "unit": "1",
         },
     },
-    # Retired: the copy of the v2 example above that agents publish within their
-    # dual-publish window (its causationid is the v2 event's id).
     "workorder.completed.v1": {
         "seq": 1050,
         "id": "d91a4b6e-2c83-5f57-a0e8-3b6f1c7d94e2",
-        "source": "/plant-a/edge-01/line1",
+        "source": "/plant-a/edge-01/mes-webhook",
         "subject": "line1/filler",
-        "traceparent": "00-6c2f8e471b9d5a3084e50d7b3c9f2a61-a0e83b6f1c7d94e2-01",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-a0e83b6f1c7d94e2-01",
         "correlationid": f"order:{_ORDER}",
-        "causationid": "6c2f8e47-1b9d-5a30-84e5-0d7b3c9f2a61",
+        "causationid": "3e7b9d14-58a2-5c6f-9b01-c4d2e8f6a713",
         "workorder": _ORDER,
         "data": {
             "signal": "order_done", "order": _ORDER, "product": "SKU-4711", "good": 1180,
@@ -242,7 +259,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "traceparent": "00-c7e1a3d95b245f869e0a4d1b8c2f6a73-9e0a4d1b8c2f6a73-01",
         "correlationid": "order:WO-10431",
         "data": {
-            "signal": "record", "record_type": "workorder.completed.v2", "interface": "file",
+            "signal": "record", "record_type": "workorder.completed.v3", "interface": "file",
             "stage": "read", "reason": "column 'GOOD_QTY': expected a finite number",
             "location": "completions-2026-11-26.csv:7", "column": "GOOD_QTY",
             "record": "9f2c4e1ab37d5c08e6f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7:7",

@@ -202,6 +202,86 @@ class WorkorderCompletedV2(_Data):
     )
 
 
+class WorkorderCompletedV3(_Data):
+    """A work order (or one operation of it) was confirmed: its yield, scrap and rework in
+    `unit`, final or partial, what was produced where and when, as an ERP posts a production
+    confirmation (SAP PP: order confirmation; ISA-95 / B2MML: ProductionPerformance →
+    ProductionResponse → SegmentResponse, its MaterialActual of MaterialUse `Produced`). From
+    an MES record, or from PLC signals (the done bit rose: order, product, counts in pieces;
+    everything else unset). Every field but `order` and `unit` is optional: a plant sends what
+    it has (docs/hub-contract.md, "workorder.completed.v3 and ISA-95 / B2MML")."""
+
+    order: str = Field(min_length=1, description="The work (production) order id.")
+    operation: str | None = Field(
+        default=None, min_length=1,
+        description="The operation (activity) of the order confirmed, e.g. `0010`; unset: "
+        "the order as a whole.",
+    )
+    work_center: str | None = Field(
+        default=None, min_length=1, description="The work center (resource) it ran on."
+    )
+    confirmation: str | None = Field(
+        default=None, min_length=1,
+        description="The MES's confirmation (counter) number, when it numbers them: with "
+        "order and operation, the business key of one confirmation.",
+    )
+    final: bool | None = Field(
+        default=None,
+        description="true: the final confirmation (the operation or order is finished, no "
+        "more quantities follow); false: a partial one; unset: the plant does not say.",
+    )
+    product: str | None = Field(default=None, description="Enterprise material code produced.")
+    good: float | None = Field(
+        default=None, ge=0, description="Yield: good quantity confirmed, in `unit`.",
+        json_schema_extra=_IN_UNIT,
+    )
+    scrap: float | None = Field(
+        default=None, ge=0, description="Scrap quantity confirmed, in `unit`.",
+        json_schema_extra=_IN_UNIT,
+    )
+    scrap_reason: str | None = Field(
+        default=None, min_length=1, description="The plant's reason code for the scrap."
+    )
+    rework: float | None = Field(
+        default=None, ge=0, description="Quantity sent to rework, in `unit`.",
+        json_schema_extra=_IN_UNIT,
+    )
+    rework_reason: str | None = Field(
+        default=None, min_length=1, description="The plant's reason code for the rework."
+    )
+    unit: str = Field(
+        min_length=1,
+        description='UCUM unit code of good, scrap and rework ("1": pieces; kg, m, L).',
+    )
+    lot: str | None = Field(
+        default=None, min_length=1, description="The lot (batch) the yield was produced as."
+    )
+    location: str | None = Field(
+        default=None, min_length=1, description="The storage location the yield goes to."
+    )
+    started_at: datetime | None = Field(
+        default=None, description="Actual start of the work confirmed (UTC)."
+    )
+    finished_at: datetime | None = Field(
+        default=None, description="Actual end of the work confirmed (UTC)."
+    )
+    posting_date: date | None = Field(
+        default=None,
+        description="The posting date in the plant's calendar (YYYY-MM-DD). From a record "
+        "without one: the date of the record's time in its source's `time_zone`.",
+    )
+    personnel: str | None = Field(
+        default=None, min_length=1,
+        description="Who confirmed it (personnel number), where the plant may say so.",
+    )
+
+    @model_validator(mode="after")
+    def _in_order(self) -> WorkorderCompletedV3:
+        if self.started_at and self.finished_at and self.finished_at < self.started_at:
+            raise ValueError("finished_at: before started_at")
+        return self
+
+
 def _unit_with_quantity(quantity: float | None, unit: str | None) -> None:
     if quantity is not None and unit is None:
         raise ValueError("unit: required when a quantity is given")
@@ -403,7 +483,7 @@ class RecordRejectedV1(_Data):
 
     record_type: str = Field(
         min_length=1, description="The event type the record was to become, e.g. "
-        "`workorder.completed.v2`."
+        "`workorder.completed.v3`."
     )
     interface: Literal["file", "webhook", "table"] = Field(
         description="The MES interface it came from: a file drop, a webhook post, an "
@@ -514,7 +594,7 @@ EVENT_TYPES: dict[EventKind, EventType] = {
         ),
     ),
     EventKind.WORKORDER_COMPLETED: EventType(
-        EventKind.WORKORDER_COMPLETED, 2, WorkorderCompletedV2, Priority.BUSINESS, RecordShape()
+        EventKind.WORKORDER_COMPLETED, 3, WorkorderCompletedV3, Priority.BUSINESS, RecordShape()
     ),
     EventKind.WORKORDER_RELEASED: EventType(
         EventKind.WORKORDER_RELEASED, 1, WorkorderReleasedV1, Priority.BUSINESS, RecordShape()
@@ -548,7 +628,10 @@ EVENT_TYPES: dict[EventKind, EventType] = {
     ),
 }
 # Versions this agent no longer emits but older agents did: their contracts stay published.
-RETIRED_EVENT_MODELS: dict[str, type[_Data]] = {"workorder.completed.v1": WorkorderCompletedV1}
+RETIRED_EVENT_MODELS: dict[str, type[_Data]] = {
+    "workorder.completed.v1": WorkorderCompletedV1,
+    "workorder.completed.v2": WorkorderCompletedV2,
+}
 EVENT_TYPES_BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES.values()}
 
 DataT = TypeVar("DataT", bound=_Data)
@@ -683,7 +766,11 @@ SCHEMA_MINOR_VERSIONS: dict[str, int] = {
     "workorder.released.v1": 1,
 }
 # Every retired version and the version that replaced it (its schema's `x-superseded-by`).
-SUPERSEDED: dict[str, str] = {"workorder.completed.v1": "workorder.completed.v2"}
+SUPERSEDED: dict[str, str] = {
+    # v1's copies are made from v3 now (`events.versions`): v3 is what replaces it.
+    "workorder.completed.v1": "workorder.completed.v3",
+    "workorder.completed.v2": "workorder.completed.v3",
+}
 
 
 def _event_schema(type_name: str, data_model: type[BaseModel]) -> dict[str, Any]:

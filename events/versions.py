@@ -26,7 +26,13 @@ from typing import Any
 
 from events.ids import traceparent
 from events.kinds import EventKind, Priority
-from events.models import EVENT_TYPES, Event, EventType, WorkorderCompletedV1
+from events.models import (
+    EVENT_TYPES,
+    Event,
+    EventType,
+    WorkorderCompletedV1,
+    WorkorderCompletedV2,
+)
 
 # The namespace of the retired copies' ids (`retired_id`): part of the contract, like
 # `events.ids`'s own: changing it changes the id of every copy.
@@ -67,9 +73,27 @@ class DownConversion:
         return replace(event, id=own_id, type=self.retired, data=data, extensions=extensions)
 
 
+def _workorder_completed_v2(data: Mapping[str, Any]) -> dict[str, Any]:
+    """v3 → v2: v2 says "the work order was completed" with its good and scrap. A partial
+    confirmation (`final` false) is not a completion: a v2 consumer would count its quantities
+    as the order's, and again with the next one, so it has no v2. What v2 has no field for
+    (operation, work center, rework, lot, location, times, posting date, personnel) is left
+    out: a v2 consumer never read it."""
+    if data.get("final") is False:
+        raise NotConvertible(
+            "a partial confirmation (final false): workorder.completed.v2 says the order was "
+            "completed"
+        )
+    return {key: data.get(key) for key in ("signal", "order", "product", "good", "scrap")} | {
+        "unit": data["unit"]
+    }
+
+
 def _workorder_completed_v1(data: Mapping[str, Any]) -> dict[str, Any]:
-    """v2 → v1: v1 counts whole pieces (integers, no unit); v2 says quantities in `unit`. A
+    """v3 → v1, through v2 (`_workorder_completed_v2`, so a partial confirmation has no v1
+    either): v1 counts whole pieces (integers, no unit); v2 says quantities in `unit`. A
     completion in another unit than pieces ("1"), or with a fraction of a piece, has no v1."""
+    data = _workorder_completed_v2(data)
     unit = data.get("unit")
     if unit != "1":
         raise NotConvertible(f"quantities in {unit!r}: workorder.completed.v1 counts pieces")
@@ -90,10 +114,20 @@ def _workorder_completed_v1(data: Mapping[str, Any]) -> dict[str, Any]:
 _WORKORDER_COMPLETED_V1 = EventType(
     EventKind.WORKORDER_COMPLETED, 1, WorkorderCompletedV1, Priority.BUSINESS
 )
+_WORKORDER_COMPLETED_V2 = EventType(
+    EventKind.WORKORDER_COMPLETED, 2, WorkorderCompletedV2, Priority.BUSINESS
+)
 
+# Each retired version is made from the emitted one (v3) directly, never from another copy:
+# a copy's causationid is always the emitted event's id.
 DOWN_CONVERSIONS: dict[str, DownConversion] = {
     conversion.retired.name: conversion
     for conversion in (
+        DownConversion(
+            _WORKORDER_COMPLETED_V2,
+            EVENT_TYPES[EventKind.WORKORDER_COMPLETED],
+            _workorder_completed_v2,
+        ),
         DownConversion(
             _WORKORDER_COMPLETED_V1,
             EVENT_TYPES[EventKind.WORKORDER_COMPLETED],

@@ -1,7 +1,9 @@
 """`edge-agent remote`: ask one agent over MQTT v5 request/response (`agent.link.commands`).
 
     edge-agent remote status|sources|buffer|config|ping --hub URL --site S --agent A [--json]
+    edge-agent remote dead-letters [--offset N] [--limit N] ...
     edge-agent remote replay --since T [--until T] [--type T ...] --key FILE ...
+    edge-agent remote retry (SEQ ... | --id ID ... | --all [--limit N]) --key FILE ...
     edge-agent remote reload --key FILE ...
     edge-agent remote pause|resume SOURCE --key FILE ...
 
@@ -45,6 +47,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         _target_arguments(verb, key_required=False)
         verb.add_argument("--json", action="store_true", help="print the raw JSON answer")
         verb.set_defaults(handler=_remote, command=name)
+    dead = verbs.add_parser("dead-letters", help="list the agent's dead letters (a page)")
+    _target_arguments(dead, key_required=False)
+    dead.add_argument("--offset", type=int, default=0, help="skip this many (oldest first)")
+    dead.add_argument("--limit", type=int, default=50, help="list at most this many (<= 200)")
+    dead.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    dead.set_defaults(handler=_remote, command="dead-letters")
+    retry = verbs.add_parser("retry", help="queue dead letters again; the agent sends them")
+    retry.add_argument("seqs", nargs="*", type=int, metavar="SEQ", help="dead letters by seq")
+    retry.add_argument("--id", dest="ids", action="append", help="a dead letter by event id")
+    retry.add_argument("--all", action="store_true", help="all (the oldest --limit of them)")
+    retry.add_argument("--limit", type=int, default=1000, help="with --all: at most this many")
+    _target_arguments(retry, key_required=True)
+    retry.set_defaults(handler=_remote, command="retry")
     replay = verbs.add_parser("replay", help="send delivered events of a time range again")
     _target_arguments(replay, key_required=True)
     replay.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-01-31T08:00Z")
@@ -82,6 +97,20 @@ def _remote(args: argparse.Namespace) -> int:
             request_args["types"] = args.types
     elif command in ("pause", "resume"):
         request_args["source"] = args.source
+    elif command == "dead-letters":
+        request_args = {"offset": args.offset, "limit": args.limit}
+    elif command == "retry":
+        forms = [bool(args.seqs), bool(args.ids), bool(args.all)]
+        if sum(forms) != 1:
+            print("edge-agent remote retry: give SEQ ..., --id ID ... or --all (one of them)",
+                  file=sys.stderr)
+            return EXIT_INVALID
+        if args.seqs:
+            request_args["seqs"] = args.seqs
+        elif args.ids:
+            request_args["ids"] = args.ids
+        else:
+            request_args = {"all": True, "limit": args.limit}
     if args.key is not None:
         from agent.link.signing import RequestSigner
 
@@ -151,6 +180,10 @@ def _render_answer(command: str, result: Any) -> str:
         return _render_buffer(result)
     if command == "ping":
         return f"pong (uptime {result['uptime_s']} s)"
+    if command == "dead-letters":
+        return _render_dead_letters(result)
+    if command == "retry":
+        return _render_retry(result)
     return json.dumps(result, indent=2)
 
 
@@ -191,3 +224,40 @@ def _render_status(status: dict[str, Any]) -> str:
     return "\n\n".join(
         [head, _render_sources(status["sources"]), _render_buffer(status["buffer"])]
     )
+
+
+def _render_dead_letters(page: dict[str, Any]) -> str:
+    letters = page["letters"]
+    if not letters:
+        return f"no dead letters (of {page['total']}) from offset {page['offset']}"
+    rows = [["SEQ", "ID", "TYPE", "CLASS", "BYTES", "DEAD AT", "REASON"]]
+    for letter in letters:
+        rows.append([
+            "-" if letter["seq"] is None else str(letter["seq"]), letter["id"], letter["type"],
+            letter["class"], str(letter["bytes"]), letter["dead_at"], letter["reason"],
+        ])
+    first = page["offset"] + 1
+    tail = f"{len(letters)} shown ({first}-{first + len(letters) - 1} of {page['total']})"
+    if page.get("next_offset") is not None:
+        tail += f"; more: --offset {page['next_offset']}"
+    if page.get("shortened"):
+        tail += " (page shortened to fit the broker's packet size)"
+    return table(rows) + "\n" + tail + "\nseq '-': set aside before it was accepted, not retryable"
+
+
+def _render_retry(result: dict[str, Any]) -> str:
+    lines = [f"{result['retried']} dead letter(s) queued again; the agent sends them now"]
+    if result["dropped"]:
+        lines.append(f"{result['dropped']} dropped: their id was accepted again since")
+    if result["not_retryable_total"]:
+        lines.append(
+            f"{result['not_retryable_total']} not retryable (set aside before acceptance): "
+            + ", ".join(result["not_retryable"])
+        )
+    if result["not_found_total"]:
+        lines.append(
+            f"{result['not_found_total']} not found among the dead letters: "
+            + ", ".join(str(item) for item in result["not_found"])
+        )
+    lines.append(f"{result['dead_letters_left']} dead letter(s) left")
+    return "\n".join(lines)

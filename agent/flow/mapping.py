@@ -611,6 +611,7 @@ class Mapper:
                 ),
                 units=config.units,
                 unknown_units=_record_settings(source, signal).unknown_units,
+                time_zone=_record_settings(source, signal).time_zone,
                 counters=counters,
             )
             for source in config.sources

@@ -13,7 +13,10 @@ One `RecordRule` per record source and signal (a webhook: per route). A record r
    (the model's `x-unit-field` fields) are converted to the `[units]` unit of its kind, never
    pieces (`1`, a count, not a fraction). Counted per source in `MappingCounters`, only when
    the event is made (`event_data_flagged`), never when a webhook merely checks a post.
-3. The event model validates the fields; a refusal names the field and the model's reason.
+3. Fields the agent fills in: a downtime's phase and duration; a completion's
+   `posting_date`, when the record gives none, as the date of the record's time in the
+   source's `time_zone` (the plant's calendar).
+4. The event model validates the fields; a refusal names the field and the model's reason.
 
 A record that makes no event becomes the data of a `record.rejected` event instead
 (`rejected_data`): the connector's `Rejection` when there is one, else what the record's own
@@ -28,6 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
@@ -105,6 +109,9 @@ class RecordRule:
     lookups: tuple[tuple[str, str, LookupTable], ...] = ()
     units: UnitsSection = field(default_factory=UnitsSection)
     unknown_units: str = "pass"
+    # The plant's time zone (the source's `time_zone`): a completion's posting date, when the
+    # record gives none, is the date of its time there (`_posting_date`).
+    time_zone: str = "UTC"
     counters: MappingCounters = field(default_factory=MappingCounters, compare=False)
 
     def rejected_data(self, reading: Reading, reason: str) -> dict[str, object]:
@@ -178,6 +185,8 @@ class RecordRule:
             return None, problems, unmapped
         if self.kind is EventKind.MACHINE_DOWNTIME:
             _downtime_fields(fields, reading.timestamp)
+        if self.kind is EventKind.WORKORDER_COMPLETED and fields.get("posting_date") in (None, ""):
+            fields["posting_date"] = _posting_date(reading.timestamp, self.time_zone)
         try:
             data = EVENT_TYPES[self.kind].model.model_validate(fields)
         except ValidationError as error:
@@ -264,6 +273,12 @@ def _finite(value: object) -> float | None:
         return None
     return float(value) if math.isfinite(value) else None
 
+
+
+def _posting_date(time: datetime, zone: str) -> str:
+    """The date of `time` in the plant's calendar (`zone`, an IANA name), as YYYY-MM-DD: a
+    completion at 23:30 UTC in Europe/Berlin posts on the next day."""
+    return time.astimezone(ZoneInfo(zone)).date().isoformat()
 
 
 def _downtime_fields(fields: dict[str, object], time: datetime) -> None:

@@ -6,10 +6,11 @@ Correlation Data, as JSON: ``{"ok": true, "command", "agent", "at", "result"}`` 
 false, "command", "agent", "at", "error": {"reason", "message"}}``.
 
 Commands: read-only ``status`` (full detail), ``sources``, ``buffer``, ``config`` (secrets
-redacted), ``ping``; mutating ``replay`` (since, until, types; or a seq range: first_seq,
-last_seq), ``reload``, ``pause`` and ``resume`` (source). Mutating requests must be signed
-(`agent.link.signing`) by a key the config allows for that command; read-only ones may come
-unsigned if ``allow_unsigned_read_only``.
+redacted), ``ping``, ``dead-letters`` (a page: offset, limit); mutating ``replay`` (since,
+until, types; or a seq range: first_seq, last_seq), ``retry`` (dead letters by seqs, by ids,
+or all up to a limit), ``reload``, ``pause`` and ``resume`` (source). Mutating requests must
+be signed (`agent.link.signing`) by a key the config allows for that command; read-only ones
+may come unsigned if ``allow_unsigned_read_only``.
 
 Invariants
 ----------
@@ -32,8 +33,13 @@ Invariants
   or infinity, nesting deeper than 32 levels); never a traceback.
 - A command that raises is a bug: logged with its traceback, answered ``internal_error``; the
   worker goes on. Each command runs within ``_COMMAND_TIMEOUT_S``.
+- Every answer fits the broker's Maximum Packet Size or says why not: ``status`` falls back to
+  its reduced forms, ``dead-letters`` to shorter pages (``next_offset`` says where the next
+  one starts, ``shortened`` that the page was cut to fit), anything else to a ``too_large``
+  refusal. ``dead-letters`` and ``retry`` read at most ``MAX_DEAD_LETTER_SCAN`` dead letters
+  per request, so neither can hold the loop for long however many there are.
 
-Why one module of ~700 lines: every command's handler is here beside the one bounded queue
+Why one module of ~850 lines: every command's handler is here beside the one bounded queue
 and worker that run them and the parse boundary and reply-topic guard they all pass through,
 so what an unsigned or hostile request can reach is visible in one file.
 """
@@ -66,6 +72,7 @@ from pydantic import (
 from agent.link.mqtt_session import MqttSessionError, PacketTooLarge, PubAck
 from agent.link.signing import Refused, RequestVerifier
 from agent.link.status import (
+    PRIORITY_NAMES,
     REDUCED_FORMS,
     buffer_status,
     config_fingerprint,
@@ -75,6 +82,7 @@ from agent.link.status import (
 )
 from agent.link.token_bucket import TokenBucket
 from agent.service.reload_rules import reload_refusal
+from buffer.base import DeadLetter
 from config.commands import (
     MUTATING_COMMANDS,
     RAW_KEY_PREFIX,
@@ -158,6 +166,52 @@ class SourceArgs(_Args):
     source: str = Field(strict=True, min_length=1, max_length=64)
 
 
+# The most dead letters one `dead-letters` or `retry` request reads from the buffer (a page
+# beyond it, or ids among later ones, are refused / not found: retry the first ones, then ask
+# again), the most one page lists, and the most one `retry` names or moves.
+MAX_DEAD_LETTER_SCAN = 10_000
+MAX_DEAD_LETTER_PAGE = 200
+MAX_RETRY = 1_000
+_REASON_CHARS = 240  # a dead letter's reason as listed (the agent log has it in full)
+EventId = Annotated[str, Field(strict=True, min_length=1, max_length=64)]
+
+
+class DeadLettersArgs(_Args):
+    offset: Annotated[int, Field(strict=True, ge=0)] = Field(
+        default=0, description="skip this many (oldest first)"
+    )
+    limit: Annotated[int, Field(strict=True, ge=1, le=MAX_DEAD_LETTER_PAGE)] = Field(
+        default=50, description="list at most this many"
+    )
+
+    @model_validator(mode="after")
+    def _within_scan(self) -> DeadLettersArgs:
+        if self.offset + self.limit > MAX_DEAD_LETTER_SCAN:
+            raise ValueError(
+                f"offset + limit may be at most {MAX_DEAD_LETTER_SCAN}: retry or drop the "
+                "oldest dead letters to reach later ones"
+            )
+        return self
+
+
+class RetryArgs(_Args):
+    """Exactly one of `seqs`, `ids` or `all` (the oldest `limit` dead letters)."""
+
+    seqs: Annotated[list[SeqNumber], Field(min_length=1, max_length=MAX_RETRY)] | None = None
+    ids: Annotated[list[EventId], Field(min_length=1, max_length=MAX_RETRY)] | None = None
+    all: bool = Field(default=False, strict=True, description="the oldest `limit` dead letters")
+    limit: Annotated[int, Field(strict=True, ge=1, le=MAX_RETRY)] = Field(
+        default=MAX_RETRY, description="with all: at most this many"
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RetryArgs:
+        forms = [self.seqs is not None, self.ids is not None, self.all]
+        if sum(forms) != 1:
+            raise ValueError("give exactly one of seqs, ids or all = true")
+        return self
+
+
 # -- counters and the refusal log ------------------------------------------------------------
 
 
@@ -225,7 +279,9 @@ class CommandServer:
             "buffer": self._buffer,
             "config": self._config,
             "ping": self._ping,
+            "dead-letters": self._dead_letters,
             "replay": self._replay,
+            "retry": self._retry,
             "reload": self._reload,
             "pause": self._pause,
             "resume": self._resume,
@@ -417,6 +473,68 @@ class CommandServer:
         except ValueError as error:
             raise Refused("bad_args", str(error)) from error
 
+    async def _dead_letters(self, args: dict[str, Any]) -> Any:
+        """One page of the dead letters, oldest first (bodies left out, reasons shortened)."""
+        parsed = _parse_args(DeadLettersArgs, args)
+        end = parsed.offset + parsed.limit
+        letters = await self._agent.buffer.dead_letters(end + 1)
+        total = (await self._agent.buffer.stats()).dead_letters
+        page = letters[parsed.offset:end]
+        more = len(letters) > end
+        return {
+            "total": total,
+            "offset": parsed.offset,
+            "letters": [dead_letter_entry(letter) for letter in page],
+            "next_offset": end if more else None,
+        }
+
+    async def _retry(self, args: dict[str, Any]) -> Any:
+        """Dead letters back in the queue, forwarded while the agent runs (`AgentView.
+        retry_dead_letters`). Records set aside before they were accepted (no seq: a reading
+        or MES record the pipeline could not take) are never retried: they are named
+        `not_retryable`. Seqs or ids not among the oldest `MAX_DEAD_LETTER_SCAN` dead letters
+        are named `not_found` (at most 20 of each list are named; `..._total` counts them)."""
+        parsed = _parse_args(RetryArgs, args)
+        letters = await self._agent.buffer.dead_letters(
+            parsed.limit if parsed.all else MAX_DEAD_LETTER_SCAN
+        )
+        not_retryable: list[str] = []
+        not_found: list[str | int] = []
+        seqs: list[int] = []
+        if parsed.all:
+            seqs = [letter.seq for letter in letters if letter.seq is not None]
+            not_retryable = [letter.id for letter in letters if letter.seq is None]
+        elif parsed.seqs is not None:
+            held = {letter.seq for letter in letters}
+            for seq in sorted(set(parsed.seqs)):
+                (seqs if seq in held else not_found).append(seq)
+        else:
+            assert parsed.ids is not None  # RetryArgs: exactly one form
+            by_id = {letter.id: letter for letter in letters}
+            for wanted in dict.fromkeys(parsed.ids):
+                letter = by_id.get(wanted)
+                if letter is None:
+                    not_found.append(wanted)
+                elif letter.seq is None:
+                    not_retryable.append(wanted)
+                else:
+                    seqs.append(letter.seq)
+        moved, dropped = (0, 0)
+        if seqs:
+            moved, dropped = await self._agent.retry_dead_letters(seqs)
+        remaining = (await self._agent.buffer.stats()).dead_letters
+        if moved:
+            _log.info("%d dead letter(s) queued again remotely", moved)
+        return {
+            "retried": moved,
+            "dropped": dropped,  # their id was accepted again since: already delivered or due
+            "not_retryable": not_retryable[:20],
+            "not_retryable_total": len(not_retryable),
+            "not_found": not_found[:20],
+            "not_found_total": len(not_found),
+            "dead_letters_left": remaining,
+        }
+
     async def _reload(self, args: dict[str, Any]) -> Any:
         _parse_args(NoArgs, args)
         outcome = await self._agent.request_reload()
@@ -445,6 +563,30 @@ class CommandServer:
                 return runner
         names = ", ".join(runner.connector.name for runner in self._agent.sources)
         raise Refused("bad_args", f"no source {name!r}; sources: {names}")
+
+
+def dead_letter_entry(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter as `dead-letters` lists it: times in RFC 3339, reason shortened."""
+    reason = letter.reason
+    if len(reason) > _REASON_CHARS:
+        reason = reason[: _REASON_CHARS - 3] + "..."
+    return {
+        "seq": letter.seq,
+        "id": letter.id,
+        "type": letter.kind,
+        "class": PRIORITY_NAMES.get(letter.priority, str(letter.priority)),
+        "bytes": letter.size,
+        "accepted_at": _iso_time(letter.accepted_at),
+        "dead_at": _iso_time(letter.dead_at),
+        "reason": reason,
+        "retryable": letter.seq is not None,
+    }
+
+
+def _iso_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 def response_topic_problem(topic: str, topic_prefix: str) -> str | None:
@@ -688,6 +830,17 @@ def _answers_smallest_last(document: dict[str, Any], topic_root: str) -> Iterato
         for form in REDUCED_FORMS:
             reduced = reduced_status(result, form, details=f"{topic_root}/cmd/sources")
             yield {**document, "result": reduced}
+    if document.get("ok") and document.get("command") == "dead-letters" and isinstance(
+        result, dict
+    ):
+        letters: list[Any] = result["letters"]
+        size = len(letters) // 2
+        while size >= 1:  # shorter pages: the next one starts where this one ends
+            yield {**document, "result": {
+                **result, "letters": letters[:size], "shortened": True,
+                "next_offset": result["offset"] + size,
+            }}
+            size //= 2
     yield {
         key: document[key] for key in ("command", "agent", "at") if key in document
     } | {
@@ -695,6 +848,6 @@ def _answers_smallest_last(document: dict[str, Any], topic_root: str) -> Iterato
         "error": {
             "reason": "too_large",
             "message": "the answer exceeds the broker's maximum packet size; ask for "
-            "'sources' or 'buffer' on their own",
+            "'sources' or 'buffer' on their own (or a smaller page)",
         },
     }

@@ -3,9 +3,12 @@
 What it says
 ------------
 `online` with: version, uptime, config fingerprint, the status interval (so a reader can tell a
-stale status), per source its state (running, retrying, paused, failed), connected, last value
-time, readings and errors; per buffer class (telemetry, business, critical) pending events,
-evictions and its oldest pending age (and the oldest over all classes); the forwarder:
+stale status), per source its state (running, retrying, paused, failed), connected, when it
+last received a value (`last_value_at`, also as `last_received_at`: what staleness monitoring
+watches) and, for MES record sources, the latest record's business time apart from it
+(`last_business_time`: a back-dated record is not a stale source), readings and errors; per
+buffer class (telemetry, business, critical) pending events, evictions and its oldest pending
+age (and the oldest over all classes); the forwarder:
 connected, the hub format it publishes in (`format`, `[hub] format`), last PUBACK, events per
 second over the last minute, the topics the broker refuses (`paused_lanes`: topic, reason code,
 since) and the connections dropped by the PUBACK deadline; the command server's counters; the
@@ -169,7 +172,11 @@ def sources_status(agent: AgentView) -> dict[str, dict[str, Any]]:
             "state": runner.state,
             "connected": runner.connector.health.connected,
             "readings_total": runner.connector.health.readings_total,
+            # Receive time (what staleness monitoring watches) and, for record sources, the
+            # latest record's business time, which may lie far back: never mixed.
             "last_value_at": _iso(runner.connector.health.last_value_at),
+            "last_received_at": _iso(runner.connector.health.last_value_at),
+            "last_business_time": _iso(runner.connector.health.last_business_time),
             "last_error": runner.connector.health.last_error,
             "signal_errors": dict(runner.connector.health.signal_errors),
             "disconnected_at": _iso(runner.connector.health.disconnected_at),

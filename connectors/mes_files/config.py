@@ -36,6 +36,9 @@ class MesFilesSettings(ConnectorSettings, RecordSettings):
     format: Literal["csv", "json"] = "csv"
     encoding: str = "utf-8-sig"
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    # The line holding the column names (CSV): a spreadsheet export may put a title, the
+    # export date or a filter above it; the lines before it are skipped (never records).
+    header_line: Annotated[int, Field(ge=1, le=100)] = 1
     complete: Literal["stable", "marker", "rename"] = "stable"
     stable_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
     marker_suffix: Annotated[str, Field(min_length=1, max_length=32)] = ".done"

@@ -282,7 +282,9 @@ class MesFilesConnector:
                 if readings:
                     committed = await emit(readings)
                     self.health.readings_total += len(readings)
-                    self.health.last_value_at = readings[-1].timestamp
+                    # Received now; the records' own (business) time is kept apart.
+                    self.health.last_value_at = datetime.now(UTC)
+                    self.health.last_business_time = readings[-1].timestamp
         except (_ReadFailed, FileUnreadable):
             if committed is not None:
                 await committed  # what went out stays out: in the buffer before the move

@@ -162,6 +162,9 @@ def _reason(error: RowError, row: Mapping[str, object], settings: MesFilesSettin
             expected = {
                 "str": "text", "int": "a whole number", "float": "a finite number",
                 "time": _a_time(spec.format or settings.time_format),
+                "date": "a date" + ("" if (spec.format or "iso") == "iso"
+                                    else f" in {spec.format!r}"),
+                "bool": "a yes/no value",
             }[spec.type]
             return f"{name}: expected {expected}"
     return f"{name}: {type(error).__name__}"  # not a configured column: cannot happen
@@ -182,22 +185,27 @@ def _text(reader: _HashingReader, settings: MesFilesSettings) -> io.TextIOWrappe
 def _csv_rows(
     text: io.TextIOWrapper, settings: MesFilesSettings
 ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header (checked against the columns) and an iterator of (line, cells) after it,
-    blank lines left out."""
+    """The header (checked against the columns; on line `header_line`, the lines before it
+    skipped) and an iterator of (line, cells) after it, blank lines left out."""
     reader = csv.reader(text, delimiter=settings.delimiter)
+    at = settings.header_line
     try:
+        for _ in range(at - 1):
+            next(reader)
         header = [name.strip() for name in next(reader)]
     except StopIteration:
-        raise FileUnreadable("empty file: no header row") from None
+        raise FileUnreadable(f"no header row (expected on line {at})") from None
     except csv.Error as error:
-        raise FileUnreadable(f"line 1: {error}") from error
+        raise FileUnreadable(f"line {reader.line_num or 1}: {error}") from error
     except UnicodeDecodeError as error:
-        raise FileUnreadable(f"line 1: not {settings.encoding} text ({error.reason})") from None
+        raise FileUnreadable(
+            f"line {reader.line_num + 1}: not {settings.encoding} text ({error.reason})"
+        ) from None
     missing = [name for name in settings.column_names() if name not in header]
     if missing:
         raise FileUnreadable(
             f"column(s) {', '.join(map(repr, missing))} not in the header "
-            f"(line 1, {len(header)} column(s))"
+            f"(line {reader.line_num}, {len(header)} column(s))"
         )
 
     def rows() -> Iterator[tuple[int, list[str]]]:

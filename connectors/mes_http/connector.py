@@ -156,7 +156,8 @@ class MesHttpConnector:
             return Busy(f"not committed: {error}; resend", _RETRY_AFTER_S)
         self.health.counters["posts_accepted_total"] += 1
         self.health.readings_total += len(readings)
-        self.health.last_value_at = readings[-1].timestamp
+        self.health.last_value_at = datetime.now(UTC)  # received: what staleness watches
+        self.health.last_business_time = readings[-1].timestamp
         return Accepted(ids)
 
     async def _report_refused(self, refused: Sequence[Reading]) -> None:

@@ -75,7 +75,8 @@ class MesSqlConnector:
                 if committed is not None:
                     await committed  # this batch and its cursor are in the buffer
                 self.health.readings_total += len(readings)
-                self.health.last_value_at = readings[-1].timestamp
+                self.health.last_value_at = datetime.now(UTC)  # received, not business time
+                self.health.last_business_time = readings[-1].timestamp
         finally:
             self.health.connected = False
             await reader.close()

@@ -96,7 +96,7 @@ def test_schema_prints_every_event_type() -> None:
     assert set(schemas) == set(json_schemas())
     assert {
         "telemetry.v1", "machine.state.v1", "production.count.v1",
-        "quality.alert.v1", "machine.downtime.v1", "workorder.completed.v2",
+        "quality.alert.v1", "machine.downtime.v1", "workorder.completed.v3",
         "inventory.adjusted.v1",
     } <= set(schemas)
     for name, schema in schemas.items():

@@ -29,7 +29,7 @@ def test_demo_forwards_the_simulated_line_to_the_broker(
     assert len(events) > 20
     # The MES side: a dropped file's two work orders and a webhook's inventory adjustment.
     assert "MES: POST http://127.0.0.1:" in result.stdout and "-> 202" in result.stdout
-    orders = {e["data"]["order"] for e in events if e["type"] == "workorder.completed.v2"}
+    orders = {e["data"]["order"] for e in events if e["type"] == "workorder.completed.v3"}
     assert orders == {"WO-4711", "WO-4712"}
     [adjusted] = [e for e in events if e["type"] == "inventory.adjusted.v1"]
     assert adjusted["data"]["delta"] == -12.5 and adjusted["data"]["unit"] == "kg"

@@ -20,7 +20,7 @@ RUNNING = "running: 1 source(s)"
 def orders(subscriber: Subscriber) -> tuple[set[str], int]:
     """Distinct orders and distinct event ids at the hub."""
     events = unique_by_id(decode_events(subscriber.messages)).values()
-    found = [e["data"]["order"] for e in events if e["type"] == "workorder.completed.v2"]
+    found = [e["data"]["order"] for e in events if e["type"] == "workorder.completed.v3"]
     return set(found), len(found)
 
 

@@ -58,7 +58,7 @@ class MesWriter:
 
 def delivered(subscriber: Subscriber) -> set[str]:
     events = unique_by_id(decode_events(subscriber.messages)).values()
-    return {e["data"]["order"] for e in events if e["type"] == "workorder.completed.v2"}
+    return {e["data"]["order"] for e in events if e["type"] == "workorder.completed.v3"}
 
 
 def test_agent_sigkilled_while_the_mes_inserts_loses_and_repeats_no_row(

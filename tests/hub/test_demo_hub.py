@@ -75,7 +75,7 @@ async def test_the_hub_demo_lands_the_plant_in_postgresql_and_serves_its_dashboa
     orders = await fetch(
         postgres_url,
         "SELECT envelope->'data'->>'order' AS order_no FROM events "
-        "WHERE type = 'workorder.completed.v2' ORDER BY 1",
+        "WHERE type = 'workorder.completed.v3' ORDER BY 1",
     )
     assert [row["order_no"] for row in orders] == ["WO-4711", "WO-4712"]
     # Each event once; the demo's last line waited until every forwarded event had landed

@@ -18,7 +18,7 @@ from tests.integration.test_first_path import running_agent, until
 
 def completions(subscriber: Subscriber) -> list[dict[str, Any]]:
     events = unique_by_id(decode_events(subscriber.messages)).values()
-    return sorted((e for e in events if e["type"] == "workorder.completed.v2"),
+    return sorted((e for e in events if e["type"] == "workorder.completed.v3"),
                   key=lambda e: e["seq"])
 
 

@@ -77,7 +77,7 @@ async def test_plant_units_and_codes_arrive_in_the_enterprise_language(
     assert by_type["quality.alert.v1"][1]["data"]["duration_s"] == 7.0
     downtime = [(e["data"]["phase"], e["data"]["reason"]) for e in by_type["machine.downtime.v1"]]
     assert downtime == [("start", "3"), ("end", "3")]
-    [order] = by_type["workorder.completed.v2"]
+    [order] = by_type["workorder.completed.v3"]
     assert (order["data"]["order"], order["data"]["product"]) == ("B-0042", "MAT-004420")
     assert "unmapped" not in order
 

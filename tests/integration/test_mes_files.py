@@ -16,11 +16,12 @@ from testkit.broker import MosquittoBroker, Subscriber
 from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id
 from testkit.mes_files import HEADER, rows, write_mes_files_config
 from tests.integration.test_first_path import running_agent, until
+from tests.unit.completion_v3 import V3_UNSET
 
 
 def orders_at_hub(subscriber: Subscriber) -> dict[str, dict[str, Any]]:
     events = unique_by_id(decode_events(subscriber.messages)).values()
-    return {e["data"]["order"]: e for e in events if e["type"] == "workorder.completed.v2"}
+    return {e["data"]["order"]: e for e in events if e["type"] == "workorder.completed.v3"}
 
 
 async def test_files_flow_wait_until_complete_and_reject_bad_rows(
@@ -36,7 +37,7 @@ async def test_files_flow_wait_until_complete_and_reject_bad_rows(
             event = orders_at_hub(subscriber)["WO-1"]
             assert event["data"] == {
                 "signal": "record", "order": "WO-1", "product": "MAT-1", "good": 1, "scrap": 1,
-                "unit": "1",
+                "unit": "1", **V3_UNSET, "posting_date": "2026-11-26",
             }
             assert event["time"] == "2026-11-26T07:01:00.000000Z"  # 08:01 Berlin (UTC+1)
             assert event["subject"] == "line1"

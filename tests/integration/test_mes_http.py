@@ -18,6 +18,7 @@ from testkit.broker import MosquittoBroker, Subscriber, free_loopback_port
 from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id
 from testkit.mes_http import TOKEN, completion, mes_http_agent_config
 from tests.integration.test_first_path import running_agent, until
+from tests.unit.completion_v3 import V3_UNSET
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -63,9 +64,10 @@ async def test_posts_become_events_once_each(tmp_path: Path, broker: MosquittoBr
             first_ids = body["ids"]
             await until(lambda: len(business_events(subscriber)) >= 2, "2 events at the hub")
             event = unique_by_id(business_events(subscriber))[first_ids[1]]
-            assert event["type"] == "workorder.completed.v2"
+            assert event["type"] == "workorder.completed.v3"
             assert event["data"] == {"signal": "/mes/completions", "order": "WO-2",
-                                     "product": "MAT-1", "good": 7.5, "scrap": 1.0, "unit": "kg"}
+                                     "product": "MAT-1", "good": 7.5, "scrap": 1.0, "unit": "kg",
+                                     **V3_UNSET, "posting_date": "2026-11-26"}
             assert event["time"] == "2026-11-26T07:01:00.000000Z"
             assert event["subject"] == "line1"
 
@@ -113,7 +115,7 @@ async def test_posts_become_events_once_each(tmp_path: Path, broker: MosquittoBr
             }
     orders = sorted(
         e["data"]["order"] for e in unique_by_id(business_events(subscriber)).values()
-        if e["type"] == "workorder.completed.v2"
+        if e["type"] == "workorder.completed.v3"
     )
     assert orders == ["WO-1", "WO-2", "WO-3", "WO-4"]
 

@@ -17,11 +17,12 @@ from testkit.broker import MosquittoBroker, Subscriber
 from testkit.events import EVENTS_TOPIC, decode_events, unique_by_id
 from testkit.mes_sql import CREATE_TABLE, mes_sql_agent_config
 from tests.integration.test_first_path import running_agent, until
+from tests.unit.completion_v3 import V3_UNSET
 
 
 def completions_at_hub(subscriber: Subscriber) -> dict[str, dict[str, Any]]:
     events = unique_by_id(decode_events(subscriber.messages)).values()
-    return {e["data"]["order"]: e for e in events if e["type"] == "workorder.completed.v2"}
+    return {e["data"]["order"]: e for e in events if e["type"] == "workorder.completed.v3"}
 
 
 async def insert(db: asyncpg.Connection, orders: range, good: object = 12.5) -> None:
@@ -52,7 +53,9 @@ async def test_table_rows_become_events_once_and_a_restart_reads_on(
                 assert agent.pipeline.counters.readings_set_aside_total == 2
             event = completions_at_hub(subscriber)["WO-7"]
             assert event["data"] == {"signal": "record", "order": "WO-7", "product": "MAT-1",
-                                     "good": 12.5, "scrap": None, "unit": "kg"}
+                                     "good": 12.5, "scrap": None, "unit": "kg", **V3_UNSET,
+                                     # the row's time (now) in the source's zone (UTC)
+                                     "posting_date": event["time"][:10]}
             assert event["source"] == "/plant-a/edge-01/mes-table"
 
             # Stopped: the cursor in the buffer is the last row read. Restarted: only new rows.

@@ -70,11 +70,11 @@ async def test_codes_and_units_of_records_are_normalised_and_counted_per_source(
                 "WO-5;A-17;4;kg;2026-11-26T08:04:00Z\n"
             )
             part.rename(drop / "erp.csv")
-            await until(lambda: len(by_order(subscriber, "workorder.completed.v2")) == 4
+            await until(lambda: len(by_order(subscriber, "workorder.completed.v3")) == 4
                         and "WO-4" in by_order(subscriber, "record.rejected.v1"),
                         "four completions and one rejection")
             status = await snapshot(agent)
-    done = by_order(subscriber, "workorder.completed.v2")
+    done = by_order(subscriber, "workorder.completed.v3")
     assert {order: (e["data"]["product"], e["data"]["good"], e["data"]["unit"])
             for order, e in done.items()} == {
         "WO-1": ("MAT-117", 2500.0, "g"),  # KGM is kg, in the enterprise unit of mass

@@ -71,7 +71,7 @@ async def test_file_rows_that_cannot_be_read_or_validated_reach_the_hub(
         "signal", "record_type", "interface", "stage", "reason", "location", "column",
         "set_aside", "order", "material", "quantity", "unit",
     )} == {
-        "signal": "record", "record_type": "workorder.completed.v2", "interface": "file",
+        "signal": "record", "record_type": "workorder.completed.v3", "interface": "file",
         "stage": "read", "reason": "column 'GOOD_QTY': expected a whole number",
         "location": "c.csv:3", "column": "GOOD_QTY", "set_aside": False, "order": "WO-201",
         "material": "M-2", "quantity": None, "unit": None,
@@ -95,7 +95,7 @@ async def test_file_rows_that_cannot_be_read_or_validated_reach_the_hub(
     # The good rows flowed as before.
     orders = {
         e["data"]["order"] for e in unique_by_id(decode_events(subscriber.messages)).values()
-        if e["type"] == "workorder.completed.v2"
+        if e["type"] == "workorder.completed.v3"
     }
     assert orders == {"WO-200", "WO-203"}
 

@@ -8,8 +8,9 @@ decoder, never with the agent's own state.
   trace rooted at themselves.
 - The events of one work order carry `order:<order>` as their `correlationid`.
 - While `[contracts] dual_publish_until` names a future moment, a consumer of the
-  `workorder.completed.v1` topic receives the v1 copy of every v2 completion; with a moment that
-  has passed (no sleeping across it), none is made; the retained status says which."""
+  `workorder.completed.v1` (or `.v2`) topic receives the v1 (v2) copy of every v3 completion;
+  with a moment that has passed (no sleeping across it), none is made; the retained status
+  says which."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ MES_SPAN = "00f067aa0ba902b7"
 MES_PARENT = f"00-{MES_TRACE_ID}-{MES_SPAN}-01"
 MES_STATE = "mes=00f067aa0ba902b7,vendor=x"
 V1_TOPIC = "mfg/plant-a/edge-01/events/workorder.completed.v1"
+V2_TOPIC = "mfg/plant-a/edge-01/events/workorder.completed.v2"
+BOTH_WINDOWS = (
+    'dual_publish_until = { "workorder.completed.v2" = 2999-01-01T00:00:00Z, '
+    '"workorder.completed.v1" = 2999-01-01T00:00:00Z }'
+)
 STATUS_TOPIC = "mfg/plant-a/edge-01/status"
 
 
@@ -179,12 +185,10 @@ def status_document(subscriber: Subscriber) -> dict[str, Any]:
 async def test_a_retired_version_is_published_beside_its_successor_for_the_window(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    config, base = write_config(
-        tmp_path, broker.url,
-        contracts='dual_publish_until = { "workorder.completed.v1" = 2999-01-01T00:00:00Z }',
-    )
+    config, base = write_config(tmp_path, broker.url, contracts=BOTH_WINDOWS)
     with (
         Subscriber(broker, V1_TOPIC) as v1_consumer,
+        Subscriber(broker, V2_TOPIC) as v2_consumer,
         Subscriber(broker, STATUS_TOPIC) as status,
     ):
         async with running_agent(config) as agent:
@@ -196,8 +200,10 @@ async def test_a_retired_version_is_published_beside_its_successor_for_the_windo
             part = await post(f"{base}/completed", {"order": "WO-3", "good": 2.5})
             await until(lambda: len(unique_by_id(decode_events(v1_consumer.messages))) >= 2,
                         "2 v1 copies on the v1 topic")
-            await until(lambda: agent.forwarder.counters.events_forwarded_total >= 5,
-                        "the 3 v2 events and the 2 copies forwarded")
+            await until(lambda: len(unique_by_id(decode_events(v2_consumer.messages))) >= 3,
+                        "3 v2 copies on the v2 topic")
+            await until(lambda: agent.forwarder.counters.events_forwarded_total >= 8,
+                        "the 3 v3 events, the 3 v2 and the 2 v1 copies forwarded")
             await until(lambda: bool(status.messages), "the retained status")
             retained = status_document(status)
             # The counts as the `status` command answers them (the retained one is from the
@@ -206,21 +212,32 @@ async def test_a_retired_version_is_published_beside_its_successor_for_the_windo
     copies = list(unique_by_id(decode_events(v1_consumer.messages)).values())
     assert [copy["type"] for copy in copies] == ["workorder.completed.v1"] * 2
     by_cause = {copy["causationid"]: copy for copy in copies}
-    assert set(by_cause) == set(pieces["ids"])  # each copy names the v2 event it was made from
+    assert set(by_cause) == set(pieces["ids"])  # each copy names the v3 event it was made from
     first = by_cause[pieces["ids"][0]]
     assert first["data"] == {"signal": "/completed", "order": "WO-1", "product": None,
                              "good": 12, "scrap": 1}
     assert first["correlationid"] == "order:WO-1"
     assert first["id"] not in pieces["ids"] and part["ids"][0] not in by_cause
+    # v2 says quantities in a unit: every completion has a v2 copy, made from its v3 event.
+    v2_copies = {c["causationid"]: c for c in unique_by_id(decode_events(v2_consumer.messages))
+                 .values()}
+    assert set(v2_copies) == {*pieces["ids"], *part["ids"]}
+    assert all(c["type"] == "workorder.completed.v2" for c in v2_copies.values())
+    assert v2_copies[pieces["ids"][0]]["data"] == {
+        "signal": "/completed", "order": "WO-1", "product": None, "good": 12.0, "scrap": 1.0,
+        "unit": "1",
+    }
     types = retained["event_types"]
     assert types["publishes"]["workorder.completed"] == [
-        "workorder.completed.v2", "workorder.completed.v1"
+        "workorder.completed.v3", "workorder.completed.v2", "workorder.completed.v1"
     ]
     window = types["dual_publish"]["workorder.completed.v1"]
     assert window["open"] is True and window["until"] == "2999-01-01T00:00:00Z"
-    assert window["beside"] == "workorder.completed.v2"
+    assert window["beside"] == "workorder.completed.v3"
     counted = answered["event_types"]["dual_publish"]["workorder.completed.v1"]
     assert (counted["copies_total"], counted["skipped_total"]) == (2, 1)
+    counted = answered["event_types"]["dual_publish"]["workorder.completed.v2"]
+    assert (counted["copies_total"], counted["skipped_total"]) == (3, 0)
 
 
 async def test_after_the_window_no_copy_is_made(tmp_path: Path, broker: MosquittoBroker) -> None:
@@ -235,7 +252,7 @@ async def test_after_the_window_no_copy_is_made(tmp_path: Path, broker: Mosquitt
         async with running_agent(config) as agent:
             pieces = await post(f"{base}/completed", [{"order": "WO-1", "good": 12}])
             await until(lambda: pieces["ids"][0] in unique_by_id(decode_events(hub.messages)),
-                        "the v2 completion at the hub")
+                        "the v3 completion at the hub")
             await until(lambda: bool(status.messages), "the retained status")
             retained = status_document(status)
             stats = await agent.buffer.stats()
@@ -243,11 +260,11 @@ async def test_after_the_window_no_copy_is_made(tmp_path: Path, broker: Mosquitt
     # made, so none can reach the hub, now or later.
     held = accepted_in_buffer(tmp_path / "state" / "buffer.sqlite")
     assert set(held) == set(pieces["ids"]) and stats.pending == 0
-    assert {event["type"] for event in decode_events(hub.messages)} == {"workorder.completed.v2"}
+    assert {event["type"] for event in decode_events(hub.messages)} == {"workorder.completed.v3"}
     types = retained["event_types"]
-    assert types["publishes"]["workorder.completed"] == ["workorder.completed.v2"]
+    assert types["publishes"]["workorder.completed"] == ["workorder.completed.v3"]
     assert types["dual_publish"]["workorder.completed.v1"] == {
-        "beside": "workorder.completed.v2", "until": "2020-01-01T00:00:00Z", "open": False,
+        "beside": "workorder.completed.v3", "until": "2020-01-01T00:00:00Z", "open": False,
         "copies_total": 0, "skipped_total": 0,
     }
 
@@ -273,6 +290,6 @@ async def test_edge_agent_status_shows_the_window_from_the_state_dir(
             await asyncio.wait_for(running, timeout=30)
     assert main(["status", "-c", str(config)]) == 3  # stopped
     assert (
-        "  dual publish workorder.completed.v1 beside workorder.completed.v2: publishing, "
+        "  dual publish workorder.completed.v1 beside workorder.completed.v3: publishing, "
         "until 2999-01-01T00:00:00Z (1 copies, 0 not convertible)"
     ) in capsys.readouterr().out

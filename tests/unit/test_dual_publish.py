@@ -1,4 +1,5 @@
-"""Dual publish with plain values: the down-conversion `workorder.completed.v2` → v1, the
+"""Dual publish with plain values: the down-conversions `workorder.completed.v3` → v2 and
+→ v1, the
 window on an injected clock, what status says (the document and `edge-agent status`), and
 the config's located errors (`edge-agent check-config` names file:line:key)."""
 
@@ -25,14 +26,15 @@ from events.wire import encode_body, envelope, validate_envelope
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 UNTIL = datetime(2027, 6, 30, tzinfo=UTC)
 V1 = "workorder.completed.v1"
-V2 = EVENT_TYPES[EventKind.WORKORDER_COMPLETED]
+V2 = "workorder.completed.v2"
+V3 = EVENT_TYPES[EventKind.WORKORDER_COMPLETED]  # the emitted version
 MES_PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def completion(order: str, good: float | None = 12.0, unit: str = "1", **extensions: str) -> Event:
-    event_id = record_id(site="plant-a", source="mes", key=order, type_name=V2.name)
+    event_id = record_id(site="plant-a", source="mes", key=order, type_name=V3.name)
     return Event(
-        event_id, V2, "/plant-a/edge-01/mes", T0, "line1", "good", None,
+        event_id, V3, "/plant-a/edge-01/mes", T0, "line1", "good", None,
         {"signal": "/done", "order": order, "product": "P-1", "good": good, "scrap": 1.0,
          "unit": unit},
         {"correlationid": f"order:{order}", **extensions},
@@ -49,7 +51,7 @@ class Clock:
         return self.now
 
 
-def test_a_v2_completion_in_pieces_becomes_a_v1_event_of_its_own() -> None:
+def test_a_v3_completion_in_pieces_becomes_a_v1_event_of_its_own() -> None:
     event = completion("WO-1")
     copy = DOWN_CONVERSIONS[V1].convert(event)
     assert copy.type.name == V1
@@ -59,7 +61,7 @@ def test_a_v2_completion_in_pieces_becomes_a_v1_event_of_its_own() -> None:
     assert (copy.time, copy.subject, copy.source) == (event.time, event.subject, event.source)
     assert copy.extensions["causationid"] == event.id
     assert copy.extensions["correlationid"] == "order:WO-1"
-    # A trace rooted at the v2 event: the copy is a span of that trace.
+    # A trace rooted at the v3 event: the copy is a span of that trace.
     assert copy.extensions["traceparent"].split("-")[1] == event.id.replace("-", "")
     validate_envelope({**envelope(copy, site="plant-a", agent="edge-01"), "seq": 2})
 
@@ -85,6 +87,51 @@ def test_what_v1_cannot_say_is_not_convertible(event: Event, why: str) -> None:
         DOWN_CONVERSIONS[V1].convert(event)
 
 
+ERP_FIELDS = {
+    "operation": "0010", "work_center": "FILL-01", "confirmation": "000482", "rework": 2.0,
+    "rework_reason": "R01", "scrap_reason": "S03", "lot": "L-7", "location": "FG01",
+    "started_at": "2026-11-26T06:00:00Z", "finished_at": "2026-11-26T08:00:00Z",
+    "posting_date": "2026-11-26", "personnel": "10042",
+}
+
+
+def confirmation(order: str, *, final: bool | None) -> Event:
+    event = completion(order)
+    return replace(event, data={**event.data, **ERP_FIELDS, "final": final})
+
+
+def test_a_v3_confirmation_becomes_a_v2_event_without_what_v2_cannot_say() -> None:
+    event = confirmation("WO-1", final=True)
+    copy = DOWN_CONVERSIONS[V2].convert(event)
+    assert copy.type.name == V2
+    assert copy.data == {"signal": "/done", "order": "WO-1", "product": "P-1", "good": 12.0,
+                         "scrap": 1.0, "unit": "1"}
+    assert copy.id == retired_id(event.id, V2) != event.id
+    assert copy.extensions["causationid"] == event.id
+    # v1 is made from the same v3 event, not from the v2 copy.
+    assert DOWN_CONVERSIONS[V1].convert(event).extensions["causationid"] == event.id
+    # A confirmation that does not say whether it is final is a completion, as every v2 was.
+    assert DOWN_CONVERSIONS[V2].convert(confirmation("WO-2", final=None)).data["good"] == 12.0
+
+
+def test_a_partial_confirmation_has_no_v2_nor_v1() -> None:
+    partial = confirmation("WO-1", final=False)
+    for retired in (V2, V1):
+        with pytest.raises(NotConvertible, match="a partial confirmation"):
+            DOWN_CONVERSIONS[retired].convert(partial)
+
+
+def test_both_retired_versions_follow_each_v3_event() -> None:
+    publisher = DualPublisher({V2: UNTIL, V1: UNTIL}, clock=lambda: T0)
+    out = publisher.beside([confirmation("WO-1", final=True), confirmation("WO-2", final=False)])
+    assert [(e.type.name, e.data["order"]) for e in out] == [
+        (V3.name, "WO-1"), (V2, "WO-1"), (V1, "WO-1"), (V3.name, "WO-2"),
+    ]
+    status = publisher.status()
+    assert status["publishes"]["workorder.completed"] == [V3.name, V2, V1]
+    assert status["dual_publish"][V2]["skipped_total"] == 1
+
+
 def test_copies_follow_their_successor_while_the_window_is_open(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -96,8 +143,8 @@ def test_copies_follow_their_successor_while_the_window_is_open(
     with caplog.at_level(logging.INFO, logger="agent.flow.dual_publish"):
         out = publisher.beside([other, first, completion("WO-3", unit="kg"), second])
         assert [(e.type.name, e.data["order"]) for e in out] == [
-            ("workorder.released.v1", "WO-0"), (V2.name, "WO-1"), (V1, "WO-1"),
-            (V2.name, "WO-3"), (V2.name, "WO-2"), (V1, "WO-2"),
+            ("workorder.released.v1", "WO-0"), (V3.name, "WO-1"), (V1, "WO-1"),
+            (V3.name, "WO-3"), (V3.name, "WO-2"), (V1, "WO-2"),
         ]
         # A repeat of a fact makes the same copy: the buffer drops both as duplicates.
         assert publisher.beside([first])[1].id == out[2].id
@@ -112,20 +159,20 @@ def test_copies_follow_their_successor_while_the_window_is_open(
     assert sum("has no workorder.completed.v1 copy" in m for m in messages) == 1  # once
     assert sum("ended" in m for m in messages) == 1
     status = publisher.status()
-    assert status["publishes"]["workorder.completed"] == [V2.name]
+    assert status["publishes"]["workorder.completed"] == [V3.name]
     assert status["dual_publish"][V1] == {
-        "beside": V2.name, "until": "2027-06-30T00:00:00Z", "open": False,
+        "beside": V3.name, "until": "2027-06-30T00:00:00Z", "open": False,
         "copies_total": 3, "skipped_total": 2,
     }
 
 
 def test_status_lists_every_version_published_newest_first() -> None:
     open_window = DualPublisher({V1: UNTIL}, clock=lambda: T0).status()
-    assert open_window["publishes"]["workorder.completed"] == [V2.name, V1]
+    assert open_window["publishes"]["workorder.completed"] == [V3.name, V1]
     assert open_window["publishes"]["telemetry"] == ["telemetry.v1"]
     assert "agent.buffer.overflow.v1" in open_window["publishes"]["agent.buffer.overflow"]
     none = DualPublisher({}).status()
-    assert none["dual_publish"] == {} and none["publishes"]["workorder.completed"] == [V2.name]
+    assert none["dual_publish"] == {} and none["publishes"]["workorder.completed"] == [V3.name]
     # A window already past when the agent starts is closed from the start.
     passed = DualPublisher({V1: T0}, clock=lambda: UNTIL)
     assert passed.beside([completion("WO-1")]) == [completion("WO-1")]
@@ -167,20 +214,20 @@ auth = "none"
                              "agent": "edge-01", "event_types": publisher.status()})
     assert main(["status", "-c", str(config)]) == 3  # not running
     text = capsys.readouterr().out
-    assert ("  dual publish workorder.completed.v1 beside workorder.completed.v2: publishing, "
+    assert ("  dual publish workorder.completed.v1 beside workorder.completed.v3: publishing, "
             "until 2027-06-30T00:00:00Z (1 copies, 1 not convertible)") in text
     assert main(["status", "-c", str(config), "--json"]) == 3
     document = json.loads(capsys.readouterr().out)
     assert document["snapshot"]["event_types"]["publishes"]["workorder.completed"] == [
-        V2.name, V1
+        V3.name, V1
     ]
 
 
 @pytest.mark.parametrize(("windows", "key", "why"), [
     ('{ "workorder.completed.v9" = 2027-06-30T00:00:00Z }',
      'contracts.dual_publish_until."workorder.completed.v9"', "is no event type"),
-    ('{ "workorder.completed.v2" = 2027-06-30T00:00:00Z }',
-     'contracts.dual_publish_until."workorder.completed.v2"',
+    ('{ "workorder.completed.v3" = 2027-06-30T00:00:00Z }',
+     'contracts.dual_publish_until."workorder.completed.v3"',
      "is a version this agent emits, not a retired one"),
     ('{ "workorder.completed.v1" = 2027-06-30T00:00:00 }',
      'contracts.dual_publish_until."workorder.completed.v1"', "timezone"),

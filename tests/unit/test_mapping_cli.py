@@ -57,7 +57,7 @@ def test_try_a_batch_completion(capsys: pytest.CaptureFixture[str]) -> None:
         "--value", "true", "--set", "material=RX-PVA", "--set", 'batch_id="B-0042"',
     )
     assert code == 0
-    assert event["type"] == "workorder.completed.v2"
+    assert event["type"] == "workorder.completed.v3"
     assert (event["data"]["order"], event["data"]["product"]) == ("B-0042", "MAT-004410")
 
 

@@ -369,7 +369,7 @@ def test_siblings_in_the_same_batch_and_scan_are_read_before_the_done_bit() -> N
     ]
     events, rejected = mapper.map_all(readings)
     assert rejected == []
-    [done] = [e for e in events if e.type.name == "workorder.completed.v2"]
+    [done] = [e for e in events if e.type.name == "workorder.completed.v3"]
     assert (done.data["order"], done.data["good"], done.data["scrap"]) == ("B-43", 400, 3)
 
 

@@ -16,6 +16,7 @@ from connectors.mes_files.records import FileUnreadable, parse_file
 from events.kinds import EventKind
 from events.models import EVENT_TYPES
 from testkit.mes_files import HEADER, mes_files_agent_config
+from tests.unit.completion_v3 import V3_UNSET
 
 MTIME = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -89,7 +90,11 @@ def test_record_fields_are_the_published_contract() -> None:
             frozenset({"order"}), frozenset({"product", "quantity", "unit", "due_at"})
         ),
         EventKind.WORKORDER_COMPLETED: (
-            frozenset({"order", "unit"}), frozenset({"product", "good", "scrap"})
+            frozenset({"order", "unit"}), frozenset({
+                "operation", "work_center", "confirmation", "final", "product", "good",
+                "scrap", "scrap_reason", "rework", "rework_reason", "lot", "location",
+                "started_at", "finished_at", "posting_date", "personnel",
+            })
         ),
         EventKind.PRODUCTION_COUNT: (frozenset({"count"}), frozenset({"increment"})),
         EventKind.MACHINE_DOWNTIME: (
@@ -154,10 +159,11 @@ def test_mapper_turns_records_into_events_with_stable_ids(tmp_path: Path) -> Non
     again, _ = Mapper.from_config(config).map_all(readings)
     assert rejected == []
     assert [e.id for e in events] == [e.id for e in again]
-    assert events[0].type.name == "workorder.completed.v2"
+    assert events[0].type.name == "workorder.completed.v3"
     assert events[0].data == {
         "signal": "record", "order": "WO-1", "product": "MAT-1", "good": 10, "scrap": 1,
-        "unit": "1",
+        "unit": "1", **V3_UNSET,
+        "posting_date": "2026-11-26",  # the record's time in the source's time zone
     }
 
 

@@ -103,7 +103,7 @@ def test_a_rejected_reading_becomes_a_record_rejected_event(set_aside: bool) -> 
     assert event.extensions["correlationid"] == "order:WO-7"
     assert (event.source, event.subject, event.time) == ("/plant-a/edge-01/mes", "line1", NOW)
     assert event.data == {
-        "signal": "record", "record_type": "workorder.completed.v2", "interface": "table",
+        "signal": "record", "record_type": "workorder.completed.v3", "interface": "table",
         "stage": "read", "reason": "column 'GOOD' is empty", "location": "t row 7",
         "column": "GOOD", "record": "[7]", "set_aside": set_aside, "order": "WO-7",
         "material": "M-1", "lot": None, "quantity": None, "unit": None,
