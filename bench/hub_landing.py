@@ -6,9 +6,10 @@
    what agents send: batches of realistic telemetry events (`bench.wire_formats.telemetry`,
    the envelope `events.wire` splices: id, seq, site, agent, data, trace context), QoS 1, from
    `AGENTS` simulated agents at as many sites, round robin, each with its own MQTT client.
-   The publisher keeps at most `WINDOW` events published but not yet landed (an agent's
-   forwarder is bounded the same way by its PUBACKs), so the broker never holds a pile of
-   its own. Figures:
+   The publisher keeps at most `WINDOW` events published but not yet landed: what the
+   simulated agents' forwarders keep in flight at their defaults (`max_inflight` messages of
+   `batch_max_events` each, per agent; a real agent is bounded the same way by its PUBACKs),
+   so the broker never holds a pile of its own. Figures:
 
    - landed events/s: events ÷ seconds from the first publish to the moment the hub's
      `seq_held` covers every event (polled every 20 ms); and the steady rate between 10 % and
@@ -78,7 +79,10 @@ from testkit.postgres import scratch_database
 AGENTS = 8
 TARGET_PER_S = 30_000.0  # issue 17, item 5: at least the agents' combined peak, on 2 cores
 BATCH_MAX_EVENTS = 500  # the agent's `[hub] batch_max_events` default
-WINDOW = 40_000  # events published and not yet landed, at most
+AGENT_MAX_INFLIGHT = 16  # the agent's `[hub] max_inflight` default (messages awaiting PUBACK)
+# Events published and not yet landed, at most: what the simulated agents' forwarders would
+# have in flight at their defaults (messages in flight x events per message, per agent).
+WINDOW = AGENTS * AGENT_MAX_INFLIGHT * BATCH_MAX_EVENTS
 FULL_EVENTS = 300_000
 QUICK_EVENTS = 20_000
 ONE_EVENT_SHARE = 10  # the binding modes (one event per message) get a tenth as many

@@ -20,7 +20,10 @@ Invariants
   they are sent again and are no-ops.
 - Bounded: the broker sends at most ``receive_maximum`` unacknowledged messages (MQTT v5
   Receive Maximum, set in CONNECT), so the queue and the batches in flight never hold more;
-  one batch is at most ``batch_max_messages``.
+  one batch is at most ``batch_max_messages`` and closes once it holds ``batch_max_bytes`` of
+  payload (several moderate batches in flight keep PostgreSQL and the decoding busy at once;
+  one batch swallowing everything the agents have in flight would make them wait for all of
+  it: measured in bench/hub_landing.py).
 - A batch PostgreSQL refuses is retried (backoff from ``retry_min_s`` up to 30 s), unacked
   meanwhile; the log says so once and once more when it lands again.
 - A message or event no event can be read from (`events.formats.decode_message` refused it, or
@@ -83,6 +86,7 @@ class Landing:
         store: HubStore,
         *,
         batch_max_messages: int = 500,
+        batch_max_bytes: int = 2 * 2**20,
         batch_max_wait_ms: float = 50.0,
         retry_min_s: float = 0.5,
         landed_by: str = "",
@@ -91,6 +95,7 @@ class Landing:
         self._store = store
         self._landed_by = landed_by
         self._batch_max = batch_max_messages
+        self._bytes_max = batch_max_bytes
         self._wait_s = batch_max_wait_ms / 1000
         self._retry_min_s = retry_min_s
         self._in_flight = max(1, max_in_flight)
@@ -125,8 +130,9 @@ class Landing:
 
     async def _next_batch(self) -> list[InboundMessage]:
         batch = [await self._queue.get()]
+        size = len(batch[0].payload)
         deadline = time.monotonic() + self._wait_s
-        while len(batch) < self._batch_max:
+        while len(batch) < self._batch_max and size < self._bytes_max:
             if self._queue.empty():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -134,8 +140,10 @@ class Landing:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         batch.append(await self._queue.get())
+                        size += len(batch[-1].payload)
                 continue
             batch.append(self._queue.get_nowait())
+            size += len(batch[-1].payload)
         return batch
 
     async def _land(

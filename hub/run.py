@@ -134,6 +134,7 @@ async def run_hub(config: HubConfig, stop: asyncio.Event | None = None) -> None:
             )
         landing = Landing(
             store, batch_max_messages=config.landing.batch_max_messages,
+            batch_max_bytes=config.landing.batch_max_bytes,
             batch_max_wait_ms=config.landing.batch_max_wait_ms,
             retry_min_s=config.landing.retry_min_s, landed_by=broker.client_id,
         )

@@ -74,6 +74,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
+import msgspec
 
 from hub.ranges import Range, merged, runs
 
@@ -493,11 +494,14 @@ class HubStore:
         return self._pool
 
 
-# Without `default` the C encoder is a third faster, and an event map is a tree from a decoder
-# (never circular, so not checked); what JSON has no type for (msgpack bytes) goes through the
-# second one, as text.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
-_JSON_ANY = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+# msgspec's encoder: six times faster than the standard library's here (bench/hub_landing.py:
+# 4.3 -> 0.65 µs per event), compact, UTF-8, and NaN/Infinity become null (jsonb refuses them:
+# with json.dumps one such value made PostgreSQL refuse its whole batch, again and again). What
+# it has no type for (an exotic msgpack extension) goes through the standard encoder, as text.
+_JSON = msgspec.json.Encoder()
+_JSON_ANY = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False
+)
 
 
 async def _make_stage(conn: asyncpg.Connection) -> None:
@@ -509,9 +513,9 @@ def envelope_json(event: dict[str, Any]) -> str:
     """An event map as the JSON text of `events.envelope` (NUL is the one thing jsonb refuses:
     a ValueError, so the event is rejected with that reason)."""
     try:
-        text = _JSON.encode(event)
-    except TypeError:
-        text = _JSON_ANY.encode(event)
+        text = _JSON.encode(event).decode()
+    except (TypeError, msgspec.EncodeError):
+        text = _JSON_ANY.encode(event)  # ValueError on NaN: the event is rejected
     if "\\u0000" in text:
         raise ValueError("the event holds a NUL character, which PostgreSQL jsonb cannot store")
     return text
