@@ -213,3 +213,88 @@ async def serve_line(
             for attribute in (AttributeIds.AccessLevel, AttributeIds.UserAccessLevel):
                 await temperature.write_attribute(attribute, level)
         yield LineServer(server, port, {"Temperature": temperature, "Count": count}, alarms)
+
+
+# --- a plant of ~50 variables in folders, with EngineeringUnits on most -------------------------
+
+PLANT_NAMESPACE = "urn:plant-edge-agent:test-plant"
+PLANT_LINES = ("Line1", "Line2", "Line3")
+PLANT_MACHINES = ("Filler", "Capper", "Labeler")
+
+
+def _eu(code: str | None, shown: str) -> ua.EUInformation:
+    """EUInformation as servers write it: UnitId is the UNECE common code's ASCII characters
+    as an integer (OPC UA Part 8), -1 when the server has none."""
+    unit_id = int.from_bytes(code.encode("ascii"), "big") if code else -1
+    return ua.EUInformation(
+        NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
+        UnitId=unit_id, DisplayName=ua.LocalizedText(shown), Description=ua.LocalizedText(shown),
+    )
+
+
+# Per machine: browse name, variant type, initial value, EngineeringUnits (UNECE code, shown).
+PLANT_VARIABLES: tuple[tuple[str, ua.VariantType, object, tuple[str | None, str] | None], ...] = (
+    ("Temperature", ua.VariantType.Double, 21.5, ("CEL", "°C")),
+    ("Pressure", ua.VariantType.Double, 2.5, ("BAR", "bar")),
+    ("Speed", ua.VariantType.Double, 120.0, (None, "rpm")),  # no UnitId: the display name
+    ("GoodCount", ua.VariantType.Int64, 0, None),
+    ("Running", ua.VariantType.Boolean, True, None),
+    ("Recipe", ua.VariantType.String, "cola-0.5l", None),
+)
+
+
+class PlantServer:
+    """A started plant server: `endpoint`, and `variables["Line1/Filler/Temperature"]`."""
+
+    def __init__(self, server: Server, port: int, variables: dict[str, Node]) -> None:
+        self.server = server
+        self.endpoint = f"opc.tcp://127.0.0.1:{port}/plant/"
+        self.variables = variables
+
+    async def write(self, path: str, value: object, variant: ua.VariantType) -> None:
+        await self.variables[path].write_value(ua.Variant(value, variant))
+
+
+@asynccontextmanager
+async def serve_plant(port: int) -> AsyncIterator[PlantServer]:
+    """Objects/Plant/LineN/Machine/Variable: 3 lines x 3 machines x 6 variables (54), each
+    NodeId `ns=PLANT;s=LineN.Machine.Variable`, plus per line an `Alarms` event notifier and a
+    `Viscosity` Double whose EngineeringUnits (centipoise, UNECE C7) the agent has no UCUM code
+    for. The browse names repeat across machines, as they do in real plants."""
+    server = Server()
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/plant/")
+    server.set_server_name("plant-edge-agent test plant")
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    index = await server.register_namespace(PLANT_NAMESPACE)
+    plant = await server.nodes.objects.add_folder(ua.NodeId("Plant", index), "Plant")
+    variables: dict[str, Node] = {}
+
+    async def variable(parent: Node, ident: str, name: str, kind: ua.VariantType, value: object,
+                       eu: tuple[str | None, str] | None) -> None:
+        node = await parent.add_variable(ua.NodeId(ident, index), name, ua.Variant(value, kind))
+        if eu is not None:
+            await node.add_property(
+                ua.NodeId(f"{ident}.EngineeringUnits", index), "EngineeringUnits",
+                ua.Variant(_eu(*eu), ua.VariantType.ExtensionObject),
+                datatype=ua.NodeId(ObjectIds.EUInformation, 0),
+            )
+        variables[ident.replace(".", "/")] = node
+
+    for line_name in PLANT_LINES:
+        line = await plant.add_folder(ua.NodeId(line_name, index), line_name)
+        for machine_name in PLANT_MACHINES:
+            machine = await line.add_object(
+                ua.NodeId(f"{line_name}.{machine_name}", index), machine_name
+            )
+            for name, kind, value, eu in PLANT_VARIABLES:
+                await variable(machine, f"{line_name}.{machine_name}.{name}", name, kind, value,
+                               eu)
+        await variable(line, f"{line_name}.Viscosity", "Viscosity", ua.VariantType.Double, 1.0,
+                       ("C7", "cP"))
+        alarms = await line.add_object(ua.NodeId(f"{line_name}.Alarms", index), "Alarms")
+        await alarms.write_attribute(
+            AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte))
+        )
+    async with server:
+        yield PlantServer(server, port, variables)

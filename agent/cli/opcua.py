@@ -1,7 +1,14 @@
 """OPC UA tools for the OT engineer.
 
-    edge-agent opcua browse ENDPOINT [--path Objects/Line1] [--depth N]   the address space
-    edge-agent opcua read ENDPOINT NODE                                    one value
+    edge-agent opcua browse ENDPOINT [--node Objects/Line1] [--depth N] [--all]
+                                            the address space as a tree: NodeId, browse name,
+                                            class, data type, value, unit (UCUM)
+    edge-agent opcua browse ENDPOINT [--node N] --emit toml|csv
+                                            [[sources.signals]] stubs (config.tags) or a CSV
+    edge-agent opcua read ENDPOINT NODE     one value; exit 1 when its status is Bad
+    edge-agent opcua tags export -c CONFIG [--source S] > tags.csv
+    edge-agent opcua tags import -c CONFIG tags.csv [--out FILE]
+                                            a source's signals as a CSV tag list and back
     edge-agent certs create -c CONFIG [--days N] [--force] [--owner USER]
                                                              the agent's certificate and key
     edge-agent certs trust THUMBPRINT -c CONFIG              trust a rejected server cert
@@ -30,6 +37,7 @@ from typing import Any
 from connectors.opcua.pki_access import FileOwner, access_problem, missing
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+_EMIT_DEPTH = 10  # levels below the start that --emit walks by default
 
 # The user the packaged agent runs as: the unit's User= (packaging/systemd/edge-agent.service;
 # tests/e2e/test_packaging.py checks that they agree).
@@ -41,15 +49,37 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     tools = opcua.add_subparsers(dest="opcua_command", metavar="TOOL", required=True)
     browse = tools.add_parser("browse", help="list the address space as a tree")
     browse.add_argument("endpoint", nargs="?", help="opc.tcp://HOST:PORT[/PATH]")
-    browse.add_argument("--path", default="Objects", help="start here (default: Objects)")
-    browse.add_argument("--depth", type=int, default=3, help="levels below the start")
+    browse.add_argument(
+        "--node", "--path", dest="path", default="Objects",
+        help="start here: a NodeId, nsu=URI;s=... or Objects/... path (default: Objects)",
+    )
+    browse.add_argument("--depth", type=int, help="levels below the start (default 3; "
+                        f"with --emit {_EMIT_DEPTH})")
+    browse.add_argument("--all", action="store_true",
+                        help="also the server's own objects (Server, Locations, ...)")
+    browse.add_argument("--emit", choices=("toml", "csv"),
+                        help="write [[sources.signals]] stubs (or a CSV tag list) instead")
     _connection_options(browse)
     browse.set_defaults(handler=_browse)
-    read = tools.add_parser("read", help="read one value")
+    read = tools.add_parser("read", help="read one value (exit 1 when its status is Bad)")
     read.add_argument("endpoint", nargs="?", help="opc.tcp://HOST:PORT[/PATH]")
     read.add_argument("node", help="NodeId, nsu=URI;s=..., or Objects/... browse path")
     _connection_options(read)
     read.set_defaults(handler=_read)
+    tags = tools.add_parser("tags", help="a source's signals as a CSV tag list, and back")
+    tag_actions = tags.add_subparsers(dest="tags_command", metavar="ACTION", required=True)
+    export = tag_actions.add_parser("export", help="print a source's signals as CSV")
+    export.add_argument("-c", "--config", type=Path, required=True)
+    export.add_argument("--source", help="the source's name (default: the first OPC UA one)")
+    export.set_defaults(handler=_tags_export)
+    imported = tag_actions.add_parser(
+        "import", help="print (or --out) the [[sources.signals]] of a CSV tag list"
+    )
+    imported.add_argument("csv", type=Path, help="the tag list (columns as `export` writes)")
+    imported.add_argument("-c", "--config", type=Path, required=True)
+    imported.add_argument("--source", help="the source's name (default: the first OPC UA one)")
+    imported.add_argument("--out", type=Path, help="write the TOML here instead of stdout")
+    imported.set_defaults(handler=_tags_import)
 
     certs = commands.add_parser("certs", help="the agent's OPC UA certificates and trust list")
     actions = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
@@ -139,9 +169,100 @@ def _browse(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return EXIT_INVALID
-    from connectors.opcua.browse import browse_tree
+    from connectors.opcua.browse import walk
 
-    return _run_tool(browse_tree(settings, args.path, args.depth, print))
+    depth = args.depth if args.depth is not None else (_EMIT_DEPTH if args.emit else 3)
+    result = _run_tool(walk(settings, args.path, depth, standard=args.all))
+    if result is None:
+        return EXIT_FAILURE
+    if args.emit is not None:
+        return _emit(args, settings, result)
+    for node in result.nodes:
+        print(_tree_line(node))
+        if node.more:
+            print(f"{'  ' * (node.level + 1)}... {node.more} more")
+    if result.hidden:
+        print(f"(not shown: {', '.join(result.hidden)}; --all shows them)")
+    return EXIT_OK
+
+
+def _emit(args: argparse.Namespace, settings: Any, result: Any) -> int:
+    from config import tags
+
+    made, skipped = tags.stubs(result.nodes)
+    if args.emit == "csv":
+        sys.stdout.write(tags.stubs_csv(made))
+    else:
+        header = [
+            f"{len(made)} signal(s) from {settings.endpoint}, node {args.path}, written by",
+            "`edge-agent opcua browse --emit toml`. They belong under a [[sources]] table with",
+            f'type "opcua" and endpoint "{settings.endpoint}".',
+            "",
+        ]
+        sys.stdout.write(tags.stubs_toml(made, skipped, header))
+    if not made:
+        print(f"edge-agent: no variable below {args.path} can feed an event "
+              "(give a deeper --depth, or another --node)", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _tree_line(node: Any) -> str:
+    line = f"{'  ' * node.level}{node.node_id}  {node.browse_name}  {node.node_class}"
+    if node.node_class == "Variable":
+        line += f"  {node.data_type} = {show_value(node.value)}"
+        if node.units is not None:
+            line += f"  {_unit_text(node.units)}"
+        if node.status is not None:
+            line += f"  ({node.status})"
+    elif node.event_notifier:
+        line += "  (event notifier)"
+    return line
+
+
+def _unit_text(eu: Any) -> str:
+    from config.tags import ucum_of
+
+    code, _ = ucum_of(eu)
+    shown = eu.display_name or eu.description
+    if code is None:
+        return f"unit ? ({shown!r}: not a UCUM code the agent knows)"
+    return f"unit {code}" + (f" ({shown})" if shown and shown != code else "")
+
+
+def show_value(value: Any) -> str:
+    """A value as an OT engineer reads it: numbers and text as they are, not Python reprs."""
+    import json
+    from datetime import datetime
+    from enum import Enum
+
+    from asyncua import ua
+
+    if value is None:
+        return "(no value)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value.name)
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return f"({len(value)} bytes)"
+    if isinstance(value, ua.LocalizedText):
+        return json.dumps(value.Text or "", ensure_ascii=False)
+    if isinstance(value, ua.QualifiedName):
+        return f"{value.NamespaceIndex}:{value.Name}"
+    if isinstance(value, ua.NodeId):
+        return str(value.to_string())
+    if isinstance(value, list | tuple):
+        shown = ", ".join(show_value(item) for item in value[:5])
+        more = f", ... {len(value)} items" if len(value) > 5 else ""
+        return f"[{shown}{more}]"
+    return f"({type(value).__name__})"
 
 
 def _read(args: argparse.Namespace) -> int:
@@ -150,18 +271,89 @@ def _read(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     from connectors.opcua.browse import read_one
 
-    return _run_tool(read_one(settings, args.node, print))
+    result = _run_tool(read_one(settings, args.node))
+    if result is None:
+        return EXIT_FAILURE
+    unit = f"  {_unit_text(result.units)}" if result.units is not None else ""
+    source = result.source_time.isoformat() if result.source_time else "none"
+    server = result.server_time.isoformat() if result.server_time else "none"
+    print(f"{result.address} = {show_value(result.value)}{unit}  ({result.status}; "
+          f"source time {source}, server time {server})")
+    if result.bad:
+        print(f"edge-agent: {result.address}: the server gives no usable value "
+              f"({result.status})", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
-def _run_tool(coroutine: Any) -> int:
+def _run_tool(coroutine: Any) -> Any:
+    """The coroutine's result, or None once its error is printed (one line, no traceback)."""
     from connectors.base import SourceConfigError, SourceUnavailable
     from connectors.opcua.addressing import AddressNotFound
 
+    quiet_asyncua()
     try:
-        asyncio.run(coroutine)
+        return asyncio.run(coroutine)
     except (SourceUnavailable, SourceConfigError, AddressNotFound, ValueError) as error:
         print(f"edge-agent: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+        return None
+
+
+def quiet_asyncua() -> None:
+    """asyncua's warnings are for its developers ("Requested session timeout to be ..."
+    on every connect); the tools say what matters in their own words."""
+    import logging
+
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+
+
+def _tags_export(args: argparse.Namespace) -> int:
+    from config import tags
+
+    if _config(args.config) is None:
+        return EXIT_INVALID
+    try:
+        _, signals = tags.raw_signals(args.config.read_text(encoding="utf-8-sig"), args.source)
+    except LookupError as error:
+        print(f"edge-agent: {args.config}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write(tags.signals_csv(signals))
+    return EXIT_OK
+
+
+def _tags_import(args: argparse.Namespace) -> int:
+    from config import tags
+
+    if _config(args.config) is None:
+        return EXIT_INVALID
+    try:
+        name, _ = tags.raw_signals(args.config.read_text(encoding="utf-8-sig"), args.source)
+        text = args.csv.read_text(encoding="utf-8-sig")
+    except LookupError as error:
+        print(f"edge-agent: {args.config}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as error:
+        print(f"edge-agent: cannot read {args.csv}: {error.strerror}", file=sys.stderr)
+        return EXIT_INVALID
+    from config.loader import ConfigError
+
+    try:
+        signals = tags.signals_from_csv(text, args.csv)
+    except ConfigError as error:
+        print(f"{args.csv}: invalid tag list ({len(error.problems)} problem(s)):",
+              file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem.format()}", file=sys.stderr)
+        return EXIT_INVALID
+    toml = tags.signals_toml(signals, [
+        f"{len(signals)} signal(s) of source {name!r} from {args.csv.name}: they replace the "
+        f"[[sources.signals]] of that source in {args.config.name}",
+    ])
+    if args.out is not None:
+        args.out.write_text(toml)
+        print(f"wrote {len(signals)} signal(s) to {args.out}")
+    else:
+        sys.stdout.write(toml)
     return EXIT_OK
 
 

@@ -11,6 +11,10 @@ Three syntaxes, told apart by their start:
                                                    segment is a browse name, optionally with
                                                    its namespace index (`2:Temp`)
 
+A NodeId the server does not know gets `nearest_nodes`: the existing nodes whose string
+identifiers are closest, found by browsing the node that the identifier's dotted prefix names
+(`Line1.Filler.Gone` -> the children of `Line1.Filler`), so the message can say "did you mean".
+
 Resolution happens at the start of every session (namespace indexes and browsed nodes may
 differ after a server restart); an address that cannot be resolved raises
 `AddressNotFound` with the reason, which the connector reports for that signal only.
@@ -18,10 +22,12 @@ differ after a server restart); an address that cannot be resolved raises
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.ua.uaerrors import UaError
 
 PATH_ROOT = "Objects/"
 
@@ -110,9 +116,12 @@ class AddressResolver:
                 and (step.namespace is None or child.BrowseName.NamespaceIndex == step.namespace)
             ]
             if not matches:
-                names = ", ".join(sorted(child.BrowseName.Name for child in children)[:20])
+                all_names = sorted(child.BrowseName.Name for child in children)
+                names = ", ".join(all_names[:20])
+                close = difflib.get_close_matches(step.name, all_names, n=3, cutoff=0.5)
+                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
                 raise AddressNotFound(
-                    f"{walked} has no child {step.name!r} (children: {names or 'none'})"
+                    f"{walked} has no child {step.name!r}{hint} (children: {names or 'none'})"
                 )
             if len(matches) > 1:
                 raise AddressNotFound(
@@ -122,3 +131,41 @@ class AddressResolver:
             node = self._client.get_node(matches[0].NodeId)
             walked = f"{walked}/{step.name}"
         return node.nodeid
+
+
+async def nearest_nodes(client: Client, text: str, limit: int = 3) -> list[str]:
+    """For an address the server does not know: the nearest existing siblings, written as
+    the address was (a NodeId with the same namespace form), closest first; [] when none can
+    be found. String identifiers are cut at their last `.` or `/` and the node so named (in
+    the same namespace) is browsed; other identifiers, or no such parent, give []."""
+    try:
+        address = parse_address(text)
+    except ValueError:
+        return []
+    node_id = address.node_id
+    if node_id is None or not isinstance(node_id.Identifier, str):
+        return []
+    identifier = node_id.Identifier
+    cut = max(identifier.rfind("."), identifier.rfind("/"))
+    if cut <= 0:
+        return []
+    try:
+        index = await AddressResolver(client).resolve(text)
+        parent = client.get_node(
+            ua.NodeId(ua.String(identifier[:cut]), index.NamespaceIndex, ua.NodeIdType.String)
+        )
+        children = await parent.get_children_descriptions()
+    except (AddressNotFound, UaError, OSError, TimeoutError):
+        return []
+    siblings: dict[str, str] = {}  # last segment -> full identifier
+    for child in children:
+        if isinstance(child.NodeId.Identifier, str):
+            full = child.NodeId.Identifier
+            siblings.setdefault(full[max(full.rfind("."), full.rfind("/")) + 1:], full)
+    wanted = identifier[cut + 1:]
+    close = difflib.get_close_matches(wanted, list(siblings), n=limit, cutoff=0.6)
+    if not close:  # a case slip difflib rates low: "temperature" for "Temperature"
+        close = [name for name in siblings if name.lower() == wanted.lower()]
+    prefix = text[: text.rfind(identifier)] if identifier in text else ""
+    close = [siblings[name] for name in close]
+    return [prefix + name for name in close]

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from asyncua import ua
+from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from connectors.opcua.addressing import AddressNotFound, AddressResolver
+from connectors.opcua.addressing import AddressNotFound, AddressResolver, nearest_nodes
 from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings, SignalMode
 from connectors.opcua.session import open_session
 
@@ -50,9 +52,23 @@ async def probe(
             except AddressNotFound as error:
                 results.append(SignalProbe(signal.node, problem=str(error)))
             except UaStatusCodeError as error:
-                name = ua.StatusCode(error.code).name
-                results.append(SignalProbe(signal.node, problem=f"the server says {name}"))
+                results.append(SignalProbe(signal.node, problem=await missing_node_problem(
+                    client, signal.node, error.code
+                )))
     return results
+
+
+async def missing_node_problem(client: Client, address: str, code: int) -> str:
+    """What to say about an address the server answered with a bad status `code`: the status,
+    and for an unknown node the nearest existing siblings."""
+    name = ua.StatusCode(ua.UInt32(code)).name
+    if code != StatusCodes.BadNodeIdUnknown:
+        return f"the server says {name}"
+    close = await nearest_nodes(client, address)
+    hint = f": did you mean {' or '.join(map(repr, close))}?" if close else (
+        ": no node with this NodeId; browse for it with `edge-agent opcua browse`"
+    )
+    return f"the server says {name}{hint}"
 
 
 async def _describe(node: Node, signal: OpcUaSignalSettings) -> SignalProbe:

@@ -12,6 +12,12 @@ three connect exactly alike. Errors are classified for the caller:
   setting but no `$CREDENTIALS_DIRECTORY`, the server refused the user (wrong user name or
   password: retrying would only lock the account).
 
+Every message says what failed, the likely cause and what to check, once: a socket error
+becomes "nothing listens on HOST port N", "the host name ... does not resolve", "no answer
+within N s" or "no route to HOST" (`connection_cause`; the OS error number at most in
+parentheses), a source without security on a server that needs it names what the server
+offers, a refused certificate names its thumbprint.
+
 A server that refuses the agent's certificate may answer OpenSecureChannel with a ServiceFault
 (node-opcua does) instead of an OpenSecureChannelResponse. asyncua decodes that answer as a
 response, fails ("Exception raised while parsing message from server", with a traceback) and
@@ -25,12 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -120,8 +129,16 @@ async def open_session(
             client.disconnect_socket()
         if isinstance(error, UaStatusCodeError):
             raise _classify(error, settings) from error
+        if not settings.secured and "No matching endpoints" in str(error):
+            offered = await _offered_endpoints(client)
+            raise SourceConfigError(
+                f"{settings.endpoint} has no endpoint without security (security_policy = "
+                f"\"None\"); it offers: {offered}. Set security_policy and security_mode to one "
+                "of these, make the agent's certificate (`edge-agent certs create -c CONFIG`) "
+                "and trust it on the server"
+            ) from error
         raise SourceUnavailable(
-            f"cannot connect to {settings.endpoint}: {describe_error(error)}"
+            f"cannot connect to {settings.endpoint}: {connection_cause(error, settings)}"
         ) from error
     try:
         yield client
@@ -148,7 +165,8 @@ async def _set_security(client: Client, settings: OpcUaSettings, info: SessionIn
         endpoints = await client.connect_and_get_server_endpoints()
     except (OSError, TimeoutError, UaError) as error:
         raise SourceUnavailable(
-            f"cannot get the endpoints of {settings.endpoint}: {describe_error(error)}"
+            f"cannot get the endpoints of {settings.endpoint}: "
+            f"{connection_cause(error, settings)}"
         ) from error
     endpoint = next(
         (
@@ -305,7 +323,26 @@ def _classify(error: UaStatusCodeError, settings: OpcUaSettings) -> Exception:
                 f"{settings.endpoint} refused the agent's certificate ({name}); trust "
                 f"thumbprint {own} on the server (its rejected list), then it connects"
             )
-    return SourceUnavailable(f"cannot connect to {settings.endpoint}: {name}")
+    if code in _SECURITY_REJECTED:  # retried like any refusal: the server may be reconfigured
+        return SourceUnavailable(
+            f"{settings.endpoint} refused security_policy = {settings.security_policy!r} with "
+            f"security_mode = {settings.effective_mode!r} ({name}): the server needs another "
+            "security_policy / security_mode: set the ones its endpoints offer (its configuration "
+            "lists them; `edge-agent opcua browse` with --security-policy tries one)"
+        )
+    return SourceUnavailable(f"cannot connect to {settings.endpoint}: the server says {name}")
+
+
+async def _offered_endpoints(client: Client) -> str:
+    """What the server's endpoints offer, as `Policy/Mode` (for a message; "?" if unknown)."""
+    try:
+        async with asyncio.timeout(5.0):
+            endpoints = await client.connect_and_get_server_endpoints()
+    except Exception:  # only for a message: the connect error is what is reported
+        return "?"
+    return ", ".join(sorted(
+        {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}
+    )) or "nothing"
 
 
 def _expiry_notice(
@@ -346,6 +383,62 @@ def _first_certificate(chain: bytes) -> bytes:
     count = length_byte & 0x7F
     length = int.from_bytes(chain[2 : 2 + count], "big")
     return chain[: 2 + count + length]
+
+
+# What a server answers when the session's security does not fit its endpoints.
+_SECURITY_REJECTED = {
+    StatusCodes.BadSecurityModeRejected,
+    StatusCodes.BadSecurityPolicyRejected,
+    StatusCodes.BadSecurityModeInsufficient,
+}
+
+
+def connection_cause(error: BaseException, settings: OpcUaSettings) -> str:
+    """Why a connection failed, in the words of the one who has to fix it: what happened, the
+    likely cause, what to check; the OS error number at most in parentheses."""
+    host, port = _host_port(settings.endpoint)
+    number = f", errno {error.errno}" if isinstance(error, OSError) and error.errno else ""
+    if isinstance(error, socket.gaierror):
+        return (
+            f"the host name {host!r} does not resolve (name lookup failed{number}): check the "
+            "spelling in `endpoint`, the DNS or /etc/hosts, or write the server's IP address"
+        )
+    if isinstance(error, ConnectionRefusedError):
+        return (
+            f"nothing listens on {host} port {port} (connection refused{number}): is the OPC UA "
+            "server running, and is the port in `endpoint` the one it serves on?"
+        )
+    if isinstance(error, TimeoutError):
+        return (
+            f"no answer from {host} port {port} within {settings.request_timeout_s:g} s: the host "
+            "is down or a firewall drops the connection (check the route and port), or the "
+            "server is too slow (raise request_timeout_s)"
+        )
+    if isinstance(error, OSError) and error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return (
+            f"no route to {host} (host or network unreachable{number}): check the address, the "
+            "network cable or VLAN, and the route from this machine"
+        )
+    if isinstance(error, ConnectionResetError | BrokenPipeError):
+        return (
+            f"{host} port {port} closed the connection ({describe_error(error)}): the port may "
+            "belong to something other than an OPC UA server, or the server refused the session"
+        )
+    if isinstance(error, UaStatusCodeError):
+        return f"the server says {ua.StatusCode(error.code).name}"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror.lower()}{number}"
+    return describe_error(error)
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    """The host and port of `opc.tcp://HOST[:PORT][/PATH]` (4840 when none is written)."""
+    parsed = urlsplit(endpoint)
+    try:
+        port = parsed.port or 4840
+    except ValueError:
+        port = 4840
+    return parsed.hostname or endpoint, port
 
 
 def describe_error(error: BaseException) -> str:
