@@ -18,7 +18,7 @@ from config.fields import STRICT
 from connectors.credentials import CREDENTIAL_PREFIX, FILE_PREFIX, check_reference
 from events.formats import DEFAULT_FORMAT, FormatName
 
-__all__ = ["FileRef", "HubSection", "SecretRef"]
+__all__ = ["BrokerAddress", "FileRef", "HubSection", "SecretRef", "check_broker_url"]
 
 
 # Secrets and key files are never written inline: the config holds a reference in the one
@@ -50,7 +50,46 @@ SecretRef = Annotated[str, AfterValidator(_secret_reference)]
 FileRef = Annotated[str, AfterValidator(_file_reference)]
 
 
-class HubSection(BaseModel):
+def check_broker_url(url: str) -> str:
+    """A broker URL, `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (the agent's `[hub] url`, the
+    hub's `[broker] url`); ValueError saying what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(
+            f"unsupported scheme {parts.scheme!r} in {url!r}: expected mqtt://HOST:PORT "
+            "or mqtts://HOST:PORT"
+        )
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}: expected mqtt://HOST:PORT")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as error:
+        raise ValueError(f"bad port in {url!r}: {error}") from error
+    if parts.path not in ("", "/"):
+        raise ValueError(f"a broker URL has no path: {url!r}")
+    return url
+
+
+class BrokerAddress:
+    """`host`, `port` and `tls` of a model's broker `url` (checked by `check_broker_url`)."""
+
+    url: str
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class HubSection(BaseModel, BrokerAddress):
     model_config = STRICT
 
     url: str
@@ -107,34 +146,4 @@ class HubSection(BaseModel):
             raise ValueError("`password` is set: give the `username` it belongs to")
         return password
 
-    @field_validator("url")
-    @classmethod
-    def _broker_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(
-                f"unsupported scheme {parts.scheme!r} in {url!r}: expected mqtt://HOST:PORT "
-                "or mqtts://HOST:PORT"
-            )
-        if not parts.hostname:
-            raise ValueError(f"no host in {url!r}: expected mqtt://HOST:PORT")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as error:
-            raise ValueError(f"bad port in {url!r}: {error}") from error
-        if parts.path not in ("", "/"):
-            raise ValueError(f"a broker URL has no path: {url!r}")
-        return url
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+    _url = field_validator("url")(check_broker_url)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from config.buffer import ByteSize
 from config.fields import STRICT, TopicLevel
+from config.hub import BrokerAddress, check_broker_url
 from config.loader import load_model
 
 __all__ = [
@@ -46,7 +46,7 @@ def _relative_to_config(value: Path | None, info: ValidationInfo) -> Path | None
     return Path(base) / value
 
 
-class BrokerSection(BaseModel):
+class BrokerSection(BaseModel, BrokerAddress):
     """The MQTT v5 broker every agent publishes to, and the hub's shared subscription."""
 
     model_config = STRICT
@@ -77,19 +77,7 @@ class BrokerSection(BaseModel):
 
     _paths = field_validator("password_file", "ca_file")(_relative_to_config)
 
-    @field_validator("url")
-    @classmethod
-    def _broker_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"expected mqtt://HOST:PORT or mqtts://HOST:PORT, not {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"no host in {url!r}: expected mqtt://HOST:PORT")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as error:
-            raise ValueError(f"bad port in {url!r}: {error}") from error
-        return url
+    _url = field_validator("url")(check_broker_url)
 
     @model_validator(mode="after")
     def _consistent(self) -> BrokerSection:
@@ -100,19 +88,6 @@ class BrokerSection(BaseModel):
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("`reconnect_max_s` must be at least `reconnect_min_s`")
         return self
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
 
     @property
     def events_filter(self) -> str:
