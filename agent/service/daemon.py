@@ -20,7 +20,8 @@ Lifecycle
    `READY=1` again.
    Requests that arrive while one is being handled are coalesced into one more reload.
 4. All along: `WATCHDOG=1` from the event loop (see `agent.service.systemd`), and every
-   `hub.status_interval_s` a `STATUS=` line and a new status.json
+   `hub.status_interval_s` (sooner just after the start: 1, 2, 4 ... s) a `STATUS=` line and a
+   new status.json
    (`agent.service.status_file`), also written when ready, after each reload and at the stop
    (`"state": "stopped"`).
 """
@@ -203,8 +204,13 @@ class AgentService:
     # -- status: STATUS= and status.json --------------------------------------------------------
 
     async def _snapshot_loop(self) -> None:
+        # Soon after the start, then doubling up to the interval: the snapshot written when the
+        # agent got ready shows its sources still `starting`, and `edge-agent status` should not
+        # say so for a whole interval (30 s by default) after they connected.
+        delay_s = 1.0
         while True:
-            await asyncio.sleep(self.config.hub.status_interval_s)
+            await asyncio.sleep(min(delay_s, self.config.hub.status_interval_s))
+            delay_s *= 2
             await self._snapshot()
             self.notifier.status(self._status_line())
 
