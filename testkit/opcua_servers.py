@@ -298,3 +298,44 @@ async def serve_plant(port: int) -> AsyncIterator[PlantServer]:
         )
     async with server:
         yield PlantServer(server, port, variables)
+
+
+# --- a wide address space for browse-path resolution: Objects/Tree/F{f}/V{v} -------------------
+
+TREE_NAMESPACE = "urn:plant-edge-agent:test-tree"
+
+
+class TreeServer:
+    """A started tree server: `endpoint`, `index` (the tree namespace), `folder(f)`."""
+
+    def __init__(self, server: Server, endpoint: str, index: int, folders: list[Node]) -> None:
+        self.server = server
+        self.endpoint = endpoint
+        self.index = index
+        self.folders = folders
+
+
+@asynccontextmanager
+async def serve_tree(port: int, folders: int, per_folder: int) -> AsyncIterator[TreeServer]:
+    """Objects/Tree/F0..F{folders-1}/V0..V{per_folder-1}: Double variables with NodeId
+    `ns=TREE;s=F{f}.V{v}` (TREE: the index of TREE_NAMESPACE). Browse paths:
+    `Objects/Tree/F{f}/V{v}`; NodeIds: `nsu=TREE_NAMESPACE;s=F{f}.V{v}`."""
+    server = Server()
+    await server.init()
+    endpoint = f"opc.tcp://127.0.0.1:{port}/tree/"
+    server.set_endpoint(endpoint)
+    server.set_server_name("plant-edge-agent test tree")
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    index = await server.register_namespace(TREE_NAMESPACE)
+    tree = await server.nodes.objects.add_folder(ua.NodeId("Tree", index), f"{index}:Tree")
+    nodes: list[Node] = []
+    for f in range(folders):
+        folder = await tree.add_folder(ua.NodeId(f"F{f}", index), f"{index}:F{f}")
+        nodes.append(folder)
+        for v in range(per_folder):
+            await folder.add_variable(
+                ua.NodeId(f"F{f}.V{v}", index), f"{index}:V{v}",
+                ua.Variant(float(v), ua.VariantType.Double),
+            )
+    async with server:
+        yield TreeServer(server, endpoint, index, nodes)

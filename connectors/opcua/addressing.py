@@ -18,6 +18,16 @@ identifiers are closest, found by browsing the node that the identifier's dotted
 Resolution happens at the start of every session (namespace indexes and browsed nodes may
 differ after a server restart); an address that cannot be resolved raises
 `AddressNotFound` with the reason, which the connector reports for that signal only.
+
+Browse paths are walked one segment at a time, but each node's children are browsed once per
+`AddressResolver` (one per session start) and indexed by browse name: N signals under the same
+folders cost one Browse request per distinct folder on their paths, not one per segment per
+signal (10,000 signals in one folder were quadratic: 10,000 browses of a 10,000-child folder,
+each decoded and scanned in full). The cache lives only as long as the resolver, so a server
+restart or a changed address space is seen at the next session; within one resolution pass a
+child added after its parent was browsed is not seen (it is at the next session). A failed
+browse is not cached. Messages for a missing or ambiguous segment are made from the same
+browse result as before, so they are unchanged ("did you mean", the children listed).
 """
 
 from __future__ import annotations
@@ -86,6 +96,7 @@ class AddressResolver:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._namespaces: list[str] | None = None
+        self._children: dict[ua.NodeId, _Children] = {}
 
     async def resolve(self, text: str) -> ua.NodeId:
         address = parse_address(text)
@@ -105,18 +116,17 @@ class AddressResolver:
         return ua.NodeId(address.node_id.Identifier, ua.Int16(index), address.node_id.NodeIdType)
 
     async def _browse(self, address: Address) -> ua.NodeId:
-        node = self._client.nodes.objects
+        node_id = self._client.nodes.objects.nodeid
         walked = PATH_ROOT.rstrip("/")
         for step in address.path:
-            children = await node.get_children_descriptions()
+            children = await self._children_of(node_id)
             matches = [
                 child
-                for child in children
-                if child.BrowseName.Name == step.name
-                and (step.namespace is None or child.BrowseName.NamespaceIndex == step.namespace)
+                for child in children.by_name.get(step.name, ())
+                if step.namespace is None or child.BrowseName.NamespaceIndex == step.namespace
             ]
             if not matches:
-                all_names = sorted(child.BrowseName.Name for child in children)
+                all_names = children.sorted_names
                 names = ", ".join(all_names[:20])
                 close = difflib.get_close_matches(step.name, all_names, n=3, cutoff=0.5)
                 hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
@@ -128,9 +138,38 @@ class AddressResolver:
                     f"{walked} has {len(matches)} children named {step.name!r}; write the "
                     f"namespace index, e.g. '{matches[0].BrowseName.NamespaceIndex}:{step.name}'"
                 )
-            node = self._client.get_node(matches[0].NodeId)
+            node_id = matches[0].NodeId
             walked = f"{walked}/{step.name}"
-        return node.nodeid
+        return node_id
+
+    async def _children_of(self, node_id: ua.NodeId) -> _Children:
+        """The node's children (hierarchical references, forward), browsed once per resolver."""
+        children = self._children.get(node_id)
+        if children is None:
+            found = await self._client.get_node(node_id).get_children_descriptions()
+            children = _Children(found)
+            self._children[node_id] = children
+        return children
+
+
+class _Children:
+    """One node's browsed children, indexed by browse name (in browse order within a name)."""
+
+    __slots__ = ("_descriptions", "_sorted_names", "by_name")
+
+    def __init__(self, descriptions: list[ua.ReferenceDescription]) -> None:
+        self._descriptions = descriptions
+        self.by_name: dict[str, list[ua.ReferenceDescription]] = {}
+        for child in descriptions:
+            self.by_name.setdefault(child.BrowseName.Name, []).append(child)
+        self._sorted_names: list[str] | None = None
+
+    @property
+    def sorted_names(self) -> list[str]:
+        """Every child's browse name, sorted, duplicates kept (only a failing step needs it)."""
+        if self._sorted_names is None:
+            self._sorted_names = sorted(child.BrowseName.Name for child in self._descriptions)
+        return self._sorted_names
 
 
 async def nearest_nodes(client: Client, text: str, limit: int = 3) -> list[str]:
