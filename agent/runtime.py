@@ -443,8 +443,7 @@ class Agent:
         dropped because their id was accepted again since)."""
         moved, dropped = await self.buffer.retry_dead_letters(seqs)
         if moved:
-            self.forwarder.backlog_done = False
-            self.forwarder.wake()
+            self.forwarder.requeued()
         self.status.changed()
         return moved, dropped
 

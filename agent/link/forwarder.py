@@ -1,5 +1,9 @@
 """Forwarder: buffer → MQTT, acking in the buffer exactly what the broker acknowledged.
 
+Why one module of ~728 lines: the ack rule (each PUBACK settles exactly the seqs of its own
+message) is kept by leasing, splitting, publishing, settling, dead-lettering and the paused
+lanes together; they are kept in one file so the rule can be checked in one reading.
+
 The ack rule: a buffered event is marked delivered only when the PUBACK of the message that
 carried it arrives with a success reason code (< 0x80). Each message's future settles exactly
 the seqs that message carried; nothing else is ever acked.
@@ -64,10 +68,6 @@ Order the consumer gets: within one lane, the events of one type (so of one sour
 arrive in `seq` order (first arrivals; repeats after a reconnect can come later). Across lanes and
 across types there is no order: live events overtake backlog, critical overtakes telemetry.
 `seq` is the total order; the `backlog` property says which lane a message came from.
-
-Why one module of ~700 lines: the ack rule (each PUBACK settles exactly the seqs of its own
-message) is kept by leasing, splitting, publishing, settling, dead-lettering and the paused
-lanes together; they are kept in one file so the rule can be checked in one reading.
 """
 
 from __future__ import annotations
@@ -258,6 +258,12 @@ class Forwarder:
 
     def wake(self) -> None:
         """Tell the forwarder new events were accepted (called by the pipeline)."""
+        self._wake.set()
+
+    def requeued(self) -> None:
+        """Events went back to pending with their old seqs (dead letters retried), usually
+        below this connection's backlog boundary: lease the backlog lane again, now."""
+        self.backlog_done = False
         self._wake.set()
 
     @property
