@@ -1,6 +1,11 @@
 """Schema compatibility: what changed between a published contract and this agent's, and
 whether the change breaks a consumer (docs/hub-contract.md, "Compatibility policy").
 
+Why one module of ~862 lines: the policy is one walk (`_Walk`) over two documents side by side,
+and every keyword rule in it reads the same resolved pair of nodes and the same notion of
+"breaking"; split by keyword, each part would need the walk's whole state, and the policy
+would no longer read in one place.
+
 Both sides are JSON Schema documents as `edge-agent schema --out` writes them: draft 2020-12,
 one per event type, with `$ref`/`$defs` as pydantic emits them and the data subschema a
 resource of its own (`$id`). `compare` walks each published schema and this agent's side by
@@ -34,11 +39,6 @@ object, a keyword of the wrong JSON type, a `$ref` that resolves nowhere) raises
 naming the JSON pointer of the culprit (`validate_document` checks a whole document first;
 `read_published` reads a folder's files, given as their texts, naming the file and the line and
 column of text that is not JSON).
-
-Why one module of ~850 lines: the policy is one walk (`_Walk`) over two documents side by side,
-and every keyword rule in it reads the same resolved pair of nodes and the same notion of
-"breaking"; split by keyword, each part would need the walk's whole state, and the policy
-would no longer read in one place.
 """
 
 from __future__ import annotations

@@ -1,5 +1,12 @@
 """The versioned event types (data contracts), their registry and the envelope model.
 
+Why one module of ~885 lines: it is the contract's catalog, one short model per type and
+version (19 of them), read with the registry below that names which version is emitted,
+which is retired and what supersedes what; split by kind, that registry and the shared field
+conventions (quantities with `unit`, `x-unit` annotations, `_unit_with_quantity`) that
+`json_schemas` and `events.compat` rely on would be read across files, and a version change
+(V3 beside V2, the registry moved) is one reviewable diff here.
+
 Invariants:
 - A change to a model follows the compatibility policy (docs/hub-contract.md, `events.compat`
   enforces it against tests/contracts/): an optional field added keeps the type and bumps its

@@ -1,5 +1,11 @@
 """Mapping: readings in, canonical events out. Pure code: no I/O, no clock, no asyncio.
 
+Why one module of ~905 lines: the order of the steps below is the contract, and every step
+(`SignalMapper`: measured values, states, counters, derived events) reads and writes the same
+per-asset state that `Mapper` holds. Split, that order and that state would have to be followed
+across files; the value coercions at the end are private to them. A record's own steps share no
+per-asset state: they are `agent.flow.mapping_records` (the envelope of its event stays here).
+
 The config (`config.mapping`) says, per signal, what it means; this module applies it. One
 `SignalMapper` per configured signal, all held by one `Mapper` that also keeps, per asset, the
 latest value of every signal (so one event can combine several signals of an asset) and the
@@ -55,12 +61,6 @@ MES records (`RecordRule`, `agent.flow.mapping_records`) get the master data and
 get (lookups, UN/ECE Rec 20 units read as UCUM, `[units]` conversion); that module says how.
 (The one log line of this module is the warning about a route's invalid trace headers, once
 per route.)
-
-Why one module of ~900 lines: the order of the steps above is the contract, and every step
-(`SignalMapper`: measured values, states, counters, derived events) reads and writes the same
-per-asset state that `Mapper` holds. Split, that order and that state would have to be followed
-across files; the value coercions at the end are private to them. A record's own steps share no
-per-asset state: they are `agent.flow.mapping_records` (the envelope of its event stays here).
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Remote commands over MQTT v5 request/response: `{prefix}/{site}/{agent}/cmd/{command}`.
 
+Why one module of ~853 lines: every command's handler is here beside the one bounded queue
+and worker that run them and the parse boundary and reply-topic guard they all pass through,
+so what an unsigned or hostile request can reach is visible in one file.
+
 A requester publishes a JSON object to the command topic with the MQTT v5 Response Topic (and
 usually Correlation Data) properties set; the answer goes to that Response Topic, with the same
 Correlation Data, as JSON: ``{"ok": true, "command", "agent", "at", "result"}`` or ``{"ok":
@@ -38,10 +42,6 @@ Invariants
   one starts, ``shortened`` that the page was cut to fit), anything else to a ``too_large``
   refusal. ``dead-letters`` and ``retry`` read at most ``MAX_DEAD_LETTER_SCAN`` dead letters
   per request, so neither can hold the loop for long however many there are.
-
-Why one module of ~850 lines: every command's handler is here beside the one bounded queue
-and worker that run them and the parse boundary and reply-topic guard they all pass through,
-so what an unsigned or hostile request can reach is visible in one file.
 """
 
 from __future__ import annotations

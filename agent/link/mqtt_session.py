@@ -1,5 +1,11 @@
 """The MQTT v5 session to the hub: asyncio over paho-mqtt 2.x.
 
+Why one module of ~936 lines: paho calls back on its own thread, and every callback reaches
+the loop only through `call_soon_threadsafe`; the state those callbacks touch (the client, the
+connection epoch, the publish futures and their PUBACK deadline, the subscriptions to restore)
+lives in this one class, so that rule can be checked by reading one file. The packet-size and
+reason-code helpers at the top are what the class needs of MQTT's wire format.
+
 Invariants
 ----------
 One paho client per connection.
@@ -87,12 +93,6 @@ Errors
 
 A PUBACK failure code is not an exception: it is a ``PubAck`` with ``ok`` false, so the caller
 can tie the broker's reason to the exact message.
-
-Why one module of ~850 lines: paho calls back on its own thread, and every callback reaches
-the loop only through `call_soon_threadsafe`; the state those callbacks touch (the client, the
-connection epoch, the publish futures and their PUBACK deadline, the subscriptions to restore)
-lives in this one class, so that rule can be checked by reading one file. The packet-size and
-reason-code helpers at the top are what the class needs of MQTT's wire format.
 """
 
 from __future__ import annotations
