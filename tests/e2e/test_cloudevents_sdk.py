@@ -106,7 +106,7 @@ def test_a_standard_consumer_reads_every_event_in_each_format(
             extra_hub=f'format = "{wire_format}"',
             # Room for the drain on a loaded machine: a stop that runs out of grace rightly
             # leaves unacknowledged events for the next start, which this test is not about.
-            grace_s=30.0,
+            grace_s=20.0,
         ))
         proxy.refuse()  # the hub is unreachable at first: a backlog builds up
         try:
@@ -116,7 +116,7 @@ def test_a_standard_consumer_reads_every_event_in_each_format(
             before_connect = last_seq(buffer_file)  # accepted before any connection
             proxy.forward()
             wait(lambda: any(not m.backlog for m in hub.read()), "a live message")
-            assert agent.terminate() == 0, agent.log_text()
+            assert agent.terminate(timeout=90) == 0, agent.log_text()
         finally:
             agent.ensure_stopped()
         held = accepted(buffer_file)
