@@ -40,6 +40,8 @@ because repeats of an id are recognised and skipped.
 2. An id is held at most once. A record whose id is in `events` (pending, or acked and still
    retained) or that repeats an earlier record of the same batch is a duplicate: skipped, counted,
    given no `seq`. Once an acked row is purged, or a row is dead-lettered, its id is forgotten.
+   The check reads `held_ids`, the in-memory index of exactly the (id, seq) pairs of `events`
+   (see "Why the duplicate check reads memory"), so this holds across restarts and crashes.
 3. A row is *pending* while `acked_at IS NULL`. `ack` sets `acked_at`; nothing ever clears it.
    Pending rows leave `events` only through `dead_letter` or an eviction (capacity, below);
    acked rows only through `purge` (past `retention_s`, or over `retained_max_bytes`, oldest
@@ -56,11 +58,11 @@ because repeats of an id are recognised and skipped.
    memory per priority and re-read after any transaction that did not finish cleanly. Every
    record given up for room is counted in `evictions` in the same transaction that gave it up.
 
-# On-disk layout (schema version 5, in `PRAGMA user_version`)
+# On-disk layout (schema version 6, in `PRAGMA user_version`)
 
 ```
 events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq order
-              id TEXT NOT NULL UNIQUE      the duplicate check (an index on id); see below
+              id TEXT NOT NULL             not indexed on disk (schema version 6); see below
               kind, priority, body BLOB, accepted_at REAL, acked_at REAL (NULL = pending)
   events_pending  (priority, seq) WHERE acked_at IS NULL      lease and the pending counts
   events_acked    (acked_at) WHERE acked_at IS NOT NULL       purge and the retained count
@@ -71,10 +73,19 @@ dead_letters  number INTEGER PRIMARY KEY       the order they were set aside (sc
 evictions     priority, kind, reason, count          (schema version 2)
 source_state  key TEXT PRIMARY KEY, value TEXT, updated_at REAL   (schema version 4)
 identities    from_seq INTEGER PRIMARY KEY, site TEXT, agent TEXT  (schema version 5)
+
+temp.held_ids (id, seq) PRIMARY KEY, WITHOUT ROWID    in memory only, never in the file
 ```
 
+Every on-disk key follows time: the rowid (seq), `events_pending` (priority, seq) and
+`events_acked` (acked_at) all grow at their right edge, so a commit of n rows dirties about
+n x row size / page size pages, however large the table. Version 5 had `UNIQUE` on `id`: a
+B-tree keyed by a random UUID, where each row of a commit dirtied a leaf page of its own once
+the index outgrew the cache (about 10 KB written per 240-byte event at 1,000,000 rows,
+growing with the table; version 6: 555 B, flat; `bench.buffer_store`, docs/buffer.md).
+
 An id that is a UUID in canonical text form (what `events.ids` makes) is stored as its 16
-bytes (`stored_id`), anything else as text: that halves the id in the row and in its UNIQUE
+bytes (`stored_id`), anything else as text: that halves the id in the row and in its
 index (about 45 bytes a row). SQLite keeps a BLOB as a BLOB in a TEXT column, so this needs no
 schema change; rows written before hold the text form, and `append` looks a UUID id up in both
 forms, so a file from before still recognises its ids (until its old rows are purged). Readers
@@ -138,6 +149,26 @@ hub (its PUBACK then acks nothing); the overflow report names its seq either way
 kept in `recovered_from`, and a fresh file is started. Its `last_seq` starts where the old
 file's `meta` said, if that can still be read, so `seq` continues (the records lost with the
 old file are a gap the log names); otherwise at 0.
+
+# Why the duplicate check reads memory
+
+A random key cannot be appended to; so the only index keyed by the id lives in memory, where
+a random insert costs CPU (a few microseconds) and no I/O: `held_ids`, a TEMP table of the
+writing connection (`temp_store = MEMORY`), `buffer.sqlite.schema.HELD_IDS`. It is derived
+data, never written to the file, so it cannot be lost or disagree with it:
+
+- opening builds it from `events` (`BUILD_HELD_IDS`, sorted: about 1 s per million rows, on
+  top of the `quick_check` that reads the whole file anyway);
+- `append` and `retry_dead_letters`, the only statements that insert into `events`, add their
+  rows in the same transaction (`ADD_HELD_IDS`); a TEMP trigger removes a row's pair whatever
+  deletes the row (purge, eviction, dead letter, a disk-full ack); a ROLLBACK undoes both.
+
+It costs memory: about 28 bytes per held row (pending or retained), 28 MB per million, and
+CPU on the SQLite thread (a lookup and an insert per event in a B-tree that outgrows the CPU
+caches: the append's CPU still grows about 1.6 x from 10,000 to 1,000,000 rows held). A
+re-observed fact (OPC UA re-sends the current values on every re-subscribe) is recognised
+exactly as before, however old, while its row is held; the tests in
+`tests/integration/test_buffer_held_ids.py` show it across a restart and a crash image.
 
 # Why leases read on their own connection
 

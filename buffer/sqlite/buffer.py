@@ -28,7 +28,7 @@ from buffer.sqlite.dead_letters import DeadLettersMixin
 from buffer.sqlite.holdings import read_holdings
 from buffer.sqlite.leasing import LeasingMixin
 from buffer.sqlite.opening import OpeningMixin
-from buffer.sqlite.schema import COLUMNS, READ_COLUMNS, id_text, stored_id
+from buffer.sqlite.schema import ADD_HELD_IDS, COLUMNS, READ_COLUMNS, id_text, stored_id
 from buffer.sqlite.source_state import SourceStateMixin, write_state
 from buffer.sqlite.statements import (
     PARAMS_PER_STATEMENT,
@@ -117,7 +117,8 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
             for start in range(0, len(lookups), PARAMS_PER_STATEMENT):
                 chunk = lookups[start : start + PARAMS_PER_STATEMENT]
                 rows = await db.execute_fetchall(
-                    f"SELECT id FROM events WHERE id IN ({placeholders(len(chunk))})", chunk
+                    f"SELECT id FROM temp.held_ids WHERE id IN ({placeholders(len(chunk))})",
+                    chunk,
                 )
                 for (held_id,) in rows:
                     batch.pop(id_text(held_id), None)
@@ -136,6 +137,7 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
                         for offset, r in enumerate(kept, start=1)
                     ],
                 )
+                await db.execute(ADD_HELD_IDS, (last_seq,))
                 last_seq += len(kept)
                 await db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
             if overflow:

@@ -105,7 +105,8 @@ class DeadLettersMixin(SqliteBufferCore):
             for start in range(0, len(lookups), PARAMS_PER_STATEMENT):
                 chunk = lookups[start : start + PARAMS_PER_STATEMENT]
                 found = await db.execute_fetchall(
-                    f"SELECT id FROM events WHERE id IN ({placeholders(len(chunk))})", chunk
+                    f"SELECT id FROM temp.held_ids WHERE id IN ({placeholders(len(chunk))})",
+                    chunk,
                 )
                 held.update(id_text(held_id) for (held_id,) in found)
             back = []
@@ -118,6 +119,12 @@ class DeadLettersMixin(SqliteBufferCore):
                 f"INSERT OR IGNORE INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", back
             )
             moved = max(cursor.rowcount, 0)
+            for part in chunks([row[0] for row in back]):  # `HELD_IDS`: they are held again
+                await db.execute(
+                    "INSERT OR IGNORE INTO temp.held_ids (id, seq) SELECT id, seq FROM"
+                    f" main.events WHERE seq IN ({placeholders(len(part))})",
+                    tuple(part),
+                )
             priorities = await db.execute_fetchall(
                 f"SELECT DISTINCT priority FROM dead_letters {where}", params
             )

@@ -32,7 +32,7 @@ import aiosqlite
 
 from buffer.base import BufferCorrupt, BufferUnavailable, Capacity
 from buffer.sqlite.core import SqliteBufferCore
-from buffer.sqlite.schema import MIGRATIONS, migrate
+from buffer.sqlite.schema import BUILD_HELD_IDS, HELD_IDS, MIGRATIONS, migrate
 from buffer.sqlite.statements import classified, one
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,12 @@ class OpeningMixin(SqliteBufferCore):
                     capacity=capacity,
                 )
                 await buffer._refresh_counts()
+                # The duplicate check's index, in memory, built from the file (`HELD_IDS`).
+                await db.executescript(HELD_IDS)
+                await db.execute(BUILD_HELD_IDS)
                 # Text sorts before blobs in the id index: this reads only the text ids.
                 buffer._text_uuid_ids = bool(await db.execute_fetchall(
-                    "SELECT 1 FROM events WHERE id < x'' AND length(id) = 36 LIMIT 1"
+                    "SELECT 1 FROM temp.held_ids WHERE id < x'' AND length(id) = 36 LIMIT 1"
                 ))
                 # Leases read on their own connection (see "Why leases read on their own
                 # connection"); it only ever sees committed rows.

@@ -7,6 +7,8 @@ The layout itself (tables, indexes, what each column means) is drawn in the pack
   migration never changes, so every file reaches the same schema by the same steps. `migrate`
   applies the missing ones, each in its own transaction together with its `user_version` bump,
   and refuses a file that is newer than this code or that is some other application's database.
+- `HELD_IDS` is the duplicate check's index (from version 6): in memory, built at open,
+  kept in step with `events` in the same transactions (see its comment).
 - An id is stored as `stored_id` says (a canonical UUID as its 16 bytes, anything else as its
   text) and read back with `id_text`, or in SQL with `ID_TEXT_SQL`.
 """
@@ -97,6 +99,54 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         agent TEXT NOT NULL
     );
     """,
+    # Version 6: no UNIQUE index on `events.id` (a random-key B-tree write per event, the
+    # costliest of all): the duplicate check reads `HELD_IDS`, an index kept in memory.
+    # Every row, pending, retained or acked, is copied in seq order; the other two indexes
+    # (keys that follow time) are the same as before.
+    """
+    CREATE TABLE events_v6 (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        accepted_at REAL NOT NULL,
+        acked_at REAL
+    );
+    INSERT INTO events_v6 (seq, id, kind, priority, body, accepted_at, acked_at)
+        SELECT seq, id, kind, priority, body, accepted_at, acked_at FROM events ORDER BY seq;
+    DROP TABLE events;
+    ALTER TABLE events_v6 RENAME TO events;
+    CREATE INDEX events_pending ON events (priority, seq) WHERE acked_at IS NULL;
+    CREATE INDEX events_acked ON events (acked_at) WHERE acked_at IS NOT NULL;
+    """,
+)
+
+# The duplicate check's index (schema version 6 on): a TEMP table of the connection that
+# writes, so it lives in memory (`temp_store = MEMORY`), is never journalled, synced or
+# checkpointed, and cannot disagree with the file: it is built from `events` when the file is
+# opened (`BUILD_HELD_IDS`) and changes inside the transactions that change `events` (a
+# ROLLBACK undoes both). Rows enter `events` in two places only, `append` and
+# `retry_dead_letters`, which add them with `ADD_HELD_IDS` (one statement per batch: a
+# per-row trigger costs about 3 µs an event); rows leave it in many (purge, eviction, dead
+# letters, a disk-full ack), so a TEMP trigger removes them, whichever statement deletes.
+# Keyed (id, seq) in id order: a text id sorts before every blob, as in the old UNIQUE index.
+HELD_IDS: Final = """
+    PRAGMA temp_store = MEMORY;
+    CREATE TEMP TABLE held_ids (id NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (id, seq))
+        WITHOUT ROWID;
+    CREATE TEMP TRIGGER held_ids_removed AFTER DELETE ON main.events
+    BEGIN
+        DELETE FROM held_ids WHERE id = old.id AND seq = old.seq;
+    END;
+"""
+# Sorted first: SQLite then fills the in-memory B-tree from left to right, its pages full.
+BUILD_HELD_IDS: Final = (
+    "INSERT INTO temp.held_ids (id, seq) SELECT id, seq FROM main.events ORDER BY id"
+)
+# The rows an append just inserted: those above the last_seq it started from.
+ADD_HELD_IDS: Final = (
+    "INSERT INTO temp.held_ids (id, seq) SELECT id, seq FROM main.events WHERE seq > ?"
 )
 
 COLUMNS: Final = "seq, id, kind, priority, body, accepted_at"
@@ -123,6 +173,8 @@ async def migrate(db: aiosqlite.Connection, path: Path) -> bool:
             raise BufferCorrupt(f"{path}: a SQLite database, but not an edge-agent buffer")
     for target in range(version + 1, len(MIGRATIONS) + 1):
         script = MIGRATIONS[target - 1]
+        if version:  # a copy of `events` (version 6) takes a while on a large file: say so
+            log.info("buffer %s: migrating the schema to version %d", path, target)
         try:
             await db.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {target}; COMMIT;"
@@ -130,7 +182,10 @@ async def migrate(db: aiosqlite.Connection, path: Path) -> bool:
         except BaseException:
             await db.rollback()
             raise
-        log.info("buffer %s: schema migrated to version %d", path, target)
+        if version:
+            log.info("buffer %s: schema migrated to version %d", path, target)
+    if version == 0:
+        log.info("buffer %s: created (schema version %d)", path, len(MIGRATIONS))
     return bool(version == 0)
 
 
