@@ -1,8 +1,11 @@
 """Load the agent's TOML configuration and report every problem as `FILE:LINE: KEY: MESSAGE`.
 
 `load_config` reads the file (UTF-8; a leading byte-order mark is accepted), parses it with the
-standard library's `tomllib`, validates it against `config.schema.AgentConfig` and resolves a
-relative `agent.state_dir` against the directory that holds the config file.
+standard library's `tomllib`, expands signal templates (`config.templates`: each
+`[[sources.instances]]` becomes plain signals), validates it against `config.schema.AgentConfig`
+and resolves a relative `agent.state_dir` against the directory that holds the config file.
+A problem in a signal that a template made is reported on the template's line (or on the
+instance's override), naming the instance.
 
 Whatever goes wrong, the caller gets one exception, `ConfigError`, carrying a list of
 `ConfigProblem`s: a missing or unreadable file and a TOML syntax error give one problem each; a
@@ -35,7 +38,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from config.commands import RAW_KEY_PREFIX, read_public_key_file
-from config.schema import AgentConfig
+from config.schema import RECORD_SOURCES, AgentConfig
+from config.templates import Expansion, Instance, TemplateProblem
+from config.templates import expand as expand_templates
 from config.toml_locator import KeyPart, KeyPath, TomlKeyLocator, format_key
 
 
@@ -75,15 +80,20 @@ def load_config(path: Path) -> AgentConfig:
     path. Raises `ConfigError` listing every problem found.
     """
     text = _read_text(path)
-    data = _parse(path, text)
+    # [templates] and [[sources.instances]] become plain signals first (config.templates).
+    expansion = expand_templates(_parse(path, text), record_types=_RECORD_TYPES)
+    if expansion.problems:
+        locator = TomlKeyLocator(text)
+        raise ConfigError([_template_problem(path, locator, p) for p in expansion.problems])
     try:
         # config_dir: lookup CSV files are named relative to the config file (config.mapping).
-        config = AgentConfig.model_validate(data, context={"config_dir": path.absolute().parent})
+        config = AgentConfig.model_validate(
+            expansion.data, context={"config_dir": path.absolute().parent}
+        )
     except ValidationError as error:
         locator = TomlKeyLocator(text)
         details = _without_consequences(error.errors())
-        problems = [_schema_problem(path, locator, detail) for detail in details]
-        raise ConfigError(problems) from error
+        raise ConfigError(_expanded_problems(path, locator, details, expansion)) from error
     config = _resolve_key_files(path, text, config)
     base = path.absolute().parent
     # Relative paths of sources (certificates, trust lists, password files) likewise.
@@ -248,18 +258,71 @@ def _schema_problem(
     error: ErrorDetails,
     root: type[BaseModel] = AgentConfig,
 ) -> ConfigProblem:
+    key_path, message = _key_and_message(error, root)
+    return ConfigProblem(
+        file=path,
+        line=locator.line_of(key_path),
+        key=format_key(key_path),
+        message=message,
+    )
+
+
+def _key_and_message(error: ErrorDetails, root: type[BaseModel]) -> tuple[KeyPath, str]:
     walk = _SchemaWalk.of(error["loc"], root)
     key_path = walk.path
     kind = error["type"]
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         # pydantic reports these at the table; the file's culprit is its tag key (`type`).
         key_path = (*key_path, str(error.get("ctx", {}).get("discriminator", "type")).strip("'"))
-    return ConfigProblem(
-        file=path,
-        line=locator.line_of(key_path),
-        key=format_key(key_path),
-        message=_message(error, walk),
-    )
+    return key_path, _message(error, walk)
+
+
+def _expanded_problems(
+    path: Path, locator: TomlKeyLocator, details: list[ErrorDetails], expansion: Expansion
+) -> list[ConfigProblem]:
+    """The schema problems of a config with templates expanded. A generated signal's key is
+    its template's (or its instance's override), with the instance named: that is where the
+    operator reads and fixes it; one problem of a template signal in several instances (a
+    mistake in the template itself) is one problem naming them all."""
+    found: dict[tuple[KeyPath, str], list[Instance]] = {}
+    for detail in details:
+        key_path, message = _key_and_message(detail, AgentConfig)
+        placed, instance = expansion.place(key_path)
+        instances = found.setdefault((placed, message), [])
+        if instance is not None:
+            instances.append(instance)
+    return [
+        ConfigProblem(
+            path, locator.line_of(key), format_key(key), message + _note(locator, instances)
+        )
+        for (key, message), instances in found.items()
+    ]
+
+
+def _note(locator: TomlKeyLocator, instances: list[Instance]) -> str:
+    """` [template 'filler', instance sources[0].instances[1] (line 57: line = "L2")]`."""
+    if not instances:
+        return ""
+    if len(instances) == 1:
+        return f" [{instances[0].describe(locator.line_of(instances[0].key))}]"
+    shown = ", ".join(f"{format_key(i.key)} (line {locator.line_of(i.key)})" for i in instances)
+    return f" [template {instances[0].template!r}, instances {shown}]"
+
+
+# The source types without signals, where a template instance is a mistake.
+_RECORD_TYPES = frozenset(
+    tag
+    for model in RECORD_SOURCES
+    for tag in typing.get_args(model.model_fields["type"].annotation)
+)
+
+
+def _template_problem(
+    path: Path, locator: TomlKeyLocator, problem: TemplateProblem
+) -> ConfigProblem:
+    instances = [] if problem.instance is None else [problem.instance]
+    message = problem.message + _note(locator, instances)
+    return ConfigProblem(path, locator.line_of(problem.loc), format_key(problem.loc), message)
 
 
 _EXPECTED_TYPE = {
@@ -340,6 +403,10 @@ def _unknown_key_message(walk: _SchemaWalk) -> str:
     if walk.owner is None or not walk.path:
         return "unknown key"
     allowed = list(walk.owner.model_fields)
+    # the loader's own keys (config.templates), expanded before the schema sees the file
+    for before, added in (("sources", "templates"), ("signals", "instances")):
+        if before in allowed:
+            allowed.insert(allowed.index(before) + (before == "signals"), added)
     unknown = str(walk.path[-1])
     close = difflib.get_close_matches(unknown, allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""

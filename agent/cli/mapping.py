@@ -7,7 +7,9 @@
 without a server, a broker or the buffer. `--set` feeds earlier values first (in the order
 given; their events are not shown): the previous count of a counter, the order id and counts a
 work order's done bit reads, the state before a change. A signal is named by its `name`, its
-node address, or SOURCE/NAME when two sources have one of that name.
+node address, SOURCE/NAME or SOURCE/NODE, or ASSET/NAME (`L2/filler/state`), which always names
+one signal: when a name is ambiguous (the same signal set on several lines, e.g. a template's
+instances), `try` lists the candidates by ASSET/NAME and node.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from agent.flow.mapping import SignalMapper
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
@@ -26,7 +34,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "try", help="show the event(s) one value of a signal would produce (no server needed)"
     )
     attempt.add_argument("-c", "--config", type=Path, required=True, help="the agent's config")
-    attempt.add_argument("--signal", required=True, help="signal name, node, or SOURCE/NAME")
+    attempt.add_argument(
+        "--signal", required=True, help="signal name, node, SOURCE/NAME or ASSET/NAME"
+    )
     attempt.add_argument(
         "--value", required=True, help="true/false, a number, or text (quote it: '\"7\"')"
     )
@@ -53,9 +63,52 @@ def parse_value(text: str) -> bool | int | float | str | None:
     return text
 
 
+def pick_signal(signals: Sequence[SignalMapper], wanted: str) -> tuple[SignalMapper | None, str]:
+    """The signal `wanted` names, or None and why not: no signal, or several (each shown by
+    what names it alone, and its node)."""
+    matches = [m for m in signals if wanted in _selectors(m)]
+    if len(matches) == 1:
+        return matches[0], ""
+    if not matches:
+        known = ", ".join(sorted(_shortest(m, signals) for m in signals))
+        return None, f"no signal {wanted!r}; signals: {known}"
+    options = ", ".join(f"{label(m)} (node {m.signal})" for m in matches)
+    return None, (
+        f"{wanted!r} is ambiguous: {len(matches)} signals answer to it; pick one by ASSET/NAME "
+        f"or by its node: {options}"
+    )
+
+
+def label(signal: SignalMapper) -> str:
+    """ASSET/NAME: names one signal in the whole config (an asset's signal names are unique,
+    `config.mapping.cross_check`)."""
+    return f"{signal.rule.asset}/{signal.name}"
+
+
+def _selectors(signal: SignalMapper) -> tuple[str, ...]:
+    """What `--signal` may say to name `signal`: NAME, NODE, SOURCE/NAME, SOURCE/NODE or
+    ASSET/NAME."""
+    source = signal.source
+    return (
+        signal.name,
+        signal.signal,
+        f"{source}/{signal.name}",
+        f"{source}/{signal.signal}",
+        label(signal),
+    )
+
+
+def _shortest(signal: SignalMapper, signals: Sequence[SignalMapper]) -> str:
+    """SOURCE/NAME when that names `signal` alone (as `try` always listed them), else
+    ASSET/NAME (the same name on several assets of one source: template instances)."""
+    short = f"{signal.source}/{signal.name}"
+    clash = [m for m in signals if short in _selectors(m)]
+    return short if len(clash) == 1 else label(signal)
+
+
 def _try(args: argparse.Namespace) -> int:
     from agent.cli.config_file import load_or_report
-    from agent.flow.mapping import Mapper, SignalMapper
+    from agent.flow.mapping import Mapper
     from config.schema import AgentConfig
     from connectors.base import Quality, Reading
     from events.wire import envelope
@@ -67,20 +120,10 @@ def _try(args: argparse.Namespace) -> int:
     mapper = Mapper.from_config(config)
 
     def find(name: str) -> SignalMapper | None:
-        matches = [
-            m
-            for m in mapper.signals
-            if name in (m.name, m.signal, f"{m.source}/{m.name}", f"{m.source}/{m.signal}")
-        ]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            known = ", ".join(sorted(f"{m.source}/{m.name}" for m in mapper.signals))
-            print(f"edge-agent try: no signal {name!r}; signals: {known}", file=sys.stderr)
-        else:
-            options = ", ".join(f"{m.source}/{m.name}" for m in matches)
-            print(f"edge-agent try: {name!r} is ambiguous: {options}", file=sys.stderr)
-        return None
+        signal, problem = pick_signal(mapper.signals, name)
+        if problem:
+            print(f"edge-agent try: {problem}", file=sys.stderr)
+        return signal
 
     try:
         moment = datetime.fromisoformat(args.time) if args.time else datetime.now(UTC)
@@ -107,7 +150,7 @@ def _try(args: argparse.Namespace) -> int:
         prior = Reading(signal.source, signal.signal, parse_value(value), stamp)
         _, rejected = mapper.map_all([prior])
         for _, reason in rejected:
-            print(f"edge-agent try: --set {signal.name}: {reason}", file=sys.stderr)
+            print(f"edge-agent try: --set {label(signal)}: {reason}", file=sys.stderr)
             return EXIT_INVALID
     reading = Reading(
         target.source, target.signal, parse_value(args.value), moment, Quality(args.quality)
@@ -116,8 +159,6 @@ def _try(args: argparse.Namespace) -> int:
     for _, reason in rejected:
         print(f"unmappable: {reason}", file=sys.stderr)
         return EXIT_FAILURE
-    envelopes = [
-        envelope(e, site=config.agent.site, agent=config.agent.id) for e in events
-    ]
+    envelopes = [envelope(e, site=config.agent.site, agent=config.agent.id) for e in events]
     print(json.dumps(envelopes, indent=2))
     return EXIT_OK
