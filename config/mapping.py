@@ -287,7 +287,8 @@ class UnitsSection(BaseModel):
 
     def target_for(self, code: str) -> str:
         """The enterprise unit for values measured in `code`."""
-        target: str | None = getattr(self, units.kind_of(code))
+        # A kind without a `[units]` key (an area, `{rpm}`) keeps its unit.
+        target: str | None = getattr(self, units.kind_of(code), None)
         return target or code
 
 

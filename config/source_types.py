@@ -138,7 +138,7 @@ def _build_opcua(source: OpcUaSource, host: SourceHost) -> Connector:
 
 
 async def _probe_opcua(source: OpcUaSource) -> list[ProbeResult]:
-    from connectors.opcua.probe import INTEGER_TYPES, NUMBER_TYPES, probe
+    from connectors.opcua.probe import INTEGER_TYPES, NUMBER_TYPES, NodeProbeResult, probe
 
     events = {signal.node: signal.event for signal in source.signals}
     results: list[ProbeResult] = []
@@ -152,7 +152,9 @@ async def _probe_opcua(source: OpcUaSource) -> list[ProbeResult]:
             elif event is EventKind.PRODUCTION_COUNT and data_type not in INTEGER_TYPES:
                 problem = f"is {data_type}, but {event} needs an integer"
         seen = f"{found.node_id}, {found.node_class}{', ' + data_type if data_type else ''}"
-        results.append(ProbeResult(found.address, problem, seen))
+        # With the node's EngineeringUnits, which `check-config --connect` compares with the
+        # signal's unit (agent.cli.connect, config.ucum_engineering).
+        results.append(NodeProbeResult(found.address, problem, seen, found.units))
     return results
 
 

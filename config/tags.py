@@ -112,6 +112,10 @@ def ucum_of(eu: EngineeringUnits) -> tuple[str | None, str]:
         code = units.ucum_code(text) or _SYMBOLS.get(text)
         if code is not None and code in units.UNITS:
             return code, f"EngineeringUnits {text!r} (display name)"
+        try:  # any other valid UCUM expression (`cP`, `m3/h`) is its own code
+            return units.unit(text).code, f"EngineeringUnits {text!r} (display name)"
+        except units.UnitError:
+            pass
     known = f"UNECE {rec20}" if rec20 is not None else f"UnitId {eu.unit_id}"
     return None, (
         f"EngineeringUnits {shown!r} ({known}) is not a unit the agent knows; set `unit` "
@@ -350,17 +354,35 @@ def signals_toml(signals: Sequence[Mapping[str, Any]], header: Sequence[str] = (
     return "\n".join(lines) + "\n"
 
 
-def raw_signals(text: str, source: str | None) -> tuple[str, list[dict[str, Any]]]:
-    """The name and the signal tables, as written, of the OPC UA source `source` (None: the
-    first) in a config's TOML text; LookupError says why there is none."""
+def raw_signals(
+    text: str, source: str | None, *, replacing: bool = False
+) -> tuple[str, list[dict[str, Any]]]:
+    """The name and the signal tables of the OPC UA source `source` (None: the first) in a
+    config's TOML text, with its template instances expanded (docs/templates.md): what the
+    agent runs. `replacing` (a tag import replaces the source's hand-written signals): a
+    source that instantiates templates is refused, since its generated signals would then be
+    listed twice. LookupError says why there is none."""
+    from config.templates import expand
+
     data = tomllib.loads(text)
+    written = {
+        str(candidate.get("name")): candidate for candidate in data.get("sources", [])
+        if isinstance(candidate, dict)
+    }
     sources = [
-        candidate for candidate in data.get("sources", [])
+        candidate for candidate in expand(data).data.get("sources", [])
         if isinstance(candidate, dict) and candidate.get("type") == "opcua"
     ]
     for candidate in sources:
         if source is None or candidate.get("name") == source:
-            return str(candidate.get("name")), list(candidate.get("signals", []))
+            name = str(candidate.get("name"))
+            if replacing and "instances" in written.get(name, {}):
+                raise LookupError(
+                    f"source {name!r} instantiates templates ([[sources.instances]]): a tag "
+                    "list would replace its signals with the generated ones listed twice; "
+                    "import into a source without instances, or edit the template"
+                )
+            return name, list(candidate.get("signals", []))
     names = ", ".join(str(candidate.get("name")) for candidate in sources) or "none"
     wanted = f"no OPC UA source {source!r}" if source else "no OPC UA source"
     raise LookupError(f"{wanted} (OPC UA sources: {names})")

@@ -31,11 +31,12 @@ from agent.cli import (
     remote,
     service,
     tail,
+    units,
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
-_GROUPS = [core, remote, fleet, tail, keys, mapping, service, buffer, opcua, hub_run]
+_GROUPS = [core, remote, fleet, tail, keys, mapping, units, service, buffer, opcua, hub_run]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

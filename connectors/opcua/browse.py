@@ -117,7 +117,7 @@ async def read_one(settings: OpcUaSettings, address: str) -> ReadResult:
         status = value.StatusCode if value.StatusCode is not None else ua.StatusCode()
         if status.value == StatusCodes.BadNodeIdUnknown:
             raise await _not_found(client, address, status.name)
-        units = await _engineering_units(node) if not status.is_bad() else None
+        units = await engineering_units(node) if not status.is_bad() else None
         return ReadResult(
             address=address,
             node_id=stable_id(node.nodeid, namespaces),
@@ -171,7 +171,7 @@ async def _walk(
             data_type=await _data_type_name(node),
             value=data_value.Value.Value if data_value.Value is not None else None,
             status=None if status is None or status.is_good() else status.name,
-            units=await _engineering_units(node),
+            units=await engineering_units(node),
             more=more,
         )
     elif node_class == ua.NodeClass.Object:
@@ -204,9 +204,9 @@ async def _folders_above(node: Node) -> tuple[str, ...]:
     return tuple(str(name) for name in names)
 
 
-async def _engineering_units(node: Node) -> EngineeringUnits | None:
+async def engineering_units(node: Node) -> EngineeringUnits | None:
     """The variable's EngineeringUnits property, or None (absent, unreadable, not an
-    EUInformation)."""
+    EUInformation). `check-config --connect` reads it too (`connectors.opcua.probe`)."""
     try:
         properties = await node.get_children_descriptions(refs=ObjectIds.HasProperty)
         for described in properties:

@@ -1,8 +1,9 @@
 """Probing a source before the agent is (re)started (`edge-agent check-config --connect`).
 
 One session with the source's security settings; every configured address is resolved and
-its node class, data type and (for event signals) event notifier bit are read. Nothing is
-subscribed. The caller decides whether a data type fits what the signal feeds.
+its node class, data type, EngineeringUnits (variables) and (for event signals) event notifier
+bit are read. Nothing is subscribed. The caller decides whether a data type fits what the
+signal feeds, and whether the node's unit is the signal's (`config.ucum_engineering`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
+from connectors.base import ProbeResult
 from connectors.opcua.addressing import AddressNotFound, AddressResolver, nearest_nodes
+from connectors.opcua.browse import EngineeringUnits, engineering_units
 from connectors.opcua.config import OpcUaSettings, OpcUaSignalSettings, SignalMode
 from connectors.opcua.session import open_session
 
@@ -28,12 +31,20 @@ NUMBER_TYPES = INTEGER_TYPES | {"Float", "Double", "Number", "Decimal"}
 
 
 @dataclass(frozen=True, slots=True)
+class NodeProbeResult(ProbeResult):
+    """A probe result that also carries the node's EngineeringUnits (None: it has none)."""
+
+    units: EngineeringUnits | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SignalProbe:
     address: str
     node_id: str | None = None
     node_class: str | None = None
     data_type: str | None = None
     problem: str | None = None
+    units: EngineeringUnits | None = None  # the variable's EngineeringUnits, when it has them
 
 
 async def probe(
@@ -89,4 +100,5 @@ async def _describe(node: Node, signal: OpcUaSignalSettings) -> SignalProbe:
     if data_type.Value is not None:
         type_node = Node(node.session, data_type.Value.Value)
         type_name = str((await type_node.read_browse_name()).Name)
-    return SignalProbe(signal.node, text_id, node_class.name, type_name)
+    return SignalProbe(signal.node, text_id, node_class.name, type_name,
+                       units=await engineering_units(node))

@@ -102,8 +102,10 @@ async def test_browse_emit_toml_is_a_config_that_check_config_connect_accepts(
     )
     assert at("Line1.Filler.Pressure").unit == "bar"  # UNECE BAR
     assert at("Line1.Filler.Speed").unit == "{rpm}"  # no UnitId: from the display name
-    assert at("Line1.Viscosity").unit is None  # centipoise: the agent has no UCUM code
-    assert "EngineeringUnits 'cP' (UNECE C7) is not a unit the agent knows" in emitted.stdout
+    # Centipoise: UNECE C7 is not in the agent's Rec 20 table, but the display name is valid
+    # UCUM (an unknown one is left to the engineer: tests/unit/test_opcua_tags.py).
+    assert at("Line1.Viscosity").unit == "cP"
+    assert "EngineeringUnits 'cP' (display name)" in emitted.stdout
     assert at("Line3.Labeler.GoodCount").event == "production.count"
     assert at("Line1.Filler.Running").event == "telemetry"
     alarms = at("Line1.Alarms")

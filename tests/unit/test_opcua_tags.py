@@ -82,7 +82,9 @@ def test_rec20_unit_ids_decode_as_opc_ua_packs_them() -> None:
     (EngineeringUnits(-1, "°C"), "Cel"),  # no UnitId: the display name, as a symbol
     (EngineeringUnits(-1, "kPa"), "kPa"),  # ... as a UCUM code
     (EngineeringUnits(-1, "KGM"), "kg"),  # ... as a Rec 20 code
-    (EngineeringUnits(tags.unit_id_of_rec20("C7"), "cP"), None),  # centipoise: unknown
+    # centipoise: no Rec 20 entry the agent maps, but its display name is valid UCUM
+    (EngineeringUnits(tags.unit_id_of_rec20("C7"), "cP"), "cP"),
+    (EngineeringUnits(-1, "m3/h"), "m3/h"),  # any UCUM expression, not only the catalogue's
     (EngineeringUnits(-1, "furlong/fortnight"), None),
 ])
 def test_engineering_units_become_ucum_codes(eu: EngineeringUnits, code: str | None) -> None:
@@ -222,6 +224,33 @@ def test_export_names_the_missing_source(
     config.write_text(TRICKY)
     assert main(["opcua", "tags", "export", "-c", str(config), "--source", "line9"]) == 2
     assert "no OPC UA source 'line9' (OPC UA sources: line1)" in capsys.readouterr().err
+
+
+THREE_LINES = Path(__file__).resolve().parents[2] / "config" / "examples" / "three-lines.toml"
+
+
+def test_export_lists_the_signals_templates_generate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A source whose signals come from template instances exports what the agent runs: every
+    generated signal, once, with its parameters filled in."""
+    source = load_config(THREE_LINES).sources[0]
+    assert main(["opcua", "tags", "export", "-c", str(THREE_LINES)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == len(source.signals) >= 12
+    nodes = {row.split(",")[tags.COLUMNS.index("node")] for row in rows}
+    assert {"ns=2;s=Line1.Filler.State", "ns=2;s=Line3.Filler.State"} <= nodes
+    assert not any("{" in node for node in nodes)
+
+
+def test_import_refuses_a_source_with_template_instances(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_file = tmp_path / "tags.csv"
+    csv_file.write_text(",".join(tags.COLUMNS) + "\n")
+    assert main(["opcua", "tags", "import", "-c", str(THREE_LINES), str(csv_file)]) == 2
+    err = capsys.readouterr().err
+    assert "instantiates templates" in err and "listed twice" in err
 
 
 SETTINGS = OpcUaSettings(endpoint="opc.tcp://plc-7.plant.example:4841/ua", request_timeout_s=4)
