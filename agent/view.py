@@ -6,10 +6,11 @@ the import graph has no cycle (`tests/unit/test_architecture.py` fails on any). 
 tool can hand them anything shaped like this.
 
 The view reads the state the agent already keeps (its config, counters, the session's link,
-each source's runner) and exposes the few things a command may do: replay, retry dead
-letters, reload, pause and resume a source, replace the command settings, ask for a status
-now. Two attributes are written: `config` and `config_fingerprint`, by a reload that applies
-`[commands]` in place (`agent.link.commands.reload_config`). Everything else is read-only here.
+each source's runner, the per-signal diagnostics) and exposes the few things a command may
+do: replay, retry dead letters, reload, pause and resume a source, replace the command
+settings, ask for a status now. Two attributes are written: `config` and
+`config_fingerprint`, by a reload that applies `[commands]` in place
+(`agent.link.commands.reload_config`). Everything else is read-only here.
 
 The parts that live in `agent.link.status` and `agent.link.commands` themselves (the
 publisher's rate, the server's counters) appear as the small protocols below, so this module
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from agent.flow.mapping import Mapper
     from agent.flow.pipeline import Pipeline
+    from agent.flow.signal_values import LastValues
     from agent.link.forwarder import Forwarder
     from agent.link.mqtt_session import MqttSession
     from agent.link.signing import RequestVerifier
@@ -159,6 +161,11 @@ class AgentView(Protocol):
 
     @property
     def sources(self) -> Sequence[SourceView]: ...
+
+    @property
+    def signals(self) -> LastValues:
+        """The newest reading of each signal and its counts (`agent.flow.signal_values`)."""
+        ...
 
     @property
     def status(self) -> StatusView: ...

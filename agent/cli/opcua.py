@@ -6,6 +6,8 @@
     edge-agent opcua browse ENDPOINT [--node N] --emit toml|csv
                                             [[sources.signals]] stubs (config.tags) or a CSV
     edge-agent opcua read ENDPOINT NODE     one value; exit 1 when its status is Bad
+    edge-agent opcua watch -c CONFIG [--signal S] [--count N] [--seconds S]
+                                            live values of the configured signals
     edge-agent opcua tags export -c CONFIG [--source S] > tags.csv
     edge-agent opcua tags import -c CONFIG tags.csv [--out FILE]
                                             a source's signals as a CSV tag list and back
@@ -34,6 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli import opcua_watch
 from connectors.opcua.pki_access import FileOwner, access_problem, missing
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
@@ -66,6 +69,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     read.add_argument("node", help="NodeId, nsu=URI;s=..., or Objects/... browse path")
     _connection_options(read)
     read.set_defaults(handler=_read)
+    opcua_watch.register(tools)  # live values of the configured signals (agent.cli.opcua_watch)
     tags = tools.add_parser("tags", help="a source's signals as a CSV tag list, and back")
     tag_actions = tags.add_subparsers(dest="tags_command", metavar="ACTION", required=True)
     export = tag_actions.add_parser("export", help="print a source's signals as CSV")
@@ -327,7 +331,9 @@ def _tags_import(args: argparse.Namespace) -> int:
     if _config(args.config) is None:
         return EXIT_INVALID
     try:
-        name, _ = tags.raw_signals(args.config.read_text(encoding="utf-8-sig"), args.source)
+        name, _ = tags.raw_signals(
+            args.config.read_text(encoding="utf-8-sig"), args.source, replacing=True
+        )
         text = args.csv.read_text(encoding="utf-8-sig")
     except LookupError as error:
         print(f"edge-agent: {args.config}: {error}", file=sys.stderr)

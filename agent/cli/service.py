@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.cli.signals import indented, signals_table
 from agent.cli.tables import ago
 
 EXIT_RUNNING, EXIT_FAILURE, EXIT_INVALID, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -215,6 +216,10 @@ def _hub_and_sources(snapshot: dict[str, Any]) -> list[str]:
         if counted:
             detail += f" ({', '.join(counted)})"
         lines.append(f"  source {name}: {source.get('state')}, {detail}")
+        lines += indented(
+            signals_table(source.get("signals") or {}, source.get("signals_not_listed") or 0),
+            "    ",
+        )
     forwarder = snapshot.get("forwarder")
     if forwarder:
         lines.append(

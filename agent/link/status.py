@@ -6,7 +6,11 @@ What it says
 stale status), per source its state (running, retrying, paused, failed), connected, when it
 last received a value (`last_value_at`, also as `last_received_at`: what staleness monitoring
 watches) and, for MES record sources, the latest record's business time apart from it
-(`last_business_time`: a back-dated record is not a stale source), readings and errors; per
+(`last_business_time`: a back-dated record is not a stale source), readings and errors (the
+source's `last_error` only while it is not running and connected: a resolved problem is not
+shown), and per signal its last value, quality (the StatusCode name), source timestamp,
+change count and current and last error (`signals`, at most `SIGNALS_PER_SOURCE` per source,
+the rest counted in `signals_not_listed`; `agent.flow.signal_values`); per
 buffer class (telemetry, business, critical) pending events, evictions and its oldest pending
 age (and the oldest over all classes); the forwarder:
 connected, the hub format it publishes in (`format`, `[hub] format`), last PUBACK, events per
@@ -68,6 +72,9 @@ FULL_FORM = "full"
 REDUCED_FORMS = ("compact", "summary", "minimal")
 PRIORITY_NAMES = {0: "telemetry", 1: "business", 2: "critical"}
 _RATE_WINDOW_S = 60.0
+# Signals listed per source in the status document (it goes over MQTT); the rest are counted
+# in `signals_not_listed` and `edge-agent status` on the machine lists them all.
+SIGNALS_PER_SOURCE = 32
 
 _log = logging.getLogger(__name__)
 
@@ -166,26 +173,47 @@ async def snapshot(agent: AgentView) -> dict[str, Any]:
     }
 
 
-def sources_status(agent: AgentView) -> dict[str, dict[str, Any]]:
-    return {
-        runner.connector.name: {
+def sources_status(
+    agent: AgentView, *, signals_per_source: int = SIGNALS_PER_SOURCE
+) -> dict[str, dict[str, Any]]:
+    configured = {source.name: source for source in agent.config.sources}
+    document: dict[str, dict[str, Any]] = {}
+    for runner in agent.sources:
+        health = runner.connector.health
+        name = runner.connector.name
+        source = configured.get(name)
+        names = {signal.node: signal.name for signal in getattr(source, "signals", ())}
+        signals, left_out = agent.signals.document(
+            name, names=names, errors=health.signal_errors, limit=signals_per_source
+        )
+        document[name] = {
             "state": runner.state,
-            "connected": runner.connector.health.connected,
-            "readings_total": runner.connector.health.readings_total,
+            "connected": health.connected,
+            "readings_total": health.readings_total,
             # Receive time (what staleness monitoring watches) and, for record sources, the
             # latest record's business time, which may lie far back: never mixed.
-            "last_value_at": _iso(runner.connector.health.last_value_at),
-            "last_received_at": _iso(runner.connector.health.last_value_at),
-            "last_business_time": _iso(runner.connector.health.last_business_time),
-            "last_error": runner.connector.health.last_error,
-            "signal_errors": dict(runner.connector.health.signal_errors),
-            "disconnected_at": _iso(runner.connector.health.disconnected_at),
-            "reconnected_at": _iso(runner.connector.health.reconnected_at),
-            "notices": dict(runner.connector.health.notices),
-            "counters": dict(runner.connector.health.counters),
+            "last_value_at": _iso(health.last_value_at),
+            "last_received_at": _iso(health.last_value_at),
+            "last_business_time": _iso(health.last_business_time),
+            # A problem that is resolved is not reported: once the source runs and is
+            # connected again, the error that made it retry is history (the log has it).
+            "last_error": None if _running(runner.state, health.connected)
+            else health.last_error,
+            "signal_errors": dict(health.signal_errors),
+            "disconnected_at": _iso(health.disconnected_at),
+            "reconnected_at": _iso(health.reconnected_at),
+            "notices": dict(health.notices),
+            "counters": dict(health.counters),
+            # Per signal (agent.flow.signal_values): value, quality, source timestamp,
+            # changes, current and last error; at most `signals_per_source` of them.
+            "signals": signals,
+            "signals_not_listed": left_out,
         }
-        for runner in agent.sources
-    }
+    return document
+
+
+def _running(state: str, connected: bool) -> bool:
+    return state == "running" and connected
 
 
 async def buffer_status(agent: AgentView) -> dict[str, Any]:

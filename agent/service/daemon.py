@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.flow.signal_values import MAX_SIGNALS_PER_SOURCE
+from agent.link.status import sources_status
 from agent.runtime import Agent
 from agent.service import logs
 from agent.service.credentials import CredentialError
@@ -254,17 +256,22 @@ class AgentService:
         document["hub"] = {
             "url": agent.config.hub.url,
             "connected": session.connected,
-            "last_error": session.last_error,
+            # A resolved problem is not shown as current (issue 19): the log keeps it.
+            "last_error": None if session.connected else session.last_error,
             "session_present": session.session_present,
         }
+        # Every signal here (the file stays on this machine); agent.link.status caps them.
+        by_source = sources_status(agent, signals_per_source=MAX_SIGNALS_PER_SOURCE)
         document["sources"] = {
             runner.connector.name: {
                 "state": runner.state,
                 "connected": runner.connector.health.connected,
                 "readings_total": runner.connector.health.readings_total,
                 "last_value_at": _isoformat(runner.connector.health.last_value_at),
-                "last_error": runner.connector.health.last_error,
+                "last_error": by_source[runner.connector.name]["last_error"],
                 "counters": dict(runner.connector.health.counters),
+                "signals": by_source[runner.connector.name]["signals"],
+                "signals_not_listed": by_source[runner.connector.name]["signals_not_listed"],
             }
             for runner in agent.sources
         }

@@ -1,11 +1,9 @@
 """What the status page shows that the agent does not keep by itself: the last value of each
 signal, recent state changes, and buffer depth and deliveries over the last 24 h.
 
-- `LastValues`: the newest reading of each signal (value, quality, status, time), recorded by
-  `tap`, a wrapper around the pipeline's `emit` that the runtime hands the sources. Bounded:
-  at most `MAX_SIGNALS_PER_SOURCE` signals per source (a record source's readings are records,
-  one "signal" per record kind or column set, not unbounded in practice; past the bound new
-  ones are counted, not kept). Memory only: a restart starts empty, the next reading fills it.
+- `LastValues` (kept in `agent.flow.signal_values`, re-exported here for the page): the newest
+  reading of each signal, which the status documents and `opcua watch` show as well. The agent
+  owns the one instance (`Agent.signals`); the page reads it.
 - `StateLog`: changes of the hub link, of each source's state and connection, of backpressure
   and of paused lanes, found by comparing in-memory state once a second (no SQLite query), the
   last `MAX_CHANGES` kept in memory.
@@ -24,26 +22,26 @@ None of this is on the path of an event: a failure here is logged, never raised 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.flow.signal_values import MAX_SIGNALS_PER_SOURCE, LastValue, LastValues
 from config.observability import HISTORY_SAMPLES
-from connectors.base import Emit, Reading, is_short_disk
+from connectors.base import is_short_disk
 
 if TYPE_CHECKING:
     from agent.view import AgentView
 
 __all__ = [
     "HISTORY_FILE",
+    "MAX_SIGNALS_PER_SOURCE",
     "History",
     "LastValue",
     "LastValues",
@@ -56,48 +54,9 @@ _log = logging.getLogger(__name__)
 
 HISTORY_FILE = "web-history.json"
 _FORMAT_VERSION = 1
-MAX_SIGNALS_PER_SOURCE = 500
 MAX_CHANGES = 100
 CLASSES = ("telemetry", "business", "critical")
 _PRIORITY_CLASS = {0: "telemetry", 1: "business", 2: "critical"}
-
-
-# -- last values -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LastValue:
-    value: object
-    quality: str
-    status: str | None
-    at: float  # the reading's timestamp (epoch s)
-
-
-class LastValues:
-    """The newest reading per (source, signal); see the module docstring."""
-
-    def __init__(self) -> None:
-        self.by_source: dict[str, dict[str, LastValue]] = {}
-        self.not_kept: collections.Counter[str] = collections.Counter()
-
-    def note(self, readings: Sequence[Reading]) -> None:
-        for reading in readings:
-            signals = self.by_source.setdefault(reading.source, {})
-            if reading.signal not in signals and len(signals) >= MAX_SIGNALS_PER_SOURCE:
-                self.not_kept[reading.source] += 1
-                continue
-            signals[reading.signal] = LastValue(
-                reading.value, str(reading.quality), reading.status, reading.timestamp.timestamp()
-            )
-
-    def tap(self, emit: Emit) -> Emit:
-        """`emit`, noting each batch of readings first."""
-
-        async def tapped(readings: Sequence[Reading]) -> asyncio.Future[None] | None:
-            self.note(readings)
-            return await emit(readings)
-
-        return tapped
 
 
 # -- state changes -----------------------------------------------------------------------------

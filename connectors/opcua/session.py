@@ -25,6 +25,12 @@ ends in an AssertionError that names nothing. Each session's socket protocol the
 such a fault first (`_RefusalAwareProtocol`): the connect fails with the fault's status code,
 which `_classify` turns into the message above, and asyncua's own log record of that status
 is dropped (`_ReportedRefusals`): the connector reports it once, in its own words.
+
+A server that stops or restarts makes asyncua's publish loop log "Publish iteration crashed"
+with a traceback every second until the session closes. When the error only says the session
+or its connection ended (`session_ended`) that record becomes one debug line here
+(`_SessionEndInPublishLoop`); the connector's watchdog reports the loss once, and the runtime
+logs it as one state change. Any other publish-loop error keeps its record and traceback.
 """
 
 from __future__ import annotations
@@ -191,7 +197,7 @@ async def _set_security(client: Client, settings: OpcUaSettings, info: SessionIn
     try:
         store.check(server_certificate, server=settings.endpoint)
     except UntrustedCertificate as error:
-        _log.error("%s", error)
+        # Said once, by whoever reports the source unavailable (the runtime, check-config).
         raise SourceUnavailable(str(error)) from error
     _expiry_notice(info, "server_certificate", "the server's certificate", server_certificate,
                    settings)
@@ -298,6 +304,61 @@ def _install_refusal_filter() -> None:
 
 
 _install_refusal_filter()
+
+
+# What a session's end looks like from inside asyncua's publish loop when the server stops or
+# restarts (or the network drops): a routine state change that the connector's watchdog turns
+# into one `SourceUnavailable`, not an error with a traceback.
+_SESSION_ENDED = frozenset({
+    StatusCodes.BadSessionClosed,
+    StatusCodes.BadSessionIdInvalid,
+    StatusCodes.BadSecureChannelClosed,
+    StatusCodes.BadSecureChannelIdInvalid,
+    StatusCodes.BadConnectionClosed,
+    StatusCodes.BadServerHalted,
+    StatusCodes.BadShutdown,
+    StatusCodes.BadCommunicationError,
+    StatusCodes.BadNotConnected,
+    StatusCodes.BadServerNotConnected,
+})
+_PUBLISH_CRASHED = "Publish iteration crashed"
+
+
+def session_ended(error: BaseException) -> bool:
+    """Whether `error` only says that the session or its connection is gone."""
+    if isinstance(error, UaStatusCodeError):
+        return error.code in _SESSION_ENDED
+    return isinstance(error, OSError | TimeoutError | EOFError)
+
+
+class _SessionEndInPublishLoop(logging.Filter):
+    """Translates asyncua's "Publish iteration crashed; retrying in 1s" (logged with a
+    traceback, every second until the session is closed) when its error only says the session
+    ended: one debug line here instead, since the connector reports the loss once. Any other
+    error in the publish loop keeps asyncua's record and its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(_PUBLISH_CRASHED):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or not session_ended(error):
+            return True
+        _log.debug(
+            "asyncua's publish loop: the session ended (%s: %s)", type(error).__name__,
+            describe_error(error),
+        )
+        return False
+
+
+def _install_publish_loss_filter() -> None:
+    from asyncua.client import ua_session
+
+    session_log = logging.getLogger(f"{ua_session.__name__}.UaSession")
+    if not any(isinstance(f, _SessionEndInPublishLoop) for f in session_log.filters):
+        session_log.addFilter(_SessionEndInPublishLoop())
+
+
+_install_publish_loss_filter()
 
 
 def _classify(error: UaStatusCodeError, settings: OpcUaSettings) -> Exception:
