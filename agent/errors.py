@@ -37,6 +37,8 @@ What the caller must do (STYLE.md, habit 2):
     │   ├── ConnectionLost           transient: dropped before the PUBACK; re-send
     │   │   └── PubAckTimeout        transient: no PUBACK within puback_timeout_s; re-send
     │   ├── PacketTooLarge           poison: over the broker's maximum packet size (ValueError)
+    │   ├── V5Only                   bug: an MQTT v5 property asked for on a 3.1.1 connection
+    │   │                            (ValueError); nothing was sent
     │   └── SubscribeRefused         config: the broker refuses the subscription (SUBACK)
     ├── Refused                      answer: agent.signing; a request not executed (reason code)
     ├── StatusUnreadable             answer: agent.status_file; status.json cannot be read
@@ -64,7 +66,11 @@ What the caller must do (STYLE.md, habit 2):
     │   │                            cannot read (the file and where in it; exit 2)
     │   ├── NotConvertible           poison: events.versions; an event the retired version
     │   │                            cannot say: no dual-published copy, counted in status
-    │   └── UnitError                config: config.units; reported by the loader
+    │   ├── UnitError                config: config.units; reported by the loader
+    │   ├── UcumError                config: config.ucum; text that is no UCUM expression (what
+    │   │                            is wrong where), reported as a UnitError
+    │   └── ReplyFieldError          answer: agent.link.mqtt311; a 3.1.1 request's
+    │                                response_topic or correlation_data unusable: refused
     ├── LookupError
     │   └── AddressNotFound          config: connectors.opcua.addressing; that signal only fails,
     │                                the others run (health names it)

@@ -9,7 +9,7 @@ remote`, `fleet`, `tail`) check their options against this same model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
@@ -95,6 +95,16 @@ class HubSection(BaseModel, BrokerAddress):
     url: str
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = "mfg"
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    # The MQTT version of the link (docs/hub-contract.md, "MQTT 3.1.1 hubs"): "5"; "3.1.1" for
+    # a broker without v5 (RabbitMQ before 3.13, NATS); "auto": v5, or 3.1.1 when the broker
+    # refuses v5 at CONNECT (logged once). Declared before `format`, which depends on it.
+    protocol: Literal["5", "3.1.1", "auto"] = "5"
+    # The broker's packet limit in bytes when it does not send one at CONNECT (MQTT 3.1.1
+    # never does): messages are split to fit it, a larger event is a dead letter.
+    max_packet_size: Annotated[int, Field(ge=1024, le=268_435_460)] | None = None
+    # Publish every "." of a topic as "/": for brokers that refuse "." in topic names (NATS
+    # before 2.10); `.../events/production.count.v1` goes out as `.../events/production/count/v1`.
+    dots_as_levels: bool = False
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     reconnect_min_s: Annotated[float, Field(gt=0, le=300)] = 0.5
@@ -138,6 +148,18 @@ class HubSection(BaseModel, BrokerAddress):
         if key_file is not None and not has_cert and "cert_file" in info.data:
             raise ValueError("`key_file` is set: give its certificate as `cert_file` too")
         return key_file
+
+    @field_validator("format")
+    @classmethod
+    def _format_needs_v5(cls, value: str, info: ValidationInfo) -> str:
+        protocol = info.data.get("protocol", "5")
+        if value == "cloudevents-binary" and protocol != "5":
+            raise ValueError(
+                f'format "cloudevents-binary" needs MQTT v5 (its attributes are user properties), '
+                f'and `protocol` is "{protocol}": use "cloudevents-structured" (the CloudEvents '
+                'binding\'s mode for MQTT 3.1.1) or a batch format, or protocol = "5"'
+            )
+        return value
 
     @field_validator("password")
     @classmethod

@@ -5,7 +5,7 @@ type is a problem, defaults are declared once here) and is read by `config.loade
 so a mistake is reported as ``FILE:LINE: KEY: what was expected``. Relative paths (the hub's
 signing key, a password file, a CA file) are taken relative to the file, as the agent does.
 
-Sections: ``[broker]`` (the MQTT v5 broker and the shared subscription), ``[database]``
+Sections: ``[broker]`` (the MQTT broker, v5 or 3.1.1, and the shared subscription), ``[database]``
 (PostgreSQL), ``[landing]`` (batching), ``[gaps]`` (gap detection and signed replay requests;
 without the section, gap healing is off), ``[status]`` (the agents' retained statuses kept in
 the database, `hub.status`), ``[dashboard]`` (the web dashboard and `/metrics`, `hub.web`;
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
@@ -47,7 +47,7 @@ def _relative_to_config(value: Path | None, info: ValidationInfo) -> Path | None
 
 
 class BrokerSection(BaseModel, BrokerAddress):
-    """The MQTT v5 broker every agent publishes to, and the hub's shared subscription."""
+    """The MQTT broker every agent publishes to, and the hub's shared subscription."""
 
     model_config = STRICT
 
@@ -59,6 +59,19 @@ class BrokerSection(BaseModel, BrokerAddress):
     # The shared subscription group: every hub process of one group shares the events
     # (`$share/GROUP/{prefix}/+/+/events/#`); each message goes to one of them.
     share_group: TopicLevel = "hub"
+    # false: subscribe to `{prefix}/+/+/events/#` alone, for a broker without shared
+    # subscriptions (MQTT 3.1.1 has none: NATS 2.9, RabbitMQ 3.10 take `$share/...` for a plain
+    # topic and deliver nothing). Then run one hub process per broker: a second one would land
+    # every message again (no-ops, twice the work). Declared before `protocol`, which checks it.
+    shared_subscription: bool = True
+    # The MQTT version (docs/hub-guide.md, "On an MQTT 3.1.1 broker"): "5"; "3.1.1" for a
+    # broker without v5; "auto": v5, or 3.1.1 when the broker refuses v5 at CONNECT (logged
+    # once, kept until the process restarts). On 3.1.1 the replay requests carry their reply
+    # topic and correlation in their JSON (hub.gaps) and `receive_maximum` has no effect.
+    protocol: Literal["5", "3.1.1", "auto"] = "5"
+    # Publish and subscribe with every "." of a topic as "/", as the agents'
+    # `[hub] dots_as_levels` does: for brokers that refuse "." in topic names (NATS before 2.10).
+    dots_as_levels: bool = False
     # Seconds the broker keeps this process's session (its subscription and the messages
     # queued or in flight for it) after a connection drops. 0: a dead process's share goes to
     # the others at once, and what was in flight to it is healed by replay; > 0: the same
@@ -79,6 +92,19 @@ class BrokerSection(BaseModel, BrokerAddress):
 
     _url = field_validator("url")(check_broker_url)
 
+    @field_validator("protocol")
+    @classmethod
+    def _shared_needs_v5(cls, protocol: str, info: ValidationInfo) -> str:
+        if protocol != "5" and info.data.get("shared_subscription") is True:
+            may = "speaks" if protocol == "3.1.1" else "may connect with"
+            raise ValueError(
+                f'`protocol` is "{protocol}": this hub {may} MQTT 3.1.1, which has no shared '
+                "subscriptions (`$share/GROUP/...`: NATS 2.9 and RabbitMQ 3.10 take it for a "
+                "plain topic and deliver nothing); set `shared_subscription = false` (this "
+                'process then subscribes alone: one hub process per broker), or protocol = "5"'
+            )
+        return protocol
+
     @model_validator(mode="after")
     def _consistent(self) -> BrokerSection:
         if self.password_file is not None and self.username is None:
@@ -89,10 +115,17 @@ class BrokerSection(BaseModel, BrokerAddress):
             raise ValueError("`reconnect_max_s` must be at least `reconnect_min_s`")
         return self
 
+    def wire(self, topic: str) -> str:
+        """`topic` as it is on the broker: with `dots_as_levels`, every "." as "/" (what
+        `MqttSession` does to the topics it publishes; filters are given in this form)."""
+        return topic.replace(".", "/") if self.dots_as_levels else topic
+
     @property
     def events_filter(self) -> str:
-        """The shared subscription to every agent's events."""
-        return f"$share/{self.share_group}/{self.topic_prefix}/+/+/events/#"
+        """The subscription to every agent's events: shared unless `shared_subscription` is
+        off."""
+        events = self.wire(f"{self.topic_prefix}/+/+/events/#")
+        return f"$share/{self.share_group}/{events}" if self.shared_subscription else events
 
 
 class DatabaseSection(BaseModel):

@@ -28,6 +28,11 @@ Invariants
   recorded in `replay_requests` before it is published; its answer (to this process's reply
   topic, matched by the request id as Correlation Data) is recorded against it. Requests are
   signed (`agent.link.signing.RequestSigner`) with the hub's key; the agent verifies it.
+- On an MQTT 3.1.1 connection (no properties; docs/hub-contract.md, "MQTT 3.1.1 hubs") the
+  request's JSON carries ``response_topic`` and ``correlation_data`` (the request id, base64;
+  neither is signed, as the v5 properties are not), and the answer's JSON repeats
+  ``correlation_data``: an answer is matched by its Correlation Data property, else by that
+  field, so answers over either version are read.
 - A request not answered within ``reply_timeout_s`` is marked `no_answer`; the gap is asked
   for again when its backoff is over.
 """
@@ -35,6 +40,8 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import time
@@ -54,6 +61,10 @@ __all__ = ["GapHealer", "GapScan"]
 _log = logging.getLogger(__name__)
 _SCAN_LOCK = 7_270_002
 _COMMAND_CONTENT_TYPE = "application/json"
+# The MQTT 3.1.1 request/response convention (agent.link.mqtt311, which the hub does not
+# import: the agent's command server reads these fields of a request without properties).
+_RESPONSE_TOPIC_FIELD = "response_topic"
+_CORRELATION_FIELD = "correlation_data"
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,14 +236,18 @@ class GapHealer:
         body = self._signer.sign(
             "replay", {"first_seq": first, "last_seq": last}, target=f"{site}/{agent}"
         )
+        topic = f"{self._prefix}/{site}/{agent}/cmd/replay"
+        reply_topic = f"{self._reply_root}/{request_id}"
         try:
-            self._session.publish(
-                f"{self._prefix}/{site}/{agent}/cmd/replay",
-                json.dumps(body, separators=(",", ":")).encode(),
-                qos=1, content_type=_COMMAND_CONTENT_TYPE,
-                response_topic=f"{self._reply_root}/{request_id}",
-                correlation_data=request_id.bytes,
-            )
+            if self._session.mqtt311:  # no properties: the reply fields in the JSON
+                body[_RESPONSE_TOPIC_FIELD] = reply_topic
+                body[_CORRELATION_FIELD] = base64.b64encode(request_id.bytes).decode("ascii")
+                self._session.publish(topic, _json(body), qos=1)
+            else:
+                self._session.publish(
+                    topic, _json(body), qos=1, content_type=_COMMAND_CONTENT_TYPE,
+                    response_topic=reply_topic, correlation_data=request_id.bytes,
+                )
         except MqttSessionError as error:
             await self._answer(request_id, "not_sent", None, {"error": str(error)})
             return
@@ -248,12 +263,14 @@ class GapHealer:
         """An answer to one of this process's requests: record it (acked by the caller)."""
         correlation = getattr(message.properties, "CorrelationData", None)
         try:
-            request_id = uuid.UUID(bytes=bytes(correlation or b""))
             answer = json.loads(message.payload)
-        except (ValueError, TypeError):
+            if not isinstance(answer, dict):
+                raise ValueError("not a JSON object")
+            if correlation is None:  # MQTT 3.1.1: the request id in the answer's JSON
+                correlation = base64.b64decode(answer.get(_CORRELATION_FIELD) or "", validate=True)
+            request_id = uuid.UUID(bytes=bytes(correlation))
+        except (ValueError, TypeError, binascii.Error):
             _log.warning("unreadable answer on %s ignored", message.topic)
-            return
-        if not isinstance(answer, dict):
             return
         self.replies_total += 1
         request = await self._store.pool.fetchrow(
@@ -314,6 +331,10 @@ class GapHealer:
                 _log.warning("gap scan failed: %s", error)
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self._settings.check_interval_s - elapsed))
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def _merged_requests(

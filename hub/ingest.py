@@ -32,6 +32,11 @@ Invariants
 - Every format of the wire contract is read (`decode_message`: the content type and the user
   properties say which); a replayed message (user property ``replay=true``) lands the same way,
   marked `replayed`.
+- MQTT 3.1.1 plants (no properties; docs/hub-contract.md, "MQTT 3.1.1 hubs") land exactly as
+  v5 ones: a last topic level ``backlog`` or ``replay`` is the marker (taken off the landed
+  topic), and a message without Content Type or attributes is told by its first byte (``[``
+  the JSON batch, ``{`` structured mode, else the msgpack batch). With 3.1.1 the broker sends
+  no more unacknowledged messages than its own in-flight limit (there is no Receive Maximum).
 """
 
 from __future__ import annotations
@@ -50,7 +55,13 @@ from typing import Any
 
 from agent.link.mqtt_session import InboundMessage
 from connectors.backoff import Backoff
-from events.formats import REPLAY_PROPERTY, decode_message
+from events.formats import (
+    BACKLOG_PROPERTY,
+    BATCH_JSON_CONTENT_TYPE,
+    REPLAY_PROPERTY,
+    STRUCTURED_CONTENT_TYPE,
+    decode_message,
+)
 from hub.store import (
     OVERFLOW_TYPE,
     HubStore,
@@ -203,10 +214,36 @@ def _user_properties(message: InboundMessage) -> list[tuple[str, str]]:
     return [(str(name), str(value)) for name, value in values]
 
 
+# MQTT 3.1.1 (no properties): the delivery markers as a last topic level (agent.link.mqtt311,
+# which the hub does not import: the same names, from events.formats).
+_TOPIC_MARKERS = {marker[0]: marker for marker in (BACKLOG_PROPERTY, REPLAY_PROPERTY)}
+
+
+def _split_marker(topic: str) -> tuple[str, tuple[str, str] | None]:
+    head, _, last = topic.rpartition("/")
+    marker = _TOPIC_MARKERS.get(last)
+    return (head, marker) if marker is not None and head else (topic, None)
+
+
+def _sniffed_content_type(payload: bytes) -> str | None:
+    """No Content Type and no attributes (an MQTT 3.1.1 hop): the format by the first byte (a
+    msgpack batch never starts with `[` or `{`; None reads as it)."""
+    first = payload.lstrip()[:1]
+    return {b"[": BATCH_JSON_CONTENT_TYPE, b"{": STRUCTURED_CONTENT_TYPE}.get(first)
+
+
 def read_message(message: InboundMessage) -> tuple[list[LandingRow], list[Rejected]]:
-    """The rows of one message, and what was rejected of it: (topic, reason, payload)."""
+    """The rows of one message, and what was rejected of it: (topic, reason, payload).
+
+    An MQTT 3.1.1 message (module docstring) lands as its v5 twin: the marker level is taken
+    off the topic and read as the user property, the format is told by the payload."""
     content_type = getattr(message.properties, "ContentType", None)
     user_properties = _user_properties(message)
+    topic, marker = _split_marker(message.topic)
+    if marker is not None and marker not in user_properties:
+        user_properties.append(marker)
+    if content_type is None and not any(name == "specversion" for name, _ in user_properties):
+        content_type = _sniffed_content_type(message.payload)
     try:
         events = decode_message(message.payload, content_type, user_properties)
     except (ValueError, TypeError) as error:  # json and msgpack errors are ValueErrors
@@ -217,7 +254,7 @@ def read_message(message: InboundMessage) -> tuple[list[LandingRow], list[Reject
     rejects: list[Rejected] = []
     for event in events:
         try:
-            rows.append(landing_row(event, message.topic, replayed))
+            rows.append(landing_row(event, topic, replayed))
         except ValueError as error:
             rejects.append((message.topic, f"event not landed: {error}", _event_bytes(event)))
     return rows, rejects

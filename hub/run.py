@@ -3,7 +3,9 @@
 Start order (and stop in reverse): the store (schema, partitions) and the status tables
 (`hub.status`), the web server (`hub.web`: dashboard, `/api/fleet`, `/metrics`; it reads the
 database only, so it answers while the broker is away), the MQTT session (manual ack, the shared
-subscription, the agents' statuses on an ordinary subscription, this process's reply topic),
+subscription, the agents' statuses on an ordinary subscription, this process's reply topic;
+MQTT v5, or 3.1.1 with `[broker] protocol`: then the events subscription is not shared and the
+replay requests carry their reply fields in their JSON, `hub.gaps`),
 then the tasks in one TaskGroup: landing, status recording, gap healing, partition upkeep.
 SIGTERM or SIGINT cancels the group: what was not committed is not acknowledged, so the broker
 sends it again (to this process when it comes back with the same session, or to another one of
@@ -127,8 +129,8 @@ async def run_hub(config: HubConfig, stop: asyncio.Event | None = None) -> None:
         await make_status_schema(store.pool)
         statuses: StatusRecorder | None = None
         if config.status.enabled:
-            statuses = StatusRecorder(
-                store.pool, topic_prefix=broker.topic_prefix,
+            statuses = StatusRecorder(  # the topics as they come (`dots_as_levels`)
+                store.pool, topic_prefix=broker.wire(broker.topic_prefix),
                 sample_interval_s=config.status.sample_interval_s,
                 keep_hours=config.status.keep_hours,
             )
@@ -159,12 +161,14 @@ async def run_hub(config: HubConfig, stop: asyncio.Event | None = None) -> None:
             connect_timeout_s=broker.connect_timeout_s,
             reconnect_min_s=broker.reconnect_min_s, reconnect_max_s=broker.reconnect_max_s,
             on_delivery=deliver, receive_maximum=broker.receive_maximum,
-            resume_at_start=True, logger=_log,
+            resume_at_start=True, protocol=broker.protocol,
+            dots_as_levels=broker.dots_as_levels, logger=_log,
         )
         if signer is not None:
             healer = GapHealer(
                 store, session, config.gaps, topic_prefix=broker.topic_prefix,
-                reply_root=f"{broker.topic_prefix}/_hub/{broker.client_id}/reply",
+                # As the agent's answers come: the agent's session wires what it publishes.
+                reply_root=broker.wire(f"{broker.topic_prefix}/_hub/{broker.client_id}/reply"),
                 signer=signer,
             )
         async with _dashboard(config, store, dashboard_password), session:

@@ -8,6 +8,7 @@ waits (bounded) for the answer carrying the same Correlation Data.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import uuid
@@ -20,11 +21,21 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from testkit.broker import MosquittoBroker
+from testkit.nats_mqtt import NatsMqttBroker
 
 
 class Requester:
-    def __init__(self, broker: MosquittoBroker, root: str = "mfg/plant-a/edge-01") -> None:
+    def __init__(
+        self,
+        broker: MosquittoBroker | NatsMqttBroker,
+        root: str = "mfg/plant-a/edge-01",
+        *,
+        protocol: str = "5",
+    ) -> None:
+        """`protocol` "3.1.1": the reply fields go in the request's JSON and come back in the
+        answer's (`agent.link.mqtt311`, re-implemented here: only the field names are shared)."""
         self.root = root
+        self.mqtt311 = protocol == "3.1.1"
         self.reply_topic = f"{root}/reply/{uuid.uuid4().hex}"
         self._broker = broker
         self._answers: dict[bytes, dict[str, Any]] = {}
@@ -34,7 +45,7 @@ class Requester:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"test-requester-{uuid.uuid4().hex[:8]}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=MQTTProtocolVersion.MQTTv311 if self.mqtt311 else MQTTProtocolVersion.MQTTv5,
         )
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_args: self._subscribed.set()
@@ -45,6 +56,10 @@ class Requester:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: Any) -> None:
         correlation = getattr(message.properties, "CorrelationData", None)
+        if correlation is None and self.mqtt311:
+            answer = json.loads(message.payload)
+            encoded = answer.get("correlation_data") if isinstance(answer, dict) else None
+            correlation = base64.b64decode(encoded) if isinstance(encoded, str) else None
         if correlation is None:
             return
         with self._condition:
@@ -73,9 +88,20 @@ class Requester:
         response_topic: str | None = "",
     ) -> bytes:
         """Publish one request; returns its correlation data."""
+        correlation = uuid.uuid4().bytes
+        if self.mqtt311:
+            if isinstance(payload, dict):
+                reply = {"correlation_data": base64.b64encode(correlation).decode()}
+                if response_topic is not None:
+                    reply["response_topic"] = response_topic or self.reply_topic
+                payload = {**payload, **reply}
+            if not isinstance(payload, bytes):
+                payload = json.dumps(payload).encode()
+            info = self._client.publish(f"{self.root}/cmd/{command}", payload, qos=1)
+            info.wait_for_publish(5.0)
+            return correlation
         if not isinstance(payload, bytes):
             payload = json.dumps(payload).encode()
-        correlation = uuid.uuid4().bytes
         # paho's Properties is untyped.
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if response_topic is not None:

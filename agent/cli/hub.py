@@ -1,7 +1,8 @@
 """What the hub tools (`edge-agent remote`, `fleet`, `tail`) share: their hub options, the
 session they open, and how they fail.
 
-Each tool connects with its own MQTT v5 client (`agent.link.hub_session`), bounded by `--timeout`,
+Each tool connects with its own MQTT client (`agent.link.hub_session`; v5, or `--protocol
+3.1.1`/`auto` as `[hub] protocol`), bounded by `--timeout`,
 secured like the agent's `[hub]`: `--ca-file`, `--client-cert`/`--client-key`, `--username`,
 `--password-file`. The options are checked as the config's `[hub]` section is (the same
 messages, with the option names in place of the keys). A tool's session leaves nothing behind
@@ -46,6 +47,9 @@ def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the hub broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)")
     parser.add_argument("--prefix", default="mfg", help="topic prefix (default mfg)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    parser.add_argument("--protocol", choices=("5", "3.1.1", "auto"), default="5",
+                        help="MQTT version, as [hub] protocol (default 5; 3.1.1 for a broker "
+                             "without v5: requests then carry their reply topic in the JSON)")
     tls = parser.add_argument_group("hub security (as [hub] in the agent's config)")
     tls.add_argument("--ca-file", type=Path,
                      help="CA certificate(s) the broker's certificate must chain to "
@@ -80,7 +84,10 @@ def _hub_section(args: argparse.Namespace) -> HubSection:
         "password": f"file:{absolute(args.password_file)}" if args.password_file else None,
     }
     try:
-        section = HubSection(url=args.hub, **{k: v for k, v in options.items() if v is not None})
+        section = HubSection(
+            url=args.hub, protocol=getattr(args, "protocol", "5"),
+            **{k: v for k, v in options.items() if v is not None},
+        )
     except ValidationError as error:
         problems = "; ".join(
             f"{_HUB_OPTIONS.get(str(e['loc'][0]), '--hub') if e['loc'] else '--hub'}: "

@@ -8,7 +8,8 @@
     edge-agent remote pause|resume SOURCE --key FILE ...
 
 The request goes to `{prefix}/{site}/{agent}/cmd/{command}` with a private response topic and
-correlation data; the first answer carrying both is the one printed (as a table, or with
+correlation data (with `--protocol 3.1.1`, fields of the request's JSON: `agent.link.mqtt311`);
+the first answer carrying both is the one printed (as a table, or with
 `--json` as the agent sent it). Mutating commands are signed with `--key` (`agent.link.signing`);
 read-only ones may be. The hub connection and its options: `agent.cli.hub`.
 Exit codes: 0 answered ok, 1 no answer / refused / hub unreachable, 2 bad usage (a key that
@@ -33,7 +34,9 @@ from agent.cli.hub import (
     run_hub_tool,
     wait_until_connected,
 )
+from agent.cli.signals import indented, signals_table
 from agent.cli.tables import age_text, ago, table
+from agent.link.mqtt311 import CORRELATION_FIELD, RESPONSE_TOPIC_FIELD, encode_correlation
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 _READ_ONLY = ("status", "sources", "buffer", "config", "ping")
@@ -133,22 +136,32 @@ async def _ask(args: argparse.Namespace, command: str, request: dict[str, Any]) 
     answers: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
 
     def on_message(topic: str, payload: bytes, properties: Any) -> None:
-        if topic == reply_topic and getattr(properties, "CorrelationData", None) == correlation:
-            if not answers.full():
-                answers.put_nowait(payload)
+        if topic != reply_topic or answers.full():
+            return
+        if getattr(properties, "CorrelationData", None) == correlation or (
+            properties is None and _correlation_in(payload) == encode_correlation(correlation)
+        ):
+            answers.put_nowait(payload)
 
     deadline = time.monotonic() + args.timeout
     async with connect_to_hub(args, on_message) as session:
         await session.subscribe(reply_topic, qos=1)
         await wait_until_connected(session, args.hub, args.timeout)
-        future = session.publish(
-            f"{root}/cmd/{command}",
-            json.dumps(request).encode(),
-            qos=1,
-            content_type="application/json",
-            response_topic=reply_topic,
-            correlation_data=correlation,
-        )
+        if session.mqtt311:  # no properties: the reply fields in the JSON (agent.link.mqtt311)
+            in_payload = {RESPONSE_TOPIC_FIELD: reply_topic,
+                          CORRELATION_FIELD: encode_correlation(correlation)}
+            future = session.publish(
+                f"{root}/cmd/{command}", json.dumps({**request, **in_payload}).encode(), qos=1
+            )
+        else:
+            future = session.publish(
+                f"{root}/cmd/{command}",
+                json.dumps(request).encode(),
+                qos=1,
+                content_type="application/json",
+                response_topic=reply_topic,
+                correlation_data=correlation,
+            )
         try:
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                 await future
@@ -169,6 +182,15 @@ async def _ask(args: argparse.Namespace, command: str, request: dict[str, Any]) 
               f"{error.get('message')}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _correlation_in(payload: bytes) -> object:
+    """An MQTT 3.1.1 answer's correlation field (its JSON), or None."""
+    try:
+        answer = json.loads(payload)
+    except ValueError:
+        return None
+    return answer.get(CORRELATION_FIELD) if isinstance(answer, dict) else None
 
 
 def _render_answer(command: str, result: Any) -> str:
@@ -221,8 +243,14 @@ def _render_status(status: dict[str, Any]) -> str:
         f"forwarded {forwarder['events_forwarded_total']}, "
         f"{forwarder['events_per_s']} events/s, last PUBACK {ago(forwarder['last_puback_at'])}"
     )
+    per_signal = [
+        f"{name}:\n" + "\n".join(indented(text, "  "))
+        for name, source in status["sources"].items()
+        if (text := signals_table(source.get("signals") or {},
+                                  source.get("signals_not_listed") or 0))
+    ]
     return "\n\n".join(
-        [head, _render_sources(status["sources"]), _render_buffer(status["buffer"])]
+        [head, _render_sources(status["sources"]), *per_signal, _render_buffer(status["buffer"])]
     )
 
 

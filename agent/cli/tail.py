@@ -3,8 +3,10 @@
     edge-agent tail --hub URL [--site S] [--agent A] [--type T] [--count N] [--duration S] [--json]
 
 It subscribes to `{prefix}/{site}/{agent}/events/#` (`+` for any), decodes each message in
-whichever hub format it came (`events.formats.decode_message`, told by its content type) and
-prints one line per event (or one JSON object with `--json`); a message that holds no events
+whichever hub format it came (`events.formats.decode_message`, told by its content type; a
+message without one, from an MQTT 3.1.1 broker or agent (`--protocol 3.1.1`), by its first
+byte: `events.formats.sniff_content_type`, as the hub's landing does) and prints one line per
+event (or one JSON object with `--json`); a message that holds no events
 is named on stderr and skipped. With `--count` it stops after N
 events and exits 1 if fewer came within `--duration`. A reader that closes stdout early
 (`... | head`) ends it quietly (`agent.cli.main`). The hub connection: `agent.cli.hub`.

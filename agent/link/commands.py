@@ -1,11 +1,13 @@
 """Remote commands over MQTT v5 request/response: `{prefix}/{site}/{agent}/cmd/{command}`.
 
-Why one module of ~853 lines: every command's handler is here beside the one bounded queue
+Why one module of ~890 lines: every command's handler is here beside the one bounded queue
 and worker that run them and the parse boundary and reply-topic guard they all pass through,
 so what an unsigned or hostile request can reach is visible in one file.
 
 A requester publishes a JSON object to the command topic with the MQTT v5 Response Topic (and
-usually Correlation Data) properties set; the answer goes to that Response Topic, with the same
+usually Correlation Data) properties set (over MQTT 3.1.1, which has no properties: the JSON
+fields ``response_topic`` and ``correlation_data``, base64, repeated in the answer's JSON;
+`agent.link.mqtt311`); the answer goes to that Response Topic, with the same
 Correlation Data, as JSON: ``{"ok": true, "command", "agent", "at", "result"}`` or ``{"ok":
 false, "command", "agent", "at", "error": {"reason", "message"}}``.
 
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -69,6 +72,13 @@ from pydantic import (
     model_validator,
 )
 
+from agent.link.mqtt311 import (
+    CORRELATION_FIELD,
+    RESPONSE_TOPIC_FIELD,
+    ReplyFieldError,
+    encode_correlation,
+    reply_in_payload,
+)
 from agent.link.mqtt_session import MqttSessionError, PacketTooLarge, PubAck
 from agent.link.signing import Refused, RequestVerifier
 from agent.link.status import (
@@ -105,7 +115,10 @@ _MAX_NUMBER_DIGITS = 40  # a Unix time has 10; Python's int() would take 4,300 (
 _MAX_NESTING = 32  # levels of arrays and objects in a request; commands need 3
 # The level after `{prefix}/{site}/{agent}/` that starts a stream consumers decode.
 _STREAM_LEVELS = frozenset({"events", "status", "cmd"})
-_REQUEST_FIELDS = frozenset({"args", "ts", "nonce", "key_id", "sig"})
+# `response_topic`, `correlation_data`: a request over MQTT 3.1.1 (`agent.link.mqtt311`).
+_REQUEST_FIELDS = frozenset(
+    {"args", "ts", "nonce", "key_id", "sig", RESPONSE_TOPIC_FIELD, CORRELATION_FIELD}
+)
 _SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|private|credential", re.IGNORECASE)
 
 _log = logging.getLogger(__name__)
@@ -253,6 +266,7 @@ class _Request:
     response_topic: str | None
     correlation_data: bytes | None
     refused: Refused | None = None
+    reply_in_payload: bool = False  # MQTT 3.1.1: reply fields in the JSON (agent.link.mqtt311)
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -338,10 +352,15 @@ class CommandServer:
 
     async def _handle(self, request: _Request) -> None:
         command = request.command
+        if request.response_topic is None and request.refused is None:
+            request = _reply_fields_from_payload(request)
         response_topic = request.response_topic
         if response_topic is None:
             self._count_refusal(
-                command, Refused("no_response_topic", "request has no MQTT v5 Response Topic")
+                command, Refused(
+                    "no_response_topic", "request has no MQTT v5 Response Topic (nor, over "
+                    f"MQTT 3.1.1, a {RESPONSE_TOPIC_FIELD!r} field)",
+                )
             )
             return
         problem = self._response_topic_problem(response_topic)
@@ -398,6 +417,11 @@ class CommandServer:
             "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             **{key: value for key, value in body.items() if key != "ok"},
         }
+        correlation = request.correlation_data
+        if request.reply_in_payload or self._agent.session.mqtt311:
+            if correlation is not None:
+                document[CORRELATION_FIELD] = encode_correlation(correlation)
+            correlation = None
         for answer in _answers_smallest_last(document, self._agent.topic_root):
             payload = json.dumps(answer, separators=(",", ":"), default=str).encode()
             try:
@@ -406,7 +430,7 @@ class CommandServer:
                     payload,
                     qos=1,
                     content_type=CONTENT_TYPE,
-                    correlation_data=request.correlation_data,
+                    correlation_data=correlation,
                 )
             except PacketTooLarge:
                 continue  # the next, smaller answer
@@ -614,6 +638,21 @@ def response_topic_problem(topic: str, topic_prefix: str) -> str | None:
             f"({topic_prefix}/+/+/events, .../status, .../cmd)"
         )
     return None
+
+
+def _reply_fields_from_payload(request: _Request) -> _Request:
+    """A request without a Response Topic property (MQTT 3.1.1): its reply fields from the
+    JSON (`agent.link.mqtt311`); unchanged when it has none or is not a usable request (the
+    refusal then has nowhere to go)."""
+    try:
+        topic, correlation = reply_in_payload(parse_request(request.payload))
+    except (Refused, ReplyFieldError):
+        return request
+    if topic is None:
+        return request
+    return dataclasses.replace(
+        request, response_topic=topic, correlation_data=correlation, reply_in_payload=True
+    )
 
 
 def parse_request(payload: bytes) -> dict[str, Any]:

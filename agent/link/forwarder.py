@@ -67,7 +67,8 @@ and the held events go out. The probe event can overtake older events of its lan
 Order the consumer gets: within one lane, the events of one type (so of one source and type)
 arrive in `seq` order (first arrivals; repeats after a reconnect can come later). Across lanes and
 across types there is no order: live events overtake backlog, critical overtakes telemetry.
-`seq` is the total order; the `backlog` property says which lane a message came from.
+`seq` is the total order; the `backlog` property says which lane a message came from (on an
+MQTT 3.1.1 link, which has no properties, a last topic level `/backlog`: `agent.link.mqtt311`).
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby
+from typing import Protocol
 
+from agent.link.mqtt311 import marked_topic
 from agent.link.mqtt_session import (
     ConnectionLost,
     MqttSession,
@@ -94,7 +97,7 @@ from agent.link.mqtt_session import (
 from agent.link.token_bucket import TokenBucket
 from buffer.base import Buffer, BufferUnavailable, StoredRecord
 from connectors.backoff import Backoff
-from events.formats import BACKLOG_PROPERTY, DEFAULT_FORMAT, FORMATS, WireFormat
+from events.formats import BACKLOG_PROPERTY, DEFAULT_FORMAT, FORMATS, WireFormat, WireMessage
 from events.kinds import Priority
 from events.wire import AgentIdentity, IdentityHistory
 
@@ -193,6 +196,27 @@ def _backlog_bucket(pacing: BacklogPacing | None, burst: int) -> TokenBucket | N
     )
 
 
+class OutputHook(Protocol):
+    """An output that owns topics, encoding and publishing (Sparkplug B,
+    `agent.link.sparkplug`); the forwarder keeps leasing, the lanes and the ack rule. `ready`
+    is awaited at the start of each connection and whenever `holding` turns true (nothing is
+    published meanwhile); False: that connection is gone."""
+
+    @property
+    def holding(self) -> bool: ...
+
+    async def ready(self, epoch: int) -> bool: ...
+
+    def topic(self, record: StoredRecord) -> str: ...
+
+    def encode(
+        self, topic: str, records: Sequence[StoredRecord],
+        identity: AgentIdentity | IdentityHistory | None, *, backlog: bool,
+    ) -> WireMessage: ...
+
+    def publish(self, topic: str, payload: bytes, *, qos: int) -> asyncio.Future[PubAck]: ...
+
+
 class Forwarder:
     def __init__(
         self,
@@ -255,6 +279,8 @@ class Forwarder:
         self.counters = ForwarderCounters()
         # Told each PUBACK's round trip in seconds (the metrics' histogram, `agent.web`).
         self.on_puback: Callable[[float], None] | None = None
+        # Set by `agent.link.sparkplug.attach`: the output in place of `wire_format`.
+        self.output: OutputHook | None = None
 
     def wake(self) -> None:
         """Tell the forwarder new events were accepted (called by the pipeline)."""
@@ -361,6 +387,8 @@ class Forwarder:
         # Never more unacknowledged messages than the broker's Receive Maximum allows.
         self._slots = asyncio.Semaphore(min(self._max_inflight, self._session.receive_maximum))
         self._retry_needed = False
+        if self.output is not None and not await self.output.ready(epoch):
+            return
         while self._connection_usable(epoch) and not self._stopping:
             if self._retry_needed or self._resplit_needed or self._rewind_needed:
                 await self._wait_inflight_settled()
@@ -371,6 +399,12 @@ class Forwarder:
                 self._buffer.rewind()
                 self._retry_needed = self._resplit_needed = self._rewind_needed = False
                 self.backlog_done = False
+                continue
+            if self.output is not None and self.output.holding:
+                await self._wait_inflight_settled()  # then lease again what was held back
+                if not await self.output.ready(epoch):
+                    return
+                self._rewind_needed = True
                 continue
             if not await self._probe_paused_lanes(epoch):
                 return
@@ -418,9 +452,15 @@ class Forwarder:
 
     async def _publish(self, records: list[StoredRecord], epoch: int, *, backlog: bool) -> bool:
         size = min(self._batch_max_events, self.wire_format.max_events_per_message or 1 << 30)
-        for kind, group in groupby(records, key=lambda record: record.kind):
-            topic = f"{self._topic_base}/{kind}"
-            events = list(group)
+        output = self.output
+        keyed = [
+            (output.topic(record) if output else f"{self._topic_base}/{record.kind}", record)
+            for record in records
+        ]
+        if output is not None:  # a topic per device: one message each, its events in order
+            keyed.sort(key=lambda pair: pair[0])
+        for topic, group in groupby(keyed, key=lambda pair: pair[0]):
+            events = [record for _, record in group]
             lane = self._paused.get(topic)
             if lane is not None:
                 # Held back: leased but not sent, so leased again after the next rewind.
@@ -475,12 +515,14 @@ class Forwarder:
         `probe`: the lone event that asks a paused topic again. False when the connection is no
         longer usable."""
         try:
-            message = self.wire_format.encode(records, self.identity)
+            message = (
+                self.wire_format.encode(records, self.identity) if self.output is None
+                else self.output.encode(topic, records, self.identity, backlog=backlog)
+            )
         except ValueError as error:
             if len(records) == 1:
-                await self._dead_letter(
-                    records, f"cannot be encoded as {self.wire_format.name}: {error}"
-                )
+                name = self.wire_format.name if self.output is None else "Sparkplug B"
+                await self._dead_letter(records, f"cannot be encoded as {name}: {error}")
                 return True
             return await self._split(topic, records, epoch, backlog=backlog)
         payload = message.payload
@@ -503,20 +545,31 @@ class Forwarder:
         if not self._connection_usable(epoch) or self._stopping:
             slots.release()
             return False
-        if self._resplit_needed or self._retry_needed or self._rewind_needed:
+        if (
+            self._resplit_needed or self._retry_needed or self._rewind_needed
+            or (self.output is not None and self.output.holding)
+        ):
             slots.release()
             return True  # not sent: everything not acked is leased again after the rewind
         try:
-            future = self._session.publish(
-                topic,
-                payload,
-                qos=1,
-                content_type=message.content_type,
-                user_properties=(
-                    (*message.user_properties, BACKLOG_PROPERTY) if backlog
-                    else message.user_properties
-                ),
-            )
+            if self.output is not None:  # Sparkplug: births first, seq, no properties
+                future = self.output.publish(topic, payload, qos=1)
+            elif self._session.mqtt311:  # the marker as a topic level (agent.link.mqtt311)
+                future = self._session.publish(
+                    marked_topic(topic, BACKLOG_PROPERTY) if backlog else topic, payload, qos=1,
+                    user_properties=message.user_properties,  # binary mode: V5Only, loudly
+                )
+            else:
+                future = self._session.publish(
+                    topic,
+                    payload,
+                    qos=1,
+                    content_type=message.content_type,
+                    user_properties=(
+                        (*message.user_properties, BACKLOG_PROPERTY) if backlog
+                        else message.user_properties
+                    ),
+                )
         except NotConnected:
             slots.release()
             return False

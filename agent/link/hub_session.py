@@ -4,7 +4,8 @@ turns hub settings into a session.
 The agent's runtime (its own link: will, status on connect, commands) and the hub tools
 (`edge-agent remote`, `fleet`, `tail`) all connect through `hub_session`, so they agree on
 the broker's address, its TLS and password handling (`agent.service.credentials`) and the session's
-tuning (keepalive, session expiry, PUBACK deadline, reconnect backoff): whatever a caller wants
+tuning (keepalive, session expiry, PUBACK deadline, reconnect backoff, MQTT version and what
+stands in for v5 on 3.1.1): whatever a caller wants
 different it says in the `HubSection` it passes (the hub tools build theirs from their options).
 `agent.link.mqtt_session` itself stays free of the config: it is the MQTT code the hub shares.
 
@@ -57,5 +58,8 @@ def hub_session(
         reconnect_max_s=hub.reconnect_max_s,
         on_connected=on_connected,
         on_message=on_message,
+        protocol=hub.protocol,
+        max_packet_size=hub.max_packet_size,
+        dots_as_levels=hub.dots_as_levels,
         logger=logger,
     )

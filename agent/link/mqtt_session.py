@@ -1,6 +1,6 @@
 """The MQTT v5 session to the hub: asyncio over paho-mqtt 2.x.
 
-Why one module of ~936 lines: paho calls back on its own thread, and every callback reaches
+Why one module of ~1,040 lines: paho calls back on its own thread, and every callback reaches
 the loop only through `call_soon_threadsafe`; the state those callbacks touch (the client, the
 connection epoch, the publish futures and their PUBACK deadline, the subscriptions to restore)
 lives in this one class, so that rule can be checked by reading one file. The packet-size and
@@ -87,12 +87,27 @@ Errors
     ├── NotConnected      publish while the link is down: keep the data, wait_connected()
     ├── ConnectionLost    the link dropped before the PUBACK: outcome unknown, re-send
     │   └── PubAckTimeout the session dropped it: no PUBACK within ``puback_timeout_s``
+    ├── V5Only            (also a ValueError) a v5 property asked for on MQTT 3.1.1: a bug
     ├── PacketTooLarge    (also a ValueError) over the broker's Maximum Packet Size: this message
     │                     can never go to this broker as it is; set it aside (poison record)
     └── SubscribeRefused  SUBACK with a failure reason code for the filter
 
 A PUBACK failure code is not an exception: it is a ``PubAck`` with ``ok`` false, so the caller
 can tie the broker's reason to the exact message.
+
+MQTT 3.1.1 (``protocol="3.1.1"``, or ``"auto"``: until the first connection, v5 first and 3.1.1
+when the broker refuses v5 at CONNECT with CONNACK 0x84 or by closing the connection; what the
+first connection spoke is kept for the session's life; a 3.1.1 choice is logged with the reason).
+What changes: a PUBACK has no reason code, so it is always ``ok``; there
+are no properties, so ``publish()`` drops ``content_type`` and refuses user properties, a
+Response Topic or Correlation Data (``V5Only``: the caller carries them in the topic or payload,
+`agent.link.mqtt311`); no Maximum Packet Size comes in CONNACK, so ``max_packet_size`` (a fixed
+limit from the config) stands in for it; no Receive Maximum (the broker's own in-flight limit
+bounds what it sends); no session expiry: with ``session_expiry_s`` > 0 every connection uses
+clean_session=False with the same client id (the broker redelivers unacknowledged QoS 1
+messages and keeps subscriptions), and the broker keeps that session after ``close()`` too,
+for as long as its own settings say. ``dots_as_levels`` publishes every ``.`` of a topic as
+``/`` (for brokers that refuse ``.`` in topic names: NATS before 2.10).
 """
 
 from __future__ import annotations
@@ -106,7 +121,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -126,8 +141,14 @@ __all__ = [
     "PubAck",
     "PubAckTimeout",
     "SubscribeRefused",
+    "V5Only",
     "WillMessage",
 ]
+
+MqttProtocol = Literal["5", "3.1.1", "auto"]
+# CONNACK "Unsupported protocol version" (v5; 3.1.1's return code 1 reads as it too).
+_UNSUPPORTED_PROTOCOL_VERSION = 0x84
+_TRY_311_HINT = 'set protocol = "3.1.1" (or "auto") for this broker'
 
 # Largest packet MQTT can encode: 1 byte header + 4 bytes remaining length + 268,435,455.
 _PROTOCOL_MAX_PACKET_SIZE = 1 + 4 + 268_435_455
@@ -173,6 +194,11 @@ class PacketTooLarge(MqttSessionError, ValueError):
 
 class SubscribeRefused(MqttSessionError):
     """The broker refused a subscription (SUBACK failure reason code)."""
+
+
+class V5Only(MqttSessionError, ValueError):
+    """An MQTT v5 property (user properties, Response Topic, Correlation Data) was asked for
+    on an MQTT 3.1.1 connection: a caller's bug; nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +323,9 @@ class MqttSession:
         on_delivery: OnDelivery | None = None,
         receive_maximum: int | None = None,
         resume_at_start: bool = False,
+        protocol: MqttProtocol = "5",
+        max_packet_size: int | None = None,
+        dots_as_levels: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
         if reconnect_min_s <= 0 or reconnect_max_s < reconnect_min_s:
@@ -323,6 +352,11 @@ class MqttSession:
         self._on_message = on_message
         self._on_delivery = on_delivery
         self._client_receive_maximum = receive_maximum
+        self._protocol = protocol
+        self._mqtt311 = protocol == "3.1.1"  # the protocol of the next (or current) connection
+        self._v5_refusal: str | None = None  # why the last v5 CONNECT was refused, if it was
+        self._configured_max_packet_size = max_packet_size  # when CONNACK brings none (3.1.1)
+        self._dots_as_levels = dots_as_levels
         self._log = logger or logging.getLogger(__name__)
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -353,6 +387,9 @@ class MqttSession:
         self.session_present = False  # the broker resumed a stored session at the last CONNACK
         self.last_error: str | None = None  # why the last attempt failed or the link dropped
         self.puback_timeouts_total = 0  # connections dropped by the PUBACK deadline
+        # Called before each CONNECT for that connection's will (Sparkplug's NDEATH, whose
+        # bdSeq changes per connection); None: `will` as given.
+        self.will_provider: Callable[[], WillMessage] | None = None
 
     # -- public API --------------------------------------------------------------------------
 
@@ -391,6 +428,11 @@ class MqttSession:
     def receive_maximum(self) -> int:
         """The broker's Receive Maximum from the last CONNACK (65535 if absent)."""
         return self._receive_maximum
+
+    @property
+    def mqtt311(self) -> bool:
+        """True while the session speaks MQTT 3.1.1 (set, or chosen by ``"auto"``)."""
+        return self._mqtt311
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until ``connected``; False if ``timeout`` passed first."""
@@ -467,7 +509,7 @@ class MqttSession:
                     await self._publish_final(final)
                     # DISCONNECT reason 0: normal, no will; and no session left behind.
                     ending: Properties | None = None
-                    if self._session_expiry_s > 0:
+                    if self._session_expiry_s > 0 and not self._mqtt311:
                         ending = _new_properties(PacketTypes.DISCONNECT)
                         ending.SessionExpiryInterval = 0
                     client.disconnect(properties=ending)
@@ -488,6 +530,11 @@ class MqttSession:
         backoff = Backoff(self._reconnect_min_s, self._reconnect_max_s)
         while not self._closing:
             failure = await self._connect_once()
+            if (
+                failure is not None and self._protocol == "auto" and self._v5_refusal is not None
+                and not self._ever_connected  # chosen once: a v5 broker restarting stays v5
+            ):
+                failure = await self._fall_back_to_311(self._v5_refusal)
             if failure is None:
                 backoff.reset()
                 await self._serve_connection()
@@ -497,6 +544,21 @@ class MqttSession:
             self._note_unreachable(failure)
             await asyncio.sleep(backoff.next_s())
 
+    async def _fall_back_to_311(self, refusal: str) -> str | None:
+        """``protocol = "auto"``: the broker refused v5 at CONNECT; try 3.1.1 at once and keep
+        it for the session's life if it is accepted. None when connected, else why not."""
+        self._mqtt311 = True
+        failure = await self._connect_once()
+        if failure is None:
+            self._log.info(
+                'hub protocol: MQTT 3.1.1 (protocol = "auto": the broker refused MQTT v5 at '
+                "CONNECT: %s)", refusal,
+            )
+            self._protocol = "3.1.1"
+            return None
+        self._mqtt311 = False  # neither worked: try v5 first again next time
+        return f"{failure} (as MQTT 3.1.1; as MQTT v5: {refusal})"
+
     async def _connect_once(self) -> str | None:
         """One connection attempt; None when CONNACK accepted it, else the reason it failed."""
         loop = asyncio.get_running_loop()
@@ -504,20 +566,26 @@ class MqttSession:
         connack: asyncio.Future[str | None] = loop.create_future()
         self._client = client
         self._connack = connack
+        self._v5_refusal = None
         properties: Properties | None = None
-        if self._session_expiry_s > 0 or self._client_receive_maximum is not None:
+        if not self._mqtt311 and (
+            self._session_expiry_s > 0 or self._client_receive_maximum is not None
+        ):
             properties = _new_properties(PacketTypes.CONNECT)
             if self._session_expiry_s > 0:
                 properties.SessionExpiryInterval = self._session_expiry_s
             if self._client_receive_maximum is not None:
                 properties.ReceiveMaximum = self._client_receive_maximum
-        client.connect_async(
-            self._host,
-            self._port,
-            keepalive=self._keepalive_s,
-            clean_start=not self._resume_session,
-            properties=properties,
-        )
+        if self._mqtt311:  # no CONNECT properties; the session is kept by clean_session=False
+            client.connect_async(self._host, self._port, keepalive=self._keepalive_s)
+        else:
+            client.connect_async(
+                self._host,
+                self._port,
+                keepalive=self._keepalive_s,
+                clean_start=not self._resume_session,
+                properties=properties,
+            )
         client.loop_start()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -621,7 +689,9 @@ class MqttSession:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=MQTTProtocolVersion.MQTTv311 if self._mqtt311 else MQTTProtocolVersion.MQTTv5,
+            # 3.1.1 keeps a session only with clean_session=False, on every connection
+            clean_session=(self._session_expiry_s == 0) if self._mqtt311 else None,
             reconnect_on_failure=False,
             manual_ack=self._on_delivery is not None,
         )
@@ -632,13 +702,15 @@ class MqttSession:
             client.tls_set_context(self._tls)
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
+        if self.will_provider is not None:
+            self._will = self.will_provider()
         if self._will is not None:
             will_properties: Properties | None = None
-            if self._will.content_type is not None:
+            if self._will.content_type is not None and not self._mqtt311:
                 will_properties = _new_properties(PacketTypes.WILLMESSAGE)
                 will_properties.ContentType = self._will.content_type
             client.will_set(
-                self._will.topic,
+                self._wire_topic(self._will.topic),
                 self._will.payload,
                 qos=self._will.qos,
                 retain=self._will.retain,
@@ -713,7 +785,11 @@ class MqttSession:
         if client is not self._client or connack is None or connack.done():
             return
         if reason.is_failure:
-            connack.set_result(f"connection refused by broker: {_reason_text(reason)}")
+            text = f"connection refused by broker: {_reason_text(reason)}"
+            if reason.value == _UNSUPPORTED_PROTOCOL_VERSION and not self._mqtt311:
+                self._v5_refusal = text
+                text = f"{text}: it does not speak MQTT v5; {_TRY_311_HINT}"
+            connack.set_result(text)
             return
         self._link_up = True
         self.session_present = session_present
@@ -721,7 +797,10 @@ class MqttSession:
         self._epoch += 1
         self._lost = asyncio.Event()
         max_packet_size = getattr(props, "MaximumPacketSize", None)
-        self._max_packet_size = int(max_packet_size) if max_packet_size is not None else None
+        self._max_packet_size = (
+            int(max_packet_size) if max_packet_size is not None
+            else self._configured_max_packet_size
+        )
         receive_maximum = getattr(props, "ReceiveMaximum", None)
         self._receive_maximum = (
             int(receive_maximum) if receive_maximum is not None else _DEFAULT_RECEIVE_MAXIMUM
@@ -743,7 +822,18 @@ class MqttSession:
                 # Under TLS 1.3 the broker checks the client certificate after the handshake;
                 # its alert can be lost to the connection's close (EOF, reset).
                 reason = f"{_EXPIRED_CERT_HINT} [{reason}]"
-            connack.set_result(f"{reason} before CONNACK")
+            if reason == "connection lost" and not self._mqtt311:
+                # TCP (and TLS) worked and the broker hung up at CONNECT: what a broker that
+                # does not speak v5 does (RabbitMQ before 3.13); "auto" then tries 3.1.1.
+                self._v5_refusal = "the broker closed the connection at CONNECT, before CONNACK"
+                also = ", as does a TLS broker refusing this agent's certificate" * bool(self._tls)
+                reason = (
+                    f"{self._v5_refusal} (a broker that does not speak MQTT v5 does that{also}; "
+                    f"if this one does not speak v5, {_TRY_311_HINT})"
+                )
+                connack.set_result(reason)
+            else:
+                connack.set_result(f"{reason} before CONNACK")
         if self._link_up:
             self._loss_reason = reason
             self._mark_down(reason)
@@ -784,6 +874,8 @@ class MqttSession:
     ) -> None:
         if client is not self._client or self._on_message is None:
             return
+        if self._dots_as_levels:
+            topic = self._unwired(topic)
         try:
             self._on_message(topic, payload, properties)
         except Exception:
@@ -827,6 +919,14 @@ class MqttSession:
         client = self._client
         if client is None or not self._link_up:
             raise NotConnected("not connected to the hub")
+        if self._mqtt311:
+            if user_properties or response_topic is not None or correlation_data is not None:
+                raise V5Only(
+                    f"PUBLISH to {topic!r}: MQTT 3.1.1 has no user properties, Response Topic "
+                    "or Correlation Data (see agent.link.mqtt311)"
+                )
+            content_type = None  # 3.1.1 has no Content Type: consumers tell it by the payload
+        topic = self._wire_topic(topic)
         properties: Properties | None = None
         if (
             content_type is not None
@@ -861,6 +961,21 @@ class MqttSession:
             self._pending_sent_at[info.mid] = time.monotonic()
         return future
 
+    def _wire_topic(self, topic: str) -> str:
+        """The topic as published: with ``dots_as_levels``, every ``.`` as ``/``."""
+        return topic.replace(".", "/") if self._dots_as_levels else topic
+
+    def _unwired(self, topic: str) -> str:
+        """A received topic in the form it was subscribed with: the part a subscription's
+        filter spells out (up to its first wildcard) with its dots back, so that a site or agent
+        id with a `.` still finds its `{root}/cmd/+` requests. The rest is as received."""
+        for topic_filter in self._subscriptions:
+            fixed = topic_filter.split("+", 1)[0].split("#", 1)[0]
+            wired = self._wire_topic(fixed)
+            if wired != fixed and topic.startswith(wired):
+                return fixed + topic[len(wired):]
+        return topic
+
     async def _publish_final(self, final: Sequence[tuple[str, bytes, bool, str | None]]) -> None:
         futures: list[asyncio.Future[PubAck]] = []
         for topic, payload, retain, content_type in final:
@@ -883,6 +998,8 @@ class MqttSession:
                 self._log.warning("final message to %s refused: %s", topic, result.reason)
 
     async def _subscribe_on(self, client: mqtt.Client, filters: list[tuple[str, int]]) -> None:
+        if self._dots_as_levels:  # subscribed as published; `_unwired` gives the topic back
+            filters = [(self._wire_topic(topic_filter), qos) for topic_filter, qos in filters]
         rc, mid = client.subscribe(filters)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise ConnectionLost(f"subscribe not sent: {mqtt.error_string(rc)}")
@@ -901,7 +1018,7 @@ class MqttSession:
     # -- state-change logging ----------------------------------------------------------------
 
     def _note_connected(self) -> None:
-        where = f"{self._host}:{self._port}"
+        where = f"{self._host}:{self._port}" + (" (MQTT 3.1.1)" if self._mqtt311 else "")
         if self._down_since is not None and self._outage_logged:
             seconds = time.monotonic() - self._down_since
             if self._ever_connected:

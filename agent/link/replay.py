@@ -10,7 +10,8 @@ own session) both call. What it promises (docs/hub-contract.md, "Replay"):
   `seq`, in the hub's format (`wire_format`, `[hub] format`), one message per type and chunk
   of at most `batch_max_events` (one event per message in the binding's structured and binary
   modes), with the MQTT v5 user property `replay=true` (`events.formats.REPLAY_PROPERTY`), so
-  the hub can tell a replay from first delivery; within a type, in `seq` order.
+  the hub can tell a replay from first delivery (on an MQTT 3.1.1 link: the topic's last level
+  `/replay`, `agent.link.mqtt311`); within a type, in `seq` order.
 - Each event carries the site and agent it was accepted under (`Buffer.identities`; a buffer
   no agent has noted an identity in yet: `fallback`), so a rename since does not relabel it.
 - At most `max_inflight` messages wait for their PUBACK at a time (the caller's share of the
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.link.mqtt311 import marked_topic
 from agent.link.mqtt_session import NotConnected, PacketTooLarge, PubAck
 from buffer.base import Buffer, StoredRecord
 from events.formats import REPLAY_PROPERTY, WireFormat
@@ -162,10 +164,16 @@ class _Replay:
             return
         await self._slots.acquire()
         try:
-            future = self._publisher.publish(
-                topic, message.payload, qos=1, content_type=message.content_type,
-                user_properties=(*message.user_properties, REPLAY_PROPERTY),
-            )
+            if getattr(self._publisher, "mqtt311", False):  # marker as a topic level
+                future = self._publisher.publish(
+                    marked_topic(topic, REPLAY_PROPERTY), message.payload, qos=1,
+                    user_properties=message.user_properties,  # binary mode: V5Only, loudly
+                )
+            else:
+                future = self._publisher.publish(
+                    topic, message.payload, qos=1, content_type=message.content_type,
+                    user_properties=(*message.user_properties, REPLAY_PROPERTY),
+                )
         except PacketTooLarge:
             self._slots.release()
             await self._halve(topic, chunk)
