@@ -43,6 +43,8 @@ from agent.flow.dual_publish import DualPublisher
 from agent.flow.mapping import Mapper
 from agent.flow.mapping_state import COUNTERS_FILE, CounterBaselines
 from agent.flow.pipeline import Pipeline
+from agent.flow.signal_values import LastValues
+from agent.link import sparkplug
 from agent.link.commands import (
     CommandServer,
     ReloadOutcome,
@@ -264,6 +266,8 @@ class Agent:
             pacing=store.pacing(config),
             wire_format=FORMATS[hub.format],
         )
+        # `[sparkplug] enabled`: the forwarder's output and the session's will (NDEATH).
+        self.sparkplug = sparkplug.attach(config, self.session, self.forwarder)
         self.mapper = Mapper.from_config(config)
         baselines = CounterBaselines(config.agent.state_dir / COUNTERS_FILE, self.mapper)
         baselines.restore()  # a small JSON file, read once before anything runs
@@ -295,6 +299,10 @@ class Agent:
         # `[web]`: /metrics and the status page (agent.web); reads its TLS and password files
         # now, so a bad one fails here like the hub's (CredentialError).
         self.web = WebServer(self, config.web)
+        # Per-signal diagnostics (agent.flow.signal_values): one store, filled from the sources'
+        # emit, read by both status documents, the status page and nothing on the event path.
+        self.signals = LastValues()
+        self.web.values = self.signals
         # The process's reload path (`AgentService.request_reload`, the same one SIGHUP takes);
         # the remote `reload` command calls it once the file validated. None: in-place fallback.
         self.reload_hook: Callable[[], None] | None = None
@@ -325,6 +333,8 @@ class Agent:
             return  # stopped while the buffer could not record it: nothing was started
         self.forwarder.identity = IdentityHistory.of(identities)
         async with self.session, asyncio.TaskGroup() as group:
+            if self.sparkplug is not None:
+                await self.sparkplug.subscribe()  # NCMD and STATE, before anything is sent
             forwarder = group.create_task(self.forwarder.run(), name="forwarder")
             pipeline = group.create_task(self.pipeline.run(), name="pipeline")
             status = group.create_task(self.status.run(), name="status")
@@ -333,7 +343,7 @@ class Agent:
             housekeeping = group.create_task(self._housekeeping_loop(), name="housekeeping")
             sources = [
                 group.create_task(
-                    runner.run(self.web.tap(self.pipeline.emit)),
+                    runner.run(self.signals.tap(self.pipeline.emit)),
                     name=f"source-{runner.connector.name}",
                 )
                 for runner in self.sources
@@ -359,7 +369,8 @@ class Agent:
                         ),
                         True,
                         STATUS_CONTENT_TYPE,
-                    )
+                    ),
+                    *(self.sparkplug.final_messages() if self.sparkplug is not None else ()),
                 ]
             )
         _log.info("stopped")
@@ -384,6 +395,8 @@ class Agent:
         await self.status.publish()
 
     def _on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
+        if self.sparkplug is not None and self.sparkplug.offer(topic, payload):
+            return
         self.commands.offer(topic, payload, properties)
 
     async def _serve_commands(self) -> None:

@@ -47,6 +47,7 @@ from config.source_models import OpcUaSource as OpcUaSource
 from config.source_models import check_record_fields as check_record_fields
 from config.source_types import RECORD_SOURCES as RECORD_SOURCES
 from config.source_types import Source
+from config.sparkplug import SparkplugSection
 from connectors.records import RecordSettings
 
 
@@ -61,6 +62,7 @@ class AgentConfig(BaseModel):
     commands: CommandsSection = CommandsSection()
     contracts: ContractsSection = ContractsSection()
     web: WebSection = WebSection()  # /metrics and the status page (agent.web)
+    sparkplug: SparkplugSection = SparkplugSection()  # agent.link.sparkplug
     units: UnitsSection = UnitsSection()
     lookups: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], LookupTable] = {}
     assets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")],
