@@ -9,8 +9,8 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install install-test demo hub-demo test lint bench clean mosquitto-binary packaging-tools deb \
-        node-opcua chromium
+.PHONY: install install-test demo hub-demo test lint bench clean mosquitto-binary packaging-tools nats-server deb \
+        node-opcua chromium bench-peer
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"' || \
@@ -97,6 +97,18 @@ chromium:
 	    echo "the dashboard tests need chromium; run: sudo apt-get install -y chromium"; exit 1; \
 	  fi; }
 
+# nats-server, whose MQTT gateway speaks only MQTT 3.1.1: the broker of the 3.1.1 hub tests
+# (tests/integration/test_mqtt311.py, tests/hub/test_mqtt311_hub.py start private instances).
+nats-server:
+	@command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing nats-server (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; \
+	  else \
+	    echo "the MQTT 3.1.1 tests need nats-server; run: sudo apt-get install -y nats-server"; \
+	    exit 1; \
+	  fi; }
+
 # The .deb in dist/ (see packaging/build-deb).
 deb:
 	packaging/build-deb --out dist
@@ -110,7 +122,7 @@ lint: $(VENV)/.installed-test
 # Two pytest workers (pytest-xdist), a whole test file to each (--dist loadfile: a file's
 # session fixtures, such as the .deb build, run once); PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
-test: $(VENV)/.installed-test mosquitto-binary packaging-tools node-opcua chromium lint
+test: $(VENV)/.installed-test mosquitto-binary packaging-tools node-opcua chromium nats-server lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Starts a local mosquitto on 1883 for the demo when the binary exists and nothing listens there.
@@ -132,6 +144,18 @@ hub-demo:
 # BENCH_ARGS=--quick for a short smoke run; --out FILE; --profile DIR (needs py-spy).
 bench: $(VENV)/.installed-test mosquitto-binary
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# ThingsBoard IoT Gateway, the peer `make bench` measures side by side (issue 18), in its own
+# venv (git ignores it), never in .venv: the bench skips the peer, saying why, when it is absent.
+PEER_VENV := .bench-peer-venv
+PEER_VERSION ?= 3.8.5
+bench-peer: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install -q 'thingsboard-gateway==$(PEER_VERSION)' 'asyncua==1.1.5'
+	@touch $@
 
 clean:
 	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache $(NODE_OPCUA)/node_modules

@@ -1,5 +1,9 @@
 """The hub's landing speed, its CPU per event, and how fast a gap heals (issue 17, item 5).
 
+Why one module (650 lines): both phases share the process plumbing (a hub subprocess, a fresh
+database, CPU read from /proc per process, the bounded polls of `seq_held`) and print into one
+table; split, each half would import the other's private helpers.
+
 1. Landing, per wire format: one real `edge-agent hub run` process (a subprocess, the
    configuration's defaults but for the broker and database addresses and `[gaps]` off) on a
    private mosquitto and a fresh PostgreSQL database, fed by a loopback publisher that sends

@@ -1,10 +1,13 @@
 """The performance tables of docs/performance.md, rendered from the benchmarks' results files.
 
 Three benchmarks write every figure they measure to a JSON file (git ignores them):
-`bench.run` to `bench/results.json`, `bench.durability` to `bench/results.durability.json`,
+`bench.run` to `bench/results.json` (and the agent beside the peer to
+`bench/results.peer.json`), `bench.durability` to `bench/results.durability.json`,
 `bench.wire_formats` to `bench/results.wire_formats.json`. The figures
-the docs show come from their committed reference copies (`SECTIONS`: `RUN` and `DURABILITY`),
-through this module, never typed in by hand. Each section's tables sit in docs/performance.md
+the docs show come from their committed reference copies (`SECTIONS`: `RUN`, `DURABILITY`,
+`WIRE_FORMATS`, and `SIDE_BY_SIDE`: the agent beside the peer, ThingsBoard IoT Gateway, from
+the file `bench.run` writes beside its own, `bench/results.peer.json`), through this module,
+never typed in by hand. Each section's tables sit in docs/performance.md
 between its own `begin` and `end` marker lines; `tests/unit/test_docs.py` checks that what is
 there equals `section.render(reference)`, so the docs and the reference files cannot drift
 apart.
@@ -13,8 +16,8 @@ apart.
 
 prints the tables of FILE (its section is told by its `benchmark` field; none: `bench.run`), or
 of every reference file; `--write` puts them into docs/performance.md instead. After a run
-worth publishing: copy its results file over the reference and run
-`python -m bench.report --write`.
+worth publishing: copy its results files over the references (`bench.run`'s two:
+`results.json` and `results.peer.json`) and run `python -m bench.report --write`.
 
 Rendering is a pure function of the results: the same file always gives the same text.
 A figure a results file lacks (NaN in JSON) shows as an en dash.
@@ -42,6 +45,7 @@ def render_run(results: Results) -> str:
     parts = [
         _measured_on(results, "bench.run"),
         _ingest_table(results["ingest"]),
+        *_cost_tables(results["ingest"]),
         _startup_table(results["ingest"]),
         _backlog_table(results["backlog"]),
     ]
@@ -49,6 +53,70 @@ def render_run(results: Results) -> str:
         parts.append(_large_file_table(results["large_file"]))
     parts.append(_targets_table(results["targets"], quick=results["mode"] == "quick"))
     return "\n\n".join(parts) + "\n"
+
+
+def peer_runs(run: Results) -> list[Results]:
+    """The peer runs of one ingest run of a `bench.run` results file (none when skipped)."""
+    return [other for other in run.get("peer", []) if "phases" in other]
+
+
+def render_side_by_side(results: Results) -> str:
+    """The Markdown of the agent beside the peer (ThingsBoard IoT Gateway, once per storage),
+    from one `bench.run` results file (ends with a newline)."""
+    runs = results["ingest"]
+    measured = [other for run in runs for other in peer_runs(run)]
+    conditions = (
+        f"the peer {measured[0]['name']} {measured[0]['version']}" if measured
+        else "the peer not measured"
+    )
+    parts = [_measured_on(results, "bench.run", conditions)]
+    rows = []
+    for run in runs:
+        for other in peer_runs(run):
+            peer_phases = {phase["phase"]: phase for phase in other["phases"]}
+            for agent in run["agent"]:
+                them = peer_phases[agent["phase"]]
+                sides = (agent, them)
+                rows.append([
+                    _number(run["items"], 0), agent["phase"], other["storage"],
+                    _both(sides, "offered_per_s"),
+                    _both(sides, "delivered_per_s"), _both(sides, "missing"),
+                    _both(sides, "cpu_us_per_event"),
+                    f"**{_number(agent['cpu_us_per_event'] / them['cpu_us_per_event'], 2)}**",
+                    _both(sides, "write_bytes_per_event"), _both(sides, "cpu_share", " %", 100),
+                    _both(sides, "latency_p50_ms", " ms"), _both(sides, "latency_p99_ms", " ms"),
+                ])
+    parts.append(_table(
+        ["items", "phase", "peer storage", "offered/s, agent / peer", "delivered/s", "lost",
+         "CPU µs per value", "agent \u00f7 peer", "disk bytes written per value",
+         "CPU of a core", "latency p50", "latency p99"],
+        "-:|-|-|-:|-:|-:|-:|-:|-:|-:|-:|-:",
+        rows,
+    ))
+    startup = [
+        [_number(run["items"], 0), other["storage"],
+         f"{_number(run['start_to_all_items_s'], 2)} s",
+         f"{_number(other['start_to_all_items_s'], 2)} s",
+         f"{_number(run['agent_peak_rss_mib'], 0)} MiB",
+         f"{_number(other['peak_rss_mib'], 0)} MiB"]
+        for run in runs for other in peer_runs(run)
+    ]
+    parts.append(_table(
+        ["items", "peer storage", "agent: start to every item's first value", "peer: the same",
+         "agent peak RSS", "peer peak RSS"],
+        "-:|-|-:|-:|-:|-:",
+        startup,
+    ))
+    skipped = [f"{_number(run['items'], 0)} items: the peer was skipped ({other['skipped']})"
+               for run in runs for other in run.get("peer", []) if "skipped" in other]
+    if skipped:
+        parts.append("; ".join(skipped) + ".")
+    return "\n\n".join(parts) + "\n"
+
+
+def _both(sides: Sequence[Results], key: str, unit: str = "", scale: float = 1.0) -> str:
+    """`agent / peer` of one figure, whole numbers."""
+    return " / ".join(f"{_number(side[key] * scale, 0)}{unit}" for side in sides)
 
 
 def render_durability(results: Results) -> str:
@@ -137,7 +205,13 @@ WIRE_FORMATS = Section(
     f"<!-- bench.report wire formats: BEGIN {_DO_NOT_EDIT} -->",
     "<!-- bench.report wire formats: END -->",
 )
-SECTIONS = (RUN, DURABILITY, WIRE_FORMATS)
+SIDE_BY_SIDE = Section(
+    "bench.run, side by side", REPO / "bench" / "results.peer.reference.json",
+    render_side_by_side,
+    f"<!-- bench.report side by side: BEGIN {_DO_NOT_EDIT} -->",
+    "<!-- bench.report side by side: END -->",
+)
+SECTIONS = (RUN, DURABILITY, WIRE_FORMATS, SIDE_BY_SIDE)
 
 
 def section_of(results: Results) -> Section:
@@ -184,6 +258,26 @@ def _ingest_table(runs: Sequence[Results]) -> str:
         "-:|-|-:|-:|-:|-:|-:|-:|-:|-:",
         rows,
     )
+
+
+def _cost_tables(runs: Sequence[Results]) -> list[str]:
+    """The agent's costs per event and phase, where the results have them (issue 18); none for
+    older results files."""
+    rows = [
+        [_number(run["items"], 0), agent["phase"], _number(agent["cpu_us_per_event"], 0),
+         _number(agent["main_thread_cpu_us_per_event"], 0),
+         _number(agent["other_threads_cpu_us_per_event"], 0),
+         _number(agent["write_bytes_per_event"], 0), f"{_number(agent['cpu_share'] * 100, 0)} %"]
+        for run in runs for agent in run["agent"] if "write_bytes_per_event" in agent
+    ]
+    if not rows:
+        return []
+    return [_table(
+        ["items", "phase", "agent µs/event", "main thread (event loop)",
+         "other threads (SQLite, paho)", "disk bytes written/event", "CPU of a core"],
+        "-:|-|-:|-:|-:|-:|-:",
+        rows,
+    )]
 
 
 def _startup_table(runs: Sequence[Results]) -> str:
@@ -247,7 +341,8 @@ def _targets_table(targets: Sequence[Results], *, quick: bool) -> str:
         rows.append([row["target"], f"{measured} {row['unit']}",
                      f"{sign} {_number(row['limit'], None)} {row['unit']}",
                      "met" if row["pass"] else "not met"])
-    title = "target (issues 8 and 13)"
+    issues = "8, 13 and 18" if any("(issue 18)" in row["target"] for row in targets) else "8 and 13"
+    title = f"target (issues {issues})"
     if quick:
         title += ", quick run: small counts, not the targets' conditions"
     return _table([title, "measured", "limit", ""], "-|-:|-:|-", rows)

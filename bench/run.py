@@ -2,8 +2,13 @@
 
 1. OPC UA ingest (`bench.ingest`), with 1,000 and 10,000 changing items: the real agent process
    between a local asyncua server process and a private mosquitto, at 2,000 events/s and at the
-   server's maximum rate, every change checked off at a subscriber; then a bare asyncua client
-   through the same phases, as the reference ceiling.
+   server's maximum rate, every change checked off at a subscriber, and with the most items a
+   sustained phase of 1 change per item per second (10,000 items, each 1/s); per phase the agent's
+   CPU per event (all threads, and the event-loop thread alone), disk bytes written per event
+   (`/proc/PID/io`) and CPU % of a core. Then the peer, ThingsBoard IoT Gateway, where `make
+   bench-peer` installed it (`bench.peer_thingsboard`), through the same phases on the same
+   server and broker, so agent ÷ peer is a ratio from one run (absent: skipped, saying why);
+   then a bare asyncua client through the same phases, as the reference ceiling.
 2. Backlog (`bench.backlog_drain`): 1,000,000 telemetry events accepted from the simulated
    source while the broker is down (buffer bytes on disk per event); then the agent with 10,000
    OPC UA items on that state dir, still without a broker (its RSS); then the broker starts and
@@ -14,26 +19,31 @@
    a decoding subscriber, per `[hub] format` (issue 15).
 5. The hub (`bench.hub_landing`): events/s one `edge-agent hub run` process lands in
    PostgreSQL per format, its CPU per event, gap detection and replay time (issue 17).
-6. The targets of issues 8 and 13, each with its measured figure and pass/fail.
+6. The targets of issues 8, 13 and 18, each with its measured figure and pass/fail.
 
-Prints a table and writes everything as JSON (`bench/results.json`, or `--out`). Children (the
+Prints a table and writes everything as JSON (`bench/results.json`, or `--out`), and the
+agent beside the peer again on its own (`bench/results.peer.json`, beside `--out`). Children (the
 server, the agents, mosquitto, the bare client) are always ended, also on SIGTERM. Only
 loopback addresses; every wait is bounded.
 
-    .venv/bin/python -m bench.run [--quick] [--out FILE] [--profile DIR]
+    .venv/bin/python -m bench.run [--quick] [--out FILE] [--profile DIR] [--no-peer]
+        [--peer-storage memory sqlite]
 
-`--quick` is a smoke run with small counts (under 90 s); its figures are not the targets'
-conditions. `--profile DIR` records the agent with py-spy (if installed) during each max-rate
-phase, as collapsed stacks in DIR.
+`--quick` is a smoke run with small counts (a few minutes with the peer); its figures are
+not the targets' conditions. `--profile DIR` records the agent with py-spy (if installed)
+during each max-rate phase, as collapsed stacks in DIR, and groups the samples by stage
+(`bench.ingest.STAGES`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -42,8 +52,10 @@ from typing import Any
 from bench.backlog_drain import drain, fill
 from bench.hub_landing import print_table as print_hub_table
 from bench.hub_landing import run_hub_landing
-from bench.ingest import Phase, footprint, run_ingest
+from bench.ingest import STAGES, Phase, footprint, run_ingest
 from bench.large_file import run_large_file
+from bench.peer_thingsboard import STORAGES
+from bench.report import SIDE_BY_SIDE, peer_runs
 from bench.results import about_the_run, write
 from bench.wire_formats import print_table as print_formats_table
 from bench.wire_formats import run_wire_formats
@@ -68,22 +80,38 @@ class Scale:
     format_events: int
     hub_events: int
     hub_gaps: int
+    sustained_s: float
 
 
 FULL = Scale(items=(1000, 10000), moderate_s=10, max_s=15, backlog=1_000_000,
              footprint_items=10000, footprint_s=5, large_file_rows=2_000_000,
-             format_events=50_000, hub_events=300_000, hub_gaps=3)
+             format_events=50_000, hub_events=300_000, hub_gaps=3, sustained_s=20)
 QUICK = Scale(items=(100, 1000), moderate_s=2, max_s=3, backlog=20_000,
               footprint_items=1000, footprint_s=2, large_file_rows=50_000,
-              format_events=5_000, hub_events=20_000, hub_gaps=1)
+              format_events=5_000, hub_events=20_000, hub_gaps=1, sustained_s=3)
 
 
-def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
-    phases = [Phase(f"{MODERATE:g}/s", MODERATE, scale.moderate_s), Phase("max", 0, scale.max_s)]
+SUSTAINED = "1/s each"
+
+
+def ingest_phases(scale: Scale, items: int) -> list[Phase]:
+    """The ingest phases for N items: moderate, (with the most items) 1 change per item per
+    second, then the maximum rate."""
+    phases = [Phase(f"{MODERATE:g}/s", MODERATE, scale.moderate_s)]
+    if items == max(scale.items):
+        phases.append(Phase(SUSTAINED, float(items), scale.sustained_s))
+    return [*phases, Phase("max", 0, scale.max_s)]
+
+
+def measure(
+    scale: Scale, work: Path, profile: Path | None, *, peer_storages: Sequence[str] = STORAGES,
+) -> dict[str, Any]:
     results: dict[str, Any] = {"ingest": []}
     for items in scale.items:
         print(f"ingest: {items} items ...", file=sys.stderr, flush=True)
-        results["ingest"].append(run_ingest(items, phases, work, profile_dir=profile))
+        results["ingest"].append(run_ingest(items, ingest_phases(scale, items), work,
+                                            profile_dir=profile,
+                                            peer_storages=peer_storages))
     backlog = work / "backlog"
     backlog.mkdir()
     print(f"backlog: filling {scale.backlog} events ...", file=sys.stderr, flush=True)
@@ -115,7 +143,7 @@ def measure(scale: Scale, work: Path, profile: Path | None) -> dict[str, Any]:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 8: what was measured, the limit, pass or fail."""
+    """Each target of issues 8, 13 and 18: what was measured, the limit, pass or fail."""
     rows: list[dict[str, Any]] = []
 
     def check(name: str, value: float, limit: float, unit: str, *, at_least: bool = False) -> None:
@@ -137,6 +165,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
               moderate["latency_p99_ms"], 250, "ms")
         check(f"changes lost or not delivered, {items} items (all phases)",
               sum(phase["missing"] for phase in run["agent"]), 0, "events")
+        if "write_bytes_per_event" in agent["max"]:
+            check(f"disk bytes written per event, max rate, {items} items (issue 18)",
+                  agent["max"]["write_bytes_per_event"], 1000, "bytes")
+        for other in peer_runs(run):
+            peer_phases = {phase["phase"]: phase for phase in other["phases"]}
+            check(f"agent CPU ÷ peer CPU per value ({other['storage']} storage), max rate, "
+                  f"{items} items (issue 18)",
+                  agent["max"]["cpu_us_per_event"] / peer_phases["max"]["cpu_us_per_event"],
+                  0.3, "x")
+        if SUSTAINED in agent:
+            sustained = agent[SUSTAINED]
+            check(f"delivered/s, {items} items x 1/s sustained (issue 18)",
+                  sustained["delivered_per_s"], 0.95 * items, "events/s", at_least=True)
+            check(f"latency p99, {items} items x 1/s sustained (issue 18)",
+                  sustained["latency_p99_ms"], 1000, "ms")
+            check(f"agent CPU, {items} items x 1/s sustained (issue 18)",
+                  sustained["cpu_share"] * 100, 50, "% core")
     drained = results["backlog"]["drain"]
     check("backlog drain rate (PUBACK-acked)", drained["drained_per_s"], 100_000, "events/s",
           at_least=True)
@@ -182,6 +227,7 @@ def print_table(results: dict[str, Any]) -> None:
               f"{run['start_to_all_items_s']:.2f} s; agent peak RSS "
               f"{run['agent_peak_rss_mib']:.0f} MiB (bare client "
               f"{run['bare_client_peak_rss_mib']:.0f} MiB)")
+    print_costs(results["ingest"])
     filled, held = results["backlog"]["fill"], results["backlog"]["footprint"]
     drained = results["backlog"]["drain"]
     print("\nBacklog: simulated source (telemetry), broker down, then up")
@@ -205,15 +251,64 @@ def print_table(results: dict[str, Any]) -> None:
           f"{large['accepted']:,} accepted; agent peak RSS {large['peak_rss_mib']:.0f} MiB")
     print_formats_table(results["wire_formats"])
     print_hub_table(results["hub_landing"])
-    print("\nTargets (issues 8 and 13)" + (" — quick run: small counts, not the targets' conditions"
-                                   if results["mode"] == "quick" else ""))
+    print("\nTargets (issues 8, 13 and 18)"
+          + (" — quick run: small counts, not the targets' conditions"
+             if results["mode"] == "quick" else ""))
     width = max(len(row["target"]) for row in results["targets"])
     for row in results["targets"]:
         sign = "≥" if row["at_least"] else "≤"
         number = row["value"]
-        value = f"{number:,.0f}" if abs(number) >= 100 or number == int(number) else f"{number:.2f}"
+        whole = not math.isfinite(number) or abs(number) >= 100 or number == int(number)
+        value = f"{number:,.0f}" if whole else f"{number:.2f}"  # NaN: not measured
         print(f"  {row['target']:<{width}}  {value:>10} {row['unit']:<8} "
               f"{sign} {row['limit']:>9,g}  {'pass' if row['pass'] else 'FAIL'}")
+
+
+def print_costs(runs: list[dict[str, Any]]) -> None:
+    """Per phase: the agent's costs (threads, disk, CPU share), each peer run's beside them,
+    and the py-spy stage shares where recorded."""
+    print("\nAgent per event: CPU µs (all threads, main = event loop, other threads), disk bytes "
+          "written, CPU % of a core")
+    for run in runs:
+        for agent in run["agent"]:
+            print(f"{run['items']:>6} {agent['phase']:>8} {agent['cpu_us_per_event']:>7.1f} µs "
+                  f"(main {agent['main_thread_cpu_us_per_event']:.1f}, other "
+                  f"{agent['other_threads_cpu_us_per_event']:.1f}), "
+                  f"{agent['write_bytes_per_event']:,.0f} B, {agent['cpu_share'] * 100:.0f} %")
+            shares = agent.get("stage_shares")
+            if shares:
+                print(" " * 16 + "py-spy: " + ", ".join(
+                    f"{name} {shares[name] * 100:.0f} %" for name, _ in STAGES if name in shares))
+    print("\nSide by side: the agent and the peer (ThingsBoard IoT Gateway), same server, same "
+          "broker, same phases")
+    print(f"{'items':>6} {'phase':>8} {'storage':>8} {'agent µs':>9} {'peer µs':>8} "
+          f"{'÷ peer':>7} {'agent B':>8} {'peer B':>7} {'agent/s':>8} {'peer/s':>7} "
+          f"{'lost':>5} {'p99 ms':>7} {'peer p99':>9}")
+    for run in runs:
+        for other in run.get("peer", []):
+            if "skipped" in other:
+                print(f"{run['items']:>6} items: the peer was skipped: {other['skipped']}")
+                continue
+            peer_phases = {phase["phase"]: phase for phase in other["phases"]}
+            for agent in run["agent"]:
+                them = peer_phases[agent["phase"]]
+                print(f"{run['items']:>6} {agent['phase']:>8} {other['storage']:>8} "
+                      f"{agent['cpu_us_per_event']:>9.1f} {them['cpu_us_per_event']:>8.1f} "
+                      f"{agent['cpu_us_per_event'] / them['cpu_us_per_event']:>7.2f} "
+                      f"{agent['write_bytes_per_event']:>8,.0f} "
+                      f"{them['write_bytes_per_event']:>7,.0f} "
+                      f"{agent['delivered_per_s']:>8,.0f} {them['delivered_per_s']:>7,.0f} "
+                      f"{them['missing']:>5} {agent['latency_p99_ms']:>7.0f} "
+                      f"{them['latency_p99_ms']:>9.0f}")
+
+
+def side_by_side(results: dict[str, Any]) -> dict[str, Any]:
+    """The side-by-side results file (`bench.report.SIDE_BY_SIDE`): the run's conditions and
+    its ingest runs, the agent's and the peer's figures."""
+    return {"benchmark": SIDE_BY_SIDE.benchmark,
+            **{key: value for key, value in results.items()
+               if key in ("mode", "started_at", "machine", "buffer_synchronous", "seconds",
+                          "ingest")}}
 
 
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -225,6 +320,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run, small counts")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--profile", type=Path, help="py-spy the agent at max rate, into DIR")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="without the peer (ThingsBoard IoT Gateway) beside the agent")
+    parser.add_argument("--peer-storage", choices=STORAGES, nargs="+", default=list(STORAGES),
+                        help="the peer's storages, one peer run each: its in-memory queue as "
+                             "shipped, its SQLite storage (durable, like the agent's buffer)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     if args.profile is not None:
@@ -232,12 +332,16 @@ def main() -> None:
     started = time.monotonic()
     results = about_the_run("quick" if args.quick else "full")
     with tempfile.TemporaryDirectory(prefix="bench-run-") as work:
-        results.update(measure(QUICK if args.quick else FULL, Path(work), args.profile))
+        results.update(measure(QUICK if args.quick else FULL, Path(work), args.profile,
+                               peer_storages=[] if args.no_peer else args.peer_storage))
     results["targets"] = targets(results)
     results["seconds"] = time.monotonic() - started
+    write(args.out, results)  # first: a figure the table cannot print never costs the run
+    beside = args.out.with_name(f"{args.out.stem}.peer{args.out.suffix}")
+    write(beside, side_by_side(results))
     print_table(results)
-    write(args.out, results)
-    print(f"\n{results['seconds']:.0f} s; figures written to {args.out}")
+    print(f"\n{results['seconds']:.0f} s; figures written to {args.out} (the agent beside the "
+          f"peer also to {beside})")
 
 
 if __name__ == "__main__":
