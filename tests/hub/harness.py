@@ -21,6 +21,7 @@ from agent.link.signing import RequestSigner, create_key_pair
 from testkit.agent_process import REPO, AgentProcess
 from testkit.broker import MosquittoBroker
 from testkit.commands import Requester
+from testkit.nats_mqtt import NatsMqttBroker
 
 T = TypeVar("T")
 SITE, AGENT = "plant-a", "edge-01"
@@ -89,7 +90,8 @@ batch_max_wait_ms = 20
 
 
 def agent_config(
-    home: Path, broker: MosquittoBroker, public_key: Path, *, extra_hub: str = ""
+    home: Path, broker: MosquittoBroker | NatsMqttBroker, public_key: Path, *,
+    extra_hub: str = "",
 ) -> Path:
     """An agent with one simulated counter (one production.count event per reading, 100 a
     second), which allows the hub's key for `replay` and `pause`; `extra_hub`: more lines of

@@ -29,6 +29,7 @@ from tests.hub.harness import (
     AGENT,
     SITE,
     HubProcess,
+    agent_config,
     assert_exactly_once,
     buffer_state,
     fetch,
@@ -90,51 +91,16 @@ port = 0
 
 
 def agent_toml(home: Path, broker: NatsMqttBroker, public_key: Path) -> Path:
-    """An agent on 3.1.1 sending JSON batches (told at the hub by their first byte), one
-    simulated counter at 100 events a second, the hub's key allowed for replay and pause."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "agent.toml"
-    path.write_text(f"""
-[agent]
-site = "{SITE}"
-id = "{AGENT}"
-state_dir = "{home / "state"}"
-shutdown_grace_s = 5
-
-[hub]
-url = "{broker.url}"
+    """The hub tests' agent (one simulated counter at 100 events a second, the hub's key
+    allowed for replay and pause) on 3.1.1, sending JSON batches (told at the hub by their
+    first byte)."""
+    return agent_config(home, broker, public_key, extra_hub="""
 protocol = "3.1.1"
 dots_as_levels = true
 max_packet_size = 1048576
 format = "cloudevents-batch-json"
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-batch_max_events = 10
-batch_max_wait_ms = 10
 status_interval_s = 2
-
-[buffer]
-retention_s = 3600
-
-[commands.keys]
-hub = "{public_key}"
-
-[commands.allow]
-replay = ["hub"]
-pause = ["hub"]
-
-[[sources]]
-name = "sim"
-type = "simulated"
-rate_hz = 100
-
-  [[sources.signals]]
-  node = "counter"
-  event = "production.count"
-  asset = "line1/filler"
-  name = "good"
 """)
-    return path
 
 
 async def _held_beyond(url: str, count: int) -> bool:
