@@ -68,6 +68,7 @@ __all__ = [
     "WireFormat",
     "WireMessage",
     "decode_message",
+    "sniff_content_type",
     "wire_format",
 ]
 
@@ -238,15 +239,32 @@ _INTEGER_ATTRIBUTES = frozenset(
 )
 
 
+def sniff_content_type(payload: bytes) -> str:
+    """The format of an event message that came without a Content Type or attributes (an MQTT
+    3.1.1 hop drops every property), told by its first byte: ``[`` the JSON batch, ``{``
+    structured mode, anything else the msgpack batch (a msgpack array starts with 0x90-0x9f,
+    0xdc or 0xdd, never with ``[`` or ``{``). Binary mode cannot be told: it needs its user
+    properties, so it needs MQTT v5 (docs/hub-contract.md, "MQTT 3.1.1 hubs")."""
+    first = payload.lstrip()[:1]
+    if first == b"[":
+        return BATCH_JSON_CONTENT_TYPE
+    if first == b"{":
+        return STRUCTURED_CONTENT_TYPE
+    return BATCH_MSGPACK_CONTENT_TYPE
+
+
 def decode_message(
     payload: bytes, content_type: str | None, user_properties: Iterable[tuple[str, str]] = ()
 ) -> list[dict[str, Any]]:
     """The consumer's side, any format: a message back into event maps in the JSON form (as
     the structured mode has them: `time` a string, `seq` a number). The format is told by the
     content type, as the binding says: a CloudEvents media type is structured (or a batch),
-    anything else is binary mode; no content type and no `specversion` user property: the
-    msgpack batch, whose properties were lost on the way (an MQTT 3.1.1 hop). ValueError for
-    a message that is none of them."""
+    anything else is binary mode; no content type and no `specversion` user property (an MQTT
+    3.1.1 hop, which has no properties): told by the payload (`sniff_content_type`).
+    ValueError for a message that is none of them."""
+    user_properties = tuple(user_properties)
+    if content_type is None and not any(name == "specversion" for name, _ in user_properties):
+        content_type = sniff_content_type(payload)
     media_type = (content_type or "").split(";")[0].strip().lower()
     if media_type == BATCH_MSGPACK_CONTENT_TYPE:
         return decode_batch(payload)
@@ -262,11 +280,6 @@ def decode_message(
         return [event]
     if media_type.startswith(_CLOUDEVENTS_MEDIA_TYPE):
         raise ValueError(f"unknown CloudEvents format {content_type!r}")
-    user_properties = tuple(user_properties)
-    if content_type is None and not any(name == "specversion" for name, _ in user_properties):
-        # No properties at all (a client or bridge that speaks MQTT 3.1.1 drops them): the
-        # default format, the msgpack batch, is the one that still reads without them.
-        return decode_batch(payload)
     attributes: dict[str, Any] = {}
     for name, value in user_properties:
         if name in DELIVERY_PROPERTIES:
