@@ -92,7 +92,14 @@ from config.schema import RECORD_SOURCES, AgentConfig, MesHttpSource
 from config.units import Conversion, conversion
 from connectors.base import Quality, Reading, Value
 from connectors.records import RecordSettings
-from events.ids import event_id, parse_traceparent, record_id, rfc3339, traceparent
+from events.ids import (
+    SignalIds,
+    parse_traceparent,
+    record_id,
+    rfc3339,
+    signal_ids,
+    traceparent,
+)
 from events.kinds import EventKind, MachineState
 from events.models import EVENT_TYPES, Event, EventType
 
@@ -143,7 +150,7 @@ class _Derived:
 
     kind: EventKind
     data: dict[str, object]
-    unmapped: list[str] = field(default_factory=list)
+    unmapped: Sequence[str] = ()  # "table:code" of codes passed through unmapped
     quality: str | None = None  # overrides the reading's quality
     status: str | None = None
     cause: str | None = None  # the id of the event this one is derived from (`causationid`)
@@ -167,6 +174,8 @@ class SignalMapper:
     name: str = field(init=False)
     out_unit: str | None = field(init=False)
     _conversion: Conversion | None = field(init=False)
+    # The ids of this signal's facts, the key's constant head hashed once.
+    ids: SignalIds = field(init=False, repr=False, compare=False)
     _last_count: int | None = field(default=None, init=False)
     _last_state: MachineState | None = field(default=None, init=False)
     _last_state_at: datetime | None = field(default=None, init=False)
@@ -183,6 +192,7 @@ class SignalMapper:
         unit = self.rule.unit
         self.out_unit = self.rule.to_unit or (self.units.target_for(unit) if unit else None)
         self._conversion = None
+        self.ids = signal_ids(self.context.site, self.source, self.signal)
         if unit is not None and self.out_unit is not None and self.out_unit != unit:
             self._conversion = conversion(unit, self.out_unit)
 
@@ -193,14 +203,7 @@ class SignalMapper:
 
     def event_id(self, reading: Reading, kind: EventKind) -> str:
         """The id of the `kind` event of `reading` (the source fact and the event type)."""
-        return event_id(
-            site=self.context.site,
-            source=self.source,
-            signal=self.signal,
-            timestamp=reading.timestamp,
-            value=reading.value,
-            type_name=_TYPE_NAMES[kind],
-        )
+        return self.ids.event_id(rfc3339(reading.timestamp), reading.value, _TYPE_NAMES[kind])
 
     # -- the per-signal steps ------------------------------------------------------------
 
@@ -734,13 +737,15 @@ class Mapper:
         path = self._asset_paths.get(asset)
         if path is not None:
             extensions["assetpath"] = path
-        unmapped = list(derived.unmapped) if derived.unmapped else []
+        unmapped = derived.unmapped
         context = self._context_of(asset)
         if context:
+            codes = list(unmapped)
             for key, code in context.items():
                 extensions[key] = code.code
                 if code.unmapped is not None:
-                    unmapped.append(code.unmapped)
+                    codes.append(code.unmapped)
+            unmapped = codes
         if unmapped:
             extensions["unmapped"] = ",".join(dict.fromkeys(unmapped))
         if reading.backfilled:  # read from the source's history after a gap (issue 9)
@@ -755,26 +760,12 @@ class Mapper:
             extensions["causationid"] = derived.cause
         quality = derived.quality or _QUALITY_TEXT[reading.quality]
         status = derived.status if derived.quality is not None else reading.status
-        own_id = event_id(
-            site=mapper.context.site,
-            source=mapper.source,
-            signal=mapper.signal,
-            timestamp=reading.timestamp,
-            value=reading.value,
-            type_name=type_name,
-        )
+        own_id = mapper.ids.event_id(rfc3339(reading.timestamp), reading.value, type_name)
         if reading.trace:
             self._continue_trace(reading, own_id, extensions)
-        return Event(
-            id=own_id,
-            type=event_type,
-            source=mapper.cloudevents_source,
-            time=reading.timestamp,
-            subject=asset,
-            quality=quality,
-            status=status,
-            data=dict(derived.data),
-            extensions=extensions,
+        return Event(  # id, type, source, time, subject, quality, status, data, extensions
+            own_id, event_type, mapper.cloudevents_source, reading.timestamp, asset, quality,
+            status, derived.data, extensions,  # data: made for this event alone (`derive`)
         )
 
     @staticmethod

@@ -292,15 +292,7 @@ class Pipeline:
     async def _append_events(
         self, events: list[Event], state: dict[str, str | None] | None = None
     ) -> None:
-        records = [
-            Record(
-                id=event.id,
-                kind=event.type.name,
-                priority=self._priorities.get(event.type.kind.value, event.type.default_priority),
-                body=encode_body(event, site=self._site, agent=self._agent),
-            )
-            for event in events
-        ]
+        records = self.records(events)
         if self._baselines is not None:
             await self._before_commit(self._baselines)
         await self._append(records, state=state)
@@ -310,6 +302,19 @@ class Pipeline:
         for _ in range(_OVERFLOW_REPORT_ROUNDS):
             if not self._overflow_reports or not await self._report_overflow():
                 break
+
+    def records(self, events: Sequence[Event]) -> list[Record]:
+        """The buffer records of `events`: id, kind, delivery class and stored body."""
+        priorities = self._priorities
+        return [
+            Record(
+                id=event.id,
+                kind=event.type.name,
+                priority=priorities.get(event.type.kind.value, event.type.default_priority),
+                body=encode_body(event, site=self._site, agent=self._agent),
+            )
+            for event in events
+        ]
 
     async def _before_commit(self, baselines: CounterBaselines) -> None:
         """The baselines' pending write, held and retried while the disk is short (module

@@ -29,7 +29,8 @@ Invariants:
 - A connection gap is visible in `health.disconnected_at` / `health.reconnected_at`; after a
   gap, signals marked `backfill` are filled from the server's history (`history`).
 - Readings keep source, server and receive time; `timestamp` (config) chooses which one is the
-  reading's time. A server clock off by more than `clock_skew_warn_s` is reported.
+  reading's time. A server clock off by more than `clock_skew_warn_s` is reported. The receive
+  time is read once per publish response; a reading whose time it is reads the clock itself.
 - No `asyncio.wait_for` / `next_event(timeout=)` around notification reads: on Python 3.11 its
   wait_for can swallow a cancellation racing with a notification, and the source never stops.
   Notifications are pumped with `async for`, and a separate task watches the session.
@@ -37,7 +38,7 @@ Invariants:
   (`connectors.opcua.batches`); a Bad subscription status emits what came before it, then
   ends the session.
 
-Why ~550 lines: the session's whole life (connect, subscribe or poll, events, backfill
+Why ~590 lines: the session's whole life (connect, subscribe or poll, events, backfill
 after a gap, reconnect) shares the one asyncua client and its health; the address resolution,
 batching, history and certificates already live in their own modules.
 """
@@ -73,7 +74,11 @@ from connectors.base import (
     Value,
 )
 from connectors.opcua.addressing import AddressNotFound, AddressResolver
-from connectors.opcua.batches import BatchedSubscription, create_batched_subscription
+from connectors.opcua.batches import (
+    BatchedSubscription,
+    Notification,
+    create_batched_subscription,
+)
 from connectors.opcua.config import (
     OpcUaSettings,
     OpcUaSignalSettings,
@@ -338,31 +343,45 @@ class OpcUaConnector:
     ) -> None:
         """One `emit` per publish response, with its readings in the server's order."""
         async for batch in subscription.batches():
-            readings: list[Reading] = []
-            for notification in batch:
-                if isinstance(notification, ua.MonitoredItemNotification):
-                    signal = plan.data.get(notification.ClientHandle)
-                    if signal is None:
-                        continue
-                    value = notification.Value
-                    self._track_node_status(signal.node, value.StatusCode)
-                    readings.append(self._reading(signal.node, _variant(value), value))
-                elif isinstance(notification, OpcEvent):
-                    handle = notification.event.server_handle
-                    event_signal = plan.events.get(handle) if handle is not None else None
-                    if event_signal is not None:
-                        readings.append(self._event_reading(event_signal.node, notification))
-                elif isinstance(notification, ua.StatusChangeNotification):
-                    if notification.Status.is_bad():
-                        if readings:  # what came before the status is kept
-                            await self._emit(emit, readings)
-                        raise SourceUnavailable(
-                            f"subscription on {self.settings.endpoint} ended: "
-                            f"{notification.Status.name}"
-                        )
+            readings, ended = self._readings(batch, plan)
+            if ended is not None:
+                if readings:  # what came before the status is kept
+                    await self._emit(emit, readings)
+                raise SourceUnavailable(
+                    f"subscription on {self.settings.endpoint} ended: {ended.Status.name}"
+                )
             if readings:
                 await self._emit(emit, readings)
         raise SourceUnavailable(f"subscription on {self.settings.endpoint} was closed")
+
+    def _readings(
+        self, batch: Sequence[Notification], plan: _Plan
+    ) -> tuple[list[Reading], ua.StatusChangeNotification | None]:
+        """The readings of one publish response, in the server's order, and the bad
+        subscription status that ended it (None: it did not; what follows it is dropped)."""
+        readings: list[Reading] = []
+        received = datetime.now(UTC)  # one clock read per publish response
+        errors = self.health.signal_errors
+        data = plan.data
+        for notification in batch:
+            if isinstance(notification, ua.MonitoredItemNotification):
+                signal = data.get(notification.ClientHandle)
+                if signal is None:
+                    continue
+                value = notification.Value
+                status = value.StatusCode
+                if errors or (status is not None and status.value):  # else nothing to track
+                    self._track_node_status(signal.node, status)
+                readings.append(self._reading(signal.node, _variant(value), value, received))
+            elif isinstance(notification, OpcEvent):
+                handle = notification.event.server_handle
+                event_signal = plan.events.get(handle) if handle is not None else None
+                if event_signal is not None:
+                    readings.append(self._event_reading(event_signal.node, notification))
+            elif isinstance(notification, ua.StatusChangeNotification):
+                if notification.Status.is_bad():
+                    return readings, notification
+        return readings, None
 
     async def _poll(self, client: Client, plan: _Plan, interval_ms: float, emit: Emit) -> None:
         last: dict[str, tuple[Any, Any, Any]] = {}
@@ -371,6 +390,7 @@ class OpcUaConnector:
             addresses = list(group)
             if addresses:
                 values = await _read(client, [group[address] for address in addresses])
+                received = datetime.now(UTC)  # one clock read per Read response
                 readings = []
                 for address, value in zip(addresses, values, strict=True):
                     self._track_node_status(address, value.StatusCode)
@@ -378,7 +398,7 @@ class OpcUaConnector:
                     if last.get(address) == fact:
                         continue
                     last[address] = fact
-                    readings.append(self._reading(address, _variant(value), value))
+                    readings.append(self._reading(address, _variant(value), value, received))
                 if readings:
                     await self._emit(emit, readings)
             await asyncio.sleep(interval_ms / 1000)
@@ -443,21 +463,32 @@ class OpcUaConnector:
             del self.health.signal_errors[address]
 
     def _reading(
-        self, signal: str, value: Any, data_value: ua.DataValue, *, backfilled: bool = False
+        self,
+        signal: str,
+        value: Any,
+        data_value: ua.DataValue,
+        received: datetime | None = None,
+        *,
+        backfilled: bool = False,
     ) -> Reading:
+        """`received`: when its publish response arrived (None: now). A reading whose time is
+        its receive time (`timestamp = "receive"`, or a value without timestamps) reads the
+        clock itself, so two values of one response never share a made-up time."""
         status = data_value.StatusCode
         quality, status_name = Quality.GOOD, None
-        if status is not None and not status.is_good():
+        if status is not None and status.value and not status.is_good():
             quality = Quality.BAD if status.is_bad() else Quality.UNCERTAIN
             status_name = status.name
-        received = datetime.now(UTC)
         source = _utc(data_value.SourceTimestamp)
         server = _utc(data_value.ServerTimestamp)
+        timestamp = self._choose(source, server)
+        if timestamp is None or received is None:
+            received = datetime.now(UTC)
         return Reading(
             source=self.name,
             signal=signal,
-            value=_plain(value),
-            timestamp=self._choose(source, server, received),
+            value=value if type(value) in _PLAIN_TYPES else _plain(value),
+            timestamp=timestamp or received,
             quality=quality,
             status=status_name,
             backfilled=backfilled,
@@ -489,22 +520,21 @@ class OpcUaConnector:
             source=self.name,
             signal=signal,
             value=_plain(message) if message is not None else "",
-            timestamp=self._choose(source, server, received),
+            timestamp=self._choose(source, server) or received,
             attributes=tuple(attributes),
             source_timestamp=source,
             server_timestamp=server,
             received_at=received,
         )
 
-    def _choose(
-        self, source: datetime | None, server: datetime | None, received: datetime
-    ) -> datetime:
+    def _choose(self, source: datetime | None, server: datetime | None) -> datetime | None:
+        """The reading's time as configured; None: its receive time."""
         choice = self.settings.timestamp
         if choice is TimestampChoice.SOURCE:
-            return source or server or received
+            return source or server
         if choice is TimestampChoice.SERVER:
-            return server or received
-        return received
+            return server
+        return None
 
 
 async def _read(client: Client, node_ids: Sequence[ua.NodeId]) -> list[ua.DataValue]:
@@ -528,9 +558,15 @@ def _variant(value: ua.DataValue) -> Any:
 
 
 def _utc(moment: Any) -> datetime | None:
+    if type(moment) is datetime:  # what asyncua decodes: naive UTC
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
     if not isinstance(moment, datetime):
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+# Values `_plain` returns as they are (`bool` and `int` kept apart: a type check, not isinstance).
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, str})
 
 
 def _plain(value: Any) -> Value:
