@@ -117,6 +117,12 @@ class AgentService:
                     # process: out of the collector's way, so full collections stay cheap on
                     # the per-event path (about 4 µs per event otherwise, issue 8).
                     gc.freeze()
+                    # The young collections that still run are allocation pressure, not
+                    # cycles (bench/hot_path.py --cycles finds none): each value keeps ~7
+                    # objects alive until its batch commits, so the default trigger of 700
+                    # fires every ~100 values. 10,000 cut the collector's share from ~4 to
+                    # ~1.5 µs per reading (docs/performance.md, "The hot path in process").
+                    gc.set_threshold(10_000, 10, 10)
                     replacement = await self._next_generation(stop, running)
                     if replacement is None:
                         self._state = "stopping"
