@@ -1,15 +1,19 @@
 """The buffer's storage cost, old schema (version 5) against the current one, in one run.
 
-Both layouts are driven with the statements their store runs, on plain sqlite3 in WAL mode with
+The layouts are driven with the statements their store runs, on plain sqlite3 in WAL mode with
 `synchronous = FULL` (the agent's default), in this process, so CPU and I/O are this process's:
 
 - version 5: `events.id` UNIQUE (a B-tree keyed by a random UUID: each event's insert dirties a
   page of its own once the index outgrows the cache), the duplicate check reads that index;
-- current: no index on `events.id`; the duplicate check reads `held_ids`, the in-memory TEMP
-  index of `buffer.sqlite.schema.HELD_IDS` (rows added by the append, removed by a trigger);
-- a sketch of the next step, not a store (`LogStore`): the same `held_ids`, but an append-only
-  `log` that is never updated, ack = one row of delivered seq ranges, purge = a range delete:
-  what the row rewrite of today's ack costs.
+- version 6 as first built (`WHOLE_ID`): no index on `events.id`; the duplicate check reads
+  `held_ids`, an in-memory TEMP index of (whole id, seq) (rows added by the append, removed by
+  a trigger); its statements are kept here, in this file, for the comparison;
+- current: the same file, `held_ids` keyed by an 8-byte prefix of the id, a hit confirmed
+  against the stored row (`buffer.sqlite.schema.HELD_IDS`, `FIND_HELD_IDS`);
+- two sketches of the next step, not stores (`LogStore`, `SegmentStore`): an append-only
+  `log` that is never updated, ack = one row of delivered seq ranges, purge = a range delete
+  or a `DROP TABLE` of a segment: what the row rewrite of today's ack and the deletes of
+  today's purge cost. They keep the whole-id `held_ids` (their point is the file).
 
 Figures, per layout, for the life of an event (append in batches of 500 with the duplicate
 check, lease, ack by seq range, purge by retention):
@@ -19,7 +23,8 @@ check, lease, ack by seq range, purge by retention):
   `write_bytes` (what reached the block layer) from /proc/self/io, against the body size;
 - append µs per event with 10,000 rows held and with 1,000,000 rows held (retained, delivered:
   a buffer that keeps a day of replay holds millions), and their ratio (target: flat, ±20 %);
-- for the current layout: building `held_ids` at open, per million rows, and its size.
+- for the layouts with `held_ids`: building it at open, per million rows, and its size per
+  row (its pages, and the growth of this process's RSS while it was built).
 
 Run: `.venv/bin/python -m bench.buffer_store [--quick] [--dir DIR]` (`--quick`: 200,000 rows
 instead of 1,000,000 for the large table; `--dir`: where the files go, default /var/tmp: a real
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import multiprocessing
 import os
 import sqlite3
 import tempfile
@@ -43,7 +49,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from buffer.sqlite.schema import ADD_HELD_IDS, BUILD_HELD_IDS, HELD_IDS, MIGRATIONS
+from buffer.sqlite.schema import (
+    ADD_HELD_IDS,
+    BUILD_HELD_IDS,
+    FIND_HELD_IDS,
+    HELD_IDS,
+    MIGRATIONS,
+)
 
 BATCH = 500
 BODY = bytes(range(240))
@@ -55,19 +67,52 @@ QUICK_LARGE_TABLE = 200_000
 
 
 @dataclass(frozen=True)
+class HeldIds:
+    """The statements of one kind of `held_ids`: create, build at open, add after an append,
+    and the lookup (`{keys}`: placeholders) with how a stored id becomes its lookup key."""
+
+    create: str
+    build: str
+    add: str
+    find: str
+    key: Callable[[bytes], bytes]
+
+
+# `held_ids` as version 6 was first built: (whole id, seq). Kept here for the comparison.
+WHOLE_ID = HeldIds(
+    create="""
+    PRAGMA temp_store = MEMORY;
+    CREATE TEMP TABLE held_ids (id NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (id, seq))
+        WITHOUT ROWID;
+    CREATE TEMP TRIGGER held_ids_removed AFTER DELETE ON main.events
+    BEGIN
+        DELETE FROM held_ids WHERE id = old.id AND seq = old.seq;
+    END;
+    """,
+    build="INSERT INTO temp.held_ids (id, seq) SELECT id, seq FROM main.events ORDER BY id",
+    add="INSERT INTO temp.held_ids (id, seq) SELECT id, seq FROM main.events WHERE seq > ?",
+    find="SELECT id FROM temp.held_ids WHERE id IN ({keys})",
+    key=lambda stored: stored,
+)
+# Today's: (8-byte key, seq), a hit confirmed against the row (`buffer.sqlite.schema`).
+KEYED = HeldIds(HELD_IDS, BUILD_HELD_IDS, ADD_HELD_IDS, FIND_HELD_IDS, lambda s: s[:8])
+
+
+@dataclass(frozen=True)
 class Layout:
     name: str
     version: int
-    # The table the duplicate check reads, and whether the connection keeps `held_ids`.
-    ids_table: str
-    held_ids: bool
+    # None: the duplicate check reads the UNIQUE index of `events.id` (version 5).
+    held_ids: HeldIds | None
 
 
-OLD = Layout("version 5 (UNIQUE id)", 5, "events", held_ids=False)
-NEW = Layout(f"version {len(MIGRATIONS)} (held_ids)", len(MIGRATIONS), "temp.held_ids", True)
-# Not a schema version: the sketch `LogStore` runs (the next step, for comparison).
-LOG = Layout("sketch: log + ack ranges", 0, "temp.held_ids", True)
-SEGMENTS = Layout("sketch: segments + ack ranges", 0, "temp.held_ids", True)
+OLD = Layout("version 5 (UNIQUE id)", 5, None)
+WHOLE = Layout(f"version {len(MIGRATIONS)}, whole-id held_ids", len(MIGRATIONS), WHOLE_ID)
+NEW = Layout(f"version {len(MIGRATIONS)}, 8-byte keys", len(MIGRATIONS), KEYED)
+# Not schema versions: the sketches of the next step, for comparison.
+LOG = Layout("sketch: log + ack ranges", 0, WHOLE_ID)
+SEGMENTS = Layout("sketch: segments + ack ranges", 0, WHOLE_ID)
+LAYOUTS = (OLD, WHOLE, NEW, LOG, SEGMENTS)
 
 
 def open_store(path: Path, layout: Layout) -> Store:
@@ -85,6 +130,14 @@ def io_counters() -> dict[str, int]:
             key, _, value = line.partition(":")
             counters[key] = int(value)
     return counters
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux), 0 where it cannot be read."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def ids(start: int, count: int) -> Iterator[bytes]:
@@ -106,11 +159,13 @@ class Store:
                 f"BEGIN; {MIGRATIONS[target - 1]}; PRAGMA user_version = {target}; COMMIT;"
             )
         self.build_s = 0.0
+        self.build_rss = 0
         if layout.held_ids:
-            self.db.executescript(HELD_IDS)
-            started = time.perf_counter()
-            self.db.execute(BUILD_HELD_IDS)
+            self.db.executescript(layout.held_ids.create)
+            rss, started = rss_bytes(), time.perf_counter()
+            self.db.execute(layout.held_ids.build)
             self.build_s = time.perf_counter() - started
+            self.build_rss = rss_bytes() - rss
         (self.last_seq,) = self.db.execute(
             "SELECT value FROM meta WHERE key = 'last_seq'"
         ).fetchone()
@@ -119,13 +174,7 @@ class Store:
     def append(self, batch: list[bytes], now: float) -> int:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
-        marks = ", ".join("?" * len(batch))
-        held = {
-            row[0]
-            for row in db.execute(
-                f"SELECT id FROM {self.layout.ids_table} WHERE id IN ({marks})", batch
-            )
-        }
+        held = self.held(batch)
         kept = [i for i in batch if i not in held]
         first = self.last_seq + 1
         db.executemany(
@@ -134,11 +183,23 @@ class Store:
             [(first + n, i, "telemetry.v1", 0, BODY, now) for n, i in enumerate(kept)],
         )
         if self.layout.held_ids:
-            db.execute(ADD_HELD_IDS, (self.last_seq,))
+            db.execute(self.layout.held_ids.add, (self.last_seq,))
         self.last_seq += len(kept)
         db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (self.last_seq,))
         db.execute("COMMIT")
         return len(kept)
+
+    def held(self, batch: list[bytes]) -> set[bytes]:
+        """The ids of `batch` held (looked up as the layout's store does; a stored id the
+        lookup returns that is not in the batch is a key-mate, and changes nothing)."""
+        marks = ", ".join("?" * len(batch))
+        held_ids = self.layout.held_ids
+        if held_ids is None:
+            query, keys = f"SELECT id FROM events WHERE id IN ({marks})", batch
+        else:
+            keys = list({held_ids.key(i) for i in batch})
+            query = held_ids.find.format(keys=", ".join("?" * len(keys)))
+        return {row[0] for row in self.db.execute(query, keys)}
 
     def lease_and_ack(self, now: float) -> int:
         db = self.db
@@ -191,7 +252,7 @@ class Store:
             ((start + n, i, BODY) for n, i in enumerate(ids(10**9 + start, count))),
         )
         if self.layout.held_ids:
-            self.db.execute(ADD_HELD_IDS, (self.last_seq,))
+            self.db.execute(self.layout.held_ids.add, (self.last_seq,))
         self.last_seq += count
         self.db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (self.last_seq,))
         self.db.execute("COMMIT")
@@ -221,10 +282,11 @@ class LogStore(Store):
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.executescript(_LOG_SCHEMA)
-        self.db.executescript(HELD_IDS.replace("main.events", "main.log"))
-        started = time.perf_counter()
-        self.db.execute(BUILD_HELD_IDS.replace("main.events", "main.log"))
+        self.db.executescript(WHOLE_ID.create.replace("main.events", "main.log"))
+        rss, started = rss_bytes(), time.perf_counter()
+        self.db.execute(WHOLE_ID.build.replace("main.events", "main.log"))
         self.build_s = time.perf_counter() - started
+        self.build_rss = rss_bytes() - rss
         (self.last_seq,) = self.db.execute(
             "SELECT value FROM meta WHERE key = 'last_seq'"
         ).fetchone()
@@ -233,11 +295,7 @@ class LogStore(Store):
     def append(self, batch: list[bytes], now: float) -> int:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
-        marks = ", ".join("?" * len(batch))
-        held = {
-            row[0]
-            for row in db.execute(f"SELECT id FROM temp.held_ids WHERE id IN ({marks})", batch)
-        }
+        held = self.held(batch)
         kept = [i for i in batch if i not in held]
         first = self.last_seq + 1
         db.executemany(
@@ -245,7 +303,7 @@ class LogStore(Store):
             " VALUES (?, ?, ?, ?, ?, ?)",
             [(first + n, i, "telemetry.v1", 0, BODY, now) for n, i in enumerate(kept)],
         )
-        db.execute(ADD_HELD_IDS.replace("main.events", "main.log"), (self.last_seq,))
+        db.execute(WHOLE_ID.add.replace("main.events", "main.log"), (self.last_seq,))
         self.last_seq += len(kept)
         db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (self.last_seq,))
         db.execute("COMMIT")
@@ -331,6 +389,11 @@ class SegmentStore(LogStore):
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")
+        # Builds with SQLITE_SECURE_DELETE (Debian's libsqlite3, which Python here uses) zero
+        # every freed page, so a DROP TABLE writes as much as a DELETE (1,170 B an event over
+        # its life against 634 B with FAST, measured): the design needs FAST (zeroes only
+        # what it writes anyway). Row deletes (the other layouts) cost the same either way.
+        self.db.execute("PRAGMA secure_delete = FAST")
         self.db.executescript(
             _LOG_SCHEMA.split("CREATE TABLE IF NOT EXISTS acks")[0]
             .replace("CREATE INDEX IF NOT EXISTS log_lane ON log (priority, seq);", "")
@@ -341,7 +404,7 @@ class SegmentStore(LogStore):
             " priority INTEGER NOT NULL, acked_at REAL NOT NULL);"
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);"
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0);"
-            + HELD_IDS.split("CREATE TEMP TRIGGER")[0]
+            + WHOLE_ID.create.split("CREATE TEMP TRIGGER")[0]
         )
         self.segments = sorted(
             int(str(name).removeprefix("log_"))
@@ -349,12 +412,13 @@ class SegmentStore(LogStore):
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'log_%'"
             )
         )
-        started = time.perf_counter()
+        rss, started = rss_bytes(), time.perf_counter()
         for segment in self.segments:
             self.db.execute(
                 f"INSERT INTO temp.held_ids (id, seq) SELECT id, seq FROM log_{segment}"
             )
         self.build_s = time.perf_counter() - started
+        self.build_rss = rss_bytes() - rss
         (self.last_seq,) = self.db.execute(
             "SELECT value FROM meta WHERE key = 'last_seq'"
         ).fetchone()
@@ -373,11 +437,7 @@ class SegmentStore(LogStore):
     def append(self, batch: list[bytes], now: float) -> int:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
-        marks = ", ".join("?" * len(batch))
-        held = {
-            row[0]
-            for row in db.execute(f"SELECT id FROM temp.held_ids WHERE id IN ({marks})", batch)
-        }
+        held = self.held(batch)
         rows = [
             (self.last_seq + 1 + n, i, "telemetry.v1", 0, BODY, now)
             for n, i in enumerate(i for i in batch if i not in held)
@@ -467,7 +527,7 @@ def measured(work: Callable[[], object]) -> tuple[float, dict[str, int]]:
 
 def life(layout: Layout, folder: Path) -> dict[str, float]:
     """LIFE_EVENTS events through append, lease, ack and purge (a 1 s clock per batch)."""
-    store = open_store(folder / f"life-v{layout.version}.db", layout)
+    store = open_store(folder / f"life-{LAYOUTS.index(layout)}.db", layout)
     clock = [1_000.0]
     next_id = [0]
 
@@ -492,7 +552,7 @@ def life(layout: Layout, folder: Path) -> dict[str, float]:
 
 def append_cost(layout: Layout, folder: Path, held: int) -> dict[str, float]:
     """µs CPU and bytes written per appended event with `held` delivered rows in the table."""
-    path = folder / f"append-v{layout.version}-{held}.db"
+    path = folder / f"append-{LAYOUTS.index(layout)}-{held}.db"
     store = open_store(path, layout)
     store.fill_retained(held)
     store.close()
@@ -511,9 +571,23 @@ def append_cost(layout: Layout, folder: Path, held: int) -> dict[str, float]:
         "held_ids_bytes_per_row": store.held_ids_bytes() / (held + APPEND_SAMPLE),
     }
     store.close()
+    if layout.held_ids is not None:
+        # In a fresh process: this one's heap holds what earlier layouts freed.
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            rss = pool.apply(open_rss, (LAYOUTS.index(layout), path))
+        figures["held_ids_rss_per_row (fresh process)"] = rss / (held + APPEND_SAMPLE)
     for suffix in ("", "-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
     return figures
+
+
+def open_rss(layout_index: int, path: Path) -> int:
+    """How much this (fresh) process's RSS grew while `held_ids` was built at open."""
+    store = open_store(path, LAYOUTS[layout_index])
+    try:
+        return store.build_rss
+    finally:
+        store.close()
 
 
 def main() -> None:
@@ -529,7 +603,7 @@ def main() -> None:
     # On a real disk: /proc/self/io counts no block I/O on tmpfs.
     with tempfile.TemporaryDirectory(prefix="bench-buffer-", dir=args.dir) as tmp:
         folder = Path(tmp)
-        for layout in (OLD, NEW, LOG, SEGMENTS):
+        for layout in LAYOUTS:
             figures = life(layout, folder)
             figures["life bytes (wchar) / body"] = figures["wchar_per_event"] / len(BODY)
             small = append_cost(layout, folder, SMALL_TABLE)
@@ -540,16 +614,21 @@ def main() -> None:
                 big["append_us_per_event"] / small["append_us_per_event"]
             )
             results[layout.name] = figures
-    base = results[OLD.name]
+    keys = [key for figures in results.values() for key in figures]
     print(f"body {len(BODY)} B; life = {LIFE_EVENTS:,} events; append sample {APPEND_SAMPLE:,}")
-    print(f"{'figure':40}" + "".join(f"{name[:24]:>26}" for name in results) + "  ratios to v5")
-    for key, old in base.items():
-        row = "".join(f"{figures[key]:26.2f}" for figures in results.values())
-        ratios = " ".join(
-            f"{figures[key] / old:5.2f}" if old else "    -"
-            for figures in list(results.values())[1:]
-        )
-        print(f"{key:40}{row}  {ratios}")
+    print(
+        f"{'figure':44}"
+        + "".join(f"{name[:26]:>28}" for name in results)
+        + "  ratios to v5 | 8-byte keys / whole id"
+    )
+    for key in dict.fromkeys(keys):
+        values = [figures.get(key) for figures in results.values()]
+        row = "".join(f"{'-':>28}" if v is None else f"{v:28.2f}" for v in values)
+        old = values[0]
+        ratios = " ".join(f"{v / old:5.2f}" if old and v else "    -" for v in values[1:])
+        whole, keyed = results[WHOLE.name].get(key), results[NEW.name].get(key)
+        mine = f"{keyed / whole:5.2f}" if whole and keyed else "    -"
+        print(f"{key:44}{row}  {ratios} | {mine}")
     print(
         f"{time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f}"
         " (2 cores shared with others: read the ratios, measured side by side)"

@@ -40,8 +40,9 @@ because repeats of an id are recognised and skipped.
 2. An id is held at most once. A record whose id is in `events` (pending, or acked and still
    retained) or that repeats an earlier record of the same batch is a duplicate: skipped, counted,
    given no `seq`. Once an acked row is purged, or a row is dead-lettered, its id is forgotten.
-   The check reads `held_ids`, the in-memory index of exactly the (id, seq) pairs of `events`
-   (see "Why the duplicate check reads memory"), so this holds across restarts and crashes.
+   The check reads `held_ids`, an in-memory index of a key and the seq of exactly the rows of
+   `events`, and confirms a key hit against the row (see "Why the duplicate check reads
+   memory"), so this holds across restarts and crashes.
 3. A row is *pending* while `acked_at IS NULL`. `ack` sets `acked_at`; nothing ever clears it.
    Pending rows leave `events` only through `dead_letter` or an eviction (capacity, below);
    acked rows only through `purge` (past `retention_s`, or over `retained_max_bytes`, oldest
@@ -74,7 +75,8 @@ evictions     priority, kind, reason, count          (schema version 2)
 source_state  key TEXT PRIMARY KEY, value TEXT, updated_at REAL   (schema version 4)
 identities    from_seq INTEGER PRIMARY KEY, site TEXT, agent TEXT  (schema version 5)
 
-temp.held_ids (id, seq) PRIMARY KEY, WITHOUT ROWID    in memory only, never in the file
+temp.held_ids (key, seq) PRIMARY KEY, WITHOUT ROWID   in memory only, never in the file
+              key: a 16-byte id's first 8 bytes, any other id whole
 ```
 
 Every on-disk key follows time: the rowid (seq), `events_pending` (priority, seq) and
@@ -157,18 +159,25 @@ a random insert costs CPU (a few microseconds) and no I/O: `held_ids`, a TEMP ta
 writing connection (`temp_store = MEMORY`), `buffer.sqlite.schema.HELD_IDS`. It is derived
 data, never written to the file, so it cannot be lost or disagree with it:
 
-- opening builds it from `events` (`BUILD_HELD_IDS`, sorted: about 1 s per million rows, on
-  top of the `quick_check` that reads the whole file anyway);
+- opening builds it from `events` (`BUILD_HELD_IDS`, in seq order: a few seconds per
+  million rows, on top of the `quick_check` that reads the whole file anyway);
 - `append` and `retry_dead_letters`, the only statements that insert into `events`, add their
   rows in the same transaction (`ADD_HELD_IDS`); a TEMP trigger removes a row's pair whatever
   deletes the row (purge, eviction, dead letter, a disk-full ack); a ROLLBACK undoes both.
 
-It costs memory: about 28 bytes per held row (pending or retained), 28 MB per million, and
-CPU on the SQLite thread (a lookup and an insert per event in a B-tree that outgrows the CPU
-caches: the append's CPU still grows about 1.6 x from 10,000 to 1,000,000 rows held). A
-re-observed fact (OPC UA re-sends the current values on every re-subscribe) is recognised
-exactly as before, however old, while its row is held; the tests in
-`tests/integration/test_buffer_held_ids.py` show it across a restart and a crash image.
+It holds a key, not the id: a UUID id (16 bytes as stored) by its first 8 bytes, any other id
+whole (`schema.held_key`). A key names the rows that *may* hold an id: the lookup
+(`FIND_HELD_IDS`) joins each hit to its row by seq and returns the stored ids, and only an
+offered id among those is a duplicate. Two ids that share a key (60 random bits: about one
+chance in two million that any two of a million held ids do) cost a rowid lookup, never a
+record; a true duplicate costs one rowid lookup too.
+
+It costs memory: about 19 bytes per held row (pending or retained), 19 MB per million (the
+whole id took 28), and CPU on the SQLite thread (a lookup and an insert per event in a B-tree
+that outgrows the CPU caches). A re-observed fact (OPC UA re-sends the current values on
+every re-subscribe) is recognised exactly as before, however old, while its row is held; the
+tests in `tests/integration/test_buffer_held_ids.py` show it across a restart, a crash image
+and ids that share a key.
 
 # Why leases read on their own connection
 

@@ -28,7 +28,15 @@ from buffer.sqlite.dead_letters import DeadLettersMixin
 from buffer.sqlite.holdings import read_holdings
 from buffer.sqlite.leasing import LeasingMixin
 from buffer.sqlite.opening import OpeningMixin
-from buffer.sqlite.schema import ADD_HELD_IDS, COLUMNS, READ_COLUMNS, id_text, stored_id
+from buffer.sqlite.schema import (
+    ADD_HELD_IDS,
+    COLUMNS,
+    FIND_HELD_IDS,
+    READ_COLUMNS,
+    held_key,
+    id_text,
+    stored_id,
+)
 from buffer.sqlite.source_state import SourceStateMixin, write_state
 from buffer.sqlite.statements import (
     PARAMS_PER_STATEMENT,
@@ -111,15 +119,16 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
             keys = {record_id: stored_id(record_id) for record_id in batch}
             # A UUID id is looked up as stored now (16 bytes) and as older agents stored it
             # (text): a file written before the upgrade still recognises its ids.
-            lookups = list(keys.values())
+            lookups = list({held_key(key) for key in keys.values()})
             if self._text_uuid_ids:
                 lookups += [i for i, key in keys.items() if key is not i]
             for start in range(0, len(lookups), PARAMS_PER_STATEMENT):
                 chunk = lookups[start : start + PARAMS_PER_STATEMENT]
                 rows = await db.execute_fetchall(
-                    f"SELECT id FROM temp.held_ids WHERE id IN ({placeholders(len(chunk))})",
-                    chunk,
+                    FIND_HELD_IDS.format(keys=placeholders(len(chunk))), chunk
                 )
+                # The ids of the rows whose key matched: popping one that was not offered
+                # (another id with the same key) changes nothing.
                 for (held_id,) in rows:
                     batch.pop(id_text(held_id), None)
             duplicates = offered - len(batch)

@@ -15,10 +15,20 @@ from typing import Any
 
 from buffer.base import DeadLetter, Record
 from buffer.sqlite.core import SqliteBufferCore
-from buffer.sqlite.schema import COLUMNS, ID_TEXT_SQL, id_text, stored_id
+from buffer.sqlite.schema import (
+    COLUMNS,
+    FIND_HELD_IDS,
+    HELD_KEY_SQL,
+    ID_TEXT_SQL,
+    held_key,
+    id_text,
+    stored_id,
+)
 from buffer.sqlite.statements import PARAMS_PER_STATEMENT, chunks, classified, placeholders
 
 __all__ = ["DeadLetter", "DeadLettersMixin"]
+
+HELD_KEY_ID = HELD_KEY_SQL.format(id="id")
 
 
 class DeadLettersMixin(SqliteBufferCore):
@@ -100,14 +110,14 @@ class DeadLettersMixin(SqliteBufferCore):
             # agent has its UUID id as text, the events table as 16 bytes, and the UNIQUE
             # index does not see those as equal).
             texts = {id_text(row[1]) for row in rows}
-            lookups = [*{stored_id(text) for text in texts}, *texts]
+            lookups = [*{held_key(stored_id(text)) for text in texts}, *texts]
             held: set[str] = set()
             for start in range(0, len(lookups), PARAMS_PER_STATEMENT):
                 chunk = lookups[start : start + PARAMS_PER_STATEMENT]
                 found = await db.execute_fetchall(
-                    f"SELECT id FROM temp.held_ids WHERE id IN ({placeholders(len(chunk))})",
-                    chunk,
+                    FIND_HELD_IDS.format(keys=placeholders(len(chunk))), chunk
                 )
+                # Held ids whose key matched; only those among `texts` matter below.
                 held.update(id_text(held_id) for (held_id,) in found)
             back = []
             for seq, record_id, kind, priority, body, accepted_at in rows:
@@ -121,8 +131,8 @@ class DeadLettersMixin(SqliteBufferCore):
             moved = max(cursor.rowcount, 0)
             for part in chunks([row[0] for row in back]):  # `HELD_IDS`: they are held again
                 await db.execute(
-                    "INSERT OR IGNORE INTO temp.held_ids (id, seq) SELECT id, seq FROM"
-                    f" main.events WHERE seq IN ({placeholders(len(part))})",
+                    f"INSERT OR IGNORE INTO temp.held_ids (key, seq) SELECT {HELD_KEY_ID}, seq"
+                    f" FROM main.events WHERE seq IN ({placeholders(len(part))})",
                     tuple(part),
                 )
             priorities = await db.execute_fetchall(

@@ -160,9 +160,9 @@ class OpeningMixin(SqliteBufferCore):
                 # The duplicate check's index, in memory, built from the file (`HELD_IDS`).
                 await db.executescript(HELD_IDS)
                 await db.execute(BUILD_HELD_IDS)
-                # Text sorts before blobs in the id index: this reads only the text ids.
+                # Text keys (whole text ids) sort before blob keys: this reads only the text ids.
                 buffer._text_uuid_ids = bool(await db.execute_fetchall(
-                    "SELECT 1 FROM temp.held_ids WHERE id < x'' AND length(id) = 36 LIMIT 1"
+                    "SELECT 1 FROM temp.held_ids WHERE key < x'' AND length(key) = 36 LIMIT 1"
                 ))
                 # Leases read on their own connection (see "Why leases read on their own
                 # connection"); it only ever sees committed rows.
