@@ -259,6 +259,7 @@ class Forwarder:
         self._inflight: set[asyncio.Future[PubAck]] = set()
         self._slots = asyncio.Semaphore(max_inflight)
         self._to_ack: list[int] = []
+        self._ack_lock = asyncio.Lock()  # `_flush_acks`
         self._ack_wake = asyncio.Event()
         self._acks_flushed = asyncio.Event()
         self._retry_needed = False
@@ -767,15 +768,19 @@ class Forwarder:
                 backoff.reset()
 
     async def _flush_acks(self) -> None:
-        if not self._to_ack:
-            return
-        seqs, self._to_ack = self._to_ack, []
-        try:
-            await self._buffer.ack(seqs)
-        except BaseException:
-            # Cancelled (the acker stops) or failed: keep them for the next flush. A cancelled
-            # ack may have committed all the same; acking again is harmless.
-            self._to_ack[:0] = seqs
-            raise
-        self.counters.events_forwarded_total += len(seqs)
-        self._acks_flushed.set()
+        # One flush at a time: the drain's last flush waits for the ack loop's, which may hold
+        # the seqs it took (the drain would see none, return, and the loop be cancelled
+        # mid-transaction: delivered events left pending until the next start).
+        async with self._ack_lock:
+            if not self._to_ack:
+                return
+            seqs, self._to_ack = self._to_ack, []
+            try:
+                await self._buffer.ack(seqs)
+            except BaseException:
+                # Cancelled (the acker stops) or failed: keep them for the next flush. A
+                # cancelled ack may have committed all the same; acking again is harmless.
+                self._to_ack[:0] = seqs
+                raise
+            self.counters.events_forwarded_total += len(seqs)
+            self._acks_flushed.set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -155,3 +155,50 @@ async def test_nothing_is_acked_without_a_puback(tmp_path: Path, wire_format: Fo
             await until(lambda: forwarder.counters.events_forwarded_total == 10, "10 forwarded")
             stats = await buffer.stats()
     assert stats.pending == 0
+
+
+class _GatedAckBuffer(SqliteBuffer):
+    """The real buffer, its `ack` held at a gate: the only way to make the ack loop's flush
+    and the drain's last flush meet deterministically (not a mock: every ack still commits
+    through SQLite once the gate opens)."""
+
+    gate: asyncio.Event
+    entered: asyncio.Event
+
+    async def ack(self, seqs: Sequence[int]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().ack(seqs)
+
+
+async def test_a_drain_waits_for_the_ack_in_progress_and_leaves_nothing_pending(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A clean stop while the ack loop is recording acks: the drain's last flush waits for
+    that one (it holds the seqs) instead of finding nothing to ack and returning, after which
+    the stop would cancel it mid-transaction and leave delivered events pending."""
+    async with _GatedAckBuffer.open(tmp_path / "buffer.sqlite") as buffer:
+        assert isinstance(buffer, _GatedAckBuffer)
+        buffer.gate, buffer.entered = asyncio.Event(), asyncio.Event()
+        session = MqttSession(host=broker.host, port=broker.port, client_id="drain-test")
+        async with session:
+            forwarder = Forwarder(
+                buffer, session, topic_base=TOPIC_BASE, batch_max_wait_s=0.01,
+                batch_max_events=10, wire_format=FORMATS["cloudevents-batch-msgpack"],
+            )
+            task = asyncio.create_task(forwarder.run())
+            try:
+                await buffer.append([record(n) for n in range(1, 31)])
+                forwarder.wake()
+                await asyncio.wait_for(buffer.entered.wait(), 15)  # an ack is in progress
+                drain = asyncio.create_task(forwarder.drain(10))
+                await asyncio.sleep(0.3)  # the drain reached its last flush (or returned)
+                buffer.gate.set()
+                await asyncio.wait_for(drain, 15)
+            finally:
+                buffer.gate.set()
+                task.cancel()  # what the runtime does once the drain returned
+                await asyncio.gather(task, return_exceptions=True)
+        stats = await buffer.stats()
+    assert stats.pending == 0, f"{stats.pending} delivered event(s) left pending"
+    assert forwarder.counters.events_forwarded_total == 30
