@@ -8,8 +8,9 @@ for `bench.run`, bench/results.durability.reference.json for `bench.durability`)
 
 How the docs are read:
 - A command is a line of a fenced block that starts with `edge-agent` (after an optional `$ `
-  prompt or a `.../bin/` path; `\\` continues it on the next line), or an inline code span that
-  starts with `edge-agent `. Shell quoting, `# comments` and a ` | ` pipe are honoured;
+  prompt or a `.../bin/` path; `\\` continues it on the next line; in a ```console block only a
+  `$ ` line, the others are output), or an inline code span that starts with `edge-agent `.
+  Shell quoting, `# comments` and a ` | ` pipe are honoured;
   `[` `]` mark optional parts and are dropped; `a|b|c` in a sub-command's place means each of
   them, and an upper-case placeholder there (`COMMAND`) means every sub-command of that level.
 - A TOML snippet may be partial: a table header (`[hub]`, `[[sources]]`, `[sources.columns]`)
@@ -74,9 +75,11 @@ def shown_commands(path: Path) -> list[Shown]:
     """Every `edge-agent ...` command the file shows, as the words after `edge-agent`."""
     text = path.read_text().replace("\\|", "|")  # a `|` escaped inside a Markdown table
     found: list[Shown] = []
-    for _, first_line, body in fenced_blocks(text):
+    for language, first_line, body in fenced_blocks(text):
         lines = body.replace("\\\n", " ").splitlines()
         for offset, line in enumerate(lines):
+            if language == "console" and not line.startswith("$ "):
+                continue  # a terminal session: a command's output, not a command
             match = _COMMAND_LINE.match(line)
             if match:
                 found.append(Shown(f"{path.name}:{first_line + 1 + offset}",
