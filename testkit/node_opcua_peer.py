@@ -7,8 +7,8 @@ says what is missing when it was not installed.
 `NodeOpcUaServer(workdir)` starts the server on a free loopback port with a certificate made by
 `connectors.opcua.certificates` and its own trust list in `workdir/pki` (node-opcua's
 certificate manager, which does not accept unknown client certificates: they land in
-`pki/rejected/` until `trust_rejected()` moves them to `pki/trusted/certs/`, as an OT engineer
-does on a real server). `command("set 95")` / `command("ack")` drive its ExclusiveLimitAlarm
+`pki/rejected/` until `trust_rejected()` has the manager trust them (`trust FILE`), as an OT engineer
+does on a real server's certificate screen). `command("set 95")` / `command("ack")` drive its ExclusiveLimitAlarm
 (see server.js). Every wait is bounded; the server is stopped (then killed) on `stop()`.
 """
 
@@ -119,17 +119,20 @@ class NodeOpcUaServer:
             raise NodeOpcUaError(f"node-opcua refused {text!r}: {answer}")
 
     def trust_rejected(self, thumbprint: str) -> Path:
-        """Move the rejected certificate with this SHA-1 thumbprint (any case) to the trusted
-        folder, as on the server's own certificate screen; the new path."""
+        """Trust the rejected certificate with this SHA-1 thumbprint (any case), as on the
+        server's own certificate screen: its certificate manager moves the file to the trusted
+        folder and knows it at once (a file moved by hand is noticed by the manager's folder
+        watcher, which under load took more than a minute); the new path."""
         wanted = f"[{thumbprint.lower()}]"
         matches = [path for path in self.rejected_dir.glob("*.pem") if wanted in path.name]
         if len(matches) != 1:
             found = sorted(path.name for path in self.rejected_dir.glob("*"))
             raise NodeOpcUaError(f"no single rejected certificate {wanted}: {found}")
-        self.trusted_dir.mkdir(parents=True, exist_ok=True)
-        target = self.trusted_dir / matches[0].name
-        matches[0].rename(target)
-        return target
+        self.command(f"trust {matches[0]}")
+        trusted = [path for path in self.trusted_dir.glob("*") if wanted in path.name]
+        if len(trusted) != 1:
+            raise NodeOpcUaError(f"{wanted} is not in {self.trusted_dir} after trust")
+        return trusted[0]
 
     def stop(self) -> None:
         process, self._process = self._process, None

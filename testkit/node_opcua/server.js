@@ -15,6 +15,7 @@
 // Commands, one per line on stdin; each is answered with one JSON line on stdout:
 //   set VALUE   the temperature (the alarm evaluates it)       -> {"ok": "set"}
 //   ack         acknowledge the alarm's current state          -> {"ok": "ack"}
+//   trust FILE  trust a rejected client certificate (PEM)      -> {"ok": "trust"}
 // The first stdout line is {"ready": ENDPOINT_URL} once the server listens. Errors are one
 // {"error": TEXT} line. The process ends when stdin closes.
 "use strict";
@@ -84,6 +85,16 @@ function handle(command, nodes) {
     throw new Error(`unknown command ${JSON.stringify(verb)}`);
 }
 
+// `trust FILE`: what a server's certificate screen does with a rejected client certificate
+// (a PEM file in PKI_DIR/rejected/): the manager moves it to trusted/ and its in-memory index
+// learns it at once, without waiting for its folder watcher to notice a moved file.
+async function trust(certificateManager, file) {
+    const pem = require("node:fs").readFileSync(file, "utf8");
+    const base64 = pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");
+    await certificateManager.trustCertificate(Buffer.from(base64, "base64"));
+    return "trust";
+}
+
 async function main() {
     const [port, pkiDir, certificateFile, privateKeyFile, applicationUri] = process.argv.slice(2);
     const certificateManager = new OPCUACertificateManager({
@@ -113,9 +124,14 @@ async function main() {
     say({ ready: server.getEndpointUrl() });
 
     const input = readline.createInterface({ input: process.stdin });
-    input.on("line", (command) => {
+    input.on("line", async (command) => {
         try {
-            say({ ok: handle(command, nodes) });
+            const [verb, argument] = command.trim().split(/\s+/);
+            if (verb === "trust") {
+                say({ ok: await trust(certificateManager, argument) });
+            } else {
+                say({ ok: handle(command, nodes) });
+            }
         } catch (error) {
             say({ error: String(error && error.message ? error.message : error) });
         }
