@@ -7,9 +7,10 @@ says what is missing when it was not installed.
 `NodeOpcUaServer(workdir)` starts the server on a free loopback port with a certificate made by
 `connectors.opcua.certificates` and its own trust list in `workdir/pki` (node-opcua's
 certificate manager, which does not accept unknown client certificates: they land in
-`pki/rejected/` until `trust_rejected()` has the manager trust them (`trust FILE`), as an OT engineer
-does on a real server's certificate screen). `command("set 95")` / `command("ack")` drive its ExclusiveLimitAlarm
-(see server.js). Every wait is bounded; the server is stopped (then killed) on `stop()`.
+`pki/rejected/` until `trust_rejected()` has the manager trust them (`trust FILE`), as an OT
+engineer does on a real server's certificate screen). `command("set 95")` / `command("ack")`
+drive its ExclusiveLimitAlarm (see server.js). Every wait is bounded; the server is stopped
+(then killed) on `stop()`.
 """
 
 from __future__ import annotations
