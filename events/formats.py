@@ -64,11 +64,14 @@ __all__ = [
     "DELIVERY_PROPERTIES",
     "FORMATS",
     "REPLAY_PROPERTY",
+    "TOPIC_MARKERS",
     "FormatName",
     "WireFormat",
     "WireMessage",
     "decode_message",
+    "marked_topic",
     "sniff_content_type",
+    "split_marker",
     "wire_format",
 ]
 
@@ -90,6 +93,26 @@ _CLOUDEVENTS_MEDIA_TYPE = "application/cloudevents"
 BACKLOG_PROPERTY = ("backlog", "true")
 REPLAY_PROPERTY = ("replay", "true")
 DELIVERY_PROPERTIES = frozenset({BACKLOG_PROPERTY[0], REPLAY_PROPERTY[0]})
+# On MQTT 3.1.1 (no user properties) a marker is one more topic level, `{topic}/backlog`; by
+# that level. Event topics end in a type (`.vN`), so a type never reads as a marker.
+TOPIC_MARKERS: Final[Mapping[str, tuple[str, str]]] = {
+    BACKLOG_PROPERTY[0]: BACKLOG_PROPERTY,
+    REPLAY_PROPERTY[0]: REPLAY_PROPERTY,
+}
+
+
+def marked_topic(topic: str, marker: tuple[str, str]) -> str:
+    """`topic` with the delivery marker (`BACKLOG_PROPERTY`, `REPLAY_PROPERTY`) as a last level."""
+    return f"{topic}/{marker[0]}"
+
+
+def split_marker(topic: str) -> tuple[str, tuple[str, str] | None]:
+    """The topic without its marker level, and the marker (as the v5 user property) if any."""
+    head, _, last = topic.rpartition("/")
+    marker = TOPIC_MARKERS.get(last)
+    if marker is None or not head:
+        return topic, None
+    return head, marker
 
 Identity = AgentIdentity | IdentityHistory | None
 

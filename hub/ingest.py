@@ -55,13 +55,7 @@ from typing import Any
 
 from agent.link.mqtt_session import InboundMessage
 from connectors.backoff import Backoff
-from events.formats import (
-    BACKLOG_PROPERTY,
-    BATCH_JSON_CONTENT_TYPE,
-    REPLAY_PROPERTY,
-    STRUCTURED_CONTENT_TYPE,
-    decode_message,
-)
+from events.formats import REPLAY_PROPERTY, decode_message, split_marker
 from hub.store import (
     OVERFLOW_TYPE,
     HubStore,
@@ -214,24 +208,6 @@ def _user_properties(message: InboundMessage) -> list[tuple[str, str]]:
     return [(str(name), str(value)) for name, value in values]
 
 
-# MQTT 3.1.1 (no properties): the delivery markers as a last topic level (agent.link.mqtt311,
-# which the hub does not import: the same names, from events.formats).
-_TOPIC_MARKERS = {marker[0]: marker for marker in (BACKLOG_PROPERTY, REPLAY_PROPERTY)}
-
-
-def _split_marker(topic: str) -> tuple[str, tuple[str, str] | None]:
-    head, _, last = topic.rpartition("/")
-    marker = _TOPIC_MARKERS.get(last)
-    return (head, marker) if marker is not None and head else (topic, None)
-
-
-def _sniffed_content_type(payload: bytes) -> str | None:
-    """No Content Type and no attributes (an MQTT 3.1.1 hop): the format by the first byte (a
-    msgpack batch never starts with `[` or `{`; None reads as it)."""
-    first = payload.lstrip()[:1]
-    return {b"[": BATCH_JSON_CONTENT_TYPE, b"{": STRUCTURED_CONTENT_TYPE}.get(first)
-
-
 def read_message(message: InboundMessage) -> tuple[list[LandingRow], list[Rejected]]:
     """The rows of one message, and what was rejected of it: (topic, reason, payload).
 
@@ -239,12 +215,10 @@ def read_message(message: InboundMessage) -> tuple[list[LandingRow], list[Reject
     off the topic and read as the user property, the format is told by the payload."""
     content_type = getattr(message.properties, "ContentType", None)
     user_properties = _user_properties(message)
-    topic, marker = _split_marker(message.topic)
+    topic, marker = split_marker(message.topic)
     if marker is not None and marker not in user_properties:
         user_properties.append(marker)
-    if content_type is None and not any(name == "specversion" for name, _ in user_properties):
-        content_type = _sniffed_content_type(message.payload)
-    try:
+    try:  # no content type and no attributes: decode_message tells the format by the payload
         events = decode_message(message.payload, content_type, user_properties)
     except (ValueError, TypeError) as error:  # json and msgpack errors are ValueErrors
         return [], [(message.topic, f"not a message of the wire contract: {error}",

@@ -32,12 +32,9 @@ import binascii
 from collections.abc import Mapping
 from typing import Any, Final
 
-from events.formats import (
-    BACKLOG_PROPERTY,
-    BATCH_JSON_CONTENT_TYPE,
-    REPLAY_PROPERTY,
-    STRUCTURED_CONTENT_TYPE,
-)
+# The topic form of the markers is the wire contract's (the hub reads it too): events.formats.
+from events.formats import TOPIC_MARKERS as MARKERS
+from events.formats import marked_topic, split_marker
 
 __all__ = [
     "CORRELATION_FIELD",
@@ -47,15 +44,9 @@ __all__ = [
     "encode_correlation",
     "marked_topic",
     "reply_in_payload",
-    "sniff_content_type",
     "split_marker",
 ]
 
-# The delivery markers, by the topic level that carries them on 3.1.1.
-MARKERS: Final[Mapping[str, tuple[str, str]]] = {
-    BACKLOG_PROPERTY[0]: BACKLOG_PROPERTY,
-    REPLAY_PROPERTY[0]: REPLAY_PROPERTY,
-}
 RESPONSE_TOPIC_FIELD: Final = "response_topic"
 CORRELATION_FIELD: Final = "correlation_data"
 _MAX_CORRELATION_BYTES = 64
@@ -63,32 +54,6 @@ _MAX_CORRELATION_BYTES = 64
 
 class ReplyFieldError(ValueError):
     """A request's ``response_topic`` or ``correlation_data`` field is not usable."""
-
-
-def marked_topic(topic: str, marker: tuple[str, str]) -> str:
-    """`topic` with the delivery marker (`BACKLOG_PROPERTY`, `REPLAY_PROPERTY`) as a last level."""
-    return f"{topic}/{marker[0]}"
-
-
-def split_marker(topic: str) -> tuple[str, tuple[str, str] | None]:
-    """The topic without its marker level, and the marker (as the v5 user property) if any."""
-    head, _, last = topic.rpartition("/")
-    marker = MARKERS.get(last)
-    if marker is None or not head:
-        return topic, None
-    return head, marker
-
-
-def sniff_content_type(payload: bytes) -> str | None:
-    """The format of an event message that came without a Content Type (a 3.1.1 hop), by its
-    first byte: JSON batch, structured mode, or None (the msgpack batch: a msgpack array starts
-    with 0x90-0x9f, 0xdc or 0xdd, never with ``[`` or ``{``)."""
-    first = payload.lstrip()[:1]
-    if first == b"[":
-        return BATCH_JSON_CONTENT_TYPE
-    if first == b"{":
-        return STRUCTURED_CONTENT_TYPE
-    return None
 
 
 def encode_correlation(correlation: bytes) -> str:

@@ -15,13 +15,18 @@ from agent.link.mqtt311 import (
     ReplyFieldError,
     marked_topic,
     reply_in_payload,
-    sniff_content_type,
     split_marker,
 )
 from agent.link.mqtt_session import InboundMessage
 from buffer.base import StoredRecord
 from config.loader import ConfigError, load_config
-from events.formats import BACKLOG_PROPERTY, FORMATS, REPLAY_PROPERTY, FormatName
+from events.formats import (
+    BACKLOG_PROPERTY,
+    FORMATS,
+    REPLAY_PROPERTY,
+    FormatName,
+    sniff_content_type,
+)
 from hub.ingest import read_message
 
 TOPIC = "mfg/plant-a/edge-01/events/telemetry.v1"
@@ -100,9 +105,7 @@ def _stored(seq: int) -> StoredRecord:
 def test_the_hub_reads_a_311_message_as_its_v5_twin(wire_format: FormatName) -> None:
     """No properties at all (a 3.1.1 hop): the format by the payload, the marker by the topic."""
     message = FORMATS[wire_format].encode([_stored(7)], None)
-    assert sniff_content_type(message.payload) == (
-        None if wire_format == "cloudevents-batch-msgpack" else message.content_type
-    )
+    assert sniff_content_type(message.payload) == message.content_type
     for topic, replayed in (
         (TOPIC, False),
         (marked_topic(TOPIC, BACKLOG_PROPERTY), False),
