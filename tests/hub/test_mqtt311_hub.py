@@ -12,7 +12,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from events.formats import decode_message, sniff_content_type
 from hub.config import load_hub_config
 from testkit.agent_process import REPO, AgentProcess
 from testkit.commands import Requester
-from testkit.nats_mqtt import INSTALL_HINT, NatsMqttBroker, find_nats_server
+from testkit.nats_mqtt import NatsMqttBroker
 from tests.hub.dashboard_harness import dashboard_url, get
 from tests.hub.harness import (
     AGENT,
@@ -42,14 +41,6 @@ from tests.hub.harness import (
 from tests.hub.test_gaps import forget_at_the_hub, replay_request
 
 ROOT = f"mfg/{SITE}/{AGENT}"
-
-
-@pytest.fixture
-def nats() -> Iterator[NatsMqttBroker]:
-    if find_nats_server() is None:
-        pytest.skip(f"nats-server (a 3.1.1-only MQTT broker) is not installed: {INSTALL_HINT}")
-    with NatsMqttBroker() as broker:
-        yield broker
 
 
 def hub_toml(path: Path, broker: NatsMqttBroker, database_url: str, key_file: Path) -> Path:

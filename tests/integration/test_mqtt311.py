@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from hub.store import HubStore
 from testkit.agent_process import REPO, AgentProcess
 from testkit.broker import MosquittoBroker
 from testkit.commands import Requester
-from testkit.nats_mqtt import INSTALL_HINT, NatsMqttBroker, find_nats_server
+from testkit.nats_mqtt import NatsMqttBroker
 from testkit.postgres import scratch_database
 from tests.hub.harness import (
     AGENT,
@@ -48,14 +48,6 @@ from tests.integration.test_commands import running_agent, write_config
 
 ROOT = "mfg/plant-a/edge-01"
 TOPIC_BASE = f"{ROOT}/events"
-
-
-@pytest.fixture
-def nats() -> Iterator[NatsMqttBroker]:
-    if find_nats_server() is None:
-        pytest.skip(f"nats-server (a 3.1.1-only MQTT broker) is not installed: {INSTALL_HINT}")
-    with NatsMqttBroker() as broker:
-        yield broker
 
 
 def record(n: int) -> Record:
