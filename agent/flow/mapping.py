@@ -1,6 +1,6 @@
 """Mapping: readings in, canonical events out. Pure code: no I/O, no clock, no asyncio.
 
-Why one module of ~905 lines: the order of the steps below is the contract, and every step
+Why one module of ~896 lines: the order of the steps below is the contract, and every step
 (`SignalMapper`: measured values, states, counters, derived events) reads and writes the same
 per-asset state that `Mapper` holds. Split, that order and that state would have to be followed
 across files; the value coercions at the end are private to them. A record's own steps share no

@@ -1,6 +1,6 @@
 """Forwarder: buffer → MQTT, acking in the buffer exactly what the broker acknowledged.
 
-Why one module of ~728 lines: the ack rule (each PUBACK settles exactly the seqs of its own
+Why one module of ~786 lines: the ack rule (each PUBACK settles exactly the seqs of its own
 message) is kept by leasing, splitting, publishing, settling, dead-lettering and the paused
 lanes together; they are kept in one file so the rule can be checked in one reading.
 

@@ -1,10 +1,12 @@
 """The MQTT v5 session to the hub: asyncio over paho-mqtt 2.x.
 
-Why one module of ~1,040 lines: paho calls back on its own thread, and every callback reaches
+Why one module of ~1,050 lines: paho calls back on its own thread, and every callback reaches
 the loop only through `call_soon_threadsafe`; the state those callbacks touch (the client, the
 connection epoch, the publish futures and their PUBACK deadline, the subscriptions to restore)
 lives in this one class, so that rule can be checked by reading one file. The packet-size and
-reason-code helpers at the top are what the class needs of MQTT's wire format.
+reason-code helpers at the top are what the class needs of MQTT's wire format. The MQTT 3.1.1
+branches sit in the connect, CONNACK and publish paths of that same state (which version the
+link speaks is per connection), so they cannot move out without that state.
 
 Invariants
 ----------
