@@ -69,8 +69,10 @@ What the caller must do (STYLE.md, habit 2):
     │   ├── UnitError                config: config.units; reported by the loader
     │   ├── UcumError                config: config.ucum; text that is no UCUM expression (what
     │   │                            is wrong where), reported as a UnitError
-    │   └── ReplyFieldError          answer: agent.link.mqtt311; a 3.1.1 request's
-    │                                response_topic or correlation_data unusable: refused
+    │   ├── ReplyFieldError          answer: agent.link.mqtt311; a 3.1.1 request's
+    │   │                            response_topic or correlation_data unusable: refused
+    │   └── LeanPathError            transient: connectors.opcua.fast_publish; never escapes it:
+    │                                asyncua's generic decoder reads that response instead
     ├── LookupError
     │   └── AddressNotFound          config: connectors.opcua.addressing; that signal only fails,
     │                                the others run (health names it)

@@ -36,11 +36,14 @@ Invariants:
   Notifications are pumped with `async for`, and a separate task watches the session.
 - Each publish response becomes one `emit` of its readings, in the server's order
   (`connectors.opcua.batches`); a Bad subscription status emits what came before it, then
-  ends the session.
+  ends the session. Data changes arrive as columns (`DataChanges`, from the session's lean
+  decoder `connectors.opcua.fast_publish`) or as asyncua's objects (a republish, a response
+  the lean decoder left to asyncua); both give the same readings.
 
-Why ~590 lines: the session's whole life (connect, subscribe or poll, events, backfill
-after a gap, reconnect) shares the one asyncua client and its health; the address resolution,
-batching, history and certificates already live in their own modules.
+Why ~660 lines: the session's whole life (connect, subscribe or poll, events, backfill
+after a gap, reconnect) shares the one asyncua client and its health, and readings are made
+from asyncua's objects and from the lean decoder's columns alike; the address resolution,
+batching, decoding, history and certificates already live in their own modules.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.common.subscription import OpcEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.status_codes import StatusCodes, get_name_and_doc
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from connectors.base import (
@@ -86,6 +89,7 @@ from connectors.opcua.config import (
     TimestampChoice,
 )
 from connectors.opcua.event_filter import event_filter
+from connectors.opcua.fast_publish import DataChanges
 from connectors.opcua.history import NoHistory, read_raw
 from connectors.opcua.session import SessionInfo, describe_error, open_session
 
@@ -99,6 +103,10 @@ _KEEPALIVE_MS = 5_000.0
 _SILENT_KEEPALIVES = 3.0
 # Status codes that mean "this node is not (or no longer) on the server".
 _NODE_GONE = {StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid}
+# A status code's severity bits (00 Good, 01 Uncertain, 10 and 11 Bad; `ua.StatusCode.is_good`,
+# `is_bad`).
+_SEVERITY = 0xC000_0000
+_BAD = 0x8000_0000
 # Client handles of monitored items this connector creates itself (asyncua's own start at 200).
 _FIRST_HANDLE = 1_000_000
 
@@ -364,7 +372,9 @@ class OpcUaConnector:
         errors = self.health.signal_errors
         data = plan.data
         for notification in batch:
-            if isinstance(notification, ua.MonitoredItemNotification):
+            if type(notification) is DataChanges:  # the lean decoder's columns
+                readings.extend(self._column_readings(notification, data, errors, received))
+            elif isinstance(notification, ua.MonitoredItemNotification):
                 signal = data.get(notification.ClientHandle)
                 if signal is None:
                     continue
@@ -382,6 +392,45 @@ class OpcUaConnector:
                 if notification.Status.is_bad():
                     return readings, notification
         return readings, None
+
+    def _column_readings(
+        self,
+        changes: DataChanges,
+        data: dict[int, OpcUaSignalSettings],
+        errors: dict[str, str],
+        received: datetime,
+    ) -> list[Reading]:
+        """The readings of one DataChangeNotification decoded as columns: the same readings
+        `_reading` makes of asyncua's objects (the decoder's timestamps are aware UTC)."""
+        readings: list[Reading] = []
+        append = readings.append
+        values, statuses = changes.values, changes.statuses
+        sources, servers = changes.sources, changes.servers
+        choice, name, good = self.settings.timestamp, self.name, Quality.GOOD
+        for row, handle in enumerate(changes.handles):
+            signal = data.get(handle)
+            if signal is None:
+                continue
+            code = statuses[row]
+            if errors or code:  # else nothing to track
+                self._track_status_code(signal.node, code)
+            source, server = sources[row], servers[row]
+            if choice is TimestampChoice.SOURCE:
+                timestamp = source or server
+            else:
+                timestamp = server if choice is TimestampChoice.SERVER else None
+            if timestamp is None or code & _SEVERITY:  # not Good, or timed by the clock
+                append(self._column_reading(signal.node, values[row], code, source, server,
+                                            received))  # fmt: skip
+                continue
+            value = values[row]
+            if type(value) not in _PLAIN_TYPES:
+                value = _plain(value)
+            # What `_column_reading` builds for a Good value with a time (positional: the
+            # fields' order, one per value on the hot path).
+            append(Reading(name, signal.node, value, timestamp, good, None, (), False, source,
+                           server, received))  # fmt: skip
+        return readings
 
     async def _poll(self, client: Client, plan: _Plan, interval_ms: float, emit: Emit) -> None:
         last: dict[str, tuple[Any, Any, Any]] = {}
@@ -455,11 +504,16 @@ class OpcUaConnector:
         await emit(readings)
 
     def _track_node_status(self, address: str, status: ua.StatusCode | None) -> None:
-        if status is not None and status.value in _NODE_GONE:
+        self._track_status_code(address, None if status is None else status.value)
+
+    def _track_status_code(self, address: str, code: int | None) -> None:
+        """`code`: the value's status code (None: it had none)."""
+        if code is not None and code in _NODE_GONE:
+            name = get_name_and_doc(code)[0]  # `ua.StatusCode.name`
             if address not in self.health.signal_errors:
-                _log.warning("source=%s signal %s: %s", self.name, address, status.name)
-            self.health.signal_errors[address] = status.name
-        elif address in self.health.signal_errors and (status is None or status.is_good()):
+                _log.warning("source=%s signal %s: %s", self.name, address, name)
+            self.health.signal_errors[address] = name
+        elif address in self.health.signal_errors and (code is None or not code & _SEVERITY):
             del self.health.signal_errors[address]
 
     def _reading(
@@ -475,12 +529,33 @@ class OpcUaConnector:
         its receive time (`timestamp = "receive"`, or a value without timestamps) reads the
         clock itself, so two values of one response never share a made-up time."""
         status = data_value.StatusCode
+        return self._column_reading(
+            signal,
+            value,
+            None if status is None else status.value,
+            _utc(data_value.SourceTimestamp),
+            _utc(data_value.ServerTimestamp),
+            received,
+            backfilled=backfilled,
+        )
+
+    def _column_reading(
+        self,
+        signal: str,
+        value: Any,
+        code: int | None,
+        source: datetime | None,
+        server: datetime | None,
+        received: datetime | None,
+        *,
+        backfilled: bool = False,
+    ) -> Reading:
+        """`_reading` of a value taken apart: its status code (None: none) and its two
+        timestamps, aware UTC or None."""
         quality, status_name = Quality.GOOD, None
-        if status is not None and status.value and not status.is_good():
-            quality = Quality.BAD if status.is_bad() else Quality.UNCERTAIN
-            status_name = status.name
-        source = _utc(data_value.SourceTimestamp)
-        server = _utc(data_value.ServerTimestamp)
+        if code and code & _SEVERITY:  # not Good: Uncertain (01) or Bad (10, 11)
+            quality = Quality.BAD if code & _BAD else Quality.UNCERTAIN
+            status_name = get_name_and_doc(code)[0]  # `ua.StatusCode.name`
         timestamp = self._choose(source, server)
         if timestamp is None or received is None:
             received = datetime.now(UTC)

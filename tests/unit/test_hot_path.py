@@ -387,3 +387,24 @@ def test_a_bad_subscription_status_ends_the_response_after_what_came_before() ->
     status = ua.StatusChangeNotification(Status=ua.StatusCode(ua.UInt32(StatusCodes.BadShutdown)))
     readings, ended = connector._readings([_decoded(0, 1.0), status, _decoded(1, 2.0)], plan)
     assert [r.signal for r in readings] == ["ns=2;s=V0"] and ended is status
+
+
+def test_the_benchmark_lean_and_generic_stages_make_the_same_readings() -> None:
+    """bench/hot_path.py's decode stage (lean columns) and the asyncua decoding it is held
+    against feed `_readings` the same facts, so their figures compare like with like."""
+    from bench.hot_path import _decode_generic, _decode_lean, _responses
+
+    signals = [OpcUaSignalSettings(node=f"ns=2;s=V{n}") for n in range(5)]
+    settings = OpcUaSettings(endpoint="opc.tcp://127.0.0.1:4840")
+    connector = OpcUaConnector("line1", settings, signals)
+    plan = _Plan(data={1_000_000 + n: signal for n, signal in enumerate(signals)})
+    for blob in _responses(5, 23, 10):
+        lean, _ = connector._readings(_decode_lean(blob), plan)
+        generic, _ = connector._readings(_decode_generic(blob), plan)
+        assert len(lean) == len(generic) > 0
+        for one, other in zip(lean, generic, strict=True):
+            assert one == other and type(one.value) is type(other.value)
+            assert (one.source_timestamp, one.server_timestamp) == (
+                other.source_timestamp,
+                other.server_timestamp,
+            )
