@@ -1,30 +1,41 @@
-"""The buffer's storage cost, old schema (version 5) against the current one, in one run.
+"""The buffer's storage cost, older schemas (versions 5 and 6) against the current one, in one run.
 
 The layouts are driven with the statements their store runs, on plain sqlite3 in WAL mode with
-`synchronous = FULL` (the agent's default), in this process, so CPU and I/O are this process's:
+`synchronous = FULL` (the agent's default), in this process, so CPU and I/O are this process's;
+the current one (version 7) through the real `SqliteBuffer`:
 
 - version 5: `events.id` UNIQUE (a B-tree keyed by a random UUID: each event's insert dirties a
   page of its own once the index outgrows the cache), the duplicate check reads that index;
 - version 6 as first built (`WHOLE_ID`): no index on `events.id`; the duplicate check reads
   `held_ids`, an in-memory TEMP index of (whole id, seq) (rows added by the append, removed by
   a trigger); its statements are kept here, in this file, for the comparison;
-- current: the same file, `held_ids` keyed by an 8-byte prefix of the id, a hit confirmed
-  against the stored row (`buffer.sqlite.schema.HELD_IDS`, `FIND_HELD_IDS`);
-- two sketches of the next step, not stores (`LogStore`, `SegmentStore`): an append-only
-  `log` that is never updated, ack = one row of delivered seq ranges, purge = a range delete
-  or a `DROP TABLE` of a segment: what the row rewrite of today's ack and the deletes of
-  today's purge cost. They keep the whole-id `held_ids` (their point is the file).
+- version 6 as shipped: the same file, `held_ids` keyed by an 8-byte prefix of the id, a hit
+  confirmed against the stored row (`buffer.sqlite.schema.HELD_IDS` and its lookups, here
+  pointed at version 6's `events` table);
+- version 7 (`BufferStore`): the real `SqliteBuffer` (`log` never updated after the append,
+  an ack inserts seq ranges into `acks`, the purge deletes acked runs by seq range), driven
+  through its public methods on an event loop of this process; its CPU includes aiosqlite's
+  thread hops and the Python of the store, which the other layouts do not pay, so compare its
+  bytes with theirs, and its CPU only with care;
+- two sketches, not stores (`LogStore`, `SegmentStore`): an append-only `log`, ack = one row
+  of delivered seq ranges, purge = a range delete (what version 7 became) or a `DROP TABLE`
+  of a segment. They keep the whole-id `held_ids` (their point is the file).
 
 Figures, per layout, for the life of an event (append in batches of 500 with the duplicate
 check, lease, ack by seq range, purge by retention):
 
-- CPU µs per event (`time.process_time`: the sqlite3 calls run on this thread);
+- CPU µs per event (`time.process_time`: every thread of this process);
 - bytes written per event: `wchar` (bytes handed to write(): WAL frames and checkpoints) and
   `write_bytes` (what reached the block layer) from /proc/self/io, against the body size;
+- the same at ingest only (append, lease and ack; retention never passes, nothing purged);
 - append µs per event with 10,000 rows held and with 1,000,000 rows held (retained, delivered:
   a buffer that keeps a day of replay holds millions), and their ratio (target: flat, ±20 %);
 - for the layouts with `held_ids`: building it at open, per million rows, and its size per
-  row (its pages, and the growth of this process's RSS while it was built).
+  row (its pages, and the growth of this process's RSS while it was built); for version 7
+  the whole open (quick_check, the counts, the acked runs, `held_ids`).
+
+`bench.run` calls `append_growth` (the current layout's append cost at 10,000 rows held and at
+1,000,000, or 200,000 in its quick run) for the targets table.
 
 Run: `.venv/bin/python -m bench.buffer_store [--quick] [--dir DIR]` (`--quick`: 200,000 rows
 instead of 1,000,000 for the large table; `--dir`: where the files go, default /var/tmp: a real
@@ -37,6 +48,7 @@ is the floor of any layout's append here.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import itertools
 import multiprocessing
@@ -48,7 +60,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from buffer.base import Record
+from buffer.sqlite import SqliteBuffer
 from buffer.sqlite.schema import (
     ADD_HELD_IDS,
     BUILD_HELD_IDS,
@@ -94,8 +109,23 @@ WHOLE_ID = HeldIds(
     find="SELECT id FROM temp.held_ids WHERE id IN ({keys})",
     key=lambda stored: stored,
 )
-# Today's: (8-byte key, seq), a hit confirmed against the row (`buffer.sqlite.schema`).
-KEYED = HeldIds(HELD_IDS, BUILD_HELD_IDS, ADD_HELD_IDS, FIND_HELD_IDS, lambda s: s[:8])
+
+
+def _on_events(statement: str) -> str:
+    """A statement of today's `held_ids` pointed at version 6's `events` table (it reads
+    `log` since version 7)."""
+    statement = statement.replace("main.log ON log.seq", "main.events ON events.seq")
+    return statement.replace("log.id", "events.id").replace("main.log", "main.events")
+
+
+# Version 6 as shipped: (8-byte key, seq), a hit confirmed against the row.
+KEYED = HeldIds(
+    _on_events(HELD_IDS),
+    _on_events(BUILD_HELD_IDS),
+    _on_events(ADD_HELD_IDS),
+    _on_events(FIND_HELD_IDS),
+    lambda s: s[:8],
+)
 
 
 @dataclass(frozen=True)
@@ -107,15 +137,19 @@ class Layout:
 
 
 OLD = Layout("version 5 (UNIQUE id)", 5, None)
-WHOLE = Layout(f"version {len(MIGRATIONS)}, whole-id held_ids", len(MIGRATIONS), WHOLE_ID)
-NEW = Layout(f"version {len(MIGRATIONS)}, 8-byte keys", len(MIGRATIONS), KEYED)
-# Not schema versions: the sketches of the next step, for comparison.
+WHOLE = Layout("version 6, whole-id held_ids", 6, WHOLE_ID)
+V6 = Layout("version 6, 8-byte keys", 6, KEYED)
+# The current layout: the real store (its `held_ids` is today's, on `log`).
+NEW = Layout(f"version {len(MIGRATIONS)} (SqliteBuffer)", len(MIGRATIONS), KEYED)
+# Not schema versions: sketches, for comparison.
 LOG = Layout("sketch: log + ack ranges", 0, WHOLE_ID)
 SEGMENTS = Layout("sketch: segments + ack ranges", 0, WHOLE_ID)
-LAYOUTS = (OLD, WHOLE, NEW, LOG, SEGMENTS)
+LAYOUTS = (OLD, WHOLE, V6, NEW, LOG, SEGMENTS)
 
 
 def open_store(path: Path, layout: Layout) -> Store:
+    if layout is NEW:
+        return BufferStore(path, layout)
     if layout is LOG:
         return LogStore(path, layout)
     if layout is SEGMENTS:
@@ -269,6 +303,72 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+class BufferStore(Store):
+    """Version 7: the real `SqliteBuffer`, driven through its methods on an event loop of
+    this thread (its SQLite calls run on aiosqlite's threads of this process)."""
+
+    def __init__(self, path: Path, layout: Layout) -> None:
+        self.layout = layout
+        self.path = path
+        self.now = 0.0
+        self.loop = asyncio.new_event_loop()
+        self.context = SqliteBuffer.open(path, retention_s=0.0, clock=lambda: self.now)
+        rss, started = rss_bytes(), time.perf_counter()
+        self.buffer = self.loop.run_until_complete(self.context.__aenter__())
+        self.build_s = time.perf_counter() - started
+        self.build_rss = rss_bytes() - rss
+        self.last_seq = self.buffer.last_seq
+        self.cursor = 0
+
+    def append(self, batch: list[bytes], now: float) -> int:
+        self.now = now
+        records = [Record(str(uuid.UUID(bytes=i)), "telemetry.v1", 0, BODY) for i in batch]
+        result = self.loop.run_until_complete(self.buffer.append(records))
+        self.last_seq = result.last_seq
+        return result.accepted
+
+    def lease_and_ack(self, now: float) -> int:
+        self.now = now
+        leased = self.loop.run_until_complete(self.buffer.lease(BATCH))
+        self.loop.run_until_complete(self.buffer.ack([record.seq for record in leased]))
+        return len(leased)
+
+    def purge(self, cutoff: float) -> int:
+        return self.loop.run_until_complete(self.buffer.purge(now=cutoff))  # retention 0
+
+    def fill_retained(self, count: int) -> None:
+        """As `Store.fill_retained`, on the file beside the open buffer (which is closed and
+        reopened before anything is measured): rows in `log`, one acked run in `acks`."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute("BEGIN")
+        start = self.last_seq + 1
+        db.executemany(
+            "INSERT INTO log (seq, id, kind, priority, body, accepted_at)"
+            " VALUES (?, ?, 'telemetry.v1', 0, ?, 1.0)",
+            ((start + n, i, BODY) for n, i in enumerate(ids(10**9 + start, count))),
+        )
+        db.execute("INSERT INTO acks VALUES (?, ?, 2.0)", (start, start + count - 1))
+        db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (start + count - 1,))
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+
+    def held_ids_bytes(self) -> int:
+        rows = self.loop.run_until_complete(
+            self.buffer._db.execute_fetchall(
+                "SELECT (SELECT page_count FROM pragma_page_count('temp')),"
+                " (SELECT page_size FROM pragma_page_size('temp'))"
+            )
+        )
+        ((pages, size),) = rows
+        return int(pages) * int(size)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.context.__aexit__(None, None, None))
+        self.loop.close()
 
 
 class LogStore(Store):
@@ -550,8 +650,31 @@ def life(layout: Layout, folder: Path) -> dict[str, float]:
     }
 
 
-def append_cost(layout: Layout, folder: Path, held: int) -> dict[str, float]:
-    """µs CPU and bytes written per appended event with `held` delivered rows in the table."""
+def ingest(layout: Layout, folder: Path) -> dict[str, float]:
+    """LIFE_EVENTS events through append, lease and ack, nothing purged: the cost of taking
+    an event in and handing it on."""
+    store = open_store(folder / f"ingest-{LAYOUTS.index(layout)}.db", layout)
+    clock = [1_000.0]
+
+    def run() -> None:
+        for start in range(0, LIFE_EVENTS, BATCH):
+            store.append(list(ids(start, BATCH)), clock[0])
+            store.lease_and_ack(clock[0])
+            clock[0] += 1.0
+
+    cpu, io = measured(run)
+    store.close()
+    return {
+        "ingest_cpu_us_per_event": cpu / LIFE_EVENTS * 1e6,
+        "ingest_wchar_per_event": io.get("wchar", 0) / LIFE_EVENTS,
+    }
+
+
+def append_cost(
+    layout: Layout, folder: Path, held: int, *, with_rss: bool = True
+) -> dict[str, float]:
+    """µs CPU and bytes written per appended event with `held` delivered rows in the table
+    (`with_rss`: also `held_ids`' RSS per row, measured in a fresh process)."""
     path = folder / f"append-{LAYOUTS.index(layout)}-{held}.db"
     store = open_store(path, layout)
     store.fill_retained(held)
@@ -571,7 +694,7 @@ def append_cost(layout: Layout, folder: Path, held: int) -> dict[str, float]:
         "held_ids_bytes_per_row": store.held_ids_bytes() / (held + APPEND_SAMPLE),
     }
     store.close()
-    if layout.held_ids is not None:
+    if with_rss and layout.held_ids is not None:
         # In a fresh process: this one's heap holds what earlier layouts freed.
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             rss = pool.apply(open_rss, (LAYOUTS.index(layout), path))
@@ -579,6 +702,21 @@ def append_cost(layout: Layout, folder: Path, held: int) -> dict[str, float]:
     for suffix in ("", "-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
     return figures
+
+
+def append_growth(folder: Path, large: int) -> dict[str, Any]:
+    """The current layout's append cost (`append_cost`) with `SMALL_TABLE` rows held and with
+    `large`, and their ratio: what `bench.run` reports against issue 18's "flat within 20 %"."""
+    small = append_cost(NEW, folder, SMALL_TABLE, with_rss=False)
+    big = append_cost(NEW, folder, large, with_rss=False)
+    return {
+        "layout": NEW.name,
+        "small_rows": SMALL_TABLE,
+        "large_rows": large,
+        "small_append_us_per_event": small["append_us_per_event"],
+        "large_append_us_per_event": big["append_us_per_event"],
+        "growth": big["append_us_per_event"] / small["append_us_per_event"],
+    }
 
 
 def open_rss(layout_index: int, path: Path) -> int:
@@ -606,6 +744,7 @@ def main() -> None:
         for layout in LAYOUTS:
             figures = life(layout, folder)
             figures["life bytes (wchar) / body"] = figures["wchar_per_event"] / len(BODY)
+            figures.update(ingest(layout, folder))
             small = append_cost(layout, folder, SMALL_TABLE)
             big = append_cost(layout, folder, large)
             figures.update({f"{k} @10k": v for k, v in small.items()})
@@ -619,15 +758,15 @@ def main() -> None:
     print(
         f"{'figure':44}"
         + "".join(f"{name[:26]:>28}" for name in results)
-        + "  ratios to v5 | 8-byte keys / whole id"
+        + "  ratios to v5 | v7 / v6"
     )
     for key in dict.fromkeys(keys):
         values = [figures.get(key) for figures in results.values()]
         row = "".join(f"{'-':>28}" if v is None else f"{v:28.2f}" for v in values)
         old = values[0]
         ratios = " ".join(f"{v / old:5.2f}" if old and v else "    -" for v in values[1:])
-        whole, keyed = results[WHOLE.name].get(key), results[NEW.name].get(key)
-        mine = f"{keyed / whole:5.2f}" if whole and keyed else "    -"
+        v6, v7 = results[V6.name].get(key), results[NEW.name].get(key)
+        mine = f"{v7 / v6:5.2f}" if v6 and v7 else "    -"
         print(f"{key:44}{row}  {ratios} | {mine}")
     print(
         f"{time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f}"

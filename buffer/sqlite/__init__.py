@@ -10,6 +10,7 @@ mixin over the shared state of `core`:
 
 ```
 core.py          the in-memory state, one transaction at a time (`_transaction`), the counts
+acked.py         the acked seqs in memory (`AckedRanges`): runs, and the gaps between them
 schema.py        the migrations (`MIGRATIONS`), the columns, how ids are stored (`stored_id`)
 opening.py       open, quick_check, pragmas, the lease connection; salvage and `move_aside`
 capacity.py      room making, the overflow policies, eviction, the disk checks, `purge`
@@ -35,18 +36,21 @@ because repeats of an id are recognised and skipped.
 
 1. `seq` is gap-free for the life of the file: accepted records get `last_seq + 1`,
    `last_seq + 2`, ... and nothing else consumes a `seq` (duplicates, rolled-back batches and
-   errors do not). `last_seq` lives in `meta`, not in `max(events.seq)`, so it survives purging
+   errors do not). `last_seq` lives in `meta`, not in `max(log.seq)`, so it survives purging
    every row and it never restarts.
-2. An id is held at most once. A record whose id is in `events` (pending, or acked and still
+2. An id is held at most once. A record whose id is in `log` (pending, or acked and still
    retained) or that repeats an earlier record of the same batch is a duplicate: skipped, counted,
    given no `seq`. Once an acked row is purged, or a row is dead-lettered, its id is forgotten.
    The check reads `held_ids`, an in-memory index of a key and the seq of exactly the rows of
-   `events`, and confirms a key hit against the row (see "Why the duplicate check reads
+   `log`, and confirms a key hit against the row (see "Why the duplicate check reads
    memory"), so this holds across restarts and crashes.
-3. A row is *pending* while `acked_at IS NULL`. `ack` sets `acked_at`; nothing ever clears it.
-   Pending rows leave `events` only through `dead_letter` or an eviction (capacity, below);
-   acked rows only through `purge` (past `retention_s`, or over `retained_max_bytes`, oldest
-   first) or when the disk is short.
+3. A row of `log` is never updated after its append. It is *pending* while no `acks` row covers
+   its seq. `ack` inserts the runs of consecutive seqs it settles into `acks` (one row per run,
+   with its `acked_at`); nothing ever removes a run while its rows are there, and runs never
+   overlap (an ack takes only seqs not yet acked). Pending rows leave `log` only through
+   `dead_letter` or an eviction (capacity, below); acked rows only through `purge` (past
+   `retention_s`, or over `retained_max_bytes`, oldest first) or when the disk is short, each
+   time with their run (or the part of it deleted) in the same transaction.
 4. `lease` hands out pending rows each at most once until `rewind`: within one lane
    (`after_seq < seq <= up_to_seq`) and one priority in `seq` order; across priorities either
    strictly highest first or split by weights (`shares`, see `buffer.base`).
@@ -55,18 +59,26 @@ because repeats of an id are recognised and skipped.
    reads on a second, query-only connection under its own lock, so it sees committed rows only
    and never waits for a writer's COMMIT (an ack's fsync); see "Why leases read on their own
    connection".
-6. Capacity counts pending bytes only (`length(body)` of rows with `acked_at IS NULL`), kept in
-   memory per priority and re-read after any transaction that did not finish cleanly. Every
-   record given up for room is counted in `evictions` in the same transaction that gave it up.
+6. Capacity counts pending bytes only (`length(body)` of rows not acked), kept in memory per
+   priority and re-read after any transaction that did not finish cleanly. Every record given
+   up for room is counted in `evictions` in the same transaction that gave it up.
+7. The acked seqs are also held in memory (`acked.AckedRanges`: the union of the `acks` runs,
+   merged), built at open and re-read, with the counts, after any transaction that did not
+   finish cleanly; a transaction that changes `acks` changes them after it commits. Leasing,
+   eviction and the oldest-pending figures read only the seqs between those runs.
 
-# On-disk layout (schema version 6, in `PRAGMA user_version`)
+# On-disk layout (schema version 7, in `PRAGMA user_version`)
 
 ```
-events        seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq order
+log           seq INTEGER PRIMARY KEY      the rowid: rows are stored in seq order
               id TEXT NOT NULL             not indexed on disk (schema version 6); see below
-              kind, priority, body BLOB, accepted_at REAL, acked_at REAL (NULL = pending)
-  events_pending  (priority, seq) WHERE acked_at IS NULL      lease and the pending counts
-  events_acked    (acked_at) WHERE acked_at IS NOT NULL       purge and the retained count
+              kind, priority, body BLOB, accepted_at REAL      never updated after the append
+  log_lane    (priority, seq)              lease, eviction, the oldest pending per priority
+acks          first_seq INTEGER PRIMARY KEY, last_seq, acked_at    one row per run acked at
+              once (schema version 7): the seqs first_seq..last_seq are delivered
+events        a VIEW of `log` with the columns the table had up to version 6, `acked_at` computed
+              from `acks` (NULL = pending), for readers outside this package; INSTEAD OF
+              triggers let a tool insert or delete a row through it
 meta          key TEXT PRIMARY KEY, value  ('last_seq', n)
 dead_letters  number INTEGER PRIMARY KEY       the order they were set aside (schema version 3)
               seq UNIQUE, accepted_at          NULL for records never accepted (`set_aside`)
@@ -79,12 +91,23 @@ temp.held_ids (key, seq) PRIMARY KEY, WITHOUT ROWID   in memory only, never in t
               key: a 16-byte id's first 8 bytes, any other id whole
 ```
 
-Every on-disk key follows time: the rowid (seq), `events_pending` (priority, seq) and
-`events_acked` (acked_at) all grow at their right edge, so a commit of n rows dirties about
+Every on-disk key follows time: the rowid (seq), `log_lane` (priority, seq) and
+`acks.first_seq` all grow at their right edge, so a commit of n rows dirties about
 n x row size / page size pages, however large the table. Version 5 had `UNIQUE` on `id`: a
 B-tree keyed by a random UUID, where each row of a commit dirtied a leaf page of its own once
 the index outgrew the cache (about 10 KB written per 240-byte event at 1,000,000 rows,
 growing with the table; version 6: 555 B, flat; `bench.buffer_store`, docs/buffer.md).
+
+Up to version 6 an ack rewrote each row to set `acked_at` and moved it from one partial index
+to another (about 450 of the ~1,000 bytes written per event at ingest). From version 7 an ack
+writes one `acks` row per run of consecutive seqs, a few dozen bytes for a message's worth of
+records, and the purge deletes acked runs by seq range. The lane index is full, not partial
+(it holds acked rows until they are purged), so a scan of it could meet acked rows: every scan
+reads only the gaps between the acked runs held in memory (`acked.AckedRanges.next_gap`), one
+index seek per gap, and a lease cursor moves past the runs it stepped over, so neither a
+rewind nor a restart with a long retained tail reads an acked row. `events` costs nothing to
+keep: a view is a query, evaluated only when someone reads it (each row's `acked_at` is one
+seek in `acks`).
 
 An id that is a UUID in canonical text form (what `events.ids` makes) is stored as its 16
 bytes (`stored_id`), anything else as text: that halves the id in the row and in its
@@ -109,8 +132,7 @@ consumer sees, and the row names it. One without (`set_aside`: a reading the pip
 never had a seq and never held its id. `retry_dead_letters` puts the first kind back with its
 own seq; the second kind stays (never accepted, and kept for a person, not for the hub).
 
-Plus the `-wal` and `-shm` files SQLite keeps next to it. Both partial indexes hold only the rows
-their queries need, so leasing stays an index seek however many acked rows are retained. Schema
+Plus the `-wal` and `-shm` files SQLite keeps next to it. Schema
 changes are appended to `MIGRATIONS` (`schema`); opening a file applies the missing ones, each
 in its own transaction together with its `user_version` bump. Opening also runs
 `PRAGMA quick_check`, which reads the whole file (about 1 s per GB from a warm cache), once, at
@@ -159,9 +181,9 @@ a random insert costs CPU (a few microseconds) and no I/O: `held_ids`, a TEMP ta
 writing connection (`temp_store = MEMORY`), `buffer.sqlite.schema.HELD_IDS`. It is derived
 data, never written to the file, so it cannot be lost or disagree with it:
 
-- opening builds it from `events` (`BUILD_HELD_IDS`, in seq order: a few seconds per
+- opening builds it from `log` (`BUILD_HELD_IDS`, in seq order: a few seconds per
   million rows, on top of the `quick_check` that reads the whole file anyway);
-- `append` and `retry_dead_letters`, the only statements that insert into `events`, add their
+- `append` and `retry_dead_letters`, the only statements that insert into `log`, add their
   rows in the same transaction (`ADD_HELD_IDS`); a TEMP trigger removes a row's pair whatever
   deletes the row (purge, eviction, dead letter, a disk-full ack); a ROLLBACK undoes both.
 
@@ -188,16 +210,18 @@ lease may hand out anyway. The lease cursors stay right: rows are committed in s
 row not yet visible has a seq above every cursor; a row that comes back below a cursor
 (`retry_dead_letters`) comes with a `rewind`. A lane that a lease found empty is not queried
 again until `last_seq` moves (taken before the query, so every row up to it was visible) or a
-rewind. `ack` marks rows by seq ranges (a message's seqs, and several messages' together, are
-mostly consecutive) and counts them per priority in SQL, not per row in Python.
+rewind. `ack` takes seq ranges (a message's seqs, and several messages' together, are mostly
+consecutive), finds the runs of rows there and counts them per priority in SQL, not per row in
+Python, and inserts one `acks` row per run.
 
 # Why leases live in memory
 
 A lease only says "this record is on its way to the broker". After a crash or a reconnect the
 broker may or may not have it, and only an ack proves delivery, so every record not acked must be
 sent again anyway. Keeping leases in memory (a cursor per priority and lane: the highest `seq`
-handed out) costs no writes on the hot path, and a restart, like `rewind`, makes everything not
-acked pending again. Delivery is at least once; the id makes it effectively once for the consumer.
+handed out, or the end of an acked run it stepped over) costs no writes on the hot path, and a
+restart, like `rewind`, makes everything not acked pending again. Delivery is at least once; the
+id makes it effectively once for the consumer.
 
 # Errors
 

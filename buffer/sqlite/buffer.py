@@ -24,6 +24,7 @@ from buffer.base import (
     StoredRecord,
 )
 from buffer.sqlite.capacity import CapacityMixin, count_evictions
+from buffer.sqlite.core import read_counts
 from buffer.sqlite.dead_letters import DeadLettersMixin
 from buffer.sqlite.holdings import read_holdings
 from buffer.sqlite.leasing import LeasingMixin
@@ -134,13 +135,11 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
             duplicates = offered - len(batch)
             kept = list(batch.values())
             if kept:
-                kept, overflow = await self._make_room(
-                    db, kept, disk_short=disk_short, slack=slack
-                )
+                kept, overflow = await self._make_room(db, kept, disk_short=disk_short, slack=slack)
             if kept:
                 now = self._clock()
                 await db.executemany(
-                    f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     [
                         (last_seq + offset, keys[r.id], r.kind, r.priority, r.body, now)
                         for offset, r in enumerate(kept, start=1)
@@ -156,9 +155,9 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
         self._last_seq = self._known_last_seq = last_seq
         for record in kept:
             self._pending_count[record.priority] = self._pending_count.get(record.priority, 0) + 1
-            self._pending_bytes[record.priority] = (
-                self._pending_bytes.get(record.priority, 0) + len(record.body)
-            )
+            self._pending_bytes[record.priority] = self._pending_bytes.get(
+                record.priority, 0
+            ) + len(record.body)
         return AppendResult(
             accepted=len(kept), duplicates=duplicates, last_seq=last_seq, overflow=tuple(overflow)
         )
@@ -212,38 +211,46 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
     async def stats(self) -> BufferStats:
         """Exact counts, from one consistent snapshot of the file."""
         async with self._transaction("stats", write=False) as db:
-            by_priority = list(
+            held, acked_counts = await read_counts(db)
+            pending = {
+                p: n - acked_counts.get(p, (0, 0))[0]
+                for p, (n, _) in held.items()
+                if n > acked_counts.get(p, (0, 0))[0]
+            }
+            # The lowest pending seq of each priority: the first row of its first gap between
+            # acked runs that has one (`_oldest_pending`; the in-memory runs are this
+            # snapshot's: they change only in writers' transactions, which hold this lock).
+            oldest: dict[int, tuple[int, float]] = {}
+            for priority in pending:
+                for seq, accepted_at in await self._oldest_pending(
+                    db, priority, "seq, accepted_at", 1
+                ):
+                    oldest[priority] = (int(seq), float(accepted_at))
+            oldest_by_priority = {p: at for p, (_seq, at) in oldest.items()}
+            oldest_at = min(oldest.values())[1] if oldest else None
+            dead, last_seq = one(
                 await db.execute_fetchall(
-                    "SELECT priority, count(*), min(seq) FROM events"
-                    " WHERE acked_at IS NULL GROUP BY priority"
+                    "SELECT (SELECT count(*) FROM dead_letters),"
+                    " (SELECT value FROM meta WHERE key = 'last_seq')"
                 )
             )
-            oldest_seq = min((int(row[2]) for row in by_priority), default=None)
-            # One rowid lookup per priority (its lowest pending seq came from the index above).
-            oldest_by_priority: dict[int, float] = {}
-            for priority, _count, first_seq in by_priority:
-                (accepted_at,) = one(await db.execute_fetchall(
-                    "SELECT accepted_at FROM events WHERE seq = ?", (first_seq,)
-                ))
-                oldest_by_priority[int(priority)] = float(accepted_at)
-            oldest_at, acked, dead, last_seq, oldest_retained = one(
+            # The first row of the earliest acked run that still has one (a pass over
+            # `acks`, one seek per run: no pass over the retained rows).
+            first_retained = list(
                 await db.execute_fetchall(
-                    "SELECT (SELECT accepted_at FROM events WHERE seq = ?),"
-                    " (SELECT count(*) FROM events WHERE acked_at IS NOT NULL),"
-                    " (SELECT count(*) FROM dead_letters),"
-                    " (SELECT value FROM meta WHERE key = 'last_seq'),"
-                    " (SELECT accepted_at FROM events WHERE acked_at IS NOT NULL"
-                    "  ORDER BY acked_at LIMIT 1)",
-                    (oldest_seq,),
+                    "SELECT (SELECT accepted_at FROM log WHERE seq BETWEEN acks.first_seq"
+                    " AND acks.last_seq ORDER BY seq LIMIT 1) AS accepted_at FROM acks"
+                    " WHERE accepted_at IS NOT NULL ORDER BY acks.acked_at, acks.first_seq LIMIT 1"
                 )
             )
+            oldest_retained = first_retained[0][0] if first_retained else None
+            acked = sum(n for n, _ in acked_counts.values())
             evictions = {
                 (int(priority), str(kind), str(reason)): int(count)
                 for priority, kind, reason, count in await db.execute_fetchall(
                     "SELECT priority, kind, reason, count FROM evictions"
                 )
             }
-        pending = {int(row[0]): int(row[1]) for row in by_priority}
         return BufferStats(
             pending=sum(pending.values()),
             pending_by_priority=pending,

@@ -26,13 +26,20 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import aiosqlite
 
 from buffer.base import BufferFull, Overflow, OverflowReason, Record
+from buffer.sqlite.acked import AckedRanges
 from buffer.sqlite.core import SqliteBufferCore
-from buffer.sqlite.statements import chunks, classified, placeholders, seq_ranges
+from buffer.sqlite.statements import (
+    PARAMS_PER_STATEMENT,
+    chunks,
+    placeholders,
+    range_conditions,
+    seq_ranges,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +120,14 @@ class CapacityMixin(SqliteBufferCore):
         """Delete the oldest pending rows of `priority` until `need` bytes are freed."""
         freed = 0
         seqs: dict[str, list[int]] = defaultdict(list)
+        after = 0
         while freed < need:
-            rows = await db.execute_fetchall(
-                "SELECT seq, kind, length(body) FROM events"
-                " WHERE acked_at IS NULL AND priority = ? ORDER BY seq LIMIT ?",
-                (priority, _EVICT_ROWS_PER_STATEMENT),
+            rows = await self._oldest_pending(
+                db, priority, "seq, kind, length(body)", _EVICT_ROWS_PER_STATEMENT, after
             )
             if not rows:
                 break
+            after = int(rows[-1][0])
             taken: list[int] = []
             for seq, kind, size in rows:  # exactly as many of the oldest as needed
                 if freed >= need:
@@ -132,7 +139,7 @@ class CapacityMixin(SqliteBufferCore):
                 self._pending_bytes[priority] -= int(size)
             for chunk in chunks(taken):
                 await db.execute(
-                    f"DELETE FROM events WHERE seq IN ({placeholders(len(chunk))})", tuple(chunk)
+                    f"DELETE FROM log WHERE seq IN ({placeholders(len(chunk))})", tuple(chunk)
                 )
         reports: list[Overflow] = []
         for kind, kind_seqs in sorted(seqs.items()):
@@ -152,12 +159,7 @@ class CapacityMixin(SqliteBufferCore):
         freed = 0
         dropped: dict[tuple[int, str], int] = defaultdict(int)
         while freed < target:
-            rows = await db.execute_fetchall(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events"
-                " WHERE acked_at IS NOT NULL ORDER BY acked_at LIMIT ?)"
-                " RETURNING priority, kind, length(body)",
-                (_EVICT_ROWS_PER_STATEMENT,),
-            )
+            rows = await delete_oldest_acked(db, _EVICT_ROWS_PER_STATEMENT, self._acked)
             if not rows:
                 break
             for priority, kind, size in rows:
@@ -168,7 +170,8 @@ class CapacityMixin(SqliteBufferCore):
             await count_retained_drops(db, dropped)
             log.warning(
                 "buffer %s: disk short: dropped %d delivered record(s) kept for replay",
-                self.path, sum(dropped.values()),
+                self.path,
+                sum(dropped.values()),
             )
         return freed
 
@@ -184,7 +187,9 @@ class CapacityMixin(SqliteBufferCore):
             if short != self._disk_short:
                 log.warning(
                     "buffer %s: free disk space %s the reserve of %d bytes",
-                    self.path, "below" if short else "back above", reserve,
+                    self.path,
+                    "below" if short else "back above",
+                    reserve,
                 )
             self._disk_short = short
         return self._disk_short
@@ -198,47 +203,152 @@ class CapacityMixin(SqliteBufferCore):
         """
         cutoff = (self._clock() if now is None else now) - self._retention_s
         deleted = 0
-        while True:
-            async with self._lock:
-                with classified(self.path, "purge"):
-                    rows = list(await self._db.execute_fetchall(
-                        "DELETE FROM events WHERE seq IN"
-                        " (SELECT seq FROM events WHERE acked_at < ? LIMIT ?)"
-                        " RETURNING length(body)",
-                        (cutoff, _PURGE_ROWS_PER_TRANSACTION),
-                    ))
+        more = True
+        while more:  # bounded: each turn deletes up to a transaction's worth, or ends
+            async with self._transaction("purge") as db:
+                rows, removed, more = await self._purge_expired(db, cutoff)
+            for first, last in removed:
+                self._acked.remove(first, last)
             deleted += len(rows)
             self._retained_bytes -= sum(int(row[0]) for row in rows)
-            if len(rows) < _PURGE_ROWS_PER_TRANSACTION:
-                break
         cap = self.capacity.retained_max_bytes
         while cap is not None and self._retained_bytes > cap:
             # Exactly as many of the earliest delivered as bring the retained bytes under the
             # cap (a whole statement's worth would cut the replay window short).
             async with self._transaction("purge") as db:
-                oldest = await db.execute_fetchall(
-                    "SELECT seq, length(body) FROM events"
-                    " WHERE acked_at IS NOT NULL ORDER BY acked_at, seq LIMIT ?",
-                    (_EVICT_ROWS_PER_STATEMENT,),
-                )
                 excess = self._retained_bytes - cap
-                taken: list[int] = []
                 freed = 0
-                for seq, size in oldest:
-                    if freed >= excess:
-                        break
-                    taken.append(int(seq))
-                    freed += int(size)
-                for chunk in chunks(taken):
-                    await db.execute(
-                        f"DELETE FROM events WHERE seq IN ({placeholders(len(chunk))})",
-                        tuple(chunk),
+                taken = 0
+                while freed < excess:
+                    oldest = await db.execute_fetchall(
+                        "SELECT first_seq, last_seq FROM acks ORDER BY acked_at, first_seq LIMIT 1"
                     )
+                    if not oldest:
+                        break
+                    ((first, last),) = oldest
+                    sizes = await db.execute_fetchall(
+                        "SELECT seq, length(body) FROM log WHERE seq BETWEEN ? AND ?"
+                        " ORDER BY seq LIMIT ?",
+                        (first, last, _EVICT_ROWS_PER_STATEMENT),
+                    )
+                    upto = int(first) - 1
+                    count = 0
+                    for seq, size in sizes:
+                        if freed >= excess:
+                            break
+                        upto = int(seq)
+                        freed += int(size)
+                        count += 1
+                    if not sizes:  # a run whose rows are all gone: only its `acks` row
+                        upto, count = int(last), 1
+                    got, gone_to = await delete_acked_run(
+                        db, int(first), int(last), count, "1", upto=upto
+                    )
+                    taken += len(got)
+                    self._acked.remove(int(first), gone_to)
             if not taken:
                 break
-            deleted += len(taken)
+            deleted += taken
             self._retained_bytes -= freed
         return deleted
+
+    async def _purge_expired(
+        self, db: aiosqlite.Connection, cutoff: float
+    ) -> tuple[list[Any], list[tuple[int, int]], bool]:
+        """Delete the acked runs acked before `cutoff`, whole, as seq-range deletes (and their
+        `acks` rows), up to about `_PURGE_ROWS_PER_TRANSACTION` rows; a run longer than what
+        is left of that is cut. Returns (each row's size, the runs gone, whether more may
+        be left)."""
+        rows: list[Any] = []
+        removed: list[tuple[int, int]] = []
+        while True:  # bounded: each turn deletes runs, or ends
+            budget = _PURGE_ROWS_PER_TRANSACTION - len(rows)
+            if budget <= 0:
+                return rows, removed, True
+            runs = [
+                (int(first), int(last))
+                for first, last in await db.execute_fetchall(
+                    "SELECT first_seq, last_seq FROM acks WHERE acked_at < ?"
+                    " ORDER BY first_seq LIMIT ?",
+                    (cutoff, PARAMS_PER_STATEMENT // 2),
+                )
+            ]
+            if not runs:
+                return rows, removed, False
+            whole: list[tuple[int, int]] = []
+            span = 0
+            for first, last in runs:  # runs that fit whole (a run holds at most its span)
+                span += last - first + 1
+                if span > budget:
+                    break
+                whole.append((first, last))
+            if not whole:  # the first run alone is more than this transaction takes
+                first, last = runs[0]
+                got, gone_to = await delete_acked_run(db, first, last, budget, "length(body)")
+                rows += got
+                removed.append((first, gone_to))
+                continue
+            for where, params in range_conditions(whole):
+                rows += await db.execute_fetchall(
+                    f"DELETE FROM log WHERE {where} RETURNING length(body)", params
+                )
+            for chunk in chunks([first for first, _ in whole]):
+                await db.execute(
+                    f"DELETE FROM acks WHERE first_seq IN ({placeholders(len(chunk))})",
+                    tuple(chunk),
+                )
+            removed += whole
+
+
+async def delete_acked_run(
+    db: aiosqlite.Connection,
+    first: int,
+    last: int,
+    limit: int,
+    returning: str,
+    *,
+    upto: int | None = None,
+) -> tuple[list[Any], int]:
+    """Delete the rows of the acked run `first`..`last` (only up to seq `upto` if given, at
+    most `limit` rows), in seq order, and what is gone of the run from `acks`: its row, or
+    its start moved past what was deleted. Returns (`returning` of each row deleted, the last
+    seq of the run now gone)."""
+    end = last if upto is None else min(upto, last)
+    rows = list(
+        await db.execute_fetchall(
+            "DELETE FROM log WHERE seq IN (SELECT seq FROM log WHERE seq BETWEEN ? AND ?"
+            f" ORDER BY seq LIMIT ?) RETURNING seq, {returning}",
+            (first, end, max(limit, 0)),
+        )
+    )
+    gone_to = end if len(rows) < limit else max(int(row[0]) for row in rows)
+    if gone_to >= last:
+        await db.execute("DELETE FROM acks WHERE first_seq = ?", (first,))
+    elif gone_to >= first:
+        await db.execute("UPDATE acks SET first_seq = ? WHERE first_seq = ?", (gone_to + 1, first))
+    return [row[1:] for row in rows], gone_to
+
+
+async def delete_oldest_acked(
+    db: aiosqlite.Connection, limit: int, acked: AckedRanges
+) -> list[Any]:
+    """Delete up to `limit` of the earliest delivered rows (by `acked_at`, then seq), as
+    (priority, kind, size) each; the in-memory runs forget them at once (a rollback makes
+    the caller's transaction re-read them)."""
+    rows: list[Any] = []
+    while len(rows) < limit:
+        oldest = await db.execute_fetchall(
+            "SELECT first_seq, last_seq FROM acks ORDER BY acked_at, first_seq LIMIT 1"
+        )
+        if not oldest:
+            break
+        ((first, last),) = oldest
+        got, gone_to = await delete_acked_run(
+            db, int(first), int(last), limit - len(rows), "priority, kind, length(body)"
+        )
+        acked.remove(int(first), gone_to)
+        rows += got
+    return rows
 
 
 async def count_evictions(db: aiosqlite.Connection, overflow: Sequence[Overflow]) -> None:

@@ -8,7 +8,10 @@ mixin reads and writes its own part of it) and the two things every seam needs:
   cleanly leaves `last_seq` and the counts unknown: they are re-read before the next one
   (invariants 5 and 6 of the package docstring).
 - the pending and retained counts per priority (`_refresh_counts`, `_settle`), which capacity
-  and leasing read without a query.
+  and leasing read without a query;
+- the acked seqs (`_acked`, `buffer.sqlite.acked`), re-read with the counts, and
+  `_oldest_pending`, the scan of one priority's pending rows that reads only the seqs between
+  acked runs (an index seek per gap, never an acked row).
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiosqlite
 
 from buffer.base import BufferUnavailable, Capacity
-from buffer.sqlite.statements import classified, one
+from buffer.sqlite.acked import AckedRanges
+from buffer.sqlite.statements import classified
+
+# Above every seq (an open upper bound in SQL).
+NO_UPPER_BOUND: Final = 2**62
 
 
 class SqliteBufferCore:
@@ -68,6 +75,8 @@ class SqliteBufferCore:
         self._pending_bytes: dict[int, int] = {}
         self._retained_bytes = 0
         self._counts_valid = False
+        # The union of the `acks` ranges: read with the counts, changed after each commit.
+        self._acked = AckedRanges()
         # Priorities that may have pending rows (a superset: stale entries cost one query).
         self._priorities: set[int] = set()
         # Lease cursors: per (priority, lane start), the highest seq handed out since the rewind.
@@ -105,20 +114,41 @@ class SqliteBufferCore:
 
     async def _refresh_counts(self) -> None:
         """Re-read pending and retained counts from the file (the caller holds the lock)."""
-        rows = await self._db.execute_fetchall(
-            "SELECT priority, count(*), coalesce(sum(length(body)), 0) FROM events"
-            " WHERE acked_at IS NULL GROUP BY priority"
-        )
-        self._pending_count = {int(p): int(n) for p, n, _ in rows}
-        self._pending_bytes = {int(p): int(b) for p, _, b in rows}
+        held, acked = await read_counts(self._db)
+        pending = {
+            p: (n - acked.get(p, (0, 0))[0], size - acked.get(p, (0, 0))[1])
+            for p, (n, size) in held.items()
+        }
+        self._pending_count = {p: n for p, (n, _) in pending.items() if n}
+        self._pending_bytes = {p: size for p, (n, size) in pending.items() if n}
         self._priorities |= set(self._pending_count)
-        (retained,) = one(
-            await self._db.execute_fetchall(
-                "SELECT coalesce(sum(length(body)), 0) FROM events WHERE acked_at IS NOT NULL"
+        self._retained_bytes = sum(size for _, size in acked.values())
+        self._acked = AckedRanges(
+            (int(first), int(last))
+            for first, last in await self._db.execute_fetchall(
+                "SELECT first_seq, last_seq FROM acks ORDER BY first_seq"
             )
         )
-        self._retained_bytes = int(retained)
         self._counts_valid = True
+
+    async def _oldest_pending(
+        self, db: aiosqlite.Connection, priority: int, columns: str, limit: int, after: int = 0
+    ) -> list[Any]:
+        """Up to `limit` pending rows of `priority` with a seq above `after`, oldest first, as
+        `columns` (seq first). Reads only the gaps between acked runs: one index seek per gap,
+        bounded by the number of acked runs."""
+        rows: list[Any] = []
+        while len(rows) < limit:
+            start, end, acked_to = self._acked.next_gap(after)
+            rows += await db.execute_fetchall(
+                f"SELECT {columns} FROM log WHERE priority = ? AND seq BETWEEN ? AND ?"
+                " ORDER BY seq LIMIT ?",
+                (priority, start, NO_UPPER_BOUND if end is None else end, limit - len(rows)),
+            )
+            if acked_to is None:
+                break
+            after = acked_to
+        return rows
 
     @asynccontextmanager
     async def _transaction(
@@ -146,3 +176,25 @@ class SqliteBufferCore:
                     self._counts_valid = False
                     await self._db.rollback()
                     raise
+
+
+async def read_counts(
+    db: aiosqlite.Connection,
+) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """(rows and bytes per priority of `log`, of those that are acked), from the file: a
+    pass over `log` and a seq-range join of `acks` to it."""
+    held = {
+        int(p): (int(n), int(size))
+        for p, n, size in await db.execute_fetchall(
+            "SELECT priority, count(*), coalesce(sum(length(body)), 0) FROM log GROUP BY priority"
+        )
+    }
+    acked = {
+        int(p): (int(n), int(size))
+        for p, n, size in await db.execute_fetchall(
+            "SELECT log.priority, count(*), coalesce(sum(length(log.body)), 0)"
+            " FROM acks CROSS JOIN log ON log.seq BETWEEN acks.first_seq AND acks.last_seq"
+            " GROUP BY log.priority"
+        )
+    }
+    return held, acked

@@ -44,17 +44,17 @@ class DeadLettersMixin(SqliteBufferCore):
         now = self._clock()
         settled: list[Any] = []
         async with self._transaction("dead_letter") as db:
-            for chunk in chunks(seqs):
+            # Pending: in `log` and not acked (the in-memory runs are this transaction's).
+            pending = [seq for seq in sorted(set(seqs)) if seq not in self._acked]
+            for chunk in chunks(pending):
                 marks = placeholders(len(chunk))
                 await db.execute(
                     f"INSERT INTO dead_letters ({COLUMNS}, reason, dead_at)"
-                    f" SELECT {COLUMNS}, ?, ? FROM events"
-                    f" WHERE acked_at IS NULL AND seq IN ({marks})",
+                    f" SELECT {COLUMNS}, ?, ? FROM log WHERE seq IN ({marks})",
                     (reason, now, *chunk),
                 )
                 settled += await db.execute_fetchall(
-                    f"DELETE FROM events WHERE acked_at IS NULL AND seq IN ({marks})"
-                    " RETURNING priority, 1, length(body)",
+                    f"DELETE FROM log WHERE seq IN ({marks}) RETURNING priority, 1, length(body)",
                     tuple(chunk),
                 )
         self._settle(settled, retained=False)
@@ -102,12 +102,12 @@ class DeadLettersMixin(SqliteBufferCore):
             where, params = "WHERE seq IS NOT NULL", tuple[int, ...]()
             if seqs is not None:
                 where, params = f"WHERE seq IN ({placeholders(len(seqs))})", tuple(seqs)
-            rows = list(await db.execute_fetchall(
-                f"SELECT {COLUMNS} FROM dead_letters {where}", params
-            ))
+            rows = list(
+                await db.execute_fetchall(f"SELECT {COLUMNS} FROM dead_letters {where}", params)
+            )
             wanted = len(rows)
             # Held again: looked up in both stored forms (a dead letter set aside by an older
-            # agent has its UUID id as text, the events table as 16 bytes, and the UNIQUE
+            # agent has its UUID id as text, `log` as 16 bytes, and the UNIQUE
             # index does not see those as equal).
             texts = {id_text(row[1]) for row in rows}
             lookups = [*{held_key(stored_id(text)) for text in texts}, *texts]
@@ -126,13 +126,13 @@ class DeadLettersMixin(SqliteBufferCore):
                     held.add(text)  # the same fact twice among the dead letters: once
                     back.append((seq, stored_id(text), kind, priority, body, accepted_at))
             cursor = await db.executemany(
-                f"INSERT OR IGNORE INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", back
+                f"INSERT OR IGNORE INTO log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", back
             )
             moved = max(cursor.rowcount, 0)
             for part in chunks([row[0] for row in back]):  # `HELD_IDS`: they are held again
                 await db.execute(
                     f"INSERT OR IGNORE INTO temp.held_ids (key, seq) SELECT {HELD_KEY_ID}, seq"
-                    f" FROM main.events WHERE seq IN ({placeholders(len(part))})",
+                    f" FROM main.log WHERE seq IN ({placeholders(len(part))})",
                     tuple(part),
                 )
             priorities = await db.execute_fetchall(

@@ -2,12 +2,14 @@
 range gives for what it could not send.
 
 Every seq from 1 to `last_seq` was given to exactly one accepted record (package docstring,
-invariant 1), and that record is now in exactly one place: a row of `events` (pending while
-`acked_at IS NULL`, else delivered and retained), a row of `dead_letters` (with its `seq`), or
-nowhere (purged after delivery, or evicted for room). So the range splits into five kinds
-without a gap or an overlap; the SQL reads only the rows in the range (both tables are keyed by
-seq) and returns runs, not rows (gaps and islands: `seq - row_number()` is constant along a
-run of consecutive seqs), so a range of a million seqs costs a few runs' worth of Python.
+invariant 1), and that record is now in exactly one place: a row of `log` (pending unless an
+`acks` run covers it, else delivered and retained; read through the `events` view, whose
+`acked_at` says which), a row of `dead_letters` (with its `seq`), or nowhere (purged after
+delivery, or evicted for room). So the range splits into five kinds without a gap or an
+overlap; the SQL reads only the rows in the range (both tables are keyed by seq, and each
+row's `acked_at` is one seek in `acks`) and returns runs, not rows (gaps and islands:
+`seq - row_number()` is constant along a run of consecutive seqs), so a range of a million
+seqs costs a few runs' worth of Python.
 """
 
 from __future__ import annotations

@@ -95,7 +95,10 @@ class OpeningMixin(SqliteBufferCore):
                 log.error(
                     "buffer %s is corrupt (%s): moved aside to %s; starting a fresh buffer "
                     "with seq continuing after %s",
-                    path, error, moved, salvaged if salvaged is not None else "0 (unreadable)",
+                    path,
+                    error,
+                    moved,
+                    salvaged if salvaged is not None else "0 (unreadable)",
                 )
                 recovered = (moved, str(error))
                 buffer = await cls._connect(path, initial_last_seq=salvaged, **options)  # type: ignore[arg-type]
@@ -161,9 +164,11 @@ class OpeningMixin(SqliteBufferCore):
                 await db.executescript(HELD_IDS)
                 await db.execute(BUILD_HELD_IDS)
                 # Text keys (whole text ids) sort before blob keys: this reads only the text ids.
-                buffer._text_uuid_ids = bool(await db.execute_fetchall(
-                    "SELECT 1 FROM temp.held_ids WHERE key < x'' AND length(key) = 36 LIMIT 1"
-                ))
+                buffer._text_uuid_ids = bool(
+                    await db.execute_fetchall(
+                        "SELECT 1 FROM temp.held_ids WHERE key < x'' AND length(key) = 36 LIMIT 1"
+                    )
+                )
                 # Leases read on their own connection (see "Why leases read on their own
                 # connection"); it only ever sees committed rows.
                 buffer._reader = await aiosqlite.connect(path, isolation_level=None)

@@ -7,8 +7,11 @@ The layout itself (tables, indexes, what each column means) is drawn in the pack
   migration never changes, so every file reaches the same schema by the same steps. `migrate`
   applies the missing ones, each in its own transaction together with its `user_version` bump,
   and refuses a file that is newer than this code or that is some other application's database.
+- From version 7 the records live in `log`, never updated after the append; an ack inserts
+  seq runs into `acks`; `events` is a view with the columns the table had (`acked_at`
+  computed from `acks`), for readers outside the package.
 - `HELD_IDS` is the duplicate check's index (from version 6): in memory, built at open,
-  kept in step with `events` in the same transactions, keyed by an 8-byte prefix of each id
+  kept in step with `log` in the same transactions, keyed by an 8-byte prefix of each id
   (`held_key`) that a lookup (`FIND_HELD_IDS`) confirms against the stored row (see its
   comment).
 - An id is stored as `stored_id` says (a canonical UUID as its 16 bytes, anything else as its
@@ -122,13 +125,62 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX events_pending ON events (priority, seq) WHERE acked_at IS NULL;
     CREATE INDEX events_acked ON events (acked_at) WHERE acked_at IS NOT NULL;
     """,
+    # Version 7: an ack writes no row of the records' table. The records move to `log`,
+    # never updated after the append; an ack inserts its runs of seqs into `acks`. Every
+    # row keeps its seq and id; each run of consecutive seqs acked at the same time becomes
+    # one `acks` row with that `acked_at` (gaps and islands: `seq - row_number()` is constant
+    # along a run), so every purge time is kept. `events` stays readable (and insertable, for
+    # tools and tests that wrote rows by hand) as a view with the columns it had.
+    """
+    CREATE TABLE log (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        accepted_at REAL NOT NULL
+    );
+    INSERT INTO log (seq, id, kind, priority, body, accepted_at)
+        SELECT seq, id, kind, priority, body, accepted_at FROM events ORDER BY seq;
+    CREATE TABLE acks (
+        first_seq INTEGER PRIMARY KEY,
+        last_seq INTEGER NOT NULL,
+        acked_at REAL NOT NULL
+    );
+    INSERT INTO acks (first_seq, last_seq, acked_at)
+        SELECT min(seq), max(seq), acked_at FROM (
+            SELECT seq, acked_at,
+                   seq - row_number() OVER (PARTITION BY acked_at ORDER BY seq) AS run
+            FROM events WHERE acked_at IS NOT NULL
+        ) GROUP BY acked_at, run ORDER BY 1;
+    DROP TABLE events;
+    CREATE INDEX log_lane ON log (priority, seq);
+    CREATE VIEW events AS
+        SELECT seq, id, kind, priority, body, accepted_at,
+               (SELECT CASE WHEN acks.last_seq >= log.seq THEN acks.acked_at END FROM acks
+                WHERE acks.first_seq <= log.seq ORDER BY acks.first_seq DESC LIMIT 1)
+               AS acked_at
+        FROM log;
+    CREATE TRIGGER events_insert INSTEAD OF INSERT ON events
+    BEGIN
+        INSERT INTO log (seq, id, kind, priority, body, accepted_at)
+            VALUES (NEW.seq, NEW.id, NEW.kind, NEW.priority, NEW.body, NEW.accepted_at);
+        INSERT INTO acks (first_seq, last_seq, acked_at)
+            SELECT last_insert_rowid(), last_insert_rowid(), NEW.acked_at
+            WHERE NEW.acked_at IS NOT NULL;
+    END;
+    CREATE TRIGGER events_delete INSTEAD OF DELETE ON events
+    BEGIN
+        DELETE FROM log WHERE seq = OLD.seq;
+    END;
+    """,
 )
 
 # The duplicate check's index (schema version 6 on): a TEMP table of the connection that
 # writes, so it lives in memory (`temp_store = MEMORY`), is never journalled, synced or
-# checkpointed, and cannot disagree with the file: it is built from `events` when the file is
-# opened (`BUILD_HELD_IDS`) and changes inside the transactions that change `events` (a
-# ROLLBACK undoes both). Rows enter `events` in two places only, `append` and
+# checkpointed, and cannot disagree with the file: it is built from `log` when the file is
+# opened (`BUILD_HELD_IDS`) and changes inside the transactions that change `log` (a
+# ROLLBACK undoes both). Rows enter `log` in two places only, `append` and
 # `retry_dead_letters`, which add them with `ADD_HELD_IDS` (one statement per batch: a
 # per-row trigger costs about 3 µs an event); rows leave it in many (purge, eviction, dead
 # letters, a disk-full ack), so a TEMP trigger removes them, whichever statement deletes.
@@ -146,7 +198,7 @@ HELD_IDS: Final = f"""
     PRAGMA temp_store = MEMORY;
     CREATE TEMP TABLE held_ids (key NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (key, seq))
         WITHOUT ROWID;
-    CREATE TEMP TRIGGER held_ids_removed AFTER DELETE ON main.events
+    CREATE TEMP TRIGGER held_ids_removed AFTER DELETE ON main.log
     BEGIN
         DELETE FROM held_ids WHERE key = {HELD_KEY_SQL.format(id="old.id")} AND seq = old.seq;
     END;
@@ -155,18 +207,17 @@ HELD_IDS: Final = f"""
 # nothing measurable in pages and held the sorter in memory (`temp_store = MEMORY`): at a
 # million rows the RSS grew by 69 MB with the sort, 22 MB without (`bench.buffer_store`).
 BUILD_HELD_IDS: Final = (
-    f"INSERT INTO temp.held_ids (key, seq) SELECT {HELD_KEY_SQL.format(id='id')}, seq"
-    " FROM main.events"
+    f"INSERT INTO temp.held_ids (key, seq) SELECT {HELD_KEY_SQL.format(id='id')}, seq FROM main.log"
 )
 # The rows an append just inserted: those above the last_seq it started from.
 ADD_HELD_IDS: Final = (
     f"INSERT INTO temp.held_ids (key, seq) SELECT {HELD_KEY_SQL.format(id='id')}, seq"
-    " FROM main.events WHERE seq > ?"
+    " FROM main.log WHERE seq > ?"
 )
 # The stored ids of the rows whose key is among `{keys}` (placeholders): a superset of the
 # offered ids that are held; compare them (see above). One rowid lookup per hit, none per miss.
 FIND_HELD_IDS: Final = (
-    "SELECT events.id FROM temp.held_ids JOIN main.events ON events.seq = held_ids.seq"
+    "SELECT log.id FROM temp.held_ids JOIN main.log ON log.seq = held_ids.seq"
     " WHERE held_ids.key IN ({keys})"
 )
 
@@ -194,7 +245,7 @@ async def migrate(db: aiosqlite.Connection, path: Path) -> bool:
             raise BufferCorrupt(f"{path}: a SQLite database, but not an edge-agent buffer")
     for target in range(version + 1, len(MIGRATIONS) + 1):
         script = MIGRATIONS[target - 1]
-        if version:  # a copy of `events` (version 6) takes a while on a large file: say so
+        if version:  # a copy of the records (versions 6, 7) takes a while on a large file
             log.info("buffer %s: migrating the schema to version %d", path, target)
         try:
             await db.executescript(

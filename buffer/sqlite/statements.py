@@ -70,7 +70,13 @@ def seq_ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
 def seq_conditions(seqs: Sequence[int]) -> Iterator[tuple[str, tuple[int, ...]]]:
     """SQL conditions that match exactly these seqs, as (where, params), each within the
     parameter bound: runs of consecutive seqs as `seq BETWEEN`, lone seqs in one `seq IN`."""
-    ranges = seq_ranges(sorted(set(seqs)))
+    return range_conditions(seq_ranges(sorted(set(seqs))))
+
+
+def range_conditions(
+    ranges: Sequence[tuple[int, int]],
+) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """`seq_conditions` of sorted, disjoint (first, last) runs."""
     for start in range(0, len(ranges), PARAMS_PER_STATEMENT // 2):
         part = ranges[start : start + PARAMS_PER_STATEMENT // 2]
         lone = [first for first, last in part if first == last]

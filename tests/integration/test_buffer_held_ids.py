@@ -195,15 +195,17 @@ async def test_a_rolled_back_append_leaves_no_id_held(tmp_path: Path) -> None:
 
 async def test_events_has_no_index_on_id(tmp_path: Path) -> None:
     """The point of version 6: a row costs no random-key B-tree write (only keys that follow
-    time: the rowid and the two partial indexes)."""
+    time: the rowid and, from version 7, where `events` is a view of `log`, the lane index)."""
     path = tmp_path / "buffer.db"
     async with SqliteBuffer.open(path) as buffer:
         await buffer.append(facts("a", 2))
     with sqlite3.connect(path) as db:
-        indexes = {str(row[1]) for row in db.execute("PRAGMA index_list(events)")}
+        indexes = {str(row[1]) for row in db.execute("PRAGMA index_list(log)")}
+        columns = [str(row[2]) for row in db.execute("PRAGMA index_info(log_lane)")]
         assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
     db.close()
-    assert indexes == {"events_pending", "events_acked"}
+    assert indexes == {"log_lane"}
+    assert columns == ["priority", "seq"]
 
 
 def version_5_file(path: Path) -> dict[str, list[tuple[Any, ...]]]:

@@ -406,7 +406,7 @@ async def test_a_version_2_file_is_migrated_keeping_its_dead_letters(tmp_path: P
         assert await buffer.retry_dead_letters([7]) == (1, 0)
         assert [r.seq for r in await lease_all(buffer)] == [7]
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone() == (6,)
+        assert check.execute("PRAGMA user_version").fetchone() == (7,)
     check.close()
 
 
@@ -522,7 +522,7 @@ async def test_open_creates_the_directory_and_uses_wal(tmp_path: Path) -> None:
         assert path.with_name("buffer.db-wal").exists()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (6,)
+        assert db.execute("PRAGMA user_version").fetchone() == (7,)
     db.close()
 
 
