@@ -140,8 +140,9 @@ demo: $(VENV)/.installed
 hub-demo:
 	$(MAKE) demo DEMO_ARGS="--with-hub $(DEMO_ARGS)"
 
-# The agent against this machine's limits (issue 8): a table, and bench/results.json.
-# BENCH_ARGS=--quick for a short smoke run; --out FILE; --profile DIR (needs py-spy).
+# The agent against this machine's limits and beside the peer (issues 8 and 18): a table, and
+# bench/results.json; ~35 min with the peer (3 repetitions). BENCH_ARGS=--quick for a short smoke
+# run; --repetitions N; --out FILE; --profile DIR (needs py-spy).
 bench: $(VENV)/.installed-test mosquitto-binary
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

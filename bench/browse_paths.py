@@ -11,8 +11,9 @@ session made (counted by wrapping asyncua's `UaSession.browse`).
     .venv/bin/python -m bench.browse_paths [--items 1000 10000] [--folders 1]
 
 `--folders 1` (the default) puts every variable in one folder: the worst case for resolving
-paths one segment at a time (each path browses the whole folder). Prints figures; not part of
-`bench/run.py` and never asserted in tests.
+paths one segment at a time (each path browses the whole folder). Prints figures; never
+asserted in tests. `bench.run` calls `measure` with one size (10,000 items, 1,000 in its quick
+run) for issue 18's start-up target.
 """
 
 from __future__ import annotations
@@ -82,9 +83,12 @@ async def _start_up(endpoint: str, nodes: list[str]) -> tuple[float, int]:
         UaSession.browse = real_browse  # type: ignore[method-assign]
     if not everything.is_set():
         health = connector.health
-        print(f"not every signal delivered: {len(seen)} of {len(nodes)} after {elapsed:.1f} s; "
-              f"last error {health.last_error!r}, {len(health.signal_errors)} signal errors "
-              f"{list(health.signal_errors.items())[:3]}", file=sys.stderr)
+        print(
+            f"not every signal delivered: {len(seen)} of {len(nodes)} after {elapsed:.1f} s; "
+            f"last error {health.last_error!r}, {len(health.signal_errors)} signal errors "
+            f"{list(health.signal_errors.items())[:3]}",
+            file=sys.stderr,
+        )
         return float("inf"), browses
     return elapsed, browses
 
@@ -96,9 +100,20 @@ def measure(items: int, folders: int) -> dict[str, float]:
     per_folder = items // folders
     port = free_loopback_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.browse_paths", "--serve", "--port", str(port),
-         "--folders", str(folders), "--per-folder", str(per_folder)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.browse_paths",
+            "--serve",
+            "--port",
+            str(port),
+            "--folders",
+            str(folders),
+            "--per-folder",
+            str(per_folder),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -115,8 +130,12 @@ def measure(items: int, folders: int) -> dict[str, float]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"items": len(numbered), "by_nodeid_s": by_id, "by_path_s": by_path,
-            "path_browses": browses}
+    return {
+        "items": len(numbered),
+        "by_nodeid_s": by_id,
+        "by_path_s": by_path,
+        "path_browses": browses,
+    }
 
 
 def main() -> None:
@@ -133,8 +152,10 @@ def main() -> None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(args.port, args.folders, args.per_folder))
         return
-    print(f"start-up until every signal delivered a value (limit {LIMIT_S:.0f} s), "
-          f"{args.folders} folder(s)")
+    print(
+        f"start-up until every signal delivered a value (limit {LIMIT_S:.0f} s), "
+        f"{args.folders} folder(s)"
+    )
     print("items  by NodeId s  by path s  Browse requests (by path)")
     for items in args.items:
         result = measure(items, args.folders)

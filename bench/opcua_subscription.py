@@ -15,10 +15,12 @@ measures, over `--seconds`:
 Prints figures; never asserted in tests.
 
 The same module holds the OPC UA side of `bench.ingest` (the whole agent process, end to end):
-`ChangingServer`, the server process driven by commands ("go RATE SECONDS": change items round
-robin at RATE changes/s, 0 = as fast as it can, and report which changes it made), and
-`BareClient`, the reference ceiling: a plain asyncua client process that subscribes to the same
-items the way the connector does and only counts the notifications.
+the server process driven by commands (`serve_commands`, "go RATE SECONDS": change its items
+round robin at RATE changes/s, 0 = as fast as it can, and report which changes it made; several
+of them hold disjoint items, `--first-item`), and the bare client, the reference ceiling
+(`count_notifications`): a plain asyncua client process, one client per server, that
+subscribes to the same items the way the connector does and only counts the notifications.
+Both server modes skip asyncua's defensive copy of each written value (`_without_value_copies`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -40,11 +43,28 @@ from typing import Any
 NAMESPACE = "urn:plant-edge-agent:bench"
 
 
-async def _address_space(items: int, port: int) -> tuple[Any, list[Any]]:
-    """A server (not started) with N Double variables `V0`..`V{N-1}` (value 0.0)."""
+def _without_value_copies() -> None:
+    """Make this process's asyncua server keep each written DataValue as it is, instead of a
+    deep copy per monitored item (`MonitoredItemValues.set_current_datavalue`): the copy guards
+    against a writer that mutates a value after writing it, which the bench server never does
+    (each `_value` is new), and it was about 70 % of the server's CPU per change (cProfile),
+    which bounded what one server process could offer. What the server sends is unchanged."""
+    from asyncua.server.monitored_item_service import MonitoredItemValues
+
+    def keep(values: MonitoredItemValues, current: Any) -> None:
+        values.old_dvalue = values.current_dvalue
+        values.current_dvalue = current
+
+    MonitoredItemValues.set_current_datavalue = keep  # type: ignore[method-assign, assignment]
+
+
+async def _address_space(items: int, port: int, first: int = 0) -> tuple[Any, list[Any]]:
+    """A server (not started) with N Double variables `V{first}`..`V{first+N-1}` (value 0.0):
+    several servers of one bench hold disjoint numbers, so a variable's name says its item."""
     from asyncua import ua
     from asyncua.server.server import Server
 
+    _without_value_copies()
     server = Server()
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench/")
@@ -54,9 +74,10 @@ async def _address_space(items: int, port: int) -> tuple[Any, list[Any]]:
         ua.NodeId(ua.String("Bench"), ua.Int16(index)), "Bench"
     )
     node_ids = []
-    for number in range(items):
+    for number in range(first, first + items):
         node = await folder.add_variable(
-            ua.NodeId(ua.String(f"V{number}"), ua.Int16(index)), f"V{number}",
+            ua.NodeId(ua.String(f"V{number}"), ua.Int16(index)),
+            f"V{number}",
             ua.Variant(0.0, ua.VariantType.Double),
         )
         node_ids.append(node.nodeid)
@@ -93,15 +114,16 @@ _CHUNK = 200
 _STEP_S = 0.01
 
 
-async def serve_commands(items: int, port: int) -> None:
+async def serve_commands(items: int, port: int, first_item: int = 0) -> None:
     """The server process of `bench.ingest`, driven by lines on stdin.
 
     `go RATE SECONDS`: make changes for SECONDS, RATE per second (0: as fast as this process
     can), then print `done FIRST COUNT ELAPSED_S`. Change number g (counted from 0 over the
-    server's life) sets item g % N to g // N + 1, so every change is a distinct (item, value)
-    pair a subscriber can check off. Any other line, or end of input, stops the server.
+    server's life) sets its item `first_item + g % N` to g // N + 1, so every change is a
+    distinct (item, value) pair a subscriber can check off, also across several servers
+    holding disjoint items. Any other line, or end of input, stops the server.
     """
-    server, node_ids = await _address_space(items, port)
+    server, node_ids = await _address_space(items, port, first_item)
     async with server:
         print("ready", flush=True)
         made = 0
@@ -119,56 +141,78 @@ async def serve_commands(items: int, port: int) -> None:
             print(f"done {first} {made - first} {time.monotonic() - started:.3f}", flush=True)
 
 
-async def count_notifications(items: int, port: int, publishing_interval_ms: float) -> None:
-    """The bare client process: subscribe to the N items the way the connector does (one
-    subscription, async iterator, same publishing interval, sampling interval 0, queue 100),
-    count data changes and nothing else. Answers each `count` line on stdin with the count so
-    far; any other line, or end of input, stops it."""
-    from asyncua import ua
+async def count_notifications(
+    servers: Sequence[tuple[int, int, int]], publishing_interval_ms: float
+) -> None:
+    """The bare client process: one client per server (port, first item, items), each
+    subscribing to its items the way the connector does (one subscription, async iterator,
+    same publishing interval, sampling interval 0, queue 100); it counts data changes and
+    nothing else. Answers each `count` line on stdin with the count over all servers so far;
+    any other line, or end of input, stops it."""
     from asyncua.client.client import Client
-    from asyncua.common.subscription import DataChangeEvent
-    from asyncua.ua.attribute_ids import AttributeIds
 
-    async with Client(f"opc.tcp://127.0.0.1:{port}/bench/", timeout=30) as client:
-        index = await client.get_namespace_index(NAMESPACE)
-        parameters = ua.CreateSubscriptionParameters()
-        parameters.RequestedPublishingInterval = publishing_interval_ms
-        parameters.RequestedMaxKeepAliveCount = 50
-        parameters.RequestedLifetimeCount = 200
-        parameters.MaxNotificationsPerPublish = 10_000
-        parameters.PublishingEnabled = True
-        subscription = await client.create_subscription(parameters, queue_maxsize=50_000)
-        requests = []
-        for number in range(items):
-            monitoring = ua.MonitoringParameters()
-            monitoring.ClientHandle = number + 1
-            monitoring.SamplingInterval = 0
-            monitoring.QueueSize = 100
-            monitoring.DiscardOldest = True
-            request = ua.MonitoredItemCreateRequest()
-            request.ItemToMonitor = ua.ReadValueId(
-                NodeId=ua.NodeId(ua.String(f"V{number}"), ua.Int16(index)),
-                AttributeId=AttributeIds.Value,
+    count = 0
+
+    def counted() -> None:
+        nonlocal count
+        count += 1
+
+    async with contextlib.AsyncExitStack() as stack:
+        consumers = []
+        for port, first, items in servers:
+            client = await stack.enter_async_context(
+                Client(f"opc.tcp://127.0.0.1:{port}/bench/", timeout=30)
             )
-            request.MonitoringMode = ua.MonitoringMode.Reporting
-            request.RequestedParameters = monitoring
-            requests.append(request)
-        await subscription.create_monitored_items(requests)
-        count = 0
-
-        async def consume() -> None:
-            nonlocal count
-            async for event in subscription:
-                if isinstance(event, DataChangeEvent):
-                    count += 1
-
-        consumer = asyncio.create_task(consume())
+            subscription = await _subscribe(client, first, items, publishing_interval_ms)
+            consumers.append(asyncio.create_task(_consume(subscription, counted)))
         print("subscribed", flush=True)
         while (await asyncio.to_thread(sys.stdin.readline)).strip() == "count":
             print(count, flush=True)
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
+        for consumer in consumers:
+            consumer.cancel()
+        for consumer in consumers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+
+
+async def _subscribe(client: Any, first: int, items: int, publishing_interval_ms: float) -> Any:
+    """One subscription on `client` with a monitored item for each of `V{first}`.. (N)."""
+    from asyncua import ua
+    from asyncua.ua.attribute_ids import AttributeIds
+
+    index = await client.get_namespace_index(NAMESPACE)
+    parameters = ua.CreateSubscriptionParameters()
+    parameters.RequestedPublishingInterval = publishing_interval_ms
+    parameters.RequestedMaxKeepAliveCount = 50
+    parameters.RequestedLifetimeCount = 200
+    parameters.MaxNotificationsPerPublish = 10_000
+    parameters.PublishingEnabled = True
+    subscription = await client.create_subscription(parameters, queue_maxsize=50_000)
+    requests = []
+    for number in range(first, first + items):
+        monitoring = ua.MonitoringParameters()
+        monitoring.ClientHandle = number + 1
+        monitoring.SamplingInterval = 0
+        monitoring.QueueSize = 100
+        monitoring.DiscardOldest = True
+        request = ua.MonitoredItemCreateRequest()
+        request.ItemToMonitor = ua.ReadValueId(
+            NodeId=ua.NodeId(ua.String(f"V{number}"), ua.Int16(index)),
+            AttributeId=AttributeIds.Value,
+        )
+        request.MonitoringMode = ua.MonitoringMode.Reporting
+        request.RequestedParameters = monitoring
+        requests.append(request)
+    await subscription.create_monitored_items(requests)
+    return subscription
+
+
+async def _consume(subscription: Any, counted: Callable[[], None]) -> None:
+    from asyncua.common.subscription import DataChangeEvent
+
+    async for event in subscription:
+        if isinstance(event, DataChangeEvent):
+            counted()
 
 
 class LineChild:
@@ -179,7 +223,10 @@ class LineChild:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.opcua_subscription", *args],
             cwd=Path(__file__).resolve().parents[1],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -205,10 +252,14 @@ class LineChild:
             raise RuntimeError(f"{self.process.args!r} exited ({self.process.poll()})")
         return line
 
-    def ask(self, command: str, timeout: float) -> str:
+    def send(self, command: str) -> None:
+        """One command line, not waiting for its answer (`expect` reads it)."""
         assert self.process.stdin is not None
         self.process.stdin.write(command + "\n")
         self.process.stdin.flush()
+
+    def ask(self, command: str, timeout: float) -> str:
+        self.send(command)
         return self.expect(timeout)
 
     def close(self) -> None:
@@ -263,9 +314,20 @@ def measure(items: int, rate: float, seconds: float, warmup: float) -> dict[str,
 
     port = free_loopback_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.opcua_subscription", "--serve", "--items", str(items),
-         "--port", str(port), "--rate", str(rate)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.opcua_subscription",
+            "--serve",
+            "--items",
+            str(items),
+            "--port",
+            str(port),
+            "--rate",
+            str(rate),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -323,6 +385,12 @@ async def _measure(
     }
 
 
+def _server_of(text: str) -> tuple[int, int, int]:
+    """`PORT:FIRST:ITEMS` (a `--servers` word): one server of the bare client."""
+    port, first, items = (int(part) for part in text.split(":"))
+    return port, first, items
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -332,24 +400,26 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--commands", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--first-item", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--servers", nargs="+", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--bare-client", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--publishing-interval-ms", type=float, default=100.0,
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--publishing-interval-ms", type=float, default=100.0, help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     if args.serve:
         with contextlib.suppress(KeyboardInterrupt):
             if args.commands:
-                asyncio.run(serve_commands(args.items[0], args.port))
+                asyncio.run(serve_commands(args.items[0], args.port, args.first_item))
             else:
                 asyncio.run(serve(args.items[0], args.port, args.rate))
         return
     if args.bare_client:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(
-                count_notifications(args.items[0], args.port, args.publishing_interval_ms)
-            )
+            servers = [_server_of(text) for text in args.servers] or [(args.port, 0, args.items[0])]
+            asyncio.run(count_notifications(servers, args.publishing_interval_ms))
         return
     print("items  offered/s  notifications/s  buffered events/s  CPU µs/notification")
     for items in args.items:

@@ -8,9 +8,10 @@ that and goes on without it).
 
 Per run, `write_config` generates the peer's config into a temp dir (loopback only): its
 `tb_gateway.json` (the shipped defaults, the broker on 127.0.0.1, in-memory storage as
-shipped, statistics, remote configuration and remote shell off) and one OPC UA connector
-(`opcua.json`: one device, the N variables as timeseries by NodeId, subscriptions on, the
-source timestamp as each value's `ts`). A ThingsBoard server answers the gateway's
+shipped, statistics, remote configuration and remote shell off) and one OPC UA connector per
+asyncua server process of the run (`opcua.json`, `opcua-1.json`..: one device each, that
+server's variables as timeseries by NodeId, subscriptions on, the source timestamp as each
+value's `ts`). A ThingsBoard server answers the gateway's
 `getSessionLimits` RPC when it connects; on a plain broker nobody does, so the gateway waits
 and sends nothing. `SessionLimitsResponder` is that answer, as the gateway's own MQTT client
 (`tb_device_mqtt.py`) expects it: a request on `v1/devices/me/rpc/request/<id>` gets
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -98,15 +100,22 @@ def write_config(
     directory: Path,
     *,
     broker_port: int,
-    opcua_port: int,
-    items: int,
+    opcua_port: int = 0,
+    items: int = 0,
+    servers: Sequence[tuple[int, int, int]] = (),
     namespace_index: int = 2,
     storage: str = "memory",
 ) -> Path:
-    """The peer's config dir for one run: tb_gateway.json, opcua.json and logs.json."""
+    """The peer's config dir for one run: tb_gateway.json, one OPC UA connector per server
+    (`servers`: port, first item, items; none: one server, `opcua_port` with `items` from V0)
+    and logs.json. The first connector is `opcua.json` with the device `DEVICE`; the others
+    `opcua-1.json`.. with `DEVICE-1`.. (one device per connector: the gateway ties a device
+    to the connector that made it)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)
+    layout = list(servers) or [(opcua_port, 0, items)]
+    names = ["opcua.json", *(f"opcua-{index}.json" for index in range(1, len(layout)))]
     gateway = {
         "thingsboard": {
             "host": "127.0.0.1",
@@ -132,50 +141,19 @@ def write_config(
         },
         "storage": _storage(directory, storage),
         "grpc": {"enabled": False},
-        "connectors": [{"type": "opcua", "name": "bench", "configuration": "opcua.json"}],
-    }
-    connector = {
-        "server": {
-            "url": f"opc.tcp://127.0.0.1:{opcua_port}/bench/",
-            "timeoutInMillis": 30000,
-            "scanPeriodInMillis": 3600000,
-            "pollPeriodInMillis": 5000,
-            "enableSubscriptions": True,
-            "subCheckPeriodInMillis": 100,
-            "subDataMaxBatchSize": 1000,
-            "subDataMinBatchCreationTimeMs": 200,
-            "subscriptionProcessBatchSize": 2000,
-            "sessionTimeoutInMillis": 120000,
-            "showMap": False,
-            "security": "None",
-            "identity": {"type": "anonymous"},
-        },
-        "logLevel": "WARNING",
-        "mapping": [
+        "connectors": [
             {
-                "deviceNodeSource": "identifier",
-                "deviceNodePattern": f"ns={namespace_index};s=Bench",
-                "deviceInfo": {
-                    "deviceNameExpression": DEVICE,
-                    "deviceNameExpressionSource": "constant",
-                    "deviceProfileExpression": "default",
-                    "deviceProfileExpressionSource": "constant",
-                },
-                "attributes": [],
-                "timeseries": [
-                    {
-                        "key": f"V{number}",
-                        "type": "identifier",
-                        "value": f"${{ns={namespace_index};s=V{number}}}",
-                        "timestampLocation": "sourceTimestamp",
-                    }
-                    for number in range(items)
-                ],
-                "rpc_methods": [],
-                "attributes_updates": [],
+                "type": "opcua",
+                "name": "bench" if index == 0 else f"bench-{index}",
+                "configuration": name,
             }
+            for index, name in enumerate(names)
         ],
     }
+    for index, ((port, first, count), name) in enumerate(zip(layout, names, strict=True)):
+        device = DEVICE if index == 0 else f"{DEVICE}-{index}"
+        connector = _connector(port, range(first, first + count), namespace_index, device)
+        (directory / name).write_text(json.dumps(connector, indent=2) + "\n")
     logs = {
         "version": 1,
         "disable_existing_loggers": False,
@@ -201,13 +179,55 @@ def write_config(
             )
         },
     }
-    for name, content in (
-        ("tb_gateway.json", gateway),
-        ("opcua.json", connector),
-        ("logs.json", logs),
-    ):
+    for name, content in (("tb_gateway.json", gateway), ("logs.json", logs)):
         (directory / name).write_text(json.dumps(content, indent=2) + "\n")
     return directory
+
+
+def _connector(port: int, numbers: range, namespace_index: int, device: str) -> dict[str, Any]:
+    """One OPC UA connector: one device whose timeseries are `V<n>` of `numbers` by NodeId."""
+    return {
+        "server": {
+            "url": f"opc.tcp://127.0.0.1:{port}/bench/",
+            "timeoutInMillis": 30000,
+            "scanPeriodInMillis": 3600000,
+            "pollPeriodInMillis": 5000,
+            "enableSubscriptions": True,
+            "subCheckPeriodInMillis": 100,
+            "subDataMaxBatchSize": 1000,
+            "subDataMinBatchCreationTimeMs": 200,
+            "subscriptionProcessBatchSize": 2000,
+            "sessionTimeoutInMillis": 120000,
+            "showMap": False,
+            "security": "None",
+            "identity": {"type": "anonymous"},
+        },
+        "logLevel": "WARNING",
+        "mapping": [
+            {
+                "deviceNodeSource": "identifier",
+                "deviceNodePattern": f"ns={namespace_index};s=Bench",
+                "deviceInfo": {
+                    "deviceNameExpression": device,
+                    "deviceNameExpressionSource": "constant",
+                    "deviceProfileExpression": "default",
+                    "deviceProfileExpressionSource": "constant",
+                },
+                "attributes": [],
+                "timeseries": [
+                    {
+                        "key": f"V{number}",
+                        "type": "identifier",
+                        "value": f"${{ns={namespace_index};s=V{number}}}",
+                        "timestampLocation": "sourceTimestamp",
+                    }
+                    for number in numbers
+                ],
+                "rpc_methods": [],
+                "attributes_updates": [],
+            }
+        ],
+    }
 
 
 def _storage(directory: Path, kind: str) -> dict[str, Any]:
