@@ -72,8 +72,6 @@ async def test_keys_status_pause_and_will_through_the_cli(
     private = tmp_path / "keys" / "ops.key.pem"
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
-    again = cli("keys", "create", "--out", str(tmp_path / "keys"), "--name", "ops")
-    assert again.returncode == 2 and "not overwriting" in again.stderr
     commands = f"""
 [commands.keys]
 ops = "{tmp_path / 'keys' / 'ops.pub.pem'}"
@@ -86,20 +84,25 @@ resume = ["ops"]
     target = ["--hub", broker.url, "--site", "plant-a", "--agent", "edge-01", "--timeout", "10"]
     with stopped_at_exit(agent), Subscriber(broker, "mfg/plant-a/edge-01/status") as statuses:
         agent.start()
-        retained = await statuses.wait_for_async(source_connected, timeout=20)
-        table = await asyncio.to_thread(cli, "remote", "status", *target)
-        as_json = await asyncio.to_thread(cli, "remote", "status", *target, "--json")
-        ping = await asyncio.to_thread(cli, "remote", "ping", *target)
-        unsigned = await asyncio.to_thread(cli, "remote", "pause", "line1", *target[:-2],
-                                           "--timeout", "10", "--key", str(private),
-                                           "--key-id", "nobody")
+        # The CLI runs that change nothing run side by side (each is mostly Python start-up);
+        # the pause comes after them and `sources` after the pause, which it shows.
+        again, retained = await asyncio.gather(
+            asyncio.to_thread(cli, "keys", "create", "--out", str(tmp_path / "keys"),
+                              "--name", "ops"),
+            statuses.wait_for_async(source_connected, timeout=20),
+        )
+        table, as_json, ping, unsigned, missing = await asyncio.gather(
+            asyncio.to_thread(cli, "remote", "status", *target),
+            asyncio.to_thread(cli, "remote", "status", *target, "--json"),
+            asyncio.to_thread(cli, "remote", "ping", *target),
+            asyncio.to_thread(cli, "remote", "pause", "line1", *target[:-2], "--timeout", "10",
+                              "--key", str(private), "--key-id", "nobody"),
+            asyncio.to_thread(cli, "remote", "ping", "--hub", broker.url, "--site", "plant-a",
+                              "--agent", "edge-99", "--timeout", "2"),
+        )
         paused = await asyncio.to_thread(cli, "remote", "pause", "line1", *target,
                                          "--key", str(private))
         sources = await asyncio.to_thread(cli, "remote", "sources", *target)
-        missing = await asyncio.to_thread(
-            cli, "remote", "ping", "--hub", broker.url, "--site", "plant-a", "--agent",
-            "edge-99", "--timeout", "2",
-        )
         await asyncio.to_thread(agent.kill)
         will = await statuses.wait_for_async(
             lambda m: json.loads(m.payload).get("state") == "offline", timeout=15
@@ -107,6 +110,7 @@ resume = ["ops"]
     with Subscriber(broker, "mfg/plant-a/edge-01/status") as late:  # retained for newcomers
         seen = await late.wait_for_async(1, timeout=5)
 
+    assert again.returncode == 2 and "not overwriting" in again.stderr
     assert retained[0].content_type == "application/json"
     assert table.returncode == 0, table.stderr
     assert "plant-a/edge-01: online" in table.stdout and "line1" in table.stdout
@@ -140,8 +144,10 @@ async def test_fleet_lists_three_agents_and_marks_the_stopped_one_offline(
             assert time.monotonic() < deadline, "three agents online"
             await asyncio.sleep(0.1)
         assert await asyncio.to_thread(agents[1].terminate) == 0
-        fleet_json = await asyncio.to_thread(cli, "fleet", "--hub", broker.url, "--json")
-        fleet_text = await asyncio.to_thread(cli, "fleet", "--hub", broker.url)
+        fleet_json, fleet_text = await asyncio.gather(
+            asyncio.to_thread(cli, "fleet", "--hub", broker.url, "--json"),
+            asyncio.to_thread(cli, "fleet", "--hub", broker.url),
+        )
         producer = asyncio.create_task(_write_temperatures(plant))
         try:
             tail = await asyncio.to_thread(

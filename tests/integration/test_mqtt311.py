@@ -19,10 +19,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from agent.demo.plant import FillingLinePlant
 from agent.link.forwarder import Forwarder
 from agent.link.mqtt_session import MqttSession, PacketTooLarge, V5Only
 from agent.link.replay import replay_retained
+from agent.link.signing import create_key_pair
 from buffer.base import Record
 from buffer.sqlite import SqliteBuffer
 from events.formats import FORMATS
@@ -32,6 +32,7 @@ from hub.store import HubStore
 from testkit.agent_process import REPO, AgentProcess
 from testkit.broker import MosquittoBroker
 from testkit.commands import Requester
+from testkit.durability import simulated_agent_config
 from testkit.nats_mqtt import NatsMqttBroker
 from testkit.postgres import scratch_database
 from tests.hub.harness import (
@@ -44,7 +45,7 @@ from tests.hub.harness import (
     wait_complete,
     wait_until,
 )
-from tests.integration.test_commands import running_agent, write_config
+from tests.integration.test_commands import commands_section, running_agent
 
 ROOT = "mfg/plant-a/edge-01"
 TOPIC_BASE = f"{ROOT}/events"
@@ -351,11 +352,20 @@ async def _accepted_more(config: Path, at_least: int) -> bool:
 
 
 async def test_a_v5_agent_answers_a_311_requester_the_way_it_asked(
-    tmp_path: Path, broker: MosquittoBroker, plant: FillingLinePlant
+    tmp_path: Path, broker: MosquittoBroker
 ) -> None:
     """Mixed versions on one broker (mosquitto speaks both): a request with its reply fields in
-    the JSON gets its answer with the correlation in the JSON, whatever the agent speaks."""
-    async with running_agent(write_config(tmp_path, broker, plant)) as agent:
+    the JSON gets its answer with the correlation in the JSON, whatever the agent speaks. The
+    agent's source is a simulated one: what it reads plays no part in answering commands."""
+    keys = tmp_path / "keys"
+    for name in ("ops", "viewer"):
+        create_key_pair(keys, name)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        simulated_agent_config(hub_url=broker.url, state_dir=tmp_path / "state", rate_hz=10)
+        + commands_section(keys)
+    )
+    async with running_agent(config) as agent:
         assert not agent.session.mqtt311
         with Requester(broker, protocol="3.1.1") as requester:
             answer = await requester.ask_async("ping", {})
