@@ -33,4 +33,6 @@ def about_the_run(mode: str) -> dict[str, Any]:
 
 
 def write(path: Path, results: dict[str, Any]) -> None:
+    """Write the results as JSON, making the directory if it is missing (`--out DIR/FILE`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
