@@ -211,7 +211,7 @@ class SqliteBuffer(OpeningMixin, CapacityMixin, LeasingMixin, DeadLettersMixin, 
     async def stats(self) -> BufferStats:
         """Exact counts, from one consistent snapshot of the file."""
         async with self._transaction("stats", write=False) as db:
-            held, acked_counts = await read_counts(db)
+            held, acked_counts = await read_counts(db, with_bytes=False)
             pending = {
                 p: n - acked_counts.get(p, (0, 0))[0]
                 for p, (n, _) in held.items()
