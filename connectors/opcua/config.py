@@ -115,7 +115,13 @@ class OpcUaSettings(ConnectorSettings):
     endpoint: Annotated[str, Field(pattern=r"^opc\.tcp://[^/\s]+(:\d+)?(/.*)?$")]
     publishing_interval_ms: Annotated[float, Field(gt=0, le=60_000)] = 100.0
     request_timeout_s: Annotated[float, Field(gt=0, le=300)] = 4.0
-    watchdog_interval_s: Annotated[float, Field(gt=0, le=300)] = 1.0
+    # asyncua's liveness probe (a Read of the server state) runs every `watchdog_interval_s`
+    # and waits at most that long for its answer. A server busy creating and sampling a large
+    # subscription answers late: with 1 s, an asyncua server creating 10,000 monitored items
+    # never answered in time, and the session was dropped and recreated for ever
+    # (`bench.browse_paths --items 10000`). A socket that closes is seen at once anyway, and a
+    # silent subscription by the stale-subscription check (`_watch`).
+    watchdog_interval_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     # Reconnects (done by the runtime, `ConnectorSettings`): a server restart may take a while.
     reconnect_max_s: ReconnectMaxS = 60.0
     # Security.
